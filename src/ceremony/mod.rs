@@ -1,0 +1,1 @@
+//! Key ceremony: transcript and plans (issue 3).

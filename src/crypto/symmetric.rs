@@ -1,0 +1,208 @@
+//! Parsec's symmetric primitives: XSalsa20-Poly1305 secretbox (spec §1.1), the BLAKE2b key
+//! derivation (§1.2) and Ed25519 signed blobs (§1.4).
+
+use blake2::digest::{consts::U32, Mac};
+use blake2::Blake2bMac;
+use crypto_secretbox::aead::{Aead, KeyInit};
+use crypto_secretbox::XSalsa20Poly1305;
+use ed25519_dalek::{Signature, VerifyingKey};
+use zeroize::Zeroizing;
+
+/// Nonce (24) + tag (16).
+pub const SECRETBOX_OVERHEAD: usize = 40;
+
+/// Errors of the symmetric layer. Deliberately terse: no key material in them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SymmetricError {
+    #[error("secretbox: ciphertext shorter than 40 bytes")]
+    Truncated,
+    #[error("secretbox: authentication failed (wrong key or corrupted data)")]
+    Authentication,
+    #[error("signed blob shorter than 64 bytes")]
+    ShortSignedBlob,
+    #[error("invalid Ed25519 verify key")]
+    BadVerifyKey,
+    #[error("Ed25519 signature does not verify")]
+    BadSignature,
+}
+
+/// A 32-byte secret key, zeroized on drop.
+pub type SecretKey = Zeroizing<[u8; 32]>;
+
+/// Opens `nonce(24) || tag(16) || ciphertext`.
+pub fn secretbox_open(key: &[u8; 32], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, SymmetricError> {
+    if blob.len() < SECRETBOX_OVERHEAD {
+        return Err(SymmetricError::Truncated);
+    }
+    let cipher = XSalsa20Poly1305::new(key.into());
+    let (nonce, rest) = blob.split_at(24);
+    cipher
+        .decrypt(nonce.into(), rest)
+        .map(Zeroizing::new)
+        .map_err(|_| SymmetricError::Authentication)
+}
+
+/// Seals `plaintext` with the given nonce into `nonce || tag || ciphertext`.
+pub fn secretbox_seal_with_nonce(key: &[u8; 32], nonce: &[u8; 24], plaintext: &[u8]) -> Vec<u8> {
+    let cipher = XSalsa20Poly1305::new(key.into());
+    let sealed = cipher
+        .encrypt(nonce.into(), plaintext)
+        .expect("XSalsa20Poly1305 encryption cannot fail for in-memory buffers");
+    let mut out = Vec::with_capacity(24 + sealed.len());
+    out.extend_from_slice(nonce);
+    out.extend_from_slice(&sealed);
+    out
+}
+
+/// Seals `plaintext` under a fresh random nonce.
+pub fn secretbox_seal(key: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
+    use rand::RngCore;
+    let mut nonce = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    secretbox_seal_with_nonce(key, &nonce, plaintext)
+}
+
+/// `derive(kd, id)`: keyed BLAKE2b-256 with salt = id[0..8] || 0^8, personal = id[8..16] || 0^8.
+pub fn derive_key(key_derivation: &[u8; 32], id: &[u8; 16]) -> SecretKey {
+    let mut salt = [0u8; 16];
+    salt[..8].copy_from_slice(&id[..8]);
+    let mut personal = [0u8; 16];
+    personal[..8].copy_from_slice(&id[8..]);
+    let mac = Blake2bMac::<U32>::new_with_salt_and_personal(key_derivation, &salt, &personal)
+        .expect("32-byte key, 16-byte salt and personal are valid BLAKE2b parameters");
+    let out = mac.finalize().into_bytes();
+    let mut key = Zeroizing::new([0u8; 32]);
+    key.copy_from_slice(&out);
+    key
+}
+
+/// Derivation UUID of key canaries (spec §1.2).
+pub const CANARY_DERIVATION_ID: [u8; 16] = uuid_bytes(1);
+/// Derivation UUID of realm names (spec §1.2).
+pub const REALM_NAME_DERIVATION_ID: [u8; 16] = uuid_bytes(2);
+
+const fn uuid_bytes(last: u8) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[15] = last;
+    b
+}
+
+/// Splits `signature(64) || message` and verifies it; returns the message.
+pub fn ed25519_verify<'a>(
+    verify_key: &[u8; 32],
+    signed: &'a [u8],
+) -> Result<&'a [u8], SymmetricError> {
+    let (signature, message) = ed25519_split(signed)?;
+    let key = VerifyingKey::from_bytes(verify_key).map_err(|_| SymmetricError::BadVerifyKey)?;
+    key.verify_strict(message, &signature)
+        .map_err(|_| SymmetricError::BadSignature)?;
+    Ok(message)
+}
+
+/// Splits a signed blob without verifying (to read the author before knowing its key).
+pub fn ed25519_split(signed: &[u8]) -> Result<(Signature, &[u8]), SymmetricError> {
+    if signed.len() < 64 {
+        return Err(SymmetricError::ShortSignedBlob);
+    }
+    let (sig, message) = signed.split_at(64);
+    let sig: [u8; 64] = sig.try_into().expect("split at 64");
+    Ok((Signature::from_bytes(&sig), message))
+}
+
+/// Signs `message` with an Ed25519 seed: `signature || message` (used by the export writer).
+pub fn ed25519_sign(seed: &[u8; 32], message: &[u8]) -> Vec<u8> {
+    use ed25519_dalek::Signer;
+    let key = ed25519_dalek::SigningKey::from_bytes(seed);
+    let sig = key.sign(message);
+    let mut out = Vec::with_capacity(64 + message.len());
+    out.extend_from_slice(&sig.to_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// The Ed25519 verify key of a seed.
+pub fn ed25519_public(seed: &[u8; 32]) -> [u8; 32] {
+    ed25519_dalek::SigningKey::from_bytes(seed)
+        .verifying_key()
+        .to_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(s: &str) -> Vec<u8> {
+        hex::decode(s).unwrap()
+    }
+
+    #[test]
+    fn kdf_matches_spec_v1() {
+        let kd: [u8; 32] = h("aa0000000000000000000000000000000000000000000000000000000000000a")
+            .try_into()
+            .unwrap();
+        let cases = [
+            (
+                "00000000000000000000000000000001",
+                "020f52fb773ee800f17d294c0ab6dba95cfd00d36e8a5abd4346e2bac09ac4a8",
+            ),
+            (
+                "00000000000000000000000000000002",
+                "8180d782f77a199f468f7b496c2751d1b28195a04ec68e86de8435e431a2e596",
+            ),
+            (
+                "f0000000000000000000000000000004",
+                "77dc718eddd49c197ffcbbbd4a87555d5f39614a7ecba3961e9e0da7cc0f0adf",
+            ),
+            (
+                "f0000000000000000000000000000005",
+                "0f741ef5967011a4ad50394e60ecaa157966c42f58b570f173f48d6a600b829f",
+            ),
+        ];
+        for (id, expected) in cases {
+            let id: [u8; 16] = h(id).try_into().unwrap();
+            assert_eq!(hex::encode(*derive_key(&kd, &id)), expected);
+        }
+    }
+
+    #[test]
+    fn secretbox_matches_spec_v2() {
+        let key: [u8; 32] = h("020f52fb773ee800f17d294c0ab6dba95cfd00d36e8a5abd4346e2bac09ac4a8")
+            .try_into()
+            .unwrap();
+        let nonce = [0x24u8; 24];
+        assert_eq!(
+            hex::encode(secretbox_seal_with_nonce(&key, &nonce, b"")),
+            "242424242424242424242424242424242424242424242424a4730577a4810c312ecd81514f28627e"
+        );
+        let hello = h("24242424242424242424242424242424242424242424242401454f9a03934d0089d8d5108fc157900db873a114edd246");
+        assert_eq!(&secretbox_open(&key, &hello).unwrap()[..], b"Hello v1");
+        let mut tampered = hello.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert_eq!(
+            secretbox_open(&key, &tampered).unwrap_err(),
+            SymmetricError::Authentication
+        );
+        assert_eq!(
+            secretbox_open(&key, &hello[..39]).unwrap_err(),
+            SymmetricError::Truncated
+        );
+    }
+
+    #[test]
+    fn ed25519_round_trip_and_tamper() {
+        let seed = [7u8; 32];
+        let signed = ed25519_sign(&seed, b"manifest");
+        let pk = ed25519_public(&seed);
+        assert_eq!(ed25519_verify(&pk, &signed).unwrap(), b"manifest");
+        let mut bad = signed.clone();
+        bad[70] ^= 1;
+        assert_eq!(
+            ed25519_verify(&pk, &bad).unwrap_err(),
+            SymmetricError::BadSignature
+        );
+        assert_eq!(
+            ed25519_verify(&pk, &signed[..63]).unwrap_err(),
+            SymmetricError::ShortSignedBlob
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! Realm export reader and writer (issue 4).

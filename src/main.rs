@@ -1,0 +1,68 @@
+//! The `sequester-custody` binary: parses arguments, runs the command, prints errors.
+//! All the work lives in the library (`sequester_custody::app` and below).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sequester_custody::app::{self, GlobalOpts};
+
+/// Parsec sequester keys in hardware: key ceremonies and realm export investigation through a
+/// PKCS#11 token or a YubiKey.
+#[derive(Debug, Parser)]
+#[command(name = "sequester-custody", version, about)]
+struct Cli {
+    /// Machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// More detail (mechanism paths, timings); repeat for debug output.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Tokens: list modules and tokens, show one.
+    #[command(subcommand)]
+    Token(app::token::TokenCommand),
+    /// Keys on tokens: generate, list, show, import, test.
+    #[command(subcommand)]
+    Key(app::key::KeyCommand),
+    /// Parsec sequester service and revocation certificates.
+    #[command(subcommand)]
+    Cert(app::cert::CertCommand),
+    /// Ceremony transcripts and plans.
+    #[command(subcommand)]
+    Ceremony(app::ceremony::CeremonyCommand),
+    /// Read a realm export: info, verify, ls, cat, history, timeline, extract, mount.
+    #[command(subcommand)]
+    Export(app::export::ExportCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let global = GlobalOpts {
+        json: cli.json,
+        verbose: cli.verbose,
+    };
+    let result = match cli.command {
+        Command::Token(cmd) => app::token::run(cmd, &global),
+        Command::Key(cmd) => app::key::run(cmd, &global),
+        Command::Cert(cmd) => app::cert::run(cmd, &global),
+        Command::Ceremony(cmd) => app::ceremony::run(cmd, &global),
+        Command::Export(cmd) => app::export::run(cmd, &global),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err}");
+            let mut source = err.source();
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::from(1)
+        }
+    }
+}

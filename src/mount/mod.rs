@@ -1,0 +1,1 @@
+//! Read-only FUSE view of a realm export (issue 5).

@@ -1,0 +1,35 @@
+//! Parsec's byte formats (spec §1.6, §2, §3, §4.4). Pure: no token, no I/O.
+//!
+//! Shared core: [`envelope`] (`0x00 || zstd(msgpack)`), [`msgpack`] (exact writer, typed reader),
+//! [`datetime`] (microsecond UTC timestamps), [`FormatError`].
+
+pub mod datetime;
+pub mod envelope;
+pub mod msgpack;
+
+pub use datetime::DateTime;
+
+/// Errors decoding or encoding Parsec data. Each names what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("empty data")]
+    Empty,
+    #[error("unknown data format version byte 0x{0:02x} (only 0x00 exists)")]
+    FormatVersion(u8),
+    #[error("zstd decompression failed: {0}")]
+    Zstd(String),
+    #[error("msgpack decoding failed: {0}")]
+    Msgpack(String),
+    #[error("trailing bytes after the msgpack object")]
+    TrailingBytes,
+    #[error("expected a msgpack map")]
+    NotAMap,
+    #[error("wrong type: expected `{expected}`, found `{found}`")]
+    WrongType { expected: String, found: String },
+    #[error("missing field `{0}`")]
+    MissingField(&'static str),
+    #[error("field `{field}`: {reason}")]
+    BadField { field: &'static str, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+}

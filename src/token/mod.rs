@@ -1,0 +1,214 @@
+//! The token abstraction.
+//!
+//! Every backend (PKCS#11, YubiKey PIV) implements [`KeyHandle`] for one private key held on a
+//! token, and [`TokenBackend`] for listing and generating keys. Callers never see PKCS#11 or PIV
+//! types, and no method returns private key material: the private half never leaves the token.
+//!
+//! Host-side padding (EME-OAEP decoding, EMSA-PSS encoding) for tokens that only do raw RSA lives
+//! in [`crate::crypto::rsa_padding`].
+
+use std::fmt;
+
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+pub mod pkcs11;
+pub mod yubikey;
+
+/// What a key is for. Parsec has two RSA roles (spec §1.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Signs sequester service and revocation certificates (RSASSA-PSS-SHA256).
+    Authority,
+    /// Receives realm keys bundle accesses (RSAES-OAEP-SHA256).
+    Service,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Authority => "authority",
+            Role::Service => "service",
+        })
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "authority" => Ok(Role::Authority),
+            "service" => Ok(Role::Service),
+            other => Err(format!(
+                "unknown role `{other}`: expected `authority` or `service`"
+            )),
+        }
+    }
+}
+
+/// Which way a private-key operation was carried out. Shown with `-v` and in `--json` output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MechanismPath {
+    /// `CKM_RSA_PKCS_OAEP` with SHA-256 / MGF1-SHA-256 / empty label, done by the token.
+    NativeOaepSha256,
+    /// Raw RSA (`CKM_RSA_X_509` or PIV) on the token, EME-OAEP decoding on the host.
+    RawRsaHostOaep,
+    /// `CKM_SHA256_RSA_PKCS_PSS` (salt 32): the token hashes and pads.
+    NativeSha256Pss,
+    /// SHA-256 on the host, `CKM_RSA_PKCS_PSS` (salt 32) on the token.
+    HostDigestPss,
+    /// EMSA-PSS encoding on the host, raw RSA on the token.
+    RawRsaHostPss,
+}
+
+impl fmt::Display for MechanismPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MechanismPath::NativeOaepSha256 => "native CKM_RSA_PKCS_OAEP (SHA-256)",
+            MechanismPath::RawRsaHostOaep => "raw RSA on token + host EME-OAEP decoding",
+            MechanismPath::NativeSha256Pss => "native CKM_SHA256_RSA_PKCS_PSS (salt 32)",
+            MechanismPath::HostDigestPss => "host SHA-256 + CKM_RSA_PKCS_PSS (salt 32)",
+            MechanismPath::RawRsaHostPss => "host EMSA-PSS encoding + raw RSA on token",
+        })
+    }
+}
+
+/// The verdict drawn from a key's attributes (`CKA_LOCAL`, `CKA_NEVER_EXTRACTABLE`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProvenanceVerdict {
+    /// Generated on this token and never extractable.
+    GeneratedOnToken,
+    /// Imported (not generated on the token), but not extractable now.
+    ImportedNonExtractable,
+    /// The private key can be exported: unsafe.
+    Extractable,
+    /// The backend cannot tell (e.g. attributes unavailable).
+    Unknown,
+}
+
+impl fmt::Display for ProvenanceVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProvenanceVerdict::GeneratedOnToken => "generated on this token, never extractable",
+            ProvenanceVerdict::ImportedNonExtractable => "imported, non-extractable now",
+            ProvenanceVerdict::Extractable => "EXTRACTABLE — unsafe",
+            ProvenanceVerdict::Unknown => "unknown (the token does not report it)",
+        })
+    }
+}
+
+/// Raw provenance facts plus the verdict. `None` = attribute not available on this backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Provenance {
+    pub local: Option<bool>,
+    pub never_extractable: Option<bool>,
+    pub always_sensitive: Option<bool>,
+    pub extractable: Option<bool>,
+    pub sensitive: Option<bool>,
+    pub verdict: ProvenanceVerdict,
+    /// Backend-specific evidence, e.g. "YubiKey attestation verified to f9 certificate".
+    pub evidence: Vec<String>,
+}
+
+/// Who made and holds the token: recorded in ceremony transcripts and custody records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct TokenDescription {
+    /// `pkcs11` or `yubikey`.
+    pub backend: String,
+    pub manufacturer: String,
+    pub model: String,
+    pub serial: String,
+    pub label: String,
+}
+
+/// What a caller may learn about one key on a token (no private material).
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyInfo {
+    /// A URI that selects this key again (`pkcs11:…` or `yubikey:…`), without any PIN.
+    pub uri: String,
+    pub label: String,
+    /// Hex of `CKA_ID` (PKCS#11) or the slot (PIV).
+    pub id: String,
+    pub role: Option<Role>,
+    pub bits: usize,
+    /// The public key as DER SubjectPublicKeyInfo (rsaEncryption + NULL).
+    #[serde(skip)]
+    pub spki_der: Vec<u8>,
+    /// SHA-256 of `spki_der`, lowercase hex.
+    pub fingerprint: String,
+    pub can_sign: bool,
+    pub can_decrypt: bool,
+    pub provenance: Provenance,
+}
+
+/// One private key on a token. Object-safe: the Parsec and export layers take `&dyn KeyHandle`.
+pub trait KeyHandle: Send + Sync {
+    /// The public key as DER SubjectPublicKeyInfo (rsaEncryption + NULL, spec §1.5).
+    fn public_key_spki(&self) -> &[u8];
+
+    /// RSASSA-PSS-SHA256, MGF1-SHA-256, salt 32 over `message` (the token or the host hashes, per
+    /// the negotiated path). Returns exactly k bytes, left-padded (spec §1.6).
+    fn sign_pss_sha256(&self, message: &[u8]) -> Result<(Vec<u8>, MechanismPath), TokenError>;
+
+    /// RSAES-OAEP-SHA256 (MGF1-SHA-256, empty label) decryption of one k-byte block.
+    fn decrypt_oaep_sha256(
+        &self,
+        block: &[u8],
+    ) -> Result<(Zeroizing<Vec<u8>>, MechanismPath), TokenError>;
+
+    /// Provenance of the private key, read from the token.
+    fn provenance(&self) -> Result<Provenance, TokenError>;
+
+    /// The token this key lives on.
+    fn token(&self) -> TokenDescription;
+
+    /// Full description of the key.
+    fn info(&self) -> Result<KeyInfo, TokenError>;
+}
+
+/// Errors of the token layer. Messages never carry PINs or key material.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("malformed key URI `{uri}`: {reason}")]
+    BadUri { uri: String, reason: String },
+    #[error("PKCS#11 module not found: {0}")]
+    ModuleNotFound(String),
+    #[error("cannot load PKCS#11 module {path}: {reason}")]
+    ModuleLoad { path: String, reason: String },
+    #[error("no token matches {0}")]
+    NoSuchToken(String),
+    #[error(
+        "{count} tokens match {selector}; select one by serial (`serial=`) or label (`token=`)"
+    )]
+    AmbiguousToken { selector: String, count: usize },
+    #[error("no key matches {0}")]
+    NoSuchKey(String),
+    #[error("{count} keys match {selector}; add `id=` or `object=` to the URI")]
+    AmbiguousKey { selector: String, count: usize },
+    #[error("wrong PIN for token `{token}` ({state}); not retried")]
+    WrongPin { token: String, state: String },
+    #[error("PIN of token `{token}` is locked")]
+    PinLocked { token: String },
+    #[error("cannot read the PIN: {0}")]
+    PinSource(String),
+    #[error("the key cannot {operation}: {reason}")]
+    NotPermitted { operation: String, reason: String },
+    #[error("unsupported key: {0}")]
+    UnsupportedKey(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Deliberately uninformative: a padding oracle must not learn which check failed.
+    #[error("decryption failed")]
+    DecryptionFailed,
+    #[error("the token is not present or was removed: {0}")]
+    TokenRemoved(String),
+    #[error("{backend} error during {operation}: {reason}")]
+    Backend {
+        backend: &'static str,
+        operation: String,
+        reason: String,
+    },
+}

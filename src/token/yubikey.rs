@@ -1,0 +1,1 @@
+//! YubiKey PIV backend (issue 6).
