@@ -240,6 +240,9 @@ impl VirtualCard<'_> {
             return with_status(&[], status);
         }
         if command.instruction() == Instruction::Select {
+            // Like a YubiKey, (re-)selecting the applet clears the PIN status; the yubikey
+            // crate relies on it to read the retry counter.
+            self.logout();
             // The yubikey crate expects the whole SELECT answer with 9000.
             return with_status(&reply, Status::Success);
         }
@@ -262,13 +265,26 @@ impl VirtualCard<'_> {
     }
 }
 
+impl VirtualCard<'_> {
+    /// VERIFY with P1=FF (PIV "reset security status" of the application PIN). The applet's
+    /// `deselect` is a no-op, so a card reset would otherwise keep the PIN verified forever.
+    fn logout(&mut self) {
+        let logout = Command::<APDU_LEN>::try_from(&[0x00, 0x20, 0xff, 0x80][..])
+            .expect("well-formed logout APDU");
+        let mut reply = heapless::Vec::<u8, APDU_LEN>::new();
+        let _ = self.card.respond(logout.as_view(), reply.as_mut_view());
+    }
+}
+
 impl vpicc::VSmartCard for VirtualCard<'_> {
     fn power_off(&mut self) {
         self.card.deselect();
+        self.logout();
         self.chained = None;
     }
     fn reset(&mut self) {
         self.card.deselect();
+        self.logout();
         self.chained = None;
     }
     fn execute(&mut self, request: &[u8]) -> Vec<u8> {
