@@ -255,3 +255,32 @@ fn management_key_from_file_or_refused() {
     let generated = yk::generate(&uri, &spec(Role::Service, 2048)).unwrap();
     assert_eq!(generated.mgm_key, MgmKeyKind::FromFile);
 }
+
+#[test]
+fn card_held_exclusively_by_another_program_is_named() {
+    let Some(session) = yubikey_common::start(&["5.4.3"]) else {
+        return;
+    };
+    let card = session.card();
+    // Another program (here: a second PC/SC context, as scdaemon would) takes the card
+    // exclusively.
+    let ctx = pcsc::Context::establish(pcsc::Scope::System).unwrap();
+    let mut names = vec![0u8; ctx.list_readers_len().unwrap()];
+    let reader = ctx
+        .list_readers(&mut names)
+        .unwrap()
+        .find(|r| r.to_string_lossy().ends_with("00 00"))
+        .expect("the first vpcd slot")
+        .to_owned();
+    let holder = ctx
+        .connect(&reader, pcsc::ShareMode::Exclusive, pcsc::Protocols::ANY)
+        .unwrap();
+    match yk::card_info(&card.uri()) {
+        Err(e @ TokenError::Backend { .. }) => {
+            assert!(e.to_string().contains("held by another program"), "{e}")
+        }
+        other => panic!("expected a busy-card error, got {other:?}"),
+    }
+    drop(holder);
+    assert_eq!(yk::card_info(&card.uri()).unwrap().serial, card.serial);
+}
