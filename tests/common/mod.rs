@@ -114,7 +114,14 @@ impl SoftHsm {
             .args(["--import"])
             .arg(pem)
             .args([
-                "--token", &self.label, "--label", label, "--id", id_hex, "--pin", USER_PIN,
+                "--token",
+                &self.label,
+                "--label",
+                label,
+                "--id",
+                id_hex,
+                "--pin",
+                USER_PIN,
             ])
             .output()
             .unwrap();
@@ -175,4 +182,234 @@ pub fn stderr(out: &Output) -> String {
 pub fn file_sha256(path: &Path) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// User PIN of kryoptic test tokens (kryoptic requires at least 8 characters).
+pub const KRYOPTIC_USER_PIN: &str = "87654321";
+
+/// The kryoptic module built by `softhsm-fixtures/kryoptic/setup.sh` (`KRYOPTIC_MODULE`).
+pub fn kryoptic_module() -> Option<PathBuf> {
+    std::env::var_os("KRYOPTIC_MODULE")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+}
+
+/// A fresh kryoptic token (its own sqlite database and `KRYOPTIC_CONF`).
+pub struct Kryoptic {
+    pub dir: tempfile::TempDir,
+    pub conf: PathBuf,
+    pub label: String,
+    pub module: PathBuf,
+}
+
+impl Kryoptic {
+    pub fn new(label: &str) -> Option<Kryoptic> {
+        Kryoptic::with_tokens(&[label])
+    }
+
+    /// One slot per label (labels may repeat, e.g. for "two tokens match" tests); the first
+    /// label is this fixture's `label`.
+    pub fn with_tokens(labels: &[&str]) -> Option<Kryoptic> {
+        let module = kryoptic_module();
+        if !available(
+            "kryoptic (KRYOPTIC_MODULE from softhsm-fixtures/kryoptic/setup.sh)",
+            module.is_some(),
+        ) {
+            return None;
+        }
+        let module = module.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("kryoptic.conf");
+        let mut text = String::new();
+        for (i, _) in labels.iter().enumerate() {
+            text.push_str(&format!(
+                "[[slots]]\nslot = {}\ndbtype = \"sqlite\"\ndbargs = \"{}\"\n\n",
+                10 + i,
+                dir.path().join(format!("token{i}.sql")).display()
+            ));
+        }
+        std::fs::write(&conf, text).unwrap();
+        let k = Kryoptic {
+            dir,
+            conf,
+            label: labels[0].to_string(),
+            module,
+        };
+        for (i, label) in labels.iter().enumerate() {
+            k.pkcs11_tool(&[
+                "--slot",
+                &(10 + i).to_string(),
+                "--init-token",
+                "--label",
+                label,
+                "--so-pin",
+                SO_PIN,
+            ]);
+            k.pkcs11_tool(&[
+                "--slot",
+                &(10 + i).to_string(),
+                "--login",
+                "--login-type",
+                "so",
+                "--so-pin",
+                SO_PIN,
+                "--init-pin",
+                "--pin",
+                KRYOPTIC_USER_PIN,
+            ]);
+        }
+        Some(k)
+    }
+
+    fn pkcs11_tool(&self, args: &[&str]) {
+        let out = Command::new("pkcs11-tool")
+            .env("KRYOPTIC_CONF", &self.conf)
+            .arg("--module")
+            .arg(&self.module)
+            .args(args)
+            .output()
+            .expect("pkcs11-tool (apt package opensc)");
+        assert!(out.status.success(), "pkcs11-tool {args:?}: {out:?}");
+    }
+
+    /// Environment for a subprocess that should see this token (PIN included).
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("KRYOPTIC_CONF".into(), self.conf.display().to_string()),
+            ("SEQUESTER_CUSTODY_PIN".into(), KRYOPTIC_USER_PIN.into()),
+        ]
+    }
+
+    pub fn key_uri(&self, object: &str) -> String {
+        format!(
+            "pkcs11:token={};object={};type=private?module-path={}",
+            self.label,
+            object,
+            self.module.display()
+        )
+    }
+
+    pub fn token_uri(&self) -> String {
+        format!(
+            "pkcs11:token={}?module-path={}",
+            self.label,
+            self.module.display()
+        )
+    }
+}
+
+/// Either kind of test token, for tests that run against both.
+pub enum TestToken {
+    SoftHsm(SoftHsm),
+    Kryoptic(Kryoptic),
+}
+
+impl TestToken {
+    /// The two real tokens the suite runs against, each freshly created (skipped ones omitted).
+    pub fn both(label: &str) -> Vec<TestToken> {
+        let mut v = Vec::new();
+        if let Some(s) = SoftHsm::new(label) {
+            v.push(TestToken::SoftHsm(s));
+        }
+        if let Some(k) = Kryoptic::new(label) {
+            v.push(TestToken::Kryoptic(k));
+        }
+        v
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            TestToken::SoftHsm(_) => "softhsm2",
+            TestToken::Kryoptic(_) => "kryoptic",
+        }
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        match self {
+            TestToken::SoftHsm(t) => t.env(),
+            TestToken::Kryoptic(t) => t.env(),
+        }
+    }
+
+    pub fn key_uri(&self, object: &str) -> String {
+        match self {
+            TestToken::SoftHsm(t) => t.key_uri(object),
+            TestToken::Kryoptic(t) => t.key_uri(object),
+        }
+    }
+
+    pub fn token_uri(&self) -> String {
+        match self {
+            TestToken::SoftHsm(t) => t.token_uri(),
+            TestToken::Kryoptic(t) => t.token_uri(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        match self {
+            TestToken::SoftHsm(t) => t.dir.path(),
+            TestToken::Kryoptic(t) => t.dir.path(),
+        }
+    }
+
+    pub fn module(&self) -> &Path {
+        match self {
+            TestToken::SoftHsm(t) => &t.module,
+            TestToken::Kryoptic(t) => &t.module,
+        }
+    }
+
+    pub fn user_pin(&self) -> &'static str {
+        match self {
+            TestToken::SoftHsm(_) => USER_PIN,
+            TestToken::Kryoptic(_) => KRYOPTIC_USER_PIN,
+        }
+    }
+}
+
+/// Set in the child process of [`run_isolated`].
+pub const ISOLATED_ENV: &str = "SEQUESTER_TEST_ISOLATED";
+
+/// Runs the `#[ignore]`d test `name` of the current test binary in a child process with `env`.
+/// PKCS#11 modules read their configuration (SOFTHSM2_CONF, KRYOPTIC_CONF) once per process, so
+/// in-process token work runs in a child to keep one fresh token per test.
+pub fn run_isolated(name: &str, env: &[(String, String)]) {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args([
+            name,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ISOLATED_ENV, "1")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    let text = format!("{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "isolated test {name} failed:\n{text}"
+    );
+}
+
+/// True in the child process of [`run_isolated`]; the `#[ignore]`d inner tests return early
+/// otherwise.
+pub fn in_isolated_child() -> bool {
+    std::env::var_os(ISOLATED_ENV).is_some()
+}
+
+/// Asserts a CLI run failed cleanly: non-zero exit, no panic, stderr containing `needle`.
+pub fn assert_clean_failure(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {err}"
+    );
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(
+        err.contains(needle),
+        "stderr does not contain `{needle}`:\n{err}"
+    );
 }
