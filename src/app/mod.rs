@@ -6,6 +6,7 @@ pub mod ceremony;
 pub mod cert;
 pub mod export;
 pub mod key;
+mod key_yubikey;
 pub mod token;
 
 use std::process::ExitCode;
