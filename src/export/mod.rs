@@ -51,3 +51,6 @@ pub fn parse_id(s: &str) -> Result<[u8; 16], String> {
         .try_into()
         .map_err(|_| format!("`{s}` is not a 16-byte (32 hex digit) ID"))
 }
+
+#[cfg(test)]
+mod tests;
