@@ -1,15 +1,403 @@
-//! `key` commands.
+//! `key` commands: generate, list, show, import, test.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use rsa::rand_core::{OsRng, RngCore};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::crypto::rsa_public;
+use crate::token::pkcs11::{keygen, pem_key, Pkcs11Key};
+use crate::token::uri::Pkcs11Uri;
+use crate::token::{self, KeyHandle, KeyInfo, KeySpec, MechanismPath, Role, TokenError};
 
 use super::{CommandResult, GlobalOpts};
 
+/// Environment variable holding the passphrase of an encrypted key file for `key import`.
+pub const KEY_PASSPHRASE_ENV: &str = "SEQUESTER_CUSTODY_KEY_PASSPHRASE";
+
 #[derive(Debug, clap::Subcommand)]
 pub enum KeyCommand {
-    /// Not implemented yet.
-    Todo,
+    /// Generate an RSA key pair on a token for a role.
+    Generate {
+        /// `authority` (signs certificates) or `service` (decrypts realm exports).
+        #[arg(long)]
+        role: Role,
+        /// Label (CKA_LABEL) of the new key.
+        #[arg(long)]
+        label: String,
+        /// Modulus size: 2048, 3072 or 4096.
+        #[arg(long, default_value_t = token::DEFAULT_KEY_BITS)]
+        bits: usize,
+        /// The token: `pkcs11:token=…?module-path=…`.
+        #[arg(long = "token", value_name = "URI")]
+        token_uri: String,
+        /// Write the public key (SPKI PEM, as Parsec loads it) to FILE.
+        #[arg(long, value_name = "FILE")]
+        public_out: Option<PathBuf>,
+        /// TEST TOKENS ONLY: allow keys smaller than 2048 bits.
+        #[arg(long)]
+        allow_insecure_test_size: bool,
+    },
+    /// List the RSA private keys on a token.
+    List {
+        /// The token: `pkcs11:token=…?module-path=…`.
+        #[arg(long = "token", value_name = "URI")]
+        token_uri: String,
+    },
+    /// Show a key: public key (SPKI PEM), fingerprint, size, usage, provenance, mechanism paths.
+    Show {
+        /// The key: `pkcs11:token=…;object=…;type=private?module-path=…`.
+        uri: String,
+        /// Also write the public key (SPKI PEM) to FILE.
+        #[arg(long, value_name = "FILE")]
+        public_out: Option<PathBuf>,
+    },
+    /// Import a legacy openssl RSA private key (PKCS#8, PKCS#1 or encrypted PKCS#8 PEM) as a
+    /// sensitive, non-extractable token key. The passphrase of an encrypted key comes from
+    /// --passphrase-file, SEQUESTER_CUSTODY_KEY_PASSPHRASE or a prompt.
+    Import {
+        #[arg(long)]
+        role: Role,
+        #[arg(long)]
+        label: String,
+        /// The token: `pkcs11:token=…?module-path=…`.
+        #[arg(long = "token", value_name = "URI")]
+        token_uri: String,
+        /// The PEM key file.
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+        /// File holding the passphrase of an encrypted key (first line).
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+        /// Write the public key (SPKI PEM) to FILE.
+        #[arg(long, value_name = "FILE")]
+        public_out: Option<PathBuf>,
+        /// TEST TOKENS ONLY: allow keys smaller than 2048 bits (e.g. Parsec's fixture keys).
+        #[arg(long)]
+        allow_insecure_test_size: bool,
+    },
+    /// Round trip through the token for the key's role (service: host OAEP encrypt, token
+    /// decrypt; authority: token sign, host verify), with mechanism path and latency.
+    Test {
+        uri: String,
+        /// Number of operations to time.
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
+    },
 }
 
-pub fn run(cmd: KeyCommand, _global: &GlobalOpts) -> CommandResult {
+#[derive(Serialize)]
+struct ShownKey<'a> {
+    #[serde(flatten)]
+    info: &'a KeyInfo,
+    public_key_pem: String,
+    token: crate::token::TokenDescription,
+    mechanisms: Option<crate::token::pkcs11::Negotiated>,
+}
+
+#[derive(Serialize)]
+struct TestReport {
+    uri: String,
+    role: Option<Role>,
+    operation: &'static str,
+    mechanism_path: MechanismPath,
+    mechanism: String,
+    rounds: u32,
+    ok: bool,
+    latency_ms_mean: f64,
+    latency_ms_min: f64,
+    latency_ms_max: f64,
+}
+
+/// Writes `text` to `path` atomically (temp file in the same directory, then rename), refusing
+/// to replace an existing file.
+fn write_new_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    if path.exists() {
+        bail!("{} already exists; not overwriting it", path.display());
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    tmp.write_all(text.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist_noclobber(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error))?;
+    Ok(())
+}
+
+fn print_key(key: &Pkcs11Key, global: &GlobalOpts, public_out: Option<&Path>) -> CommandResult {
+    let info = key.info()?;
+    let pem = rsa_public::spki_pem(&info.spki_der);
+    if let Some(path) = public_out {
+        write_new_file(path, &pem)?;
+    }
+    let negotiated = key.negotiated();
+    if global.json {
+        let shown = ShownKey {
+            info: &info,
+            public_key_pem: pem,
+            token: key.token(),
+            mechanisms: Some(negotiated),
+        };
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_key_text(&info, &key.token(), Some(&negotiated), global);
+    println!("{pem}");
+    if let Some(path) = public_out {
+        println!("public key written to {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_key_text(
+    info: &KeyInfo,
+    token: &crate::token::TokenDescription,
+    negotiated: Option<&crate::token::pkcs11::Negotiated>,
+    global: &GlobalOpts,
+) {
+    println!("key:         {}", info.label);
+    println!("uri:         {}", info.uri);
+    println!("token:       {} (serial {})", token.label, token.serial);
+    println!("id:          {}", info.id);
+    println!(
+        "role:        {}",
+        info.role
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "none (usage flags do not match a single role)".into())
+    );
+    println!("size:        {} bits", info.bits);
+    println!(
+        "usage:       sign={} decrypt={}",
+        info.can_sign, info.can_decrypt
+    );
+    println!("fingerprint: SHA256:{}", info.fingerprint);
+    println!("provenance:  {}", info.provenance.verdict);
+    if global.verbose > 0 {
+        for e in &info.provenance.evidence {
+            println!("             {e}");
+        }
+    }
+    if let Some(n) = negotiated {
+        let list = |v: &[MechanismPath]| {
+            if v.is_empty() {
+                "NONE".to_string()
+            } else {
+                v.iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" > ")
+            }
+        };
+        if info.can_decrypt {
+            println!("decrypt via: {}", list(&n.decrypt));
+        }
+        if info.can_sign {
+            println!("sign via:    {}", list(&n.sign));
+        }
+    }
+}
+
+fn read_passphrase(file: Option<&Path>) -> Result<Zeroizing<String>, TokenError> {
+    if let Some(file) = file {
+        let text = Zeroizing::new(std::fs::read_to_string(file).map_err(|e| {
+            TokenError::PinSource(format!(
+                "cannot read passphrase file {}: {e}",
+                file.display()
+            ))
+        })?);
+        let line = text.lines().next().unwrap_or("");
+        return Ok(Zeroizing::new(line.to_string()));
+    }
+    if let Some(p) = std::env::var_os(KEY_PASSPHRASE_ENV) {
+        return p.into_string().map(Zeroizing::new).map_err(|_| {
+            TokenError::PinSource(format!("{KEY_PASSPHRASE_ENV} is not valid UTF-8"))
+        });
+    }
+    rpassword::prompt_password("Passphrase of the key file: ")
+        .map(Zeroizing::new)
+        .map_err(|e| {
+            TokenError::PinSource(format!(
+                "no passphrase: no terminal to prompt on ({e}); use --passphrase-file or {KEY_PASSPHRASE_ENV}"
+            ))
+        })
+}
+
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
     match cmd {
-        KeyCommand::Todo => anyhow::bail!("not implemented yet"),
+        KeyCommand::Generate {
+            role,
+            label,
+            bits,
+            token_uri,
+            public_out,
+            allow_insecure_test_size,
+        } => {
+            if let Some(p) = &public_out {
+                if p.exists() {
+                    bail!("{} already exists; not overwriting it", p.display());
+                }
+            }
+            let spec = KeySpec {
+                role,
+                label,
+                bits,
+                allow_insecure_test_size,
+            };
+            token::check_key_size(bits, allow_insecure_test_size)?;
+            let start = Instant::now();
+            let key = keygen::generate(&Pkcs11Uri::parse(&token_uri)?, &spec)?;
+            if global.verbose > 0 && !global.json {
+                eprintln!("generated in {:.0} ms", millis(start.elapsed()));
+            }
+            print_key(&key, global, public_out.as_deref())
+        }
+        KeyCommand::List { token_uri } => {
+            let keys = token::list_keys(&token_uri)?;
+            if global.json {
+                println!("{}", serde_json::to_string_pretty(&keys)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if keys.is_empty() {
+                println!("no RSA private keys on this token");
+            }
+            for k in &keys {
+                println!(
+                    "{}  {} bits  role={}  SHA256:{}  {}",
+                    k.label,
+                    k.bits,
+                    k.role
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|| "none".into()),
+                    k.fingerprint,
+                    k.provenance.verdict
+                );
+                println!("  {}", k.uri);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeyCommand::Show { uri, public_out } => {
+            let key = Pkcs11Key::open(&Pkcs11Uri::parse(&uri)?)?;
+            print_key(&key, global, public_out.as_deref())
+        }
+        KeyCommand::Import {
+            role,
+            label,
+            token_uri,
+            input,
+            passphrase_file,
+            public_out,
+            allow_insecure_test_size,
+        } => {
+            if let Some(p) = &public_out {
+                if p.exists() {
+                    bail!("{} already exists; not overwriting it", p.display());
+                }
+            }
+            let token_uri = Pkcs11Uri::parse(&token_uri)?;
+            let text = Zeroizing::new(
+                std::fs::read_to_string(&input)
+                    .with_context(|| format!("cannot read {}", input.display()))?,
+            );
+            let host_key = pem_key::parse_private_key_pem(&text, || {
+                read_passphrase(passphrase_file.as_deref())
+            })?;
+            drop(text);
+            let spec = KeySpec {
+                role,
+                label,
+                bits: 0,
+                allow_insecure_test_size,
+            };
+            let key = keygen::import(&token_uri, &host_key, &spec)?;
+            drop(host_key);
+            print_key(&key, global, public_out.as_deref())
+        }
+        KeyCommand::Test { uri, rounds } => {
+            let rounds = rounds.max(1);
+            let key = token::open_key(&uri)?;
+            let info = key.info()?;
+            let public = rsa_public::parse_spki_der(key.public_key_spki())?;
+            let mut times = Vec::new();
+            let mut path = None;
+            let operation;
+            if info.can_decrypt {
+                operation = "decrypt";
+                for _ in 0..rounds {
+                    let mut secret = Zeroizing::new([0u8; 32]);
+                    OsRng.fill_bytes(&mut *secret);
+                    let block = public
+                        .encrypt(&mut OsRng, rsa::Oaep::new::<Sha256>(), &*secret)
+                        .context("host OAEP encryption")?;
+                    let start = Instant::now();
+                    let (plain, p) = key.decrypt_oaep_sha256(&block)?;
+                    times.push(start.elapsed());
+                    if plain.as_slice() != secret.as_slice() {
+                        bail!("round trip FAILED: the token decrypted a different value");
+                    }
+                    path = Some(p);
+                }
+            } else if info.can_sign {
+                operation = "sign";
+                for _ in 0..rounds {
+                    let mut message = vec![0u8; 64];
+                    OsRng.fill_bytes(&mut message);
+                    let start = Instant::now();
+                    let (sig, p) = key.sign_pss_sha256(&message)?;
+                    times.push(start.elapsed());
+                    public
+                        .verify(rsa::Pss::new::<Sha256>(), &Sha256::digest(&message), &sig)
+                        .map_err(|_| {
+                            anyhow::anyhow!(
+                                "round trip FAILED: signature does not verify on the host"
+                            )
+                        })?;
+                    path = Some(p);
+                }
+            } else {
+                bail!("the key allows neither signing nor decryption");
+            }
+            let path = path.expect("at least one round");
+            let ms: Vec<f64> = times.iter().map(|d| millis(*d)).collect();
+            let report = TestReport {
+                uri: info.uri.clone(),
+                role: info.role,
+                operation,
+                mechanism_path: path,
+                mechanism: path.to_string(),
+                rounds,
+                ok: true,
+                latency_ms_mean: ms.iter().sum::<f64>() / ms.len() as f64,
+                latency_ms_min: ms.iter().cloned().fold(f64::INFINITY, f64::min),
+                latency_ms_max: ms.iter().cloned().fold(0.0, f64::max),
+            };
+            if global.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "OK: {} round trip through the token ({} x {})",
+                    operation, rounds, info.label
+                );
+                println!("mechanism path: {}", report.mechanism);
+                println!(
+                    "latency: mean {:.1} ms (min {:.1}, max {:.1})",
+                    report.latency_ms_mean, report.latency_ms_min, report.latency_ms_max
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

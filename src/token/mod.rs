@@ -9,10 +9,13 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+pub mod pin;
 pub mod pkcs11;
+pub mod profile;
+pub mod uri;
 pub mod yubikey;
 
 /// What a key is for. Parsec has two RSA roles (spec §1.5).
@@ -48,7 +51,7 @@ impl std::str::FromStr for Role {
 }
 
 /// Which way a private-key operation was carried out. Shown with `-v` and in `--json` output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MechanismPath {
     /// `CKM_RSA_PKCS_OAEP` with SHA-256 / MGF1-SHA-256 / empty label, done by the token.
@@ -211,4 +214,117 @@ pub enum TokenError {
         operation: String,
         reason: String,
     },
+}
+
+/// Opens the private key a URI designates: `pkcs11:` (RFC 7512) goes to the PKCS#11 backend,
+/// `yubikey:` to the YubiKey PIV backend. Logs in as needed (PIN from `pin-source`,
+/// `SEQUESTER_CUSTODY_PIN` or a prompt; a wrong PIN is never retried).
+pub fn open_key(uri: &str) -> Result<Box<dyn KeyHandle>, TokenError> {
+    if uri.starts_with("pkcs11:") {
+        let parsed = uri::Pkcs11Uri::parse(uri)?;
+        Ok(Box::new(pkcs11::Pkcs11Key::open(&parsed)?))
+    } else if uri.starts_with("yubikey:") {
+        yubikey::open_key(uri)
+    } else {
+        Err(TokenError::BadUri {
+            uri: uri::redact_pin_value(uri),
+            reason: "expected a `pkcs11:` or `yubikey:` URI".into(),
+        })
+    }
+}
+
+/// What to create on a token (`key generate`, `key import`).
+#[derive(Debug, Clone)]
+pub struct KeySpec {
+    pub role: Role,
+    /// CKA_LABEL (PKCS#11).
+    pub label: String,
+    /// Modulus size for generation (ignored by import, which checks the key's own size).
+    pub bits: usize,
+    /// Allows keys below 2048 bits: for test tokens and the published 1024-bit fixture keys only.
+    pub allow_insecure_test_size: bool,
+}
+
+/// Default modulus size for generated keys.
+pub const DEFAULT_KEY_BITS: usize = 4096;
+
+/// Key size policy (spec §1.5): at most 4096 bits, a multiple of 8, at least 2048 unless the
+/// test-only override is given (and never below 1024).
+pub fn check_key_size(bits: usize, allow_insecure_test_size: bool) -> Result<(), TokenError> {
+    if bits > crate::crypto::rsa_public::MAX_MODULUS_BITS {
+        return Err(TokenError::Refused(format!(
+            "{bits}-bit RSA: Parsec clients (RustCrypto) reject keys above 4096 bits"
+        )));
+    }
+    if bits % 8 != 0 {
+        return Err(TokenError::Refused(format!(
+            "{bits}-bit RSA: the modulus size must be a multiple of 8 (Parsec splits blocks at bits/8)"
+        )));
+    }
+    if bits < 1024 {
+        return Err(TokenError::Refused(format!(
+            "{bits}-bit RSA is far too small"
+        )));
+    }
+    if bits < 2048 && !allow_insecure_test_size {
+        return Err(TokenError::Refused(format!(
+            "{bits}-bit RSA is below the 2048-bit minimum (only test keys may be smaller, with \
+             --allow-insecure-test-size)"
+        )));
+    }
+    Ok(())
+}
+
+/// Generates a key pair for `spec.role` on the token `token_uri` designates.
+pub fn generate_key(token_uri: &str, spec: &KeySpec) -> Result<Box<dyn KeyHandle>, TokenError> {
+    if token_uri.starts_with("pkcs11:") {
+        let parsed = uri::Pkcs11Uri::parse(token_uri)?;
+        Ok(Box::new(pkcs11::keygen::generate(&parsed, spec)?))
+    } else {
+        Err(TokenError::UnsupportedKey(format!(
+            "key generation through this command needs a `pkcs11:` token URI, got `{}`",
+            uri::redact_pin_value(token_uri)
+        )))
+    }
+}
+
+/// Lists the RSA private keys on the token `token_uri` designates (logs in).
+pub fn list_keys(token_uri: &str) -> Result<Vec<KeyInfo>, TokenError> {
+    let parsed = uri::Pkcs11Uri::parse(token_uri)?;
+    let token = pkcs11::module::select_token(&parsed)?;
+    let session = pkcs11::session::open_logged_in(&token, false, parsed.pin_source.as_deref())?;
+    let mut selector = parsed.clone();
+    selector.object_type = None;
+    let handles = pkcs11::key::find_private_keys(&session, &selector)?;
+    // Keep this session open: closing a module's last session logs out and may invalidate the
+    // object handles just found.
+    let mut out = Vec::new();
+    for handle in handles {
+        let session = pkcs11::session::open_logged_in(&token, false, parsed.pin_source.as_deref())?;
+        let key = pkcs11::Pkcs11Key::from_handle(token.clone(), session, handle)?;
+        out.push(key.info()?);
+    }
+    drop(session);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_size_policy() {
+        for ok in [2048, 3072, 4096] {
+            check_key_size(ok, false).unwrap();
+        }
+        check_key_size(1024, true).unwrap();
+        for bad in [1024, 2047, 2050, 4104, 8192, 512] {
+            assert!(
+                matches!(check_key_size(bad, false), Err(TokenError::Refused(_))),
+                "{bad}"
+            );
+        }
+        assert!(check_key_size(4104, true).is_err());
+        assert!(check_key_size(2052, true).is_err());
+    }
 }

@@ -1,0 +1,99 @@
+//! Sessions and login. A wrong PIN is reported with the token's counter flags and never retried;
+//! `CKR_USER_ALREADY_LOGGED_IN` counts as success (login state is per module, not per session).
+
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::session::{Session, SessionState, UserType};
+use cryptoki::types::AuthPin;
+
+use super::super::pin::resolve_pin;
+use super::super::TokenError;
+use super::ck_error;
+use super::module::TokenRef;
+
+/// The token's user-PIN counter state, in words.
+pub fn pin_counter_state(token: &TokenRef) -> String {
+    match token.info() {
+        Ok(info) => {
+            let mut flags = Vec::new();
+            if info.user_pin_locked() {
+                flags.push("CKF_USER_PIN_LOCKED: the PIN is locked");
+            }
+            if info.user_pin_final_try() {
+                flags.push("CKF_USER_PIN_FINAL_TRY: one attempt left before the PIN locks");
+            }
+            if info.user_pin_count_low() {
+                flags.push("CKF_USER_PIN_COUNT_LOW: a wrong PIN was entered, few attempts remain");
+            }
+            if flags.is_empty() {
+                "counter state: no COUNT_LOW / FINAL_TRY / LOCKED flag set by the token".into()
+            } else {
+                format!("counter state: {}", flags.join("; "))
+            }
+        }
+        Err(e) => format!("counter state unavailable: {e}"),
+    }
+}
+
+/// Opens a session on `token` and logs the user in (once; an existing login is reused).
+pub fn open_logged_in(
+    token: &TokenRef,
+    read_write: bool,
+    pin_source: Option<&str>,
+) -> Result<Session, TokenError> {
+    let ctx = &token.module.ctx;
+    let session = if read_write {
+        ctx.open_rw_session(token.slot)
+    } else {
+        ctx.open_ro_session(token.slot)
+    }
+    .map_err(|e| ck_error("C_OpenSession", e))?;
+    login(token, &session, pin_source)?;
+    Ok(session)
+}
+
+/// Opens a session without logging in (public objects, token info).
+pub fn open_public(token: &TokenRef) -> Result<Session, TokenError> {
+    token
+        .module
+        .ctx
+        .open_ro_session(token.slot)
+        .map_err(|e| ck_error("C_OpenSession", e))
+}
+
+fn login(token: &TokenRef, session: &Session, pin_source: Option<&str>) -> Result<(), TokenError> {
+    if let Ok(info) = session.get_session_info() {
+        if matches!(
+            info.session_state(),
+            SessionState::RoUser | SessionState::RwUser
+        ) {
+            return Ok(());
+        }
+    }
+    let info = token.info()?;
+    if info.user_pin_locked() {
+        return Err(TokenError::PinLocked {
+            token: token.description.label.clone(),
+        });
+    }
+    let result = if info.protected_authentication_path() {
+        // PIN pad on the reader: the PIN never passes through this process.
+        session.login(UserType::User, None)
+    } else {
+        let (pin, _origin) = resolve_pin(pin_source, &token.description.label)?;
+        let auth = AuthPin::new(pin.as_str().into());
+        session.login(UserType::User, Some(&auth))
+    };
+    match result {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(CkError::Pkcs11(RvError::PinIncorrect, _))
+        | Err(CkError::Pkcs11(RvError::PinInvalid, _))
+        | Err(CkError::Pkcs11(RvError::PinLenRange, _)) => Err(TokenError::WrongPin {
+            token: token.description.label.clone(),
+            state: pin_counter_state(token),
+        }),
+        Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(TokenError::PinLocked {
+            token: token.description.label.clone(),
+        }),
+        Err(e) => Err(ck_error("C_Login", e)),
+    }
+}

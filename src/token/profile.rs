@@ -1,0 +1,223 @@
+//! HSM profiles (`hsm-profiles/*.toml`): per product, the candidate module paths, known quirks
+//! and the mechanism paths to try, in order. The shipped profiles are compiled in; a directory
+//! named by `SEQUESTER_CUSTODY_PROFILES` adds profiles or replaces shipped ones of the same name.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{MechanismPath, TokenError};
+
+/// Environment variable naming a directory of extra `*.toml` profiles.
+pub const PROFILES_ENV: &str = "SEQUESTER_CUSTODY_PROFILES";
+
+const SHIPPED: &[(&str, &str)] = &[
+    ("softhsm2", include_str!("../../hsm-profiles/softhsm2.toml")),
+    ("kryoptic", include_str!("../../hsm-profiles/kryoptic.toml")),
+    ("yubihsm2", include_str!("../../hsm-profiles/yubihsm2.toml")),
+    (
+        "yubikey-ykcs11",
+        include_str!("../../hsm-profiles/yubikey-ykcs11.toml"),
+    ),
+    ("opensc", include_str!("../../hsm-profiles/opensc.toml")),
+    (
+        "thales-luna",
+        include_str!("../../hsm-profiles/thales-luna.toml"),
+    ),
+    (
+        "entrust-nshield",
+        include_str!("../../hsm-profiles/entrust-nshield.toml"),
+    ),
+    (
+        "aws-cloudhsm",
+        include_str!("../../hsm-profiles/aws-cloudhsm.toml"),
+    ),
+];
+
+/// Mechanism paths a profile allows, in order of preference.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MechanismPreferences {
+    pub decrypt: Vec<MechanismPath>,
+    pub sign: Vec<MechanismPath>,
+}
+
+impl Default for MechanismPreferences {
+    fn default() -> Self {
+        MechanismPreferences {
+            decrypt: vec![
+                MechanismPath::NativeOaepSha256,
+                MechanismPath::RawRsaHostOaep,
+            ],
+            sign: vec![
+                MechanismPath::NativeSha256Pss,
+                MechanismPath::HostDigestPss,
+                MechanismPath::RawRsaHostPss,
+            ],
+        }
+    }
+}
+
+/// One HSM profile.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Profile {
+    pub name: String,
+    pub description: String,
+    /// True only when this project's test suite runs against the product.
+    pub tested: bool,
+    /// What was tested, or why not.
+    #[serde(default)]
+    pub status: String,
+    /// Candidate module paths; `${VAR}` is replaced by the environment variable VAR.
+    pub module_paths: Vec<String>,
+    #[serde(default)]
+    pub documentation: Vec<String>,
+    #[serde(default)]
+    pub quirks: Vec<String>,
+    #[serde(default)]
+    pub mechanisms: MechanismPreferences,
+    /// Largest RSA modulus the product generates, when the vendor documents it.
+    #[serde(default)]
+    pub max_rsa_bits: Option<usize>,
+}
+
+impl Profile {
+    /// Candidate module paths with `${VAR}` expanded; unset variables drop the candidate.
+    pub fn expanded_module_paths(&self) -> Vec<PathBuf> {
+        self.module_paths
+            .iter()
+            .filter_map(|p| expand_env(p))
+            .map(PathBuf::from)
+            .collect()
+    }
+
+    /// The first candidate module present on this machine.
+    pub fn present_module(&self) -> Option<PathBuf> {
+        self.expanded_module_paths()
+            .into_iter()
+            .find(|p| p.is_file())
+    }
+
+    /// True when `module` is one of this profile's candidates (same file).
+    pub fn matches_module(&self, module: &Path) -> bool {
+        let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        let module = canon(module);
+        self.expanded_module_paths()
+            .iter()
+            .any(|p| canon(p) == module)
+    }
+}
+
+fn expand_env(s: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}')? + start;
+        let var = &rest[start + 2..end];
+        let value = std::env::var(var).ok().filter(|v| !v.is_empty())?;
+        out.push_str(&value);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+fn parse(name: &str, text: &str) -> Result<Profile, TokenError> {
+    toml::from_str(text).map_err(|e| TokenError::Backend {
+        backend: "profile",
+        operation: format!("reading profile {name}"),
+        reason: e.to_string(),
+    })
+}
+
+/// All profiles: shipped ones, then those of [`PROFILES_ENV`] (same name = replacement).
+pub fn all_profiles() -> Result<Vec<Profile>, TokenError> {
+    let mut profiles = Vec::new();
+    for (name, text) in SHIPPED {
+        profiles.push(parse(name, text)?);
+    }
+    if let Some(dir) = std::env::var_os(PROFILES_ENV) {
+        let dir = PathBuf::from(dir);
+        let entries = std::fs::read_dir(&dir).map_err(|e| TokenError::Backend {
+            backend: "profile",
+            operation: format!("reading {}", dir.display()),
+            reason: e.to_string(),
+        })?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let text = std::fs::read_to_string(&path).map_err(|e| TokenError::Backend {
+                backend: "profile",
+                operation: format!("reading {}", path.display()),
+                reason: e.to_string(),
+            })?;
+            let profile = parse(&path.display().to_string(), &text)?;
+            profiles.retain(|p: &Profile| p.name != profile.name);
+            profiles.push(profile);
+        }
+    }
+    Ok(profiles)
+}
+
+/// The profile named `name`.
+pub fn find_profile(name: &str) -> Result<Profile, TokenError> {
+    all_profiles()?
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| {
+            TokenError::ModuleNotFound(format!("no HSM profile named `{name}` (module-name=)"))
+        })
+}
+
+/// The profile whose candidates include `module`, if any (for quirks and preferences).
+pub fn profile_for_module(module: &Path) -> Option<Profile> {
+    // A profile from PROFILES_ENV replaces a shipped one, and wins when both match.
+    all_profiles()
+        .ok()?
+        .into_iter()
+        .rev()
+        .find(|p| p.matches_module(module))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_profiles_parse_and_are_honest() {
+        let profiles = all_profiles().unwrap();
+        assert_eq!(profiles.len(), SHIPPED.len());
+        for p in &profiles {
+            assert!(!p.module_paths.is_empty(), "{}", p.name);
+            assert!(!p.mechanisms.decrypt.is_empty(), "{}", p.name);
+            assert!(!p.mechanisms.sign.is_empty(), "{}", p.name);
+            if !p.tested {
+                assert!(
+                    p.status.to_lowercase().contains("untested"),
+                    "{}: untested profiles must say so",
+                    p.name
+                );
+            }
+        }
+        let tested: Vec<_> = profiles
+            .iter()
+            .filter(|p| p.tested)
+            .map(|p| &p.name)
+            .collect();
+        assert_eq!(tested, ["softhsm2", "kryoptic"]);
+    }
+
+    #[test]
+    fn env_expansion() {
+        std::env::set_var("SEQ_TEST_EXPAND", "/x/y");
+        assert_eq!(
+            expand_env("${SEQ_TEST_EXPAND}/lib.so").unwrap(),
+            "/x/y/lib.so"
+        );
+        assert_eq!(expand_env("${SEQ_TEST_UNSET_VAR_XYZ}/lib.so"), None);
+        assert_eq!(expand_env("/plain").unwrap(), "/plain");
+    }
+}
