@@ -195,7 +195,7 @@ fn unlock(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> anyhow
     if export.sequester_topic()?.is_none() {
         return Err(crate::export::ExportError::NotSequestered.into());
     }
-    let key = open_key(&args.key).context("opening the service key")?;
+    let key = crate::token::open_key(&args.key).context("opening the service key")?;
     let realm = export.unlock(key.as_ref(), &UnlockOptions { service_id })?;
     let r = realm.recovery();
     let service = realm.service();
@@ -985,13 +985,4 @@ fn extract_cmd(
         println!("Export SHA-256: {export_sha256}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// TEMPORARY until the token branch is merged: `crate::token::open_key`.
-fn open_key(_uri: &str) -> Result<Box<dyn crate::token::KeyHandle>, crate::token::TokenError> {
-    Err(crate::token::TokenError::Backend {
-        backend: "pkcs11",
-        operation: "open".into(),
-        reason: "token backend not merged yet".into(),
-    })
 }

@@ -346,7 +346,7 @@ fn open_access(
     mechanism: &mut Option<MechanismPath>,
 ) -> Result<Zeroizing<[u8; 32]>, String> {
     let (rsa_block, payload) =
-        super::sequester_topic::parse_armor(access, "RSAES-OAEP-SHA256-XSALSA20-POLY1305", k)?;
+        crate::parsec::armor::split_oaep(k, access).map_err(|e| e.to_string())?;
     *ops += 1;
     let (ephemeral, path) = token_key
         .decrypt_oaep_sha256(rsa_block)

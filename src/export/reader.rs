@@ -11,7 +11,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-use rsa::traits::PublicKeyParts;
 use zeroize::Zeroizing;
 
 use super::cache::LruCache;
@@ -256,13 +255,7 @@ impl ExportFile {
         let token_spki = token_key.public_key_spki().to_vec();
         let token_public =
             sequester_topic::rsa_public_key(&token_spki).map_err(ExportError::BadTokenKey)?;
-        let k = sequester_topic::block_size(&token_public);
-        if token_public.n().bits() % 8 != 0 {
-            return Err(ExportError::BadTokenKey(format!(
-                "modulus of {} bits is not a multiple of 8",
-                token_public.n().bits()
-            )));
-        }
+        let k = token_public.k();
         let matching: Vec<&SequesterService> = topic
             .services
             .iter()
