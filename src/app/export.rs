@@ -235,7 +235,11 @@ fn unlock(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> anyhow
 
 fn nothing_readable_message(realm: &Realm) -> String {
     let r = realm.recovery();
-    if r.access_key_indexes.is_empty() {
+    if realm.latest_key_index() == 0 {
+        "NOTHING IS READABLE: this export has no valid key rotation certificate, so no realm key \
+         can be checked (see the certificate problems with `export verify`)."
+            .to_string()
+    } else if r.access_key_indexes.is_empty() {
         format!(
             "NOTHING IS READABLE with this key: service `{}` has no keys bundle access in this \
              export (it received no key rotation while active), so no realm key could be \
@@ -823,11 +827,12 @@ fn verify_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> Co
         } else {
             writeln!(o, "Result:    {} PROBLEM(S)", report.problems.len())?;
             for p in &report.problems {
+                let location = p.path.clone().or(p.entry_id.clone());
                 writeln!(
                     o,
-                    "  [{}] {}{}{}{}: {}",
+                    "  [{}] {}{}{}{}{}",
                     p.kind,
-                    p.path.clone().or(p.entry_id.clone()).unwrap_or_default(),
+                    location.unwrap_or_default(),
                     p.version.map(|v| format!(" v{v}")).unwrap_or_default(),
                     p.timestamp.map(|t| format!(" at {t}")).unwrap_or_default(),
                     p.author

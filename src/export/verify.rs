@@ -138,7 +138,7 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
         let results = parallel::map(chunk, threads, |(b, _)| {
             realm.decrypt_block(b).map(|d| d.len() as u64)
         });
-        for ((b, meta), r) in chunk.iter().zip(results) {
+        for ((_, meta), r) in chunk.iter().zip(results) {
             match r {
                 Ok(n) => {
                     report.blocks_checked += 1;
@@ -148,7 +148,6 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
                 Err(e) => {
                     let mut p = manifest_problem(realm, meta, e.to_string());
                     p.kind = "block";
-                    p.reason = format!("{} (block {})", e, hex::encode(b.id));
                     report.problems.push(p);
                 }
             }
