@@ -59,17 +59,7 @@ pub struct CeremonyArgs {
 
 /// Opens a private key on a token by URI (PKCS#11 backend of the token layer).
 pub fn open_key(uri: &str) -> Result<Box<dyn KeyHandle>, TokenError> {
-    // TEMPORARY until the token branch (open_key) is merged.
-    let _ = uri;
-    Err(not_merged())
-}
-
-fn not_merged() -> TokenError {
-    TokenError::Backend {
-        backend: "pkcs11",
-        operation: "open key".into(),
-        reason: "the PKCS#11 backend is not merged yet".into(),
-    }
+    crate::token::open_key(uri)
 }
 
 /// Builds one transcript entry while a command runs, and appends it at the end (success or
@@ -168,8 +158,15 @@ impl KeyProvider for TokenProvider {
         label: &str,
         bits: usize,
     ) -> Result<Box<dyn KeyHandle>, TokenError> {
-        let _ = (token_uri, role, label, bits);
-        Err(not_merged())
+        crate::token::generate_key(
+            token_uri,
+            &crate::token::KeySpec {
+                role,
+                label: label.to_string(),
+                bits,
+                allow_insecure_test_size: false,
+            },
+        )
     }
 }
 
