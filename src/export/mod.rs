@@ -1,1 +1,3 @@
 //! Realm export reader and writer (issue 4).
+
+pub mod writer;
