@@ -22,6 +22,7 @@ mod reader;
 pub mod sequester_topic;
 pub mod timeline;
 pub mod verify;
+pub mod writer;
 
 pub use cache::LruCache;
 pub use chain::{Device, Organization, RealmCertificates, RealmName, RecoveryReport, User};

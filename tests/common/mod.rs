@@ -114,7 +114,14 @@ impl SoftHsm {
             .args(["--import"])
             .arg(pem)
             .args([
-                "--token", &self.label, "--label", label, "--id", id_hex, "--pin", USER_PIN,
+                "--token",
+                &self.label,
+                "--label",
+                label,
+                "--id",
+                id_hex,
+                "--pin",
+                USER_PIN,
             ])
             .output()
             .unwrap();
