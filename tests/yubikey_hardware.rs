@@ -49,11 +49,8 @@ fn generated_key_is_attested_up_to_the_yubico_root() {
         &spec(Role::Service),
     )
     .expect("generate in retired slot 95 (reset the applet if it is taken)");
-    let report = yk::attestation_report(
-        &format!("yubikey:serial={serial};slot=95"),
-        Some(&root()),
-    )
-    .unwrap();
+    let report =
+        yk::attestation_report(&format!("yubikey:serial={serial};slot=95"), Some(&root())).unwrap();
     assert!(report.generated_on_device, "{:?}", report.problems);
     assert_eq!(report.chains_to_root, Some(true));
     assert_eq!(report.facts.serial, Some(serial));
@@ -89,7 +86,11 @@ fn rsa_4096_on_firmware_5_7_is_refused_with_the_pkcs11_way_out() {
         .err()
         .expect("refused");
     let text = err.to_string();
-    let version: Vec<u32> = info.firmware.split('.').map(|p| p.parse().unwrap()).collect();
+    let version: Vec<u32> = info
+        .firmware
+        .split('.')
+        .map(|p| p.parse().unwrap())
+        .collect();
     if (version[0], version[1]) >= (5, 7) {
         assert!(text.contains("ykcs11"), "{text}");
     } else {

@@ -19,14 +19,20 @@ fn module(names: &[&str], what: &str) -> Option<PathBuf> {
 
 fn opensc() -> Option<PathBuf> {
     module(
-        &["/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so", "/usr/lib64/opensc-pkcs11.so"],
+        &[
+            "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so",
+            "/usr/lib64/opensc-pkcs11.so",
+        ],
         "OpenSC PKCS#11 module (apt opensc)",
     )
 }
 
 fn ykcs11() -> Option<PathBuf> {
     module(
-        &["/usr/lib/x86_64-linux-gnu/libykcs11.so", "/usr/lib64/libykcs11.so"],
+        &[
+            "/usr/lib/x86_64-linux-gnu/libykcs11.so",
+            "/usr/lib64/libykcs11.so",
+        ],
         "Yubico ykcs11 PKCS#11 module (apt ykcs11)",
     )
 }
@@ -79,7 +85,11 @@ fn round_trips(keys: &Keys, module: &Path, selector: &str, authority_id: &str) {
     let public = rsa::RsaPublicKey::from_public_key_der(&keys.service_spki).unwrap();
     let secret = [0x42u8; 32];
     let block = public
-        .encrypt(&mut rand::rngs::OsRng, rsa::Oaep::new::<sha2::Sha256>(), &secret)
+        .encrypt(
+            &mut rand::rngs::OsRng,
+            rsa::Oaep::new::<sha2::Sha256>(),
+            &secret,
+        )
         .unwrap();
     let (plain, path) = service.decrypt_oaep_sha256(&block).unwrap();
     assert_eq!(&plain[..], &secret[..], "{path}");
@@ -104,7 +114,9 @@ fn round_trips(keys: &Keys, module: &Path, selector: &str, authority_id: &str) {
 #[test]
 fn ykcs11_decrypts_and_signs_with_keys_generated_by_the_yubikey_backend() {
     let Some(module) = ykcs11() else { return };
-    let Some(keys) = card_with_keys("9c") else { return };
+    let Some(keys) = card_with_keys("9c") else {
+        return;
+    };
     let selector = format!("serial={}", keys.session.card().serial);
     round_trips(&keys, &module, &selector, "02");
 }
@@ -114,7 +126,9 @@ fn opensc_decrypts_and_signs_with_keys_generated_by_the_yubikey_backend() {
     let Some(module) = opensc() else { return };
     // OpenSC marks the 9c key CKA_ALWAYS_AUTHENTICATE (context-specific login per signature);
     // an authority key in 9a avoids that and exercises the same signing path.
-    let Some(keys) = card_with_keys("9a") else { return };
+    let Some(keys) = card_with_keys("9a") else {
+        return;
+    };
     // OpenSC names the token after the first certificate and derives its serial from the
     // CHUID; select by label.
     let selector = "token=Parsec%20sequester%20authority%20key".to_string();

@@ -25,12 +25,12 @@ use iso7816::{command::FromSliceError, Command, Instruction, Status};
 use piv_authenticator::{Authenticator, Options};
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
-use trussed_core::types::{Bytes, Location};
 use trussed::{
     pipe::TrussedChannel,
     virt::{Runner, Store, StoreConfig, UserInterface},
     ClientImplementation,
 };
+use trussed_core::types::{Bytes, Location};
 
 const APDU_LEN: usize = 7609;
 const SHORT_PIV_AID: [u8; 5] = [0xa0, 0x00, 0x00, 0x03, 0x08];
@@ -68,9 +68,7 @@ fn parse_args() -> Result<Config, String> {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--port" => config.port = value()?.parse().map_err(|e| format!("--port: {e}"))?,
-            "--serial" => {
-                config.serial = value()?.parse().map_err(|e| format!("--serial: {e}"))?
-            }
+            "--serial" => config.serial = value()?.parse().map_err(|e| format!("--serial: {e}"))?,
             "--version" => {
                 let text = value()?;
                 let parts: Vec<u8> = text
@@ -140,7 +138,9 @@ fn main() -> ExitCode {
         let mut runner = Runner::new();
         runner.add_endpoint(responder, "piv", dispatch::BACKENDS);
         let client: VirtClient<'_> = ClientImplementation::new(requester, runner.syscall(), None);
-        let dispatch = dispatch::Dispatch::with_hw_key(Bytes::try_from(&b"virtual-piv"[..]).expect("short key"));
+        let dispatch = dispatch::Dispatch::with_hw_key(
+            Bytes::try_from(&b"virtual-piv"[..]).expect("short key"),
+        );
         runner.run(platform, dispatch, || serve(&config, client))
     })
 }
@@ -201,7 +201,9 @@ impl VirtualCard<'_> {
     fn handle(&mut self, apdu: &[u8]) -> Vec<u8> {
         if apdu.len() >= 2 && apdu[0] & 0x10 == 0 {
             match apdu[1] {
-                INS_YK_GET_SERIAL => return with_status(&self.serial.to_be_bytes(), Status::Success),
+                INS_YK_GET_SERIAL => {
+                    return with_status(&self.serial.to_be_bytes(), Status::Success)
+                }
                 INS_YK_GET_VERSION => return with_status(&self.version, Status::Success),
                 _ => {}
             }
@@ -252,7 +254,11 @@ impl VirtualCard<'_> {
 
     fn next_chunk(&mut self, expected: usize) -> Vec<u8> {
         let remaining = self.response.len() - self.offset;
-        let n = if expected == 0 { remaining.min(256) } else { remaining.min(expected) };
+        let n = if expected == 0 {
+            remaining.min(256)
+        } else {
+            remaining.min(expected)
+        };
         let chunk = self.response[self.offset..self.offset + n].to_vec();
         self.offset += n;
         let rest = self.response.len() - self.offset;
@@ -296,7 +302,10 @@ impl vpicc::VSmartCard for VirtualCard<'_> {
 }
 
 fn is_short_piv_select(apdu: &[u8]) -> bool {
-    apdu.len() >= 10 && apdu[..4] == [0x00, 0xa4, 0x04, 0x00] && apdu[4] == 5 && apdu[5..10] == SHORT_PIV_AID
+    apdu.len() >= 10
+        && apdu[..4] == [0x00, 0xa4, 0x04, 0x00]
+        && apdu[4] == 5
+        && apdu[5..10] == SHORT_PIV_AID
 }
 
 fn full_piv_select() -> Vec<u8> {

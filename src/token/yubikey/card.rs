@@ -250,12 +250,14 @@ pub fn pin_retries(card: &mut Card) -> Result<u8, TokenError> {
         .map_err(|e| pcsc_error("reading the PIN retry counter", &e))
 }
 
-/// Reads the public key held in `slot`: key metadata (firmware 5.3+) or the slot certificate.
-/// Returns `(spki_der, certificate subject if any)`.
+/// A slot's public key (SPKI DER) and the subject of its certificate, when it has one.
+pub type SlotKey = (Vec<u8>, Option<String>);
+
+/// Reads the public key held in `slot`: the slot certificate, or key metadata (firmware 5.3+).
 pub fn read_slot_public_key(
     card: &mut Card,
     slot: piv::SlotId,
-) -> Result<Option<(Vec<u8>, Option<String>)>, TokenError> {
+) -> Result<Option<SlotKey>, TokenError> {
     use der::Encode;
     let subject = ::yubikey::Certificate::read(&mut card.yk, slot).ok();
     if let Some(cert) = &subject {
