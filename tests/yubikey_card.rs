@@ -320,3 +320,70 @@ fn card_held_exclusively_by_another_program_is_named() {
     drop(holder);
     assert_eq!(yk::card_info(&card.uri()).unwrap().serial, card.serial);
 }
+
+#[test]
+fn aes_management_key_is_detected_and_used() {
+    let aes_key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let Some(session) =
+        yubikey_common::start_with(&[("5.7.1", &["--aes256-management-key", aes_key][..])])
+    else {
+        return;
+    };
+    let card = session.card();
+    let pin = session.pin_file("pin", yubikey_common::PIN);
+    // No key given: the factory default does not fit an AES-256 key; the error says which.
+    match yk::generate(
+        &format!("{}?pin-source=file:{}", card.uri(), pin.display()),
+        &spec(Role::Service, 2048),
+    ) {
+        Err(TokenError::NotPermitted { reason, .. }) => {
+            assert!(reason.contains("AES-256"), "{reason}");
+            assert!(reason.contains("mgm-key-source"), "{reason}");
+        }
+        other => panic!("expected NotPermitted, got {:?}", other.map(|_| ())),
+    }
+    // A wrong AES key is refused by the mutual authentication.
+    let wrong = session.pin_file("mgm-wrong", &"ab".repeat(32));
+    match yk::generate(
+        &format!(
+            "{}?pin-source=file:{}&mgm-key-source=file:{}",
+            card.uri(),
+            pin.display(),
+            wrong.display()
+        ),
+        &spec(Role::Service, 2048),
+    ) {
+        Err(TokenError::NotPermitted { reason, .. }) => {
+            assert!(reason.contains("refused the management key"), "{reason}")
+        }
+        other => panic!("expected NotPermitted, got {:?}", other.map(|_| ())),
+    }
+    // A 3DES-sized key for an AES-256 card is caught before talking to the card.
+    let short = session.pin_file("mgm-short", &"01".repeat(24));
+    assert!(matches!(
+        yk::generate(
+            &format!(
+                "{}?pin-source=file:{}&mgm-key-source=file:{}",
+                card.uri(),
+                pin.display(),
+                short.display()
+            ),
+            &spec(Role::Service, 2048),
+        ),
+        Err(TokenError::PinSource(_))
+    ));
+    // The right AES key: generation and the slot certificate work.
+    let right = session.pin_file("mgm", aes_key);
+    let generated = yk::generate(
+        &format!(
+            "{}?pin-source=file:{}&mgm-key-source=file:{}",
+            card.uri(),
+            pin.display(),
+            right.display()
+        ),
+        &spec(Role::Service, 2048),
+    )
+    .unwrap();
+    assert_eq!(generated.mgm_key, MgmKeyKind::FromFile);
+    assert_eq!(yk::list_keys(&card.uri()).unwrap().len(), 1);
+}

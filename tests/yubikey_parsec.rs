@@ -64,7 +64,7 @@ fn certificate_signed_on_the_card_is_accepted_by_parsec_and_export_decrypts() {
     let out = generate(&session, "authority", &authority_pub);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("FACTORY DEFAULT management key"),
+        stderr(&out).contains("FACTORY DEFAULT 3DES management key"),
         "{}",
         stderr(&out)
     );

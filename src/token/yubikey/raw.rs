@@ -269,6 +269,116 @@ impl RawPiv {
     }
 }
 
+/// Management key algorithms (GET METADATA tag 01 of slot 9B).
+pub const MGM_3DES: u8 = 0x03;
+pub const MGM_AES128: u8 = 0x08;
+pub const MGM_AES192: u8 = 0x0a;
+pub const MGM_AES256: u8 = 0x0c;
+
+/// Key length of a management key algorithm.
+pub fn management_key_len(algorithm: u8) -> Option<usize> {
+    match algorithm {
+        MGM_3DES | MGM_AES192 => Some(24),
+        MGM_AES128 => Some(16),
+        MGM_AES256 => Some(32),
+        _ => None,
+    }
+}
+
+pub fn management_algorithm_name(algorithm: u8) -> String {
+    match algorithm {
+        MGM_3DES => "3DES".into(),
+        MGM_AES128 => "AES-128".into(),
+        MGM_AES192 => "AES-192".into(),
+        MGM_AES256 => "AES-256".into(),
+        other => format!("algorithm {other:#04x}"),
+    }
+}
+
+/// One-block ECB encryption/decryption with a management key.
+fn mgm_block(algorithm: u8, key: &[u8], block: &mut [u8], decrypt: bool) -> Option<()> {
+    use aes::cipher::{generic_array::GenericArray, BlockDecrypt, BlockEncrypt, KeyInit};
+    macro_rules! run {
+        ($cipher:ty) => {{
+            let cipher = <$cipher>::new_from_slice(key).ok()?;
+            let block = GenericArray::from_mut_slice(block);
+            if decrypt {
+                cipher.decrypt_block(block)
+            } else {
+                cipher.encrypt_block(block)
+            }
+        }};
+    }
+    match algorithm {
+        MGM_3DES => run!(des::TdesEde3),
+        MGM_AES128 => run!(aes::Aes128),
+        MGM_AES192 => run!(aes::Aes192),
+        MGM_AES256 => run!(aes::Aes256),
+        _ => return None,
+    }
+    Some(())
+}
+
+impl RawPiv {
+    /// The management key's algorithm from GET METADATA (firmware 5.3+); `None` if the card
+    /// does not say.
+    pub fn management_key_algorithm(&mut self) -> Option<u8> {
+        let (answer, sw) = self.command([0x00, 0xf7, 0x00, 0x9b], &[]).ok()?;
+        if sw != 0x9000 {
+            return None;
+        }
+        let mut rest = &answer[..];
+        while let Some((tag, value, next)) = parse_tlv(rest) {
+            if tag == 0x01 {
+                return value.first().copied();
+            }
+            rest = next;
+        }
+        None
+    }
+
+    /// Mutual challenge-response with the management key (3DES or AES), as the `yubikey`
+    /// crate does for 3DES only. Returns `Ok(false)` when the card refuses the key.
+    pub fn authenticate_management_key(
+        &mut self,
+        algorithm: u8,
+        key: &[u8],
+    ) -> Result<bool, TokenError> {
+        use subtle::ConstantTimeEq;
+        let block_len = if algorithm == MGM_3DES { 8 } else { 16 };
+        let header = [0x00, 0x87, algorithm, 0x9b];
+        let (answer, sw) = self.command(header, &[0x7c, 0x02, 0x80, 0x00])?;
+        if sw != 0x9000 {
+            return Ok(false);
+        }
+        let witness = parse_tlv(&answer)
+            .and_then(|(_, body, _)| parse_tlv(body))
+            .filter(|(tag, value, _)| *tag == 0x80 && value.len() == block_len)
+            .map(|(_, value, _)| value.to_vec())
+            .ok_or_else(|| err("management key authentication", "malformed witness"))?;
+        let mut witness = zeroize::Zeroizing::new(witness);
+        mgm_block(algorithm, key, &mut witness, true)
+            .ok_or_else(|| err("management key authentication", "bad key length"))?;
+        let mut challenge = vec![0u8; block_len];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut challenge);
+        let mut inner = tlv(&[0x80], &witness);
+        inner.extend_from_slice(&tlv(&[0x81], &challenge));
+        let (answer, sw) = self.command(header, &tlv(&[0x7c], &inner))?;
+        if sw != 0x9000 {
+            return Ok(false);
+        }
+        let response = parse_tlv(&answer)
+            .and_then(|(_, body, _)| parse_tlv(body))
+            .filter(|(tag, _, _)| *tag == 0x82)
+            .map(|(_, value, _)| value.to_vec())
+            .ok_or_else(|| err("management key authentication", "malformed response"))?;
+        mgm_block(algorithm, key, &mut challenge, false)
+            .ok_or_else(|| err("management key authentication", "bad key length"))?;
+        // The card proved it knows the key too (mutual authentication).
+        Ok(bool::from(response.ct_eq(&challenge)))
+    }
+}
+
 /// The certificate object of a key slot (SP 800-73 / Yubico retired slots).
 pub fn certificate_object(slot: u8) -> Option<u32> {
     Some(match slot {
