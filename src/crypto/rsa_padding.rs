@@ -33,8 +33,7 @@ pub enum PaddingError {
 
 /// MGF1 with SHA-256 (RFC 8017 B.2.1), XORed into `out`.
 fn mgf1_sha256_xor(seed: &[u8], out: &mut [u8]) {
-    let mut counter: u32 = 0;
-    for chunk in out.chunks_mut(HASH_LEN) {
+    for (counter, chunk) in (0u32..).zip(out.chunks_mut(HASH_LEN)) {
         let mut h = Sha256::new();
         h.update(seed);
         h.update(counter.to_be_bytes());
@@ -43,7 +42,6 @@ fn mgf1_sha256_xor(seed: &[u8], out: &mut [u8]) {
             *o ^= *m;
         }
         block.zeroize();
-        counter += 1;
     }
 }
 
