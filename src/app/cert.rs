@@ -277,6 +277,12 @@ fn sign_revocation(args: &RevokeArgs, rec: &mut Recorder) -> anyhow::Result<Writ
         }
         (None, None) => anyhow::bail!("give --service-id ID or --service-certificate FILE"),
     };
+    if journal.is_none() && args.service_certificate.is_none() {
+        eprintln!(
+            "note: service {service_id} is not checked against a service certificate; give \
+             --service-certificate FILE or --organization ORG to tie it to a known service"
+        );
+    }
     if let Some((j, org)) = &journal {
         if args.service_certificate.is_none() {
             j.check_known_service(org, service_id)?;
