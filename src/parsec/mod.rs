@@ -7,6 +7,12 @@ pub mod datetime;
 pub mod envelope;
 pub mod msgpack;
 
+// Sequester certificates, RSA armor and keys, certificate PEM files (issue 3).
+pub mod armor;
+pub mod cert_pem;
+pub mod sequester;
+pub mod spki;
+
 pub use datetime::DateTime;
 
 /// Errors decoding or encoding Parsec data. Each names what was wrong.
@@ -32,4 +38,19 @@ pub enum FormatError {
     BadField { field: &'static str, reason: String },
     #[error("{0}")]
     Invalid(String),
+    // RSA armor, keys and signatures (spec §1.5, §1.6, §1.8).
+    #[error("armored data has no `:` separator (not an RSA-armored blob)")]
+    ArmorNoSeparator,
+    #[error("unsupported algorithm `{found}`: expected `{expected}`")]
+    ArmorAlgorithm { expected: String, found: String },
+    #[error("invalid data size: {found} bytes after the algorithm name, the key needs at least {needed} (truncated, or made for another key size)")]
+    ArmorTooShort { needed: usize, found: usize },
+    #[error("{0}")]
+    Armor(String),
+    #[error("RSASSA-PSS-SHA256 signature does not verify with the authority key")]
+    BadSignature,
+    #[error("invalid RSA public key: {0}")]
+    PublicKey(String),
+    #[error("{0}")]
+    Pem(String),
 }
