@@ -38,6 +38,9 @@ enum Command {
     /// Read a realm export: info, verify, ls, cat, history, timeline, extract, mount.
     #[command(subcommand)]
     Export(app::export::ExportCommand),
+    /// Write a synthetic realm export (tests, benchmarks, demo).
+    #[command(name = "generate-export", hide = true)]
+    GenerateExport(app::generate::GenerateArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Cert(cmd) => app::cert::run(cmd, &global),
         Command::Ceremony(cmd) => app::ceremony::run(cmd, &global),
         Command::Export(cmd) => app::export::run(cmd, &global),
+        Command::GenerateExport(args) => app::generate::run(args, &global),
     };
     match result {
         Ok(code) => code,

@@ -1,15 +1,993 @@
-//! `export` commands.
+//! `export` commands: read a realm export through the token (issue 4).
+//!
+//! Output: human text on stdout (file content only for `cat`), context and warnings on stderr;
+//! `--json` puts one JSON document on stdout.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
 
 use super::{CommandResult, GlobalOpts};
+use crate::export::extract::{self, CustodyRecord, ExtractOptions, Progress};
+use crate::export::{
+    parallel, parse_id, timeline, verify, ChildEntry, EntryVersion, ExportFile, OpenOptions, Realm,
+    UnlockOptions, VersionContent,
+};
+use crate::parsec::manifest::Manifest;
+use crate::parsec::DateTime;
+
+/// Arguments shared by every command that reads content.
+#[derive(Debug, clap::Args)]
+pub struct KeyArgs {
+    /// The service private key on a token: `pkcs11:…` or `yubikey:…` URI.
+    #[arg(long, env = "SEQUESTER_CUSTODY_KEY")]
+    pub key: String,
+    /// Service ID (32 hex digits), only when the token key matches several services.
+    #[arg(long)]
+    pub service_id: Option<String>,
+    /// Read an export whose `*_done` flags are not all set.
+    #[arg(long)]
+    pub allow_incomplete: bool,
+}
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ExportCommand {
-    /// Not implemented yet.
-    Todo,
+    /// Organisation, realm, snapshot, sizes, completeness, sequester services and key indexes (no
+    /// key needed).
+    Info {
+        file: PathBuf,
+        #[arg(long)]
+        allow_incomplete: bool,
+    },
+    /// Verify every signature and block digest reachable with the key; exit 0 only if nothing is
+    /// wrong.
+    Verify {
+        file: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// List a folder as it was at T.
+    Ls {
+        file: PathBuf,
+        /// Folder (or file) path inside the workspace; default `/`.
+        path: Option<String>,
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Time of interest (RFC 3339); default: the snapshot time.
+        #[arg(long)]
+        at: Option<String>,
+        /// Long format: kind, size, version, key index, modification time, author.
+        #[arg(short = 'l')]
+        long: bool,
+        /// Recursive.
+        #[arg(short = 'R')]
+        recursive: bool,
+    },
+    /// Write a file's content at T to stdout.
+    Cat {
+        file: PathBuf,
+        path: String,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Every version of an entry (found by its path at T, or `id:<hex>`).
+    History {
+        file: PathBuf,
+        path: String,
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Time at which PATH is resolved; default: the snapshot time.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Every change in time order.
+    Timeline {
+        file: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Write the tree at T to DEST (atomically) and DEST.custody.json beside it.
+    Extract {
+        file: PathBuf,
+        dest: PathBuf,
+        /// Sub-tree to extract; default `/`.
+        path: Option<String>,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[arg(long)]
+        at: Option<String>,
+        /// Worker threads decrypting blocks (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
 }
 
-pub fn run(cmd: ExportCommand, _global: &GlobalOpts) -> CommandResult {
+pub fn run(cmd: ExportCommand, global: &GlobalOpts) -> CommandResult {
     match cmd {
-        ExportCommand::Todo => anyhow::bail!("not implemented yet"),
+        ExportCommand::Info {
+            file,
+            allow_incomplete,
+        } => info(&file, allow_incomplete, global),
+        ExportCommand::Verify { file, key } => verify_cmd(&file, &key, global),
+        ExportCommand::Ls {
+            file,
+            path,
+            key,
+            at,
+            long,
+            recursive,
+        } => ls(
+            &file,
+            path.as_deref().unwrap_or("/"),
+            &key,
+            at.as_deref(),
+            long,
+            recursive,
+            global,
+        ),
+        ExportCommand::Cat {
+            file,
+            path,
+            key,
+            at,
+        } => cat(&file, &path, &key, at.as_deref(), global),
+        ExportCommand::History {
+            file,
+            path,
+            key,
+            at,
+        } => history(&file, &path, &key, at.as_deref(), global),
+        ExportCommand::Timeline { file, key } => timeline_cmd(&file, &key, global),
+        ExportCommand::Extract {
+            file,
+            dest,
+            path,
+            key,
+            at,
+            threads,
+        } => extract_cmd(
+            &file,
+            &dest,
+            path.as_deref().unwrap_or("/"),
+            &key,
+            at.as_deref(),
+            threads,
+            global,
+        ),
     }
+}
+
+fn print_json(v: &Value) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn open(file: &std::path::Path, allow_incomplete: bool) -> anyhow::Result<Arc<ExportFile>> {
+    let export = ExportFile::open(file, &OpenOptions { allow_incomplete })?;
+    if !export.info().is_complete() {
+        eprintln!(
+            "WARNING: {} is a PARTIAL export (not done: {}); what follows may be missing data",
+            file.display(),
+            export.info().missing_parts().join(", ")
+        );
+    }
+    Ok(export)
+}
+
+/// Opens the export, the token key, and runs the chain. Prints the context to stderr.
+fn unlock(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> anyhow::Result<Realm> {
+    let export = open(file, args.allow_incomplete)?;
+    let service_id = args
+        .service_id
+        .as_deref()
+        .map(parse_id)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    // Checked before touching the token: a non-sequestered export needs no PIN.
+    if export.sequester_topic()?.is_none() {
+        return Err(crate::export::ExportError::NotSequestered.into());
+    }
+    let key = crate::token::open_key(&args.key).context("opening the service key")?;
+    let realm = export.unlock(key.as_ref(), &UnlockOptions { service_id })?;
+    let r = realm.recovery();
+    let service = realm.service();
+    if !global.json {
+        eprintln!(
+            "Service `{}` ({}){}; token operations: {}; realm keys obtained: {:?} of {}",
+            service.label,
+            hex::encode(service.service_id),
+            service
+                .revoked
+                .map(|t| format!(", revoked {t}"))
+                .unwrap_or_default(),
+            r.token_operations,
+            r.obtained_key_indexes,
+            realm.latest_key_index(),
+        );
+        if global.verbose > 0 {
+            if let Some(m) = r.mechanism {
+                eprintln!("Token mechanism: {m}");
+            }
+            for p in &r.problems {
+                eprintln!("note: {p}");
+            }
+        }
+        if r.obtained_key_indexes.is_empty() {
+            eprintln!("{}", nothing_readable_message(&realm));
+        } else if !r.missing_key_indexes.is_empty() {
+            eprintln!(
+                "Note: data encrypted with key index(es) {:?} is not readable by this service \
+                 (it was never given those keys); such entries are shown as UNREADABLE.",
+                r.missing_key_indexes
+            );
+        }
+    }
+    Ok(realm)
+}
+
+fn nothing_readable_message(realm: &Realm) -> String {
+    let r = realm.recovery();
+    if realm.latest_key_index() == 0 {
+        "NOTHING IS READABLE: this export has no valid key rotation certificate, so no realm key \
+         can be checked (see the certificate problems with `export verify`)."
+            .to_string()
+    } else if r.access_key_indexes.is_empty() {
+        format!(
+            "NOTHING IS READABLE with this key: service `{}` has no keys bundle access in this \
+             export (it received no key rotation while active), so no realm key could be \
+             recovered (0 token operations).",
+            realm.service().label
+        )
+    } else {
+        format!(
+            "NOTHING IS READABLE with this key: the access rows for key index(es) {:?} did not \
+             yield a usable realm key ({}).",
+            r.access_key_indexes,
+            r.problems.join("; ")
+        )
+    }
+}
+
+fn parse_at(realm: &Realm, at: Option<&str>) -> anyhow::Result<DateTime> {
+    let snapshot = realm.snapshot();
+    let Some(at) = at else { return Ok(snapshot) };
+    let t = DateTime::parse_rfc3339(at).map_err(anyhow::Error::msg)?;
+    if t > snapshot {
+        bail!(
+            "--at {t} is after the export's snapshot time {snapshot}: the export knows nothing \
+             after it"
+        );
+    }
+    Ok(t)
+}
+
+fn service_json(realm: &Realm) -> Value {
+    let s = realm.service();
+    json!({
+        "service_id": hex::encode(s.service_id),
+        "label": s.label,
+        "revoked": s.revoked,
+        "key_fingerprint": s.key_fingerprint,
+        "token_operations": realm.token_operations(),
+        "recovery": realm.recovery(),
+        "token": realm.token(),
+    })
+}
+
+fn context_json(realm: &Realm, at: DateTime) -> Value {
+    json!({
+        "export": realm.file().display_path(),
+        "complete": realm.info().is_complete(),
+        "organization_id": realm.info().organization_id,
+        "realm_id": hex::encode(realm.realm_id()),
+        "realm_name": realm.realm_name_at(at),
+        "snapshot_timestamp": realm.snapshot(),
+        "at": at,
+        "service": service_json(realm),
+    })
+}
+
+// ---------------------------------------------------------------- info
+
+fn info(file: &std::path::Path, allow_incomplete: bool, global: &GlobalOpts) -> CommandResult {
+    let export = open(file, allow_incomplete)?;
+    let i = export.info();
+    let counts = export.table_counts()?;
+    let topic = export.sequester_topic()?;
+    let access = export.sequester_access_rows()?;
+    let org = export.organization()?;
+    let certs = export.realm_certificates(&org)?;
+    let range = export.time_range()?;
+    let file_size = std::fs::metadata(file)?.len();
+    let key_indexes: Vec<Value> = certs
+        .rotations
+        .values()
+        .map(|r| {
+            let services: Vec<String> = access
+                .iter()
+                .filter(|a| a.key_index == r.key_index)
+                .map(|a| hex::encode(a.service_id))
+                .collect();
+            json!({"key_index": r.key_index, "rotated_at": r.timestamp,
+                   "author": org.describe_device(&r.author), "services_with_access": services})
+        })
+        .collect();
+    let services: Vec<Value> = topic
+        .as_ref()
+        .map(|t| {
+            t.services
+                .iter()
+                .map(|s| {
+                    let idx: Vec<u64> = access
+                        .iter()
+                        .filter(|a| a.service_id == s.service_id)
+                        .map(|a| a.key_index)
+                        .collect();
+                    json!({"service_id": hex::encode(s.service_id), "label": s.label,
+                       "status": if s.revoked.is_some() {"revoked"} else {"active"},
+                       "created": s.created, "revoked": s.revoked,
+                       "key_fingerprint": s.key_fingerprint, "key_bits": s.key_bits,
+                       "access_key_indexes": idx})
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if global.json {
+        print_json(&json!({
+            "file": file.display().to_string(),
+            "file_size": file_size,
+            "info": i,
+            "complete": i.is_complete(),
+            "sequestered": topic.is_some(),
+            "sequester_authority": topic.as_ref().map(|t| json!({
+                "created": t.authority_timestamp, "key_fingerprint": t.authority_key_fingerprint,
+            })),
+            "sequester_services": services,
+            "sequester_problems": topic.as_ref().map(|t| t.problems.clone()).unwrap_or_default(),
+            "key_indexes": key_indexes,
+            "latest_key_index": certs.latest_key_index,
+            "time_range": range.map(|(a, b)| json!({"from": a, "to": b})),
+            "devices": org.devices.len(),
+            "users": org.users.len(),
+            "tables": counts.iter().map(|(t, n)| (t.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut o = std::io::stdout().lock();
+    writeln!(o, "File:          {} ({file_size} bytes)", file.display())?;
+    writeln!(o, "Organization:  {}", i.organization_id)?;
+    writeln!(o, "Realm ID:      {}", hex::encode(i.realm_id))?;
+    writeln!(o, "Snapshot:      {}", i.snapshot_timestamp)?;
+    if let Some((from, to)) = range {
+        writeln!(o, "Time range:    {from} .. {to}")?;
+    }
+    writeln!(
+        o,
+        "Complete:      {}",
+        if i.is_complete() {
+            "yes".to_string()
+        } else {
+            format!("NO (not done: {})", i.missing_parts().join(", "))
+        }
+    )?;
+    writeln!(
+        o,
+        "Sizes:         vlobs {} bytes, blocks {} bytes (encrypted)",
+        i.vlobs_total_bytes, i.blocks_total_bytes
+    )?;
+    writeln!(
+        o,
+        "Rows:          {}",
+        counts
+            .iter()
+            .map(|(t, n)| format!("{t} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    writeln!(
+        o,
+        "Users/devices: {} users, {} devices verified",
+        org.users.len(),
+        org.devices.len()
+    )?;
+    match &topic {
+        None => writeln!(
+            o,
+            "Sequester:     NOT SEQUESTERED (no sequester authority): no sequester service key can read this export"
+        )?,
+        Some(t) => {
+            writeln!(
+                o,
+                "Sequester:     authority created {}, key SHA-256 {}",
+                t.authority_timestamp, t.authority_key_fingerprint
+            )?;
+            for s in &t.services {
+                let idx: Vec<u64> = access
+                    .iter()
+                    .filter(|a| a.service_id == s.service_id)
+                    .map(|a| a.key_index)
+                    .collect();
+                writeln!(
+                    o,
+                    "  service {} `{}`: {} (created {}{}), RSA {} bits, key SHA-256 {}, access to key index(es) {:?}",
+                    hex::encode(s.service_id),
+                    s.label,
+                    if s.revoked.is_some() { "REVOKED" } else { "active" },
+                    s.created,
+                    s.revoked.map(|r| format!(", revoked {r}")).unwrap_or_default(),
+                    s.key_bits,
+                    s.key_fingerprint,
+                    idx
+                )?;
+            }
+            for p in &t.problems {
+                writeln!(o, "  problem: {p}")?;
+            }
+        }
+    }
+    writeln!(o, "Key indexes:   latest {}", certs.latest_key_index)?;
+    for k in &key_indexes {
+        writeln!(
+            o,
+            "  key index {}: rotated {} by {}; services with access: {}",
+            k["key_index"],
+            k["rotated_at"].as_str().unwrap_or(""),
+            k["author"].as_str().unwrap_or(""),
+            k["services_with_access"]
+                .as_array()
+                .map(|a| if a.is_empty() {
+                    "none".to_string()
+                } else {
+                    a.iter()
+                        .filter_map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default()
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------- ls
+
+fn kind_of(v: &EntryVersion) -> &'static str {
+    match v.manifest().map(|m| &**m) {
+        Some(Manifest::Folder(_)) => "folder",
+        Some(Manifest::File(_)) => "file",
+        None => "unknown",
+    }
+}
+
+fn entry_json(realm: &Realm, path: &str, v: &EntryVersion) -> Value {
+    let mut e = json!({
+        "path": path,
+        "id": hex::encode(v.meta.vlob_id),
+        "kind": kind_of(v),
+        "version": v.meta.version,
+        "key_index": v.meta.key_index,
+        "timestamp": v.meta.timestamp,
+        "author": realm.describe_author(&v.meta.author),
+        "readable": v.manifest().is_some(),
+    });
+    match &v.content {
+        VersionContent::Readable(m) => {
+            e["created"] = json!(m.header().created);
+            e["updated"] = json!(m.header().updated);
+            if let Manifest::File(f) = &**m {
+                e["size"] = json!(f.size);
+            }
+        }
+        VersionContent::Unreadable { key_index } => {
+            e["needs_key_index"] = json!(key_index);
+            e["reason"] = json!(v.problem());
+        }
+        VersionContent::Invalid { reason } => {
+            e["invalid"] = json!(true);
+            e["reason"] = json!(reason);
+        }
+    }
+    e
+}
+
+fn entry_line(realm: &Realm, name: &str, v: &EntryVersion, long: bool) -> String {
+    let suffix = if kind_of(v) == "folder" { "/" } else { "" };
+    let problem = v.problem().map(|p| format!("  [UNREADABLE: {p}]"));
+    let problem = match &v.content {
+        VersionContent::Invalid { reason } => Some(format!("  [INVALID: {reason}]")),
+        _ => problem,
+    };
+    if !long {
+        return format!("{name}{suffix}{}", problem.unwrap_or_default());
+    }
+    let (size, updated) = match v.manifest().map(|m| &**m) {
+        Some(Manifest::File(f)) => (f.size.to_string(), f.header.updated.to_string()),
+        Some(Manifest::Folder(f)) => ("-".into(), f.header.updated.to_string()),
+        None => ("?".into(), "?".into()),
+    };
+    format!(
+        "{:<7} {:>12}  v{:<4} key {:<3} {:<27} {:<40} {name}{suffix}{}",
+        kind_of(v),
+        size,
+        v.meta.version,
+        v.meta.key_index,
+        updated,
+        realm.describe_author(&v.meta.author),
+        problem.unwrap_or_default()
+    )
+}
+
+fn join_path(parent: &str, name: &str) -> String {
+    if parent == "/" || parent.is_empty() {
+        format!("/{name}")
+    } else {
+        format!("{}/{name}", parent.trim_end_matches('/'))
+    }
+}
+
+fn normalize(path: &str) -> String {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    format!("/{}", parts.join("/"))
+}
+
+fn ls(
+    file: &std::path::Path,
+    path: &str,
+    args: &KeyArgs,
+    at: Option<&str>,
+    long: bool,
+    recursive: bool,
+    global: &GlobalOpts,
+) -> CommandResult {
+    let realm = unlock(file, args, global)?;
+    let t = parse_at(&realm, at)?;
+    let path = normalize(path);
+    let start = match realm.resolve(&path, t) {
+        Ok(v) => v,
+        Err(crate::export::ExportError::NoSuchPath(_)) if path == "/" => {
+            let first = realm.file().time_range()?.map(|(a, _)| a);
+            bail!(
+                "the workspace did not exist yet at {t}{}",
+                first
+                    .map(|f| format!(" (its first version is at {f})"))
+                    .unwrap_or_default()
+            );
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut listed: Vec<(String, EntryVersion)> = Vec::new();
+    let mut unreadable = 0usize;
+    if let Some(folder) = start.folder() {
+        // Depth-first, children in name order.
+        let mut order: Vec<(String, EntryVersion)> = Vec::new();
+        fn walk(
+            realm: &Realm,
+            t: DateTime,
+            dir: &str,
+            children: Vec<ChildEntry>,
+            recursive: bool,
+            out: &mut Vec<(String, EntryVersion)>,
+        ) -> anyhow::Result<()> {
+            for c in children {
+                let p = join_path(dir, c.name.as_str());
+                let sub = if recursive {
+                    c.version
+                        .folder()
+                        .map(|f| realm.children_at(f, t))
+                        .transpose()?
+                } else {
+                    None
+                };
+                out.push((p.clone(), c.version));
+                if let Some(sub) = sub {
+                    walk(realm, t, &p, sub, recursive, out)?;
+                }
+            }
+            Ok(())
+        }
+        let children = realm.children_at(folder, t)?;
+        walk(&realm, t, &path, children, recursive, &mut order)?;
+        listed = order;
+    } else if start.manifest().is_some() {
+        listed.push((path.clone(), start.clone()));
+    } else {
+        // The path itself is unreadable or invalid: say so, exit non-zero.
+        if global.json {
+            print_json(&json!({"context": context_json(&realm, t), "path": path,
+                               "entry": entry_json(&realm, &path, &start)}))?;
+        } else {
+            println!("{}", entry_line(&realm, &path, &start, long));
+        }
+        return Ok(ExitCode::from(2));
+    }
+    for (_, v) in &listed {
+        if v.manifest().is_none() {
+            unreadable += 1;
+        }
+    }
+    if global.json {
+        print_json(&json!({
+            "context": context_json(&realm, t),
+            "path": path,
+            "entries": listed.iter().map(|(p, v)| entry_json(&realm, p, v)).collect::<Vec<_>>(),
+            "unreadable_entries": unreadable,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "Workspace `{}` ({}) as of {t}",
+        realm.realm_name_at(t),
+        hex::encode(realm.realm_id())
+    );
+    let mut o = std::io::stdout().lock();
+    for (p, v) in &listed {
+        let shown = if recursive {
+            p.clone()
+        } else {
+            p.rsplit('/').next().unwrap_or(p).to_string()
+        };
+        writeln!(o, "{}", entry_line(&realm, &shown, v, long))?;
+    }
+    if unreadable > 0 {
+        eprintln!(
+            "{unreadable} entr{} UNREADABLE with this service's keys",
+            if unreadable == 1 { "y is" } else { "ies are" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------- cat
+
+fn cat(
+    file: &std::path::Path,
+    path: &str,
+    args: &KeyArgs,
+    at: Option<&str>,
+    global: &GlobalOpts,
+) -> CommandResult {
+    let realm = unlock(file, args, global)?;
+    let t = parse_at(&realm, at)?;
+    let path = normalize(path);
+    let v = realm.resolve(&path, t)?;
+    let f = match (&v.content, v.manifest().map(|m| &**m)) {
+        (_, Some(Manifest::File(f))) => f,
+        (_, Some(Manifest::Folder(_))) => bail!("{path}: is a folder (at {t})"),
+        (VersionContent::Unreadable { .. }, _) => bail!(
+            "{path}: version {} at {t} is UNREADABLE: {} (an older version is NOT shown in its place)",
+            v.meta.version,
+            v.problem().unwrap_or_default()
+        ),
+        _ => bail!("{path}: version {} at {t}: {}", v.meta.version, v.problem().unwrap_or_default()),
+    };
+    let mut out = std::io::stdout().lock();
+    // Stream block runs so that huge files do not sit in memory.
+    const CHUNK: u64 = 8 << 20;
+    let mut offset = 0;
+    let threads = parallel::default_threads();
+    while offset < f.size {
+        let data = realm
+            .read_range_with(f, offset, CHUNK, threads)
+            .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+        out.write_all(&data)?;
+        offset += data.len() as u64;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------- history
+
+fn history(
+    file: &std::path::Path,
+    path: &str,
+    args: &KeyArgs,
+    at: Option<&str>,
+    global: &GlobalOpts,
+) -> CommandResult {
+    let realm = unlock(file, args, global)?;
+    let t = parse_at(&realm, at)?;
+    let (id, shown) = if let Some(hex_id) = path.strip_prefix("id:") {
+        (
+            parse_id(hex_id).map_err(anyhow::Error::msg)?,
+            path.to_string(),
+        )
+    } else {
+        let p = normalize(path);
+        (realm.resolve(&p, t)?.meta.vlob_id, p)
+    };
+    let versions = realm.versions(&id)?;
+    if global.json {
+        print_json(&json!({
+            "context": context_json(&realm, t),
+            "path": shown,
+            "id": hex::encode(id),
+            "versions": versions.iter().map(|v| {
+                let mut e = entry_json(&realm, &shown, v);
+                e["user_id"] = json!(realm.organization().devices.get(&v.meta.author).map(|d| hex::encode(d.user_id)));
+                e["path_at_version"] = json!(realm.path_of(&v.meta.vlob_id, v.meta.timestamp).ok().flatten());
+                e
+            }).collect::<Vec<_>>(),
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut o = std::io::stdout().lock();
+    writeln!(o, "History of {shown} (entry {}):", hex::encode(id))?;
+    for v in &versions {
+        let size = match v.manifest().map(|m| &**m) {
+            Some(Manifest::File(f)) => format!("{} bytes", f.size),
+            Some(Manifest::Folder(f)) => format!("{} children", f.children.len()),
+            None => "-".into(),
+        };
+        let at_path = realm
+            .path_of(&v.meta.vlob_id, v.meta.timestamp)?
+            .map(|p| format!(" as {p}"))
+            .unwrap_or_default();
+        writeln!(
+            o,
+            "  v{:<4} {}  key {:<3} {:<14} by {}{}{}",
+            v.meta.version,
+            v.meta.timestamp,
+            v.meta.key_index,
+            size,
+            realm.describe_author(&v.meta.author),
+            at_path,
+            match v.problem() {
+                Some(p) => format!(
+                    "  [{}]",
+                    p.replacen("encrypted", "UNREADABLE: encrypted", 1)
+                ),
+                None => "  [readable]".into(),
+            }
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------- timeline
+
+fn timeline_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> CommandResult {
+    let realm = unlock(file, args, global)?;
+    let events = timeline::timeline(&realm)?;
+    if global.json {
+        print_json(&json!({"context": context_json(&realm, realm.snapshot()), "events": events}))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut o = std::io::stdout().lock();
+    for e in &events {
+        writeln!(
+            o,
+            "{}  {:<20} {}{}{}",
+            e.timestamp,
+            e.kind,
+            e.path
+                .as_deref()
+                .map(|p| format!("{p}: "))
+                .unwrap_or_default(),
+            e.description,
+            e.author
+                .as_deref()
+                .map(|a| format!("  (by {a})"))
+                .unwrap_or_default()
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------- verify
+
+fn verify_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> CommandResult {
+    let realm = unlock(file, args, global)?;
+    let report = verify::verify(&realm, parallel::default_threads())?;
+    let ok = report.ok();
+    if global.json {
+        print_json(
+            &json!({"context": context_json(&realm, realm.snapshot()), "ok": ok, "report": report}),
+        )?;
+    } else {
+        let mut o = std::io::stdout().lock();
+        writeln!(
+            o,
+            "Entries:   {} ({} folders, {} files seen readable)",
+            report.entries, report.folders, report.files
+        )?;
+        writeln!(
+            o,
+            "Versions:  {} ({} readable and verified, {} unreadable by this service, {} invalid)",
+            report.versions,
+            report.readable_versions,
+            report.unreadable_versions,
+            report.invalid_versions
+        )?;
+        for (k, n) in &report.unreadable_versions_by_key_index {
+            writeln!(
+                o,
+                "           {n} version(s) need key index {k}, which this service was never given"
+            )?;
+        }
+        writeln!(
+            o,
+            "Blocks:    {} verified ({} bytes), {} unreadable by this service",
+            report.blocks_checked, report.block_bytes_checked, report.blocks_unreadable
+        )?;
+        writeln!(o, "Token operations: {}", realm.token_operations())?;
+        if ok {
+            writeln!(
+                o,
+                "Result:    OK — every signature and digest reachable with this key verifies"
+            )?;
+        } else {
+            writeln!(o, "Result:    {} PROBLEM(S)", report.problems.len())?;
+            for p in &report.problems {
+                let location = p.path.clone().or(p.entry_id.clone());
+                writeln!(
+                    o,
+                    "  [{}] {}{}{}{}{}",
+                    p.kind,
+                    location.unwrap_or_default(),
+                    p.version.map(|v| format!(" v{v}")).unwrap_or_default(),
+                    p.timestamp.map(|t| format!(" at {t}")).unwrap_or_default(),
+                    p.author
+                        .as_deref()
+                        .map(|a| format!(" by {a}"))
+                        .unwrap_or_default(),
+                    p.reason
+                )?;
+            }
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+// ---------------------------------------------------------------- extract
+
+struct Bar(Option<indicatif::ProgressBar>);
+
+impl Progress for Bar {
+    fn start(&self, total: u64) {
+        if let Some(b) = &self.0 {
+            b.set_length(total);
+        }
+    }
+    fn advance(&self, bytes: u64) {
+        if let Some(b) = &self.0 {
+            b.inc(bytes);
+        }
+    }
+    fn finish(&self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn custody_path(dest: &std::path::Path) -> PathBuf {
+    let mut name = dest
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".custody.json");
+    dest.with_file_name(name)
+}
+
+fn extract_cmd(
+    file: &std::path::Path,
+    dest: &std::path::Path,
+    path: &str,
+    args: &KeyArgs,
+    at: Option<&str>,
+    threads: Option<usize>,
+    global: &GlobalOpts,
+) -> CommandResult {
+    let dest = dest.to_path_buf();
+    if dest.file_name().is_none() {
+        bail!("{}: not a valid destination directory name", dest.display());
+    }
+    let record_path = custody_path(&dest);
+    if dest.symlink_metadata().is_ok() {
+        bail!(
+            "{} already exists; extraction needs a new destination",
+            dest.display()
+        );
+    }
+    if record_path.symlink_metadata().is_ok() {
+        bail!(
+            "{} already exists; refusing to overwrite a custody record",
+            record_path.display()
+        );
+    }
+    let realm = unlock(file, args, global)?;
+    let t = parse_at(&realm, at)?;
+    let path = normalize(path);
+    let (export_sha256, export_size) = extract::export_sha256(&realm)?;
+    let bar = if !global.json && std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Bar(Some(b))
+    } else {
+        Bar(None)
+    };
+    let options = ExtractOptions {
+        at: t,
+        path: path.clone(),
+        threads: threads.unwrap_or_else(parallel::default_threads),
+    };
+    let report = extract::extract(&realm, &dest, &options, &bar)?;
+    let service = realm.service();
+    let record = CustodyRecord {
+        tool: "sequester-custody".into(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        created_at: DateTime::now(),
+        export_file: std::fs::canonicalize(file)?.display().to_string(),
+        export_sha256: export_sha256.clone(),
+        export_size,
+        organization_id: realm.info().organization_id.clone(),
+        realm_id: realm.realm_id(),
+        realm_name: realm.realm_name_at(t).to_string(),
+        snapshot_timestamp: realm.snapshot(),
+        export_complete: realm.info().is_complete(),
+        time_of_interest: t,
+        extracted_path: path.clone(),
+        destination: std::fs::canonicalize(&dest)?.display().to_string(),
+        service_id: service.service_id,
+        service_label: service.label.clone(),
+        service_revoked: service.revoked,
+        key_fingerprint_sha256: realm.token_key_fingerprint().to_string(),
+        token: realm.token().clone(),
+        token_operations: realm.token_operations(),
+        realm_key_indexes_obtained: realm.recovery().obtained_key_indexes.clone(),
+        realm_key_indexes_missing: realm.recovery().missing_key_indexes.clone(),
+        files_extracted: report.files.len(),
+        bytes_extracted: report.bytes,
+        folders: report.folders.clone(),
+        files: report.files.clone(),
+        unreadable: report.unreadable.clone(),
+    };
+    if let Err(e) = extract::write_json_atomic(&record_path, &record) {
+        // No tree without its record: undo the extraction.
+        let _ = std::fs::remove_dir_all(&dest);
+        return Err(e.into());
+    }
+    if global.json {
+        print_json(&json!({
+            "destination": dest.display().to_string(),
+            "custody_record": record_path.display().to_string(),
+            "record": record,
+        }))?;
+    } else {
+        println!(
+            "Extracted {} file(s), {} folder(s), {} bytes of `{}` as of {t} to {}",
+            report.files.len(),
+            report.folders.len(),
+            report.bytes,
+            realm.realm_name_at(t),
+            dest.display()
+        );
+        if !report.unreadable.is_empty() {
+            println!("{} entr(y/ies) NOT extracted:", report.unreadable.len());
+            for u in &report.unreadable {
+                println!("  {} ({}, v{}): {}", u.path, u.kind, u.version, u.reason);
+            }
+        }
+        println!("Custody record: {}", record_path.display());
+        println!("Export SHA-256: {export_sha256}");
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@
 pub mod ceremony;
 pub mod cert;
 pub mod export;
+pub mod generate;
 pub mod key;
 pub mod token;
 

@@ -1,1 +1,57 @@
-//! Realm export reader and writer (issue 4).
+//! Realm export reader (issue 4): opens a Parsec realm export strictly read-only and walks the
+//! decryption and verification chain of spec §5.4, with the token doing the only RSA step.
+//!
+//! Entry points:
+//! - [`ExportFile::open`]: cheap (schema + `info` row), no key needed; `info`, sequester topic,
+//!   access rows.
+//! - [`ExportFile::unlock`]: runs the chain with a [`crate::token::KeyHandle`] and returns a
+//!   [`Realm`]: manifests at any time T ([`Realm::entry_at`], [`Realm::resolve`],
+//!   [`Realm::children_at`]), history ([`Realm::versions`]), blocks ([`Realm::read_block`],
+//!   [`Realm::read_range`]).
+//! - [`extract`], [`verify`], [`timeline`]: whole-export operations built on the above.
+//!
+//! Partial readability is a state, not an error: see [`VersionContent::Unreadable`].
+
+mod cache;
+pub mod chain;
+pub mod db;
+mod error;
+pub mod extract;
+pub mod parallel;
+mod reader;
+pub mod sequester_topic;
+pub mod timeline;
+pub mod verify;
+pub mod writer;
+
+pub use cache::LruCache;
+pub use chain::{Device, Organization, RealmCertificates, RealmName, RecoveryReport, User};
+pub use db::ExportInfo;
+pub use error::ExportError;
+pub use reader::{
+    split_path, unreadable_reason, AccessRow, BlockData, BlockError, CacheLimits, ChildEntry,
+    EntryVersion, ExportFile, OpenOptions, Realm, UnlockOptions, VersionContent, VersionMeta,
+};
+pub use sequester_topic::{SequesterService, SequesterTopic};
+
+/// Serializes a 16-byte ID as 32 hex digits.
+pub(crate) fn ser_id<S: serde::Serializer>(id: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(id))
+}
+
+/// Serializes 32 bytes as hex.
+pub(crate) fn ser_hex32<S: serde::Serializer>(b: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(b))
+}
+
+/// Parses a 32-hex-digit ID (dashes allowed).
+pub fn parse_id(s: &str) -> Result<[u8; 16], String> {
+    let clean: String = s.chars().filter(|c| *c != '-').collect();
+    let bytes = hex::decode(&clean).map_err(|_| format!("`{s}` is not a hexadecimal ID"))?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("`{s}` is not a 16-byte (32 hex digit) ID"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -4,8 +4,12 @@
 //! [`datetime`] (microsecond UTC timestamps), [`FormatError`].
 
 pub mod datetime;
+pub mod device;
+pub mod entry_name;
 pub mod envelope;
+pub mod manifest;
 pub mod msgpack;
+pub mod realm;
 
 // Sequester certificates, RSA armor and keys, certificate PEM files (issue 3).
 pub mod armor;

@@ -1,0 +1,191 @@
+//! `generate-export` (hidden): writes a synthetic realm export with the export writer, for tests,
+//! benchmarks and the demo. Not an investigation tool: the data is made up.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::{CommandResult, GlobalOpts};
+use crate::export::writer::scenario::{self, ServiceInput, Shape};
+use crate::export::writer::WriterConfig;
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ShapeName {
+    /// Every reader path: rotations, renames, deletions, overwrites, partial readability.
+    Mixed,
+    /// Files of 4–64 MiB up to --size.
+    Large,
+    /// --files files of 1–16 KiB in --folders folders.
+    Small,
+    /// --files files with --versions versions each and --rotations key rotations.
+    History,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// Output export file (written to a temporary sibling, then renamed).
+    pub output: PathBuf,
+    #[arg(long, value_enum, default_value = "mixed")]
+    pub shape: ShapeName,
+    /// Public key of a sequester service (PEM `PUBLIC KEY` or SPKI DER file); repeat for more.
+    /// With `mixed`, the first is the main service and the second a late, revoked one.
+    #[arg(long = "service-pubkey", value_name = "FILE")]
+    pub service_pubkeys: Vec<PathBuf>,
+    /// Where to write the ground truth (JSON).
+    #[arg(long)]
+    pub truth: Option<PathBuf>,
+    /// Approximate plaintext size for `large` (bytes; suffixes K, M, G accepted).
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub size: u64,
+    /// Number of files (`small`, `history`; extra small files for `mixed`).
+    #[arg(long)]
+    pub files: Option<usize>,
+    #[arg(long, default_value_t = 3000)]
+    pub folders: usize,
+    #[arg(long, default_value_t = 50)]
+    pub versions: usize,
+    #[arg(long, default_value_t = 20)]
+    pub rotations: usize,
+    /// Number of multi-MiB files for `mixed`.
+    #[arg(long, default_value_t = 0)]
+    pub big_files: usize,
+    #[arg(long, default_value = "512K", value_parser = parse_size)]
+    pub blocksize: u64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Size of the generated authority RSA key.
+    #[arg(long, default_value_t = 2048)]
+    pub authority_bits: usize,
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = s[i..].to_ascii_uppercase();
+            let mult = match unit.trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                _ => return Err(format!("unknown size unit in `{s}`")),
+            };
+            (&s[..i], mult)
+        }
+        None => (s, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("`{s}` is not a size"))
+}
+
+fn read_spki(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if raw.starts_with(b"-----BEGIN") {
+        let p = pem::parse(&raw).with_context(|| format!("{} is not valid PEM", path.display()))?;
+        anyhow::ensure!(
+            p.tag() == "PUBLIC KEY",
+            "{}: expected a `PUBLIC KEY` PEM block, found `{}`",
+            path.display(),
+            p.tag()
+        );
+        Ok(p.into_contents())
+    } else {
+        Ok(raw)
+    }
+}
+
+pub fn run(args: GenerateArgs, global: &GlobalOpts) -> CommandResult {
+    let services = args
+        .service_pubkeys
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            Ok(ServiceInput {
+                label: format!("Generated Service {}", i + 1),
+                spki_der: read_spki(p)?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let shape = match args.shape {
+        ShapeName::Mixed => Shape::Mixed {
+            small_files: args.files.unwrap_or(0),
+            big_files: args.big_files,
+            big_file_size: 3 * 1024 * 1024 + 17,
+        },
+        ShapeName::Large => Shape::LargeFiles {
+            total_bytes: args.size,
+            min_file: 4 << 20,
+            max_file: 64 << 20,
+        },
+        ShapeName::Small => Shape::SmallFiles {
+            files: args.files.unwrap_or(100_000),
+            folders: args.folders,
+            min_size: 1024,
+            max_size: 16 * 1024,
+        },
+        ShapeName::History => Shape::DeepHistory {
+            files: args.files.unwrap_or(3000),
+            versions: args.versions,
+            rotations: args.rotations,
+        },
+    };
+    let config = WriterConfig {
+        blocksize: args.blocksize,
+        seed: args.seed,
+        threads: args.threads,
+        authority_bits: args.authority_bits,
+        ..WriterConfig::default()
+    };
+    let truth = scenario::generate(&args.output, config, &shape, &services)
+        .with_context(|| format!("generating {}", args.output.display()))?;
+    if let Some(path) = &args.truth {
+        let json = serde_json::to_vec_pretty(&truth)?;
+        crate::app::generate::write_atomic(path, &json)?;
+    }
+    let s = &truth.stats;
+    if global.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "output": args.output,
+                "realm_id": truth.realm_id,
+                "snapshot": truth.snapshot,
+                "stats": s,
+            }))?
+        );
+    } else {
+        println!(
+            "Wrote {} (realm {}, snapshot {}): {} files, {:.1} MiB plaintext, {} blocks, {} manifests, {:.1} s ({:.0} MB/s)",
+            args.output.display(),
+            truth.realm_id,
+            truth.snapshot,
+            s.files_written,
+            s.plaintext_bytes as f64 / (1 << 20) as f64,
+            s.blocks,
+            s.vlob_atoms,
+            s.seconds,
+            s.plaintext_bytes as f64 / 1e6 / s.seconds.max(1e-9)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `data` to a temporary sibling of `path`, then renames it into place.
+pub fn write_atomic(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(data)?;
+    tmp.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,558 @@
+//! Steps 1, 3, 4-6 and 7 of the decryption chain (spec §5.4): devices verified from the root key,
+//! realm certificates, keys bundle accesses through the token, keys bundles, canaries, realm name.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use zeroize::Zeroizing;
+
+use crate::crypto::symmetric::{
+    derive_key, ed25519_split, ed25519_verify, secretbox_open, CANARY_DERIVATION_ID,
+    REALM_NAME_DERIVATION_ID,
+};
+use crate::parsec::device::{DeviceCertificate, Id, DEVICE_CERTIFICATE};
+use crate::parsec::entry_name::EntryName;
+use crate::parsec::msgpack::{self, Map};
+use crate::parsec::realm::{
+    KeyRotationCertificate, KeysBundle, KeysBundleAccess, NameCertificate, RoleCertificate,
+    REALM_KEY_ROTATION_CERTIFICATE, REALM_NAME_CERTIFICATE, REALM_ROLE_CERTIFICATE,
+};
+use crate::parsec::{envelope, DateTime};
+use crate::token::{KeyHandle, MechanismPath};
+
+/// A verified device (spec §3.4).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Device {
+    #[serde(serialize_with = "super::ser_id")]
+    pub device_id: Id,
+    #[serde(serialize_with = "super::ser_id")]
+    pub user_id: Id,
+    pub label: Option<String>,
+    pub created: DateTime,
+    #[serde(skip)]
+    pub verify_key: [u8; 32],
+}
+
+/// A user as its (verified) certificate names it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct User {
+    #[serde(serialize_with = "super::ser_id")]
+    pub user_id: Id,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub profile: Option<String>,
+    pub revoked: Option<DateTime>,
+}
+
+/// The organization's verified devices and users (step 1).
+#[derive(Debug, Clone, Default)]
+pub struct Organization {
+    pub devices: HashMap<Id, Device>,
+    pub users: HashMap<Id, User>,
+    /// Certificates skipped (unknown author, bad signature, undecodable).
+    pub problems: Vec<String>,
+}
+
+impl Organization {
+    /// A human description of a device: `alice@example.com (laptop)` or the hex IDs.
+    pub fn describe_device(&self, device_id: &Id) -> String {
+        let Some(device) = self.devices.get(device_id) else {
+            return format!("unknown device {}", hex::encode(device_id));
+        };
+        let user = self.users.get(&device.user_id);
+        let who = user
+            .and_then(|u| u.email.clone().or(u.name.clone()))
+            .unwrap_or_else(|| format!("user {}", hex::encode(device.user_id)));
+        match &device.label {
+            Some(label) => format!("{who} ({label})"),
+            None => format!("{who} (device {})", hex::encode(device_id)),
+        }
+    }
+}
+
+fn decode_any(serialized: &[u8]) -> Option<rmpv::Value> {
+    msgpack::decode(&envelope::unwrap(serialized).ok()?).ok()
+}
+
+/// Step 1 over `common_certificate` rows in `_id` order.
+pub fn verify_organization(root_verify_key: &[u8; 32], rows: &[(i64, Vec<u8>)]) -> Organization {
+    let mut org = Organization::default();
+    for (row, blob) in rows {
+        let Ok((_, serialized)) = ed25519_split(blob) else {
+            org.problems.push(format!(
+                "common certificate row {row}: shorter than a signature"
+            ));
+            continue;
+        };
+        let Some(value) = decode_any(serialized) else {
+            org.problems
+                .push(format!("common certificate row {row}: undecodable"));
+            continue;
+        };
+        let Ok(map) = Map::new(&value) else { continue };
+        let type_name = map.type_name().unwrap_or("").to_string();
+        let author = match map.nullable_uuid("author") {
+            Ok(a) => a,
+            Err(e) => {
+                org.problems
+                    .push(format!("common certificate row {row} ({type_name}): {e}"));
+                continue;
+            }
+        };
+        let signer = match author {
+            None => Some(*root_verify_key),
+            Some(a) => org.devices.get(&a).map(|d| d.verify_key),
+        };
+        let Some(signer) = signer else {
+            org.problems.push(format!(
+                "common certificate row {row} ({type_name}): unknown author device {}",
+                hex::encode(author.unwrap_or_default())
+            ));
+            continue;
+        };
+        if ed25519_verify(&signer, blob).is_err() {
+            org.problems.push(format!(
+                "common certificate row {row} ({type_name}): bad signature"
+            ));
+            continue;
+        }
+        match type_name.as_str() {
+            DEVICE_CERTIFICATE => match DeviceCertificate::decode(serialized) {
+                Ok(d) => {
+                    org.devices.insert(
+                        d.device_id,
+                        Device {
+                            device_id: d.device_id,
+                            user_id: d.user_id,
+                            label: d.device_label,
+                            created: d.timestamp,
+                            verify_key: d.verify_key,
+                        },
+                    );
+                }
+                Err(e) => org
+                    .problems
+                    .push(format!("common certificate row {row}: {e}")),
+            },
+            "user_certificate" => {
+                let Ok(user_id) = map.uuid("user_id") else {
+                    continue;
+                };
+                let (email, name) = match map.get("human_handle") {
+                    Some(rmpv::Value::Array(items)) if items.len() == 2 => (
+                        items[0].as_str().map(str::to_string),
+                        items[1].as_str().map(str::to_string),
+                    ),
+                    _ => (None, None),
+                };
+                org.users.insert(
+                    user_id,
+                    User {
+                        user_id,
+                        email,
+                        name,
+                        profile: map.str("profile").ok().map(str::to_string),
+                        revoked: None,
+                    },
+                );
+            }
+            "revoked_user_certificate" => {
+                if let (Ok(user_id), Ok(ts)) = (map.uuid("user_id"), map.datetime("timestamp")) {
+                    if let Some(u) = org.users.get_mut(&user_id) {
+                        u.revoked = Some(ts);
+                    }
+                }
+            }
+            "user_update_certificate" => {
+                if let (Ok(user_id), Ok(p)) = (map.uuid("user_id"), map.str("new_profile")) {
+                    if let Some(u) = org.users.get_mut(&user_id) {
+                        u.profile = Some(p.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    org
+}
+
+/// A verified key rotation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Rotation {
+    pub key_index: u64,
+    pub timestamp: DateTime,
+    #[serde(serialize_with = "super::ser_id")]
+    pub author: Id,
+    #[serde(skip)]
+    pub canary: Vec<u8>,
+}
+
+/// Verified realm certificates (step 3, plus names and roles).
+#[derive(Debug, Clone, Default)]
+pub struct RealmCertificates {
+    pub rotations: BTreeMap<u64, Rotation>,
+    /// Key index of the last valid rotation certificate (0 = none).
+    pub latest_key_index: u64,
+    pub names: Vec<NameCertificate>,
+    pub roles: Vec<RoleCertificate>,
+    pub problems: Vec<String>,
+}
+
+/// Step 3 over `realm_certificate` rows in `_id` order.
+pub fn verify_realm_certificates(
+    realm_id: &Id,
+    org: &Organization,
+    rows: &[(i64, Vec<u8>)],
+) -> RealmCertificates {
+    let mut out = RealmCertificates::default();
+    for (row, blob) in rows {
+        let Ok((_, serialized)) = ed25519_split(blob) else {
+            out.problems.push(format!(
+                "realm certificate row {row}: shorter than a signature"
+            ));
+            continue;
+        };
+        let Some(value) = decode_any(serialized) else {
+            out.problems
+                .push(format!("realm certificate row {row}: undecodable"));
+            continue;
+        };
+        let Ok(map) = Map::new(&value) else { continue };
+        let type_name = map.type_name().unwrap_or("").to_string();
+        let Ok(author) = map.uuid("author") else {
+            out.problems.push(format!(
+                "realm certificate row {row} ({type_name}): no author"
+            ));
+            continue;
+        };
+        let Some(device) = org.devices.get(&author) else {
+            out.problems.push(format!(
+                "realm certificate row {row} ({type_name}): unknown author device {}",
+                hex::encode(author)
+            ));
+            continue;
+        };
+        if ed25519_verify(&device.verify_key, blob).is_err() {
+            out.problems.push(format!(
+                "realm certificate row {row} ({type_name}): bad signature"
+            ));
+            continue;
+        }
+        let realm_mismatch = |r: &Id| r != realm_id;
+        match type_name.as_str() {
+            REALM_KEY_ROTATION_CERTIFICATE => match KeyRotationCertificate::decode(serialized) {
+                Ok(c) if realm_mismatch(&c.realm_id) => out.problems.push(format!(
+                    "realm certificate row {row}: key rotation for another realm"
+                )),
+                Ok(c) => {
+                    out.latest_key_index = c.key_index;
+                    out.rotations.insert(
+                        c.key_index,
+                        Rotation {
+                            key_index: c.key_index,
+                            timestamp: c.timestamp,
+                            author: c.author,
+                            canary: c.key_canary,
+                        },
+                    );
+                }
+                Err(e) => out
+                    .problems
+                    .push(format!("realm certificate row {row}: {e}")),
+            },
+            REALM_NAME_CERTIFICATE => match NameCertificate::decode(serialized) {
+                Ok(c) if !realm_mismatch(&c.realm_id) => out.names.push(c),
+                Ok(_) => out.problems.push(format!(
+                    "realm certificate row {row}: name for another realm"
+                )),
+                Err(e) => out
+                    .problems
+                    .push(format!("realm certificate row {row}: {e}")),
+            },
+            REALM_ROLE_CERTIFICATE => {
+                if let Ok(c) = RoleCertificate::decode(serialized) {
+                    out.roles.push(c);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Decrypted realm keys by key index. Zeroized on drop.
+#[derive(Default)]
+pub struct RealmKeys {
+    keys: BTreeMap<u64, Zeroizing<[u8; 32]>>,
+}
+
+impl RealmKeys {
+    pub fn get(&self, key_index: u64) -> Option<&[u8; 32]> {
+        self.keys.get(&key_index).map(|k| &**k)
+    }
+
+    pub fn indexes(&self) -> BTreeSet<u64> {
+        self.keys.keys().copied().collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+impl std::fmt::Debug for RealmKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RealmKeys(indexes {:?}, values redacted)",
+            self.indexes()
+        )
+    }
+}
+
+/// What the key recovery did (steps 4-6), for reports and custody records.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecoveryReport {
+    /// Key indexes for which the service has an access row.
+    pub access_key_indexes: Vec<u64>,
+    /// RSA-OAEP operations done by the token.
+    pub token_operations: u32,
+    pub mechanism: Option<MechanismPath>,
+    /// Realm key indexes obtained (canary checked).
+    pub obtained_key_indexes: Vec<u64>,
+    /// Realm key indexes that exist but that this service cannot read.
+    pub missing_key_indexes: Vec<u64>,
+    /// Non-fatal failures (unusable access row or bundle, failed canary).
+    pub problems: Vec<String>,
+}
+
+/// Source of the rows needed by the key recovery.
+pub trait BundleSource {
+    /// Access rows of this service for `key_index` (several may exist: try each).
+    fn access_rows(
+        &self,
+        service_id: &Id,
+        key_index: u64,
+    ) -> Result<Vec<Vec<u8>>, super::ExportError>;
+    /// `realm_keys_bundle.keys_bundle` for `key_index`.
+    fn keys_bundle(&self, key_index: u64) -> Result<Option<Vec<u8>>, super::ExportError>;
+}
+
+/// Step 4: one access row through the token. Counts the operation.
+fn open_access(
+    token_key: &dyn KeyHandle,
+    k: usize,
+    access: &[u8],
+    ops: &mut u32,
+    mechanism: &mut Option<MechanismPath>,
+) -> Result<Zeroizing<[u8; 32]>, String> {
+    let (rsa_block, payload) =
+        crate::parsec::armor::split_oaep(k, access).map_err(|e| e.to_string())?;
+    *ops += 1;
+    let (ephemeral, path) = token_key
+        .decrypt_oaep_sha256(rsa_block)
+        .map_err(|e| format!("token decryption: {e}"))?;
+    *mechanism = Some(path);
+    let ephemeral: [u8; 32] = ephemeral.as_slice().try_into().map_err(|_| {
+        format!(
+            "decrypted ephemeral key has {} bytes, not 32",
+            ephemeral.len()
+        )
+    })?;
+    let ephemeral = Zeroizing::new(ephemeral);
+    let cleartext = secretbox_open(&ephemeral, payload).map_err(|e| e.to_string())?;
+    let access = KeysBundleAccess::decode(&cleartext).map_err(|e| e.to_string())?;
+    Ok(access.keys_bundle_key)
+}
+
+/// Step 5: decrypt and verify keys bundle `key_index`.
+fn open_bundle(
+    bundle_blob: &[u8],
+    bundle_key: &[u8; 32],
+    key_index: u64,
+    realm_id: &Id,
+    certs: &RealmCertificates,
+    org: &Organization,
+) -> Result<KeysBundle, String> {
+    let signed = secretbox_open(bundle_key, bundle_blob).map_err(|e| e.to_string())?;
+    let (_, serialized) = ed25519_split(&signed).map_err(|e| e.to_string())?;
+    let bundle = KeysBundle::decode(serialized).map_err(|e| e.to_string())?;
+    let rotation_author = certs
+        .rotations
+        .get(&key_index)
+        .map(|r| r.author)
+        .ok_or("no valid rotation certificate for this index")?;
+    if bundle.author != rotation_author {
+        return Err("bundle author differs from the rotation certificate author".into());
+    }
+    let device = org
+        .devices
+        .get(&bundle.author)
+        .ok_or("bundle author is not a known device")?;
+    ed25519_verify(&device.verify_key, &signed).map_err(|e| format!("bundle {e}"))?;
+    if &bundle.realm_id != realm_id {
+        return Err("bundle is for another realm".into());
+    }
+    if bundle.keys.len() as u64 != key_index {
+        return Err(format!(
+            "bundle holds {} keys, expected {key_index}",
+            bundle.keys.len()
+        ));
+    }
+    Ok(bundle)
+}
+
+/// Steps 4-6 with the fixed loop: at most one token operation per access row actually needed.
+pub fn recover_keys(
+    source: &dyn BundleSource,
+    token_key: &dyn KeyHandle,
+    k: usize,
+    service_id: &Id,
+    realm_id: &Id,
+    certs: &RealmCertificates,
+    org: &Organization,
+    access_key_indexes: Vec<u64>,
+) -> Result<(RealmKeys, RecoveryReport), super::ExportError> {
+    let mut remaining: BTreeMap<u64, Vec<u8>> = certs
+        .rotations
+        .iter()
+        .map(|(i, r)| (*i, r.canary.clone()))
+        .collect();
+    let mut keys = RealmKeys::default();
+    let mut report = RecoveryReport {
+        access_key_indexes,
+        token_operations: 0,
+        mechanism: None,
+        obtained_key_indexes: vec![],
+        missing_key_indexes: vec![],
+        problems: vec![],
+    };
+    while let Some((&i, _)) = remaining.last_key_value() {
+        let mut bundle_keys: Option<KeysBundle> = None;
+        if report.access_key_indexes.contains(&i) {
+            for access in source.access_rows(service_id, i)? {
+                let bundle_key = match open_access(
+                    token_key,
+                    k,
+                    &access,
+                    &mut report.token_operations,
+                    &mut report.mechanism,
+                ) {
+                    Ok(key) => key,
+                    Err(e) => {
+                        report
+                            .problems
+                            .push(format!("keys bundle access for index {i} unusable: {e}"));
+                        continue;
+                    }
+                };
+                let Some(blob) = source.keys_bundle(i)? else {
+                    report
+                        .problems
+                        .push(format!("keys bundle {i} is missing from the export"));
+                    break;
+                };
+                match open_bundle(&blob, &bundle_key, i, realm_id, certs, org) {
+                    Ok(b) => {
+                        bundle_keys = Some(b);
+                        break;
+                    }
+                    Err(e) => report
+                        .problems
+                        .push(format!("keys bundle {i} unusable: {e}")),
+                }
+            }
+        }
+        if let Some(bundle) = bundle_keys {
+            for (pos, kd) in bundle.keys.iter().enumerate() {
+                let j = pos as u64 + 1;
+                let Some(canary) = remaining.get(&j) else {
+                    continue;
+                };
+                if secretbox_open(&derive_key(kd, &CANARY_DERIVATION_ID), canary).is_ok() {
+                    keys.keys.insert(j, kd.clone());
+                    remaining.remove(&j);
+                } else {
+                    report.problems.push(format!(
+                        "key index {j} from bundle {i} fails its canary: discarded"
+                    ));
+                }
+            }
+        }
+        // Always drop i (the fix to Parsec's loop, spec §5.4 step 6).
+        remaining.remove(&i);
+    }
+    report.obtained_key_indexes = keys.keys.keys().copied().collect();
+    report.missing_key_indexes = certs
+        .rotations
+        .keys()
+        .filter(|i| !keys.keys.contains_key(i))
+        .copied()
+        .collect();
+    Ok((keys, report))
+}
+
+/// The realm (workspace) name at `t` (step 7).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RealmName {
+    Known {
+        name: String,
+        since: DateTime,
+    },
+    /// The name certificate uses a key this service does not have.
+    Unreadable {
+        key_index: u64,
+        since: DateTime,
+    },
+    Invalid {
+        reason: String,
+    },
+    /// No name certificate at or before `t`.
+    None,
+}
+
+impl std::fmt::Display for RealmName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RealmName::Known { name, .. } => f.write_str(name),
+            RealmName::Unreadable { key_index, .. } => {
+                write!(f, "(name unreadable: needs key index {key_index})")
+            }
+            RealmName::Invalid { reason } => write!(f, "(invalid name: {reason})"),
+            RealmName::None => f.write_str("(no name)"),
+        }
+    }
+}
+
+pub fn realm_name_at(certs: &RealmCertificates, keys: &RealmKeys, t: DateTime) -> RealmName {
+    let Some(cert) = certs
+        .names
+        .iter()
+        .filter(|c| c.timestamp <= t)
+        .max_by_key(|c| c.timestamp)
+    else {
+        return RealmName::None;
+    };
+    let Some(kd) = keys.get(cert.key_index) else {
+        return RealmName::Unreadable {
+            key_index: cert.key_index,
+            since: cert.timestamp,
+        };
+    };
+    let key = derive_key(kd, &REALM_NAME_DERIVATION_ID);
+    match secretbox_open(&key, &cert.encrypted_name) {
+        Ok(bytes) => match std::str::from_utf8(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|s| EntryName::parse(s).map_err(|e| e.to_string()))
+        {
+            Ok(name) => RealmName::Known {
+                name: name.to_string(),
+                since: cert.timestamp,
+            },
+            Err(reason) => RealmName::Invalid { reason },
+        },
+        Err(e) => RealmName::Invalid {
+            reason: e.to_string(),
+        },
+    }
+}

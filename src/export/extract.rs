@@ -1,0 +1,477 @@
+//! `extract`: writes the tree as it was at T, atomically, with both cores decrypting blocks, and
+//! the data of the chain-of-custody record.
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+use super::reader::{split_path, EntryVersion, Realm, VersionContent};
+use super::{parallel, ExportError};
+use crate::parsec::manifest::{BlockAccess, FileManifest, Manifest};
+use crate::parsec::DateTime;
+
+/// Options of [`extract`].
+#[derive(Debug, Clone)]
+pub struct ExtractOptions {
+    /// Time of interest.
+    pub at: DateTime,
+    /// Sub-tree to extract (`/` = everything).
+    pub path: String,
+    /// Worker threads decrypting blocks.
+    pub threads: usize,
+}
+
+/// One file written.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExtractedFile {
+    /// Path inside the extracted tree, starting with `/`.
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    #[serde(serialize_with = "super::ser_id")]
+    pub vlob_id: [u8; 16],
+    pub version: u32,
+    pub updated: DateTime,
+    pub author: String,
+}
+
+/// An entry that exists at T but was not extracted.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UnreadableEntry {
+    pub path: String,
+    /// `file`, `folder`, or `unknown` (manifest unreadable).
+    pub kind: &'static str,
+    #[serde(serialize_with = "super::ser_id")]
+    pub vlob_id: [u8; 16],
+    pub version: u32,
+    /// Key indexes this service lacks for this entry (empty for integrity failures).
+    pub needed_key_indexes: Vec<u64>,
+    pub reason: String,
+}
+
+/// The outcome of [`extract`].
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ExtractReport {
+    pub folders: Vec<String>,
+    pub files: Vec<ExtractedFile>,
+    pub unreadable: Vec<UnreadableEntry>,
+    pub bytes: u64,
+}
+
+/// Progress callbacks (a progress bar on a TTY, nothing otherwise).
+pub trait Progress: Sync {
+    fn start(&self, _total_bytes: u64) {}
+    fn advance(&self, _bytes: u64) {}
+    fn finish(&self) {}
+}
+
+/// No progress display.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// The tree at T, planned before anything is written.
+#[derive(Default)]
+pub struct Plan {
+    pub folders: Vec<(String, DateTime)>,
+    pub files: Vec<(String, EntryVersion)>,
+    pub unreadable: Vec<UnreadableEntry>,
+}
+
+fn unreadable_entry(path: &str, v: &EntryVersion) -> UnreadableEntry {
+    let (needed, reason) = match &v.content {
+        VersionContent::Unreadable { key_index } => {
+            (vec![*key_index], v.problem().unwrap_or_default())
+        }
+        _ => (vec![], v.problem().unwrap_or_default()),
+    };
+    UnreadableEntry {
+        path: path.to_string(),
+        kind: "unknown",
+        vlob_id: v.meta.vlob_id,
+        version: v.meta.version,
+        needed_key_indexes: needed,
+        reason,
+    }
+}
+
+fn join(parent: &str, name: &str) -> String {
+    if parent == "/" {
+        format!("/{name}")
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+/// Walks the tree at `at` below `path` (depth first, iterative). Unreadable folders are reported
+/// and not entered; files whose blocks need keys this service lacks are reported too.
+pub fn plan(realm: &Realm, path: &str, at: DateTime) -> Result<Plan, ExportError> {
+    let start = realm.resolve(path, at)?;
+    let mut plan = Plan::default();
+    let base_name = split_path(path)?.last().map(|s| s.to_string());
+    let mut stack: Vec<(String, EntryVersion)> = Vec::new();
+    match (&start.content, start.manifest().map(|m| &**m)) {
+        (VersionContent::Readable(_), Some(Manifest::File(_))) => {
+            let name = base_name.unwrap_or_default();
+            classify_file(realm, &mut plan, join("/", &name), start);
+            return Ok(plan);
+        }
+        (VersionContent::Readable(_), _) => stack.push(("/".into(), start)),
+        _ => {
+            return Err(ExportError::Unreadable {
+                path: if path.is_empty() {
+                    "/".into()
+                } else {
+                    path.into()
+                },
+                reason: start.problem().unwrap_or_default(),
+            })
+        }
+    }
+    while let Some((dir_path, dir)) = stack.pop() {
+        let folder = dir.folder().expect("only readable folders are stacked");
+        plan.folders.push((dir_path.clone(), folder.header.updated));
+        for child in realm.children_at(folder, at)? {
+            let child_path = join(&dir_path, child.name.as_str());
+            match child.version.manifest().map(|m| &**m) {
+                Some(Manifest::Folder(_)) => stack.push((child_path, child.version)),
+                Some(Manifest::File(_)) => {
+                    classify_file(realm, &mut plan, child_path, child.version)
+                }
+                None => plan
+                    .unreadable
+                    .push(unreadable_entry(&child_path, &child.version)),
+            }
+        }
+    }
+    plan.folders.sort();
+    Ok(plan)
+}
+
+fn classify_file(realm: &Realm, plan: &mut Plan, path: String, v: EntryVersion) {
+    let file = v.file().expect("file manifest");
+    let mut missing: Vec<u64> = Vec::new();
+    // The block's key index is in the `block` table; a missing key is detected up front so that
+    // the report names the key index without trying to decrypt.
+    for b in &file.blocks {
+        if let Some(k) = realm.block_key_index(&b.id) {
+            if !realm.has_key(k) && !missing.contains(&k) {
+                missing.push(k);
+            }
+        }
+    }
+    if missing.is_empty() {
+        plan.files.push((path, v));
+    } else {
+        missing.sort_unstable();
+        let reason = format!(
+            "file content uses realm key index(es) {missing:?}, which this sequester service was never given"
+        );
+        plan.unreadable.push(UnreadableEntry {
+            path,
+            kind: "file",
+            vlob_id: v.meta.vlob_id,
+            version: v.meta.version,
+            needed_key_indexes: missing,
+            reason,
+        });
+    }
+}
+
+/// A unit of parallel work: a run of blocks of one file.
+struct Job<'a> {
+    file: usize,
+    blocks: &'a [BlockAccess],
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> ExportError {
+    ExportError::Io(format!("{what} {}: {e}", path.display()))
+}
+
+/// Temporary sibling of `dest` (same filesystem, so the final rename is atomic).
+fn temp_sibling(dest: &Path) -> Result<PathBuf, ExportError> {
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = dest
+        .file_name()
+        .ok_or_else(|| ExportError::Io(format!("{}: not a valid destination", dest.display())))?;
+    let temp = parent.join(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    Ok(temp)
+}
+
+/// Removes the temporary tree unless disarmed.
+struct TempGuard(Option<PathBuf>);
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_dir_all(p);
+        }
+    }
+}
+
+/// Writes the tree at `options.at` to `dest` (which must not exist): built in a temporary
+/// sibling directory, renamed at the end. Files whose blocks fail verification are left out and
+/// reported.
+pub fn extract(
+    realm: &Realm,
+    dest: &Path,
+    options: &ExtractOptions,
+    progress: &dyn Progress,
+) -> Result<ExtractReport, ExportError> {
+    if dest.symlink_metadata().is_ok() {
+        return Err(ExportError::Io(format!(
+            "{} already exists; choose a new destination",
+            dest.display()
+        )));
+    }
+    let plan = plan(realm, &options.path, options.at)?;
+    let temp = temp_sibling(dest)?;
+    let _ = fs::remove_dir_all(&temp);
+    fs::create_dir(&temp).map_err(|e| io_err("cannot create", &temp, e))?;
+    let mut guard = TempGuard(Some(temp.clone()));
+    let local = |p: &str| temp.join(p.trim_start_matches('/'));
+
+    for (folder, _) in &plan.folders {
+        if folder != "/" {
+            fs::create_dir_all(local(folder))
+                .map_err(|e| io_err("cannot create", &local(folder), e))?;
+        }
+    }
+    let mut handles = Vec::with_capacity(plan.files.len());
+    let mut total = 0u64;
+    for (path, v) in &plan.files {
+        let file = v.file().expect("planned files are readable");
+        let p = local(path);
+        let f = File::create(&p).map_err(|e| io_err("cannot create", &p, e))?;
+        f.set_len(file.size)
+            .map_err(|e| io_err("cannot size", &p, e))?;
+        total += file.size;
+        handles.push(f);
+    }
+    progress.start(total);
+
+    // Runs of up to 8 blocks: big files are split across workers, small files stay whole.
+    let mut jobs = Vec::new();
+    for (i, (_, v)) in plan.files.iter().enumerate() {
+        for chunk in v.file().expect("file").blocks.chunks(8) {
+            jobs.push(Job {
+                file: i,
+                blocks: chunk,
+            });
+        }
+    }
+    let failed: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; plan.files.len()]);
+    let io_failure: Mutex<Option<ExportError>> = Mutex::new(None);
+    let stop = AtomicBool::new(false);
+    parallel::map(&jobs, options.threads, |job| {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        for b in job.blocks {
+            if failed.lock().unwrap()[job.file].is_some() {
+                return;
+            }
+            match realm.decrypt_block(b) {
+                Ok(data) => {
+                    if let Err(e) = handles[job.file].write_all_at(&data, b.offset) {
+                        *io_failure.lock().unwrap() =
+                            Some(io_err("cannot write", &local(&plan.files[job.file].0), e));
+                        stop.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    progress.advance(b.size);
+                }
+                Err(e) => {
+                    failed.lock().unwrap()[job.file] = Some(e.to_string());
+                    return;
+                }
+            }
+        }
+    });
+    if let Some(e) = io_failure.into_inner().unwrap() {
+        return Err(e);
+    }
+    let failed = failed.into_inner().unwrap();
+    drop(handles);
+
+    let mut report = ExtractReport {
+        unreadable: plan.unreadable.clone(),
+        ..Default::default()
+    };
+    let kept: Vec<usize> = (0..plan.files.len())
+        .filter(|i| failed[*i].is_none())
+        .collect();
+    for (i, reason) in failed.iter().enumerate() {
+        if let Some(reason) = reason {
+            let (path, v) = &plan.files[i];
+            fs::remove_file(local(path)).map_err(|e| io_err("cannot remove", &local(path), e))?;
+            report.unreadable.push(UnreadableEntry {
+                path: path.clone(),
+                kind: "file",
+                vlob_id: v.meta.vlob_id,
+                version: v.meta.version,
+                needed_key_indexes: vec![],
+                reason: format!("integrity error: {reason}"),
+            });
+        }
+    }
+    // Hash what is on disk (what the custody record vouches for), in parallel, then set mtimes.
+    let hashed: Vec<Result<ExtractedFile, ExportError>> =
+        parallel::map(&kept, options.threads, |&i| {
+            let (path, v) = &plan.files[i];
+            let file = v.file().expect("file");
+            let p = local(path);
+            let sha = hash_file(&p)?;
+            let f = File::options()
+                .write(true)
+                .open(&p)
+                .map_err(|e| io_err("cannot open", &p, e))?;
+            f.set_modified(to_system_time(file.header.updated))
+                .map_err(|e| io_err("cannot set mtime of", &p, e))?;
+            Ok(ExtractedFile {
+                path: path.clone(),
+                size: file.size,
+                sha256: sha,
+                vlob_id: v.meta.vlob_id,
+                version: v.meta.version,
+                updated: file.header.updated,
+                author: realm.describe_author(&v.meta.author),
+            })
+        });
+    for h in hashed {
+        let f = h?;
+        report.bytes += f.size;
+        report.files.push(f);
+    }
+    report.files.sort_by(|a, b| a.path.cmp(&b.path));
+    report.unreadable.sort_by(|a, b| a.path.cmp(&b.path));
+    // Folder mtimes last (creating children changed them), deepest first.
+    let mut folders = plan.folders.clone();
+    folders.sort_by_key(|(p, _)| std::cmp::Reverse(p.matches('/').count()));
+    for (folder, updated) in &folders {
+        let p = local(folder);
+        let f = File::open(&p).map_err(|e| io_err("cannot open", &p, e))?;
+        f.set_modified(to_system_time(*updated))
+            .map_err(|e| io_err("cannot set mtime of", &p, e))?;
+    }
+    report.folders = plan.folders.iter().map(|(p, _)| p.clone()).collect();
+    fs::rename(&temp, dest).map_err(|e| io_err("cannot rename the finished tree to", dest, e))?;
+    guard.0 = None;
+    progress.finish();
+    Ok(report)
+}
+
+fn to_system_time(t: DateTime) -> std::time::SystemTime {
+    let us = t.as_micros();
+    if us >= 0 {
+        std::time::UNIX_EPOCH + std::time::Duration::from_micros(us as u64)
+    } else {
+        std::time::UNIX_EPOCH - std::time::Duration::from_micros(us.unsigned_abs())
+    }
+}
+
+/// SHA-256 of a file, hex, streaming.
+pub fn hash_file(path: &Path) -> Result<String, ExportError> {
+    use std::io::Read;
+    let mut f = File::open(path).map_err(|e| io_err("cannot open", path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| io_err("cannot read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// The chain-of-custody record written next to the extracted tree (`DEST.custody.json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CustodyRecord {
+    pub tool: String,
+    pub tool_version: String,
+    pub created_at: DateTime,
+    pub export_file: String,
+    pub export_sha256: String,
+    pub export_size: u64,
+    pub organization_id: String,
+    #[serde(serialize_with = "super::ser_id")]
+    pub realm_id: [u8; 16],
+    pub realm_name: String,
+    pub snapshot_timestamp: DateTime,
+    pub export_complete: bool,
+    pub time_of_interest: DateTime,
+    pub extracted_path: String,
+    pub destination: String,
+    #[serde(serialize_with = "super::ser_id")]
+    pub service_id: [u8; 16],
+    pub service_label: String,
+    pub service_revoked: Option<DateTime>,
+    pub key_fingerprint_sha256: String,
+    pub token: crate::token::TokenDescription,
+    pub token_operations: u32,
+    pub realm_key_indexes_obtained: Vec<u64>,
+    pub realm_key_indexes_missing: Vec<u64>,
+    pub files_extracted: usize,
+    pub bytes_extracted: u64,
+    pub folders: Vec<String>,
+    pub files: Vec<ExtractedFile>,
+    pub unreadable: Vec<UnreadableEntry>,
+}
+
+/// Writes `value` as pretty JSON to `path` atomically (temp file in the same directory, then
+/// rename). Refuses to overwrite.
+pub fn write_json_atomic(path: &Path, value: &impl serde::Serialize) -> Result<(), ExportError> {
+    if path.symlink_metadata().is_ok() {
+        return Err(ExportError::Io(format!(
+            "{} already exists",
+            path.display()
+        )));
+    }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(parent)
+        .map_err(|e| io_err("cannot create a temporary file in", parent, e))?;
+    serde_json::to_writer_pretty(&mut tmp, value)
+        .map_err(|e| ExportError::Io(format!("cannot write {}: {e}", path.display())))?;
+    use std::io::Write;
+    tmp.write_all(b"\n")
+        .map_err(|e| io_err("cannot write", path, e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| io_err("cannot sync", path, e))?;
+    tmp.persist_noclobber(path)
+        .map_err(|e| io_err("cannot write", path, e.error))?;
+    Ok(())
+}
+
+/// Streaming SHA-256 of the export file (for the custody record).
+pub fn export_sha256(realm: &Realm) -> Result<(String, u64), ExportError> {
+    let path = realm.file().path();
+    let size = fs::metadata(path)
+        .map_err(|e| io_err("cannot stat", path, e))?
+        .len();
+    Ok((hash_file(path)?, size))
+}
+
+/// Shared handle type for callers that keep a realm around.
+pub type SharedRealm = Arc<Realm>;
+
+/// Reads a whole readable file at T into memory (for `cat` of small files and tests).
+pub fn read_whole_file(realm: &Realm, file: &FileManifest) -> Result<Vec<u8>, super::BlockError> {
+    realm.read_range_with(file, 0, file.size, parallel::default_threads())
+}

@@ -1,0 +1,235 @@
+//! Unit tests of the chain on the real fixture.
+//!
+//! TEST SCAFFOLDING: [`SoftwareKey`] is a software `KeyHandle` built from the published 1024-bit
+//! fixture private key, so that the chain can be unit-tested without a token. The integration
+//! tests (`tests/export_*.rs`) run the same chain through SoftHSM2.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
+use zeroize::Zeroizing;
+
+use super::*;
+use crate::parsec::manifest::Manifest;
+use crate::parsec::DateTime;
+use crate::token::{KeyHandle, KeyInfo, MechanismPath, Provenance, TokenDescription, TokenError};
+
+pub(crate) struct SoftwareKey {
+    key: rsa::RsaPrivateKey,
+    spki: Vec<u8>,
+    pub ops: AtomicU32,
+}
+
+impl SoftwareKey {
+    pub fn from_fixture(name: &str) -> Self {
+        let pem = std::fs::read_to_string(fixture(name)).unwrap();
+        let key = rsa::RsaPrivateKey::from_pkcs8_pem(&pem).unwrap();
+        let spki = key
+            .to_public_key()
+            .to_public_key_der()
+            .unwrap()
+            .as_bytes()
+            .to_vec();
+        SoftwareKey {
+            key,
+            spki,
+            ops: AtomicU32::new(0),
+        }
+    }
+}
+
+impl KeyHandle for SoftwareKey {
+    fn public_key_spki(&self) -> &[u8] {
+        &self.spki
+    }
+    fn sign_pss_sha256(&self, _: &[u8]) -> Result<(Vec<u8>, MechanismPath), TokenError> {
+        unimplemented!("test scaffolding: decryption only")
+    }
+    fn decrypt_oaep_sha256(
+        &self,
+        block: &[u8],
+    ) -> Result<(Zeroizing<Vec<u8>>, MechanismPath), TokenError> {
+        self.ops.fetch_add(1, Ordering::SeqCst);
+        self.key
+            .decrypt(rsa::Oaep::new::<sha2::Sha256>(), block)
+            .map(|v| (Zeroizing::new(v), MechanismPath::NativeOaepSha256))
+            .map_err(|_| TokenError::DecryptionFailed)
+    }
+    fn provenance(&self) -> Result<Provenance, TokenError> {
+        unimplemented!()
+    }
+    fn token(&self) -> TokenDescription {
+        TokenDescription {
+            backend: "software-test-scaffolding".into(),
+            ..Default::default()
+        }
+    }
+    fn info(&self) -> Result<KeyInfo, TokenError> {
+        unimplemented!()
+    }
+}
+
+pub(crate) fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/parsec")
+        .join(name)
+}
+
+const SERVICE1: &str = "sequester_service_1.00000000000000000000000000000001.private.pem";
+const SERVICE2: &str = "sequester_service_2.00000000000000000000000000000002.private.pem";
+const SERVICE3: &str = "sequester_service_3.00000000000000000000000000000003.private.pem";
+
+fn open() -> Arc<ExportFile> {
+    ExportFile::open(
+        &fixture("sequestered_export.sqlite"),
+        &OpenOptions::default(),
+    )
+    .unwrap()
+}
+
+fn t(day: u32) -> DateTime {
+    DateTime::parse_rfc3339(&format!("2000-01-{day:02}T00:00:00Z")).unwrap()
+}
+
+fn listing(realm: &Realm, at: DateTime) -> Option<Vec<(String, Option<Vec<u8>>)>> {
+    let root = realm.root_at(at).unwrap()?;
+    let folder = root.folder()?;
+    Some(
+        realm
+            .children_at(folder, at)
+            .unwrap()
+            .into_iter()
+            .map(|c| {
+                let content = c
+                    .version
+                    .file()
+                    .map(|f| realm.read_range(f, 0, f.size).unwrap());
+                (c.name.to_string(), content)
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn service1_chain_matches_fixture_readme() {
+    let file = open();
+    let key = SoftwareKey::from_fixture(SERVICE1);
+    let realm = file.unlock(&key, &UnlockOptions::default()).unwrap();
+    assert_eq!(realm.token_operations(), 1);
+    assert_eq!(key.ops.load(Ordering::SeqCst), 1);
+    assert_eq!(realm.recovery().obtained_key_indexes, vec![1, 2]);
+    assert_eq!(realm.recovery().missing_key_indexes, vec![3]);
+    assert_eq!(realm.service().label, "Sequester Service 1");
+    assert!(realm.service().revoked.is_some());
+    assert_eq!(realm.realm_name_at(t(7)).to_string(), "wksp1");
+    assert!(realm.root_at(t(9)).unwrap().is_none());
+    let hello = |s: &str| Some(s.as_bytes().to_vec());
+    assert_eq!(
+        listing(&realm, t(10)).unwrap(),
+        vec![("bar.txt".into(), hello("Hello v1"))]
+    );
+    assert_eq!(
+        listing(&realm, t(11)).unwrap(),
+        vec![("bar.txt".into(), hello("Hello v1"))]
+    );
+    assert_eq!(
+        listing(&realm, t(12)).unwrap(),
+        vec![("bar2.txt".into(), hello("Hello v1"))]
+    );
+    assert_eq!(
+        listing(&realm, t(15)).unwrap(),
+        vec![("bar2.txt".into(), hello("Hello v2"))]
+    );
+    // 01-20: bar2.txt v3 uses key 3: shown unreadable, never replaced by v2.
+    let root = realm.root_at(t(20)).unwrap().unwrap();
+    let children = realm.children_at(root.folder().unwrap(), t(20)).unwrap();
+    assert_eq!(children.len(), 1);
+    assert_eq!(children[0].name.as_str(), "bar2.txt");
+    assert!(matches!(
+        children[0].version.content,
+        VersionContent::Unreadable { key_index: 3 }
+    ));
+    // 01-21 and the snapshot: the root itself is unreadable.
+    for at in [t(21), realm.snapshot()] {
+        let root = realm.root_at(at).unwrap().unwrap();
+        assert!(matches!(
+            root.content,
+            VersionContent::Unreadable { key_index: 3 }
+        ));
+    }
+    let versions = realm.versions(&root.meta.vlob_id).unwrap();
+    assert_eq!(versions.len(), 3);
+    assert!(matches!(
+        &*versions[0].manifest().unwrap().clone(),
+        Manifest::Folder(_)
+    ));
+    let report = verify::verify(&realm, 2).unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.versions, 6);
+    assert_eq!(report.readable_versions, 4);
+    assert_eq!(report.unreadable_versions, 2);
+    assert_eq!(report.blocks_checked, 2);
+}
+
+#[test]
+fn service2_has_no_access_and_service3_matches_nothing() {
+    let file = open();
+    let key2 = SoftwareKey::from_fixture(SERVICE2);
+    let realm = file.unlock(&key2, &UnlockOptions::default()).unwrap();
+    assert_eq!(realm.token_operations(), 0);
+    assert!(realm.readable_key_indexes().is_empty());
+    assert!(matches!(
+        realm.root_at(realm.snapshot()).unwrap().unwrap().content,
+        VersionContent::Unreadable { .. }
+    ));
+    let key3 = SoftwareKey::from_fixture(SERVICE3);
+    let err = file.unlock(&key3, &UnlockOptions::default()).err().unwrap();
+    assert!(
+        err.to_string()
+            .contains("matches no service of this export"),
+        "{err}"
+    );
+    assert_eq!(key3.ops.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn non_sequestered_export_is_said_clearly() {
+    let file = ExportFile::open(
+        &fixture("workspace_history_export.sqlite"),
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    assert!(file.sequester_topic().unwrap().is_none());
+    let key = SoftwareKey::from_fixture(SERVICE1);
+    let err = file.unlock(&key, &UnlockOptions::default()).err().unwrap();
+    assert!(matches!(err, ExportError::NotSequestered), "{err}");
+}
+
+#[test]
+fn realm_is_send_sync_and_reads_in_parallel() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Realm>();
+    assert_send_sync::<ExportFile>();
+    let file = open();
+    let key = SoftwareKey::from_fixture(SERVICE1);
+    let realm = Arc::new(file.unlock(&key, &UnlockOptions::default()).unwrap());
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let realm = realm.clone();
+            std::thread::spawn(move || {
+                let at = if i % 2 == 0 { t(10) } else { t(15) };
+                let v = realm
+                    .resolve(if i % 2 == 0 { "/bar.txt" } else { "/bar2.txt" }, at)
+                    .unwrap();
+                let f = v.file().unwrap();
+                realm.read_range(f, 2, 100).unwrap()
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let expected: &[u8] = if i % 2 == 0 { b"llo v1" } else { b"llo v2" };
+        assert_eq!(h.join().unwrap(), expected);
+    }
+}

@@ -1,0 +1,130 @@
+//! `device_certificate` (spec §3.4) and the other common certificates' `type` detection.
+//!
+//! Only device certificates matter to the export reader: they carry the Ed25519 verify keys that
+//! sign manifests, keys bundles and realm certificates.
+
+use super::msgpack::{self, Map, Writer};
+use super::{envelope, DateTime, FormatError};
+
+/// A 16-byte UUID-based ID (DeviceID, UserID, VlobID, BlockID, SequesterServiceID).
+pub type Id = [u8; 16];
+
+/// Type string of device certificates.
+pub const DEVICE_CERTIFICATE: &str = "device_certificate";
+
+/// A decoded `device_certificate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCertificate {
+    /// `STANDARD` when absent; any string accepted (it does not affect signature checks).
+    pub purpose: String,
+    /// `None` = signed by the organization root key.
+    pub author: Option<Id>,
+    pub timestamp: DateTime,
+    pub user_id: Id,
+    pub device_id: Id,
+    pub device_label: Option<String>,
+    pub verify_key: [u8; 32],
+}
+
+impl DeviceCertificate {
+    /// Decodes the serialized (envelope) bytes, i.e. a signed blob after its 64-byte signature.
+    pub fn decode(serialized: &[u8]) -> Result<Self, FormatError> {
+        let raw = envelope::unwrap(serialized)?;
+        let value = msgpack::decode(&raw)?;
+        let map = Map::new(&value)?;
+        map.expect_type(DEVICE_CERTIFICATE)?;
+        let purpose = match map.get("purpose") {
+            None => "STANDARD".to_string(),
+            Some(v) => msgpack::as_str(v, "purpose")?.to_string(),
+        };
+        let algorithm = map.str("algorithm")?;
+        if algorithm != "ED25519" {
+            return Err(FormatError::BadField {
+                field: "algorithm",
+                reason: format!("unknown algorithm `{algorithm}` (only ED25519 exists)"),
+            });
+        }
+        Ok(DeviceCertificate {
+            purpose,
+            author: map.nullable_uuid("author")?,
+            timestamp: map.datetime("timestamp")?,
+            user_id: map.uuid("user_id")?,
+            device_id: map.uuid("device_id")?,
+            device_label: map.nullable_str("device_label")?.map(str::to_string),
+            verify_key: map.bin32("verify_key")?,
+        })
+    }
+
+    /// Msgpack in Parsec's field order (before the envelope).
+    pub fn to_msgpack(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.map(9)
+            .field("type", |w| {
+                w.str(DEVICE_CERTIFICATE);
+            })
+            .field("purpose", |w| {
+                w.str(&self.purpose);
+            })
+            .field("author", |w| {
+                match &self.author {
+                    Some(a) => w.uuid(a),
+                    None => w.nil(),
+                };
+            })
+            .field("timestamp", |w| {
+                w.datetime(self.timestamp);
+            })
+            .field("user_id", |w| {
+                w.uuid(&self.user_id);
+            })
+            .field("device_id", |w| {
+                w.uuid(&self.device_id);
+            })
+            .field("device_label", |w| {
+                match &self.device_label {
+                    Some(l) => w.str(l),
+                    None => w.nil(),
+                };
+            })
+            .field("verify_key", |w| {
+                w.bin(&self.verify_key);
+            })
+            .field("algorithm", |w| {
+                w.str("ED25519");
+            });
+        w.into_bytes()
+    }
+
+    /// `0x00 || zstd(msgpack)`, ready to be signed.
+    pub fn encode(&self) -> Vec<u8> {
+        envelope::wrap(&self.to_msgpack())
+    }
+}
+
+/// The `type` string of serialized data (envelope bytes), without decoding the rest.
+pub fn type_of(serialized: &[u8]) -> Result<String, FormatError> {
+    let raw = envelope::unwrap(serialized)?;
+    let value = msgpack::decode(&raw)?;
+    Ok(Map::new(&value)?.type_name()?.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_certificate_round_trip() {
+        let cert = DeviceCertificate {
+            purpose: "STANDARD".into(),
+            author: None,
+            timestamp: DateTime(947548800000000),
+            user_id: [1; 16],
+            device_id: [2; 16],
+            device_label: Some("laptop".into()),
+            verify_key: [3; 32],
+        };
+        let decoded = DeviceCertificate::decode(&cert.encode()).unwrap();
+        assert_eq!(decoded, cert);
+        assert_eq!(type_of(&cert.encode()).unwrap(), DEVICE_CERTIFICATE);
+    }
+}
