@@ -57,6 +57,10 @@ pub enum KeyCommand {
         /// Also write the public key (SPKI PEM) to FILE.
         #[arg(long, value_name = "FILE")]
         public_out: Option<PathBuf>,
+        /// YubiKey keys: check the attestation chain up to this root (Yubico's PIV CA, PEM or
+        /// DER; a PEM file may add intermediates).
+        #[arg(long, value_name = "FILE")]
+        attestation_root: Option<PathBuf>,
     },
     /// Import a legacy openssl RSA private key (PKCS#8, PKCS#1 or encrypted PKCS#8 PEM) as a
     /// sensitive, non-extractable token key. The passphrase of an encrypted key comes from
@@ -117,7 +121,7 @@ struct TestReport {
 
 /// Writes `text` to `path` atomically (temp file in the same directory, then rename), refusing
 /// to replace an existing file.
-fn write_new_file(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(super) fn write_new_file(path: &Path, text: &str) -> anyhow::Result<()> {
     if path.exists() {
         bail!("{} already exists; not overwriting it", path.display());
     }
@@ -258,6 +262,14 @@ pub fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
                 allow_insecure_test_size,
             };
             token::check_key_size(bits, allow_insecure_test_size)?;
+            if token_uri.starts_with("yubikey:") {
+                return super::key_yubikey::generate(
+                    &token_uri,
+                    &spec,
+                    global,
+                    public_out.as_deref(),
+                );
+            }
             let start = Instant::now();
             let key = keygen::generate(&Pkcs11Uri::parse(&token_uri)?, &spec)?;
             if global.verbose > 0 && !global.json {
@@ -289,7 +301,19 @@ pub fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
             }
             Ok(ExitCode::SUCCESS)
         }
-        KeyCommand::Show { uri, public_out } => {
+        KeyCommand::Show {
+            uri,
+            public_out,
+            attestation_root,
+        } => {
+            if uri.starts_with("yubikey:") {
+                return super::key_yubikey::show(
+                    &uri,
+                    attestation_root.as_deref(),
+                    global,
+                    public_out.as_deref(),
+                );
+            }
             let key = Pkcs11Key::open(&Pkcs11Uri::parse(&uri)?)?;
             print_key(&key, global, public_out.as_deref())
         }

@@ -280,6 +280,8 @@ pub fn generate_key(token_uri: &str, spec: &KeySpec) -> Result<Box<dyn KeyHandle
     if token_uri.starts_with("pkcs11:") {
         let parsed = uri::Pkcs11Uri::parse(token_uri)?;
         Ok(Box::new(pkcs11::keygen::generate(&parsed, spec)?))
+    } else if token_uri.starts_with("yubikey:") {
+        yubikey::generate_key(token_uri, spec)
     } else {
         Err(TokenError::UnsupportedKey(format!(
             "key generation through this command needs a `pkcs11:` token URI, got `{}`",
@@ -290,6 +292,9 @@ pub fn generate_key(token_uri: &str, spec: &KeySpec) -> Result<Box<dyn KeyHandle
 
 /// Lists the RSA private keys on the token `token_uri` designates (logs in).
 pub fn list_keys(token_uri: &str) -> Result<Vec<KeyInfo>, TokenError> {
+    if token_uri.starts_with("yubikey:") {
+        return yubikey::list_keys(token_uri);
+    }
     let parsed = uri::Pkcs11Uri::parse(token_uri)?;
     let token = pkcs11::module::select_token(&parsed)?;
     let session = pkcs11::session::open_logged_in(&token, false, parsed.pin_source.as_deref())?;
