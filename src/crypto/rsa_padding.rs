@@ -84,6 +84,14 @@ pub fn oaep_sha256_decode(em: &[u8]) -> Result<Zeroizing<Vec<u8>>, PaddingError>
     }
 }
 
+/// [`oaep_sha256_decode`] of a raw RSA output that a driver may have returned without its leading
+/// zero bytes: left-pads to `k` (the modulus length in bytes) first. Any problem, including an
+/// output longer than `k`, is the same [`PaddingError::Decoding`].
+pub fn oaep_sha256_decode_raw(raw: &[u8], k: usize) -> Result<Zeroizing<Vec<u8>>, PaddingError> {
+    let em = Zeroizing::new(left_pad(raw, k).ok_or(PaddingError::Decoding)?);
+    oaep_sha256_decode(&em)
+}
+
 /// EMSA-PSS encoding (SHA-256, MGF1-SHA-256) of a message digest `m_hash` with the given salt,
 /// for a modulus of `mod_bits` bits. The result is left-padded with zeros to k =
 /// ceil(mod_bits / 8) bytes, ready for raw RSA (`CKM_RSA_X_509`, PIV).
@@ -268,6 +276,28 @@ mod tests {
         assert_eq!(
             pss_sha256_encode(&d, &[0u8; 32], 512),
             Err(PaddingError::ModulusTooSmall(512))
+        );
+    }
+
+    #[test]
+    fn oaep_decode_raw_accepts_stripped_leading_zeros() {
+        let key = key();
+        let public = key.to_public_key();
+        let block = public
+            .encrypt(&mut rand::thread_rng(), Oaep::new::<Sha256>(), &[3u8; 32])
+            .unwrap();
+        let em = raw_decrypt(&key, &block);
+        assert_eq!(em[0], 0);
+        let stripped = &em[1..];
+        assert_eq!(
+            &*oaep_sha256_decode_raw(stripped, em.len()).unwrap(),
+            &[3u8; 32]
+        );
+        let mut long = vec![1u8];
+        long.extend_from_slice(&em);
+        assert_eq!(
+            oaep_sha256_decode_raw(&long, em.len()),
+            Err(PaddingError::Decoding)
         );
     }
 
