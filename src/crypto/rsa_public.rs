@@ -118,10 +118,7 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/../shared/fixtures/parsec/sequester_authority.public.pem"
         );
-        let Ok(text) = std::fs::read_to_string(path) else {
-            eprintln!("SKIPPED: fixtures not found");
-            return;
-        };
+        let text = std::fs::read_to_string(path).expect("../shared fixtures beside the repository");
         let key = parse_spki_pem(&text).unwrap();
         let der =
             spki_from_modulus_exponent(&key.n().to_bytes_be(), &key.e().to_bytes_be()).unwrap();
