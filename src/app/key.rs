@@ -268,6 +268,11 @@ pub fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
             };
             token::check_key_size(bits, allow_insecure_test_size)?;
             let start = Instant::now();
+            if !token_uri.starts_with("pkcs11:") {
+                // Other backends (YubiKey PIV) through the generic dispatcher.
+                let key = token::generate_key(&token_uri, &spec)?;
+                return print_any_key(key.as_ref(), None, global, public_out.as_deref());
+            }
             let key = keygen::generate(&Pkcs11Uri::parse(&token_uri)?, &spec)?;
             if global.verbose > 0 && !global.json {
                 eprintln!("generated in {:.0} ms", millis(start.elapsed()));
