@@ -91,7 +91,10 @@ fn token_selection_by_module_name() {
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["label"], "byname");
     // No module at all: every installed profile's module is searched.
-    let out = run_cli(&["--json", "token", "info", "pkcs11:token=byname"], &hsm.env());
+    let out = run_cli(
+        &["--json", "token", "info", "pkcs11:token=byname"],
+        &hsm.env(),
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["profile"], "softhsm2");
