@@ -101,9 +101,13 @@ pub struct RevokeArgs {
 pub struct ShowArgs {
     /// Certificate file (PEM).
     pub file: PathBuf,
-    /// Authority public key (PEM) to verify the signature with.
+    /// Authority public key (PEM) to verify the signature with (for an authority certificate:
+    /// to compare with the key it carries).
     #[arg(long, value_name = "FILE")]
     pub authority_public: Option<PathBuf>,
+    /// Organisation root verify key (64 hex digits) to verify a raw authority certificate.
+    #[arg(long, value_name = "HEX")]
+    pub root_verify_key: Option<String>,
 }
 
 pub fn run(cmd: CertCommand, global: &GlobalOpts) -> CommandResult {
@@ -357,17 +361,32 @@ fn print_summary_lines(s: &sign::CertificateSummary) {
 }
 
 fn show(args: ShowArgs, global: &GlobalOpts) -> CommandResult {
-    let text = std::fs::read(&args.file)
+    let data = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let text = String::from_utf8(text)
-        .map_err(|_| anyhow::anyhow!("{}: not a text (PEM) file", args.file.display()))?;
     let authority = args
         .authority_public
         .as_deref()
         .map(read_public_key)
         .transpose()?;
-    let shown = sign::read_certificate(&text, authority.as_ref())
+    let root = args
+        .root_verify_key
+        .as_deref()
+        .map(|h| -> anyhow::Result<[u8; 32]> {
+            hex::decode(h.trim())
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| anyhow::anyhow!("--root-verify-key: expected 64 hex digits"))
+        })
+        .transpose()?;
+    let any = sign::read_any_certificate(&data, authority.as_ref(), root.as_ref())
         .with_context(|| format!("{}", args.file.display()))?;
+    let shown = match any {
+        sign::AnyCertificate::Sequester(shown) => shown,
+        sign::AnyCertificate::Authority {
+            certificate,
+            verified,
+        } => return show_authority(&args, &certificate, verified, authority.is_some(), global),
+    };
     let (label, service_key) = match &shown.certificate {
         SequesterCertificate::Service(c) => {
             (Some(c.service_label.clone()), Some(c.encryption_key()))
@@ -420,6 +439,57 @@ fn show(args: ShowArgs, global: &GlobalOpts) -> CommandResult {
                 "  signature:      NOT VERIFIED ({}-byte signature; give --authority-public to verify)",
                 shown.signature_len
             ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show_authority(
+    args: &ShowArgs,
+    cert: &crate::parsec::sequester::AuthorityCertificate,
+    verified: bool,
+    matched_authority: bool,
+    global: &GlobalOpts,
+) -> CommandResult {
+    let key = cert.verify_key();
+    if global.json {
+        let value = json!({
+            "file": args.file.display().to_string(),
+            "kind": "authority",
+            "timestamp": cert.timestamp,
+            "timestamp_us": cert.timestamp.as_micros(),
+            "authority_key": match &key {
+                Ok(k) => json!({"fingerprint": k.fingerprint(), "bits": k.bits()}),
+                Err(e) => json!({"error": e.to_string()}),
+            },
+            "verified": verified,
+            "matches_authority_public": matched_authority,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("{}: sequester authority certificate", args.file.display());
+        println!(
+            "  timestamp:      {} ({} us)",
+            cert.timestamp,
+            cert.timestamp.as_micros()
+        );
+        match &key {
+            Ok(k) => println!(
+                "  authority key:  sha256 {} (RSA {}){}",
+                k.fingerprint(),
+                k.bits(),
+                if matched_authority {
+                    ", equal to --authority-public"
+                } else {
+                    ""
+                }
+            ),
+            Err(e) => println!("  authority key:  INVALID: {e}"),
+        }
+        if verified {
+            println!("  signature:      VERIFIED with the organisation root verify key");
+        } else {
+            println!("  signature:      NOT VERIFIED (give --root-verify-key to verify)");
         }
     }
     Ok(ExitCode::SUCCESS)
