@@ -12,6 +12,7 @@ use super::{CommandResult, GlobalOpts};
 use crate::ceremony::journal::Journal;
 use crate::ceremony::plan::write_certificate;
 use crate::ceremony::sign::{self, RevocationRequest, ServiceCertificateRequest, SigningPolicy};
+use crate::ceremony::topic::{self, SequesterTopic};
 use crate::ceremony::transcript::KeyRecord;
 use crate::ceremony::CeremonyError;
 use crate::parsec::sequester::{SequesterCertificate, ServiceId};
@@ -51,6 +52,10 @@ pub struct SigningArgs {
     /// signed timestamp and the services signed.
     #[arg(long)]
     pub organization: Option<String>,
+    /// A realm export of the organisation: its sequester topic (verified with the authority
+    /// key) gives the timestamp to exceed and, for revocations, the services that exist.
+    #[arg(long, value_name = "EXPORT.sqlite")]
+    pub export: Option<PathBuf>,
     /// Journal file (default: $XDG_STATE_HOME/sequester-custody/journal.json).
     #[arg(long, value_name = "FILE", requires = "organization")]
     pub journal: Option<PathBuf>,
@@ -162,6 +167,31 @@ fn load_journal(args: &SigningArgs) -> anyhow::Result<Option<(Journal, String)>>
     }
 }
 
+/// The sequester topic of `--export`, checked against `--organization`.
+fn load_topic(
+    args: &SigningArgs,
+    authority: &dyn crate::token::KeyHandle,
+    rec: &mut Recorder,
+) -> anyhow::Result<Option<SequesterTopic>> {
+    let Some(path) = &args.export else {
+        return Ok(None);
+    };
+    rec.entry.add_input(path)?;
+    let key = RsaPublicKeyDer::from_der(authority.public_key_spki())?;
+    let topic = SequesterTopic::from_export(path, &key)?;
+    if let Some(org) = &args.organization {
+        if *org != topic.organization {
+            return Err(CeremonyError::OrganizationMismatch(format!(
+                "--organization is `{org}` but {} is an export of `{}`",
+                path.display(),
+                topic.organization
+            ))
+            .into());
+        }
+    }
+    Ok(Some(topic))
+}
+
 fn sign_service(args: &ServiceArgs, rec: &mut Recorder) -> anyhow::Result<Written> {
     let s = &args.signing;
     let expected = match &s.authority_public {
@@ -220,6 +250,9 @@ fn sign_service(args: &ServiceArgs, rec: &mut Recorder) -> anyhow::Result<Writte
     sign::check_timestamp(request.timestamp.unwrap_or(now), now, &policy)?;
     let authority = open_key(&s.authority)?;
     rec.add_authority(authority.as_ref(), &s.authority);
+    if let Some(topic) = load_topic(s, authority.as_ref(), rec)? {
+        policy.not_after = topic::latest(policy.not_after.take(), Some(topic.not_after()));
+    }
     let signed = sign::sign_service_certificate(
         authority.as_ref(),
         expected.as_ref(),
@@ -281,10 +314,10 @@ fn sign_revocation(args: &RevokeArgs, rec: &mut Recorder) -> anyhow::Result<Writ
         }
         (None, None) => anyhow::bail!("give --service-id ID or --service-certificate FILE"),
     };
-    if journal.is_none() && args.service_certificate.is_none() {
+    if journal.is_none() && args.service_certificate.is_none() && s.export.is_none() {
         eprintln!(
             "note: service {service_id} is not checked against a service certificate; give \
-             --service-certificate FILE or --organization ORG to tie it to a known service"
+             --service-certificate FILE, --export FILE or --organization ORG to tie it to a known service"
         );
     }
     if let Some((j, org)) = &journal {
@@ -292,6 +325,10 @@ fn sign_revocation(args: &RevokeArgs, rec: &mut Recorder) -> anyhow::Result<Writ
             j.check_known_service(org, service_id)?;
         }
         policy.not_after = j.not_after(org);
+    }
+    if let Some(topic) = load_topic(s, authority.as_ref(), rec)? {
+        topic.check_revocable(service_id)?;
+        policy.not_after = topic::latest(policy.not_after.take(), Some(topic.not_after()));
     }
     let request = RevocationRequest {
         service_id,
