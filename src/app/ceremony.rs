@@ -76,10 +76,16 @@ impl Recorder {
             .clone()
             .unwrap_or_else(|| PathBuf::from(transcript::DEFAULT_FILE));
         eprintln!("transcript: {}", path.display());
-        // Refuse to start on a broken chain: better now than after the token signed.
+        // Refuse to start on a broken chain or an unwritable file: better now than after the
+        // token signed.
         if path.exists() {
             transcript::verify(&path)?;
         }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot write the transcript {}", path.display()))?;
         let argv: Vec<String> = std::env::args().skip(1).collect();
         Ok(Self {
             transcript: Transcript::new(path),
