@@ -212,7 +212,7 @@ fn run_plan(args: RunArgs, global: &GlobalOpts) -> CommandResult {
         &TokenProvider,
         RunOptions {
             policy: SigningPolicy {
-                min_bits: args.insecure_min_bits.unwrap_or(MIN_SIGNING_BITS),
+                min_bits: args.insecure_min_bits.unwrap_or(MIN_SIGNING_BITS).max(1024),
                 allow_future: args.allow_future,
                 not_after: None,
             },

@@ -59,7 +59,8 @@ pub struct SigningArgs {
     /// Journal file (default: $XDG_STATE_HOME/sequester-custody/journal.json).
     #[arg(long, value_name = "FILE", requires = "organization")]
     pub journal: Option<PathBuf>,
-    /// TEST ONLY: accept keys down to this size (the published Parsec fixture keys are 1024-bit).
+    /// TEST ONLY: accept keys down to this size, never below 1024 (the published Parsec fixture
+    /// keys are 1024-bit).
     #[arg(long, hide = true)]
     pub insecure_min_bits: Option<usize>,
     #[command(flatten)]
@@ -131,7 +132,7 @@ fn read_public_key(path: &Path) -> anyhow::Result<RsaPublicKeyDer> {
 
 fn policy(args: &SigningArgs) -> SigningPolicy {
     SigningPolicy {
-        min_bits: args.insecure_min_bits.unwrap_or(MIN_SIGNING_BITS),
+        min_bits: args.insecure_min_bits.unwrap_or(MIN_SIGNING_BITS).max(1024),
         allow_future: args.allow_future,
         not_after: None,
     }
