@@ -135,23 +135,32 @@ fn write_new_file(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 fn print_key(key: &Pkcs11Key, global: &GlobalOpts, public_out: Option<&Path>) -> CommandResult {
+    print_any_key(key, Some(key.negotiated()), global, public_out)
+}
+
+/// Shows any backend's key; `negotiated` is known for PKCS#11 keys.
+fn print_any_key(
+    key: &dyn KeyHandle,
+    negotiated: Option<crate::token::pkcs11::Negotiated>,
+    global: &GlobalOpts,
+    public_out: Option<&Path>,
+) -> CommandResult {
     let info = key.info()?;
     let pem = rsa_public::spki_pem(&info.spki_der);
     if let Some(path) = public_out {
         write_new_file(path, &pem)?;
     }
-    let negotiated = key.negotiated();
     if global.json {
         let shown = ShownKey {
             info: &info,
             public_key_pem: pem,
             token: key.token(),
-            mechanisms: Some(negotiated),
+            mechanisms: negotiated,
         };
         println!("{}", serde_json::to_string_pretty(&shown)?);
         return Ok(ExitCode::SUCCESS);
     }
-    print_key_text(&info, &key.token(), Some(&negotiated), global);
+    print_key_text(&info, &key.token(), negotiated.as_ref(), global);
     println!("{pem}");
     if let Some(path) = public_out {
         println!("public key written to {}", path.display());
@@ -259,6 +268,11 @@ pub fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
             };
             token::check_key_size(bits, allow_insecure_test_size)?;
             let start = Instant::now();
+            if !token_uri.starts_with("pkcs11:") {
+                // Other backends (YubiKey PIV) through the generic dispatcher.
+                let key = token::generate_key(&token_uri, &spec)?;
+                return print_any_key(key.as_ref(), None, global, public_out.as_deref());
+            }
             let key = keygen::generate(&Pkcs11Uri::parse(&token_uri)?, &spec)?;
             if global.verbose > 0 && !global.json {
                 eprintln!("generated in {:.0} ms", millis(start.elapsed()));
@@ -290,8 +304,13 @@ pub fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
             Ok(ExitCode::SUCCESS)
         }
         KeyCommand::Show { uri, public_out } => {
-            let key = Pkcs11Key::open(&Pkcs11Uri::parse(&uri)?)?;
-            print_key(&key, global, public_out.as_deref())
+            if uri.starts_with("pkcs11:") {
+                let key = Pkcs11Key::open(&Pkcs11Uri::parse(&uri)?)?;
+                print_key(&key, global, public_out.as_deref())
+            } else {
+                let key = token::open_key(&uri)?;
+                print_any_key(key.as_ref(), None, global, public_out.as_deref())
+            }
         }
         KeyCommand::Import {
             role,

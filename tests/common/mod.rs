@@ -160,9 +160,12 @@ pub fn cli() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sequester-custody"))
 }
 
-/// Runs the CLI with extra environment, returns the output.
+/// Runs the CLI with extra environment, returns the output. The child has no controlling
+/// terminal (its own session), so a PIN or passphrase prompt fails instead of waiting for a
+/// developer's keyboard.
 pub fn run_cli(args: &[&str], env: &[(String, String)]) -> Output {
     let mut cmd = cli();
+    detach_from_terminal(&mut cmd);
     cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
@@ -565,4 +568,16 @@ pub fn check_private_key_locked_down() {
         .get_attributes(key, &[AttributeType::Extractable])
         .unwrap();
     assert!(matches!(still[..], [Attribute::Extractable(false)]));
+}
+
+/// Starts `cmd` in a new session without a controlling terminal (no `/dev/tty` to prompt on).
+pub fn detach_from_terminal(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe and only affects the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
 }
