@@ -111,6 +111,21 @@ impl Recorder {
         }
     }
 
+    /// Records any key used or created (role `authority`, `service`, …) and its token.
+    pub fn add_key(&mut self, role: &str, key: &dyn KeyHandle) {
+        self.entry.add_token(key.token());
+        if let Ok(k) = RsaPublicKeyDer::from_der(key.public_key_spki()) {
+            let info = key.info().ok();
+            self.entry.keys.push(KeyRecord {
+                role: role.into(),
+                uri: info.as_ref().map(|i| transcript::redact_args_one(&i.uri)),
+                label: info.map(|i| i.label),
+                bits: k.bits(),
+                fingerprint: k.fingerprint(),
+            });
+        }
+    }
+
     pub fn ok(&mut self) -> anyhow::Result<String> {
         self.entry.result = "ok".into();
         Ok(self.transcript.append(self.entry.clone())?)
@@ -119,6 +134,29 @@ impl Recorder {
     pub fn fail(&mut self, err: &anyhow::Error) -> anyhow::Result<String> {
         self.entry.result = format!("failed: {err:#}");
         Ok(self.transcript.append(self.entry.clone())?)
+    }
+}
+
+/// Runs `body` and appends its outcome (success or failure) to the transcript; returns the
+/// body's value and the new head digest. For commands that create or use a private key, e.g.
+/// `key generate`: `recorded("key generate", &args.ceremony, global, |rec| { …;
+/// rec.add_key("authority", key.as_ref()); rec.entry.add_output(path)?; Ok(value) })`.
+pub fn recorded<T>(
+    command: &str,
+    args: &CeremonyArgs,
+    global: &GlobalOpts,
+    body: impl FnOnce(&mut Recorder) -> anyhow::Result<T>,
+) -> anyhow::Result<(T, String)> {
+    let mut rec = Recorder::start(command, args, global)?;
+    match body(&mut rec) {
+        Ok(value) => {
+            let head = rec.ok()?;
+            Ok((value, head))
+        }
+        Err(e) => {
+            rec.fail(&e)?;
+            Err(e)
+        }
     }
 }
 
