@@ -429,7 +429,7 @@ fn journal_orders_timestamps_and_knows_services() {
     ]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(
-        stderr(&unknown).contains("is not among the services signed"),
+        stderr(&unknown).contains("is not among the known services"),
         "{}",
         stderr(&unknown)
     );
@@ -533,4 +533,115 @@ fn fixture_authority_key_on_softhsm_reproduces_the_parsec_envelope() {
         hex::encode(payload),
         "0028b52ffd0058950200840483a474797065d9257365717565737465725f7265766f6b65645f736572766963655f6365727469666963617465a974696d657374616d70d70100035e2efad68000aa6964d8020001020038a9c27ad519"
     );
+}
+
+/// `--export`: the fixture export's sequester topic (verified with the token's authority key)
+/// decides which timestamps and revocations are acceptable; the export stays byte-identical.
+#[test]
+fn export_sequester_topic_guards_timestamps_and_revocations() {
+    let Some(hsm) = SoftHsm::new("topic") else {
+        return;
+    };
+    hsm.import_with_softhsm_util(
+        &common::fixture("sequester_authority.private.pem"),
+        "fixture-auth",
+        "01",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let export = common::fixture("sequestered_export.sqlite");
+    let before = common::file_sha256(&export);
+    let t = dir.path().join("t.jsonl").display().to_string();
+    let auth = hsm.key_uri("fixture-auth");
+    let export_s = export.display().to_string();
+    let revoke = |id: &str, ts: &str, out: &str| {
+        let out_path = dir.path().join(out).display().to_string();
+        let args = [
+            "cert",
+            "revoke",
+            "--authority",
+            &auth,
+            "--service-id",
+            id,
+            "--timestamp",
+            ts,
+            "--export",
+            &export_s,
+            "--transcript",
+            &t,
+            "--insecure-min-bits",
+            "1024",
+            "-o",
+            &out_path,
+        ];
+        run_cli(&args, &hsm.env())
+    };
+    // Service 1 is already revoked in the export.
+    let out = revoke(
+        "00000000000000000000000000000001",
+        "2001-01-01T00:00:00Z",
+        "a.pem",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("was already revoked at 2000-01-16T00:00:00Z"),
+        "{}",
+        stderr(&out)
+    );
+    // Service 3 is unknown to the organisation.
+    let out = revoke(
+        "00000000000000000000000000000003",
+        "2001-01-01T00:00:00Z",
+        "b.pem",
+    );
+    assert!(
+        stderr(&out).contains("is not among the known services of organisation `Org1`"),
+        "{}",
+        stderr(&out)
+    );
+    // Service 2 with a timestamp older than the topic: the server would refuse it.
+    let out = revoke(
+        "00000000000000000000000000000002",
+        "2000-01-03T00:00:00Z",
+        "c.pem",
+    );
+    assert!(stderr(&out).contains("is not after"), "{}", stderr(&out));
+    // Service 2, later timestamp: signed.
+    let out = revoke(
+        "00000000000000000000000000000002",
+        "2001-01-01T00:00:00Z",
+        "d.pem",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.path().join("d.pem").exists());
+    for f in ["a.pem", "b.pem", "c.pem"] {
+        assert!(!dir.path().join(f).exists(), "{f}");
+    }
+    // A wrong organisation name is refused.
+    let args = [
+        "cert",
+        "revoke",
+        "--authority",
+        &auth,
+        "--service-id",
+        "00000000000000000000000000000002",
+        "--export",
+        &export_s,
+        "--organization",
+        "Org9",
+        "--journal",
+        &dir.path().join("j.json").display().to_string(),
+        "--transcript",
+        &t,
+        "--insecure-min-bits",
+        "1024",
+        "-o",
+        &dir.path().join("e.pem").display().to_string(),
+    ];
+    let out = run_cli(&args, &hsm.env());
+    assert!(
+        stderr(&out).contains("is an export of `Org1`"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(common::file_sha256(&export), before);
 }
