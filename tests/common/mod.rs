@@ -133,6 +133,16 @@ impl SoftHsm {
         vec![
             ("SOFTHSM2_CONF".into(), self.conf.display().to_string()),
             ("SEQUESTER_CUSTODY_PIN".into(), USER_PIN.into()),
+            // Key commands append to a ceremony transcript: keep it with the token, not in the
+            // repository (an explicit --transcript still wins).
+            (
+                "SEQUESTER_CUSTODY_TRANSCRIPT".into(),
+                self.dir
+                    .path()
+                    .join("transcript.jsonl")
+                    .display()
+                    .to_string(),
+            ),
         ]
     }
 
@@ -280,6 +290,14 @@ impl Kryoptic {
         vec![
             ("KRYOPTIC_CONF".into(), self.conf.display().to_string()),
             ("SEQUESTER_CUSTODY_PIN".into(), KRYOPTIC_USER_PIN.into()),
+            (
+                "SEQUESTER_CUSTODY_TRANSCRIPT".into(),
+                self.dir
+                    .path()
+                    .join("transcript.jsonl")
+                    .display()
+                    .to_string(),
+            ),
         ]
     }
 
