@@ -338,7 +338,6 @@ pub fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
             ceremony,
         } => {
             let (code, _head) = recorded("key import", &ceremony, global, |rec| {
-                rec.entry.add_input(&input)?;
                 let spec = KeySpec {
                     role,
                     label,
@@ -427,6 +426,8 @@ fn import(
         std::fs::read_to_string(input)
             .with_context(|| format!("cannot read {}", input.display()))?,
     );
+    // The digest identifies the file that was imported (and then, ideally, destroyed).
+    rec.entry.add_input(input)?;
     let host_key = pem_key::parse_private_key_pem(&text, || read_passphrase(passphrase_file))?;
     drop(text);
     let key = keygen::import(&token_uri, &host_key, spec)?;
