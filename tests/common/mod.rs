@@ -133,6 +133,16 @@ impl SoftHsm {
         vec![
             ("SOFTHSM2_CONF".into(), self.conf.display().to_string()),
             ("SEQUESTER_CUSTODY_PIN".into(), USER_PIN.into()),
+            // Key commands append to a ceremony transcript: keep it with the token, not in the
+            // repository (an explicit --transcript still wins).
+            (
+                "SEQUESTER_CUSTODY_TRANSCRIPT".into(),
+                self.dir
+                    .path()
+                    .join("transcript.jsonl")
+                    .display()
+                    .to_string(),
+            ),
         ]
     }
 
@@ -160,9 +170,12 @@ pub fn cli() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sequester-custody"))
 }
 
-/// Runs the CLI with extra environment, returns the output.
+/// Runs the CLI with extra environment, returns the output. The child has no controlling
+/// terminal (its own session), so a PIN or passphrase prompt fails instead of waiting for a
+/// developer's keyboard.
 pub fn run_cli(args: &[&str], env: &[(String, String)]) -> Output {
     let mut cmd = cli();
+    detach_from_terminal(&mut cmd);
     cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
@@ -277,6 +290,14 @@ impl Kryoptic {
         vec![
             ("KRYOPTIC_CONF".into(), self.conf.display().to_string()),
             ("SEQUESTER_CUSTODY_PIN".into(), KRYOPTIC_USER_PIN.into()),
+            (
+                "SEQUESTER_CUSTODY_TRANSCRIPT".into(),
+                self.dir
+                    .path()
+                    .join("transcript.jsonl")
+                    .display()
+                    .to_string(),
+            ),
         ]
     }
 
@@ -412,4 +433,169 @@ pub fn assert_clean_failure(out: &Output, needle: &str) {
         err.contains(needle),
         "stderr does not contain `{needle}`:\n{err}"
     );
+}
+
+/// Environment for [`check_private_key_locked_down`] in a child process.
+pub fn locked_down_env(
+    t: &TestToken,
+    token_label: &str,
+    key_label: &str,
+    role: &str,
+) -> Vec<(String, String)> {
+    let mut env = t.env();
+    env.push(("INNER_MODULE".into(), t.module().display().to_string()));
+    env.push(("INNER_LABEL".into(), key_label.into()));
+    env.push(("INNER_TOKEN".into(), token_label.into()));
+    env.push(("INNER_ROLE".into(), role.into()));
+    env
+}
+
+/// Directly through PKCS#11 (not through the tool): the private key's secret attributes are
+/// unreadable, C_WrapKey is refused, CKA_EXTRACTABLE cannot be set to true, and the usage flags
+/// are the role's.
+///
+/// Reads INNER_MODULE, INNER_TOKEN, INNER_LABEL, INNER_ROLE and SEQUESTER_CUSTODY_PIN; runs in
+/// the child process of [`run_isolated`] (it initialises the module in-process).
+pub fn check_private_key_locked_down() {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::error::{Error as CkError, RvError};
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    let module = std::env::var("INNER_MODULE").unwrap();
+    let label = std::env::var("INNER_LABEL").unwrap();
+    let token = std::env::var("INNER_TOKEN").unwrap();
+    let role = std::env::var("INNER_ROLE").unwrap();
+    let pin = std::env::var("SEQUESTER_CUSTODY_PIN").unwrap();
+    let ctx = Pkcs11::new(module).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = ctx
+        .get_slots_with_initialized_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label() == token)
+        .unwrap();
+    let session = ctx.open_rw_session(slot).unwrap();
+    session
+        .login(UserType::User, Some(&AuthPin::new(pin.into())))
+        .unwrap();
+    let keys = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(KeyType::RSA),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    let key = keys[0];
+
+    // Secret components: reported as sensitive (get_attributes would silently drop them).
+    let info = session
+        .get_attribute_info(
+            key,
+            &[
+                AttributeType::PrivateExponent,
+                AttributeType::Prime1,
+                AttributeType::Prime2,
+                AttributeType::Coefficient,
+            ],
+        )
+        .unwrap();
+    for i in &info {
+        assert!(
+            matches!(i, AttributeInfo::Sensitive | AttributeInfo::Unavailable),
+            "secret attribute readable: {info:?}"
+        );
+    }
+    let got = session
+        .get_attributes(key, &[AttributeType::PrivateExponent])
+        .unwrap();
+    assert!(got.is_empty(), "CKA_PRIVATE_EXPONENT was returned");
+
+    // Usage flags: authority = sign only, service = decrypt only.
+    let flags = session
+        .get_attributes(
+            key,
+            &[
+                AttributeType::Sign,
+                AttributeType::Decrypt,
+                AttributeType::Unwrap,
+                AttributeType::Token,
+                AttributeType::Private,
+            ],
+        )
+        .unwrap();
+    let want_sign = role == "authority";
+    for a in &flags {
+        match a {
+            Attribute::Sign(b) => assert_eq!(*b, want_sign, "CKA_SIGN"),
+            Attribute::Decrypt(b) => assert_eq!(*b, !want_sign, "CKA_DECRYPT"),
+            Attribute::Unwrap(b) => assert!(!*b, "CKA_UNWRAP"),
+            Attribute::Token(b) => assert!(*b, "CKA_TOKEN"),
+            Attribute::Private(b) => assert!(*b, "CKA_PRIVATE"),
+            _ => {}
+        }
+    }
+    assert_eq!(flags.len(), 5, "{flags:?}");
+
+    // C_WrapKey with a fresh AES wrapping key is refused.
+    let wrapping = session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ValueLen(32.into()),
+                Attribute::Wrap(true),
+                Attribute::Encrypt(true),
+            ],
+        )
+        .unwrap();
+    let mut refusals = 0;
+    for mech in [Mechanism::AesKeyWrapPad, Mechanism::AesCbcPad([7u8; 16])] {
+        let wrapped = session.wrap_key(&mech, wrapping, key);
+        eprintln!("wrap with {mech:?}: {wrapped:?}");
+        match wrapped {
+            Err(CkError::Pkcs11(
+                RvError::KeyUnextractable | RvError::KeyFunctionNotPermitted,
+                _,
+            )) => refusals += 1,
+            // A token that does not implement this wrap mechanism proves nothing either way.
+            Err(CkError::Pkcs11(RvError::MechanismInvalid, _)) => {}
+            other => panic!("C_WrapKey of the private key with {mech:?}: {other:?}"),
+        }
+    }
+    assert!(refusals >= 1, "no wrap mechanism was even tried on the key");
+
+    // CKA_EXTRACTABLE cannot go back to true.
+    let set = session.update_attributes(key, &[Attribute::Extractable(true)]);
+    assert!(
+        matches!(
+            set,
+            Err(CkError::Pkcs11(
+                RvError::AttributeReadOnly
+                    | RvError::ActionProhibited
+                    | RvError::AttributeValueInvalid,
+                _
+            ))
+        ),
+        "setting CKA_EXTRACTABLE=true: {set:?}"
+    );
+    let still = session
+        .get_attributes(key, &[AttributeType::Extractable])
+        .unwrap();
+    assert!(matches!(still[..], [Attribute::Extractable(false)]));
+}
+
+/// Starts `cmd` in a new session without a controlling terminal (no `/dev/tty` to prompt on).
+pub fn detach_from_terminal(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe and only affects the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
 }

@@ -415,10 +415,8 @@ impl Pkcs11Key {
             }
             MechanismPath::RawRsaHostOaep => {
                 let raw = self.raw_rsa_decrypt(&session, block)?;
-                let em = Zeroizing::new(
-                    rsa_padding::left_pad(&raw, block.len()).ok_or(CkError::InvalidValue)?,
-                );
-                Ok(rsa_padding::oaep_sha256_decode(&em).map_err(|_| TokenError::DecryptionFailed))
+                Ok(rsa_padding::oaep_sha256_decode_raw(&raw, block.len())
+                    .map_err(|_| TokenError::DecryptionFailed))
             }
             _ => Err(CkError::NotSupported),
         }

@@ -214,14 +214,15 @@ pub fn describe(info: &TokenInfo) -> TokenDescription {
 }
 
 fn matches(uri: &Pkcs11Uri, slot: Slot, d: &TokenDescription) -> bool {
-    uri.token.as_ref().is_none_or(|t| *t == d.label)
-        && uri.serial.as_ref().is_none_or(|s| *s == d.serial)
-        && uri
-            .manufacturer
-            .as_ref()
-            .is_none_or(|m| *m == d.manufacturer)
-        && uri.model.as_ref().is_none_or(|m| *m == d.model)
-        && uri.slot_id.is_none_or(|id| id == slot.id())
+    // `Option::is_none_or` needs Rust 1.82; the crate supports 1.80.
+    fn ok<T: PartialEq<U>, U: ?Sized>(want: &Option<T>, have: &U) -> bool {
+        want.as_ref().map_or(true, |w| w == have)
+    }
+    ok(&uri.token, d.label.as_str())
+        && ok(&uri.serial, d.serial.as_str())
+        && ok(&uri.manufacturer, d.manufacturer.as_str())
+        && ok(&uri.model, d.model.as_str())
+        && ok(&uri.slot_id, &slot.id())
 }
 
 /// Selects exactly one initialised token matching the URI's token attributes.
