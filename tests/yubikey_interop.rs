@@ -50,10 +50,16 @@ fn real_server_export_with_certificate_and_decryption_on_the_card() {
     };
     let serial = session.card().serial;
     let dir = session.dir.path();
-    let env = vec![(
-        "SEQUESTER_CUSTODY_PIN".to_string(),
-        yubikey_common::PIN.to_string(),
-    )];
+    let env = vec![
+        (
+            "SEQUESTER_CUSTODY_PIN".to_string(),
+            yubikey_common::PIN.to_string(),
+        ),
+        (
+            "SEQUESTER_CUSTODY_TRANSCRIPT".to_string(),
+            dir.join("transcript.jsonl").display().to_string(),
+        ),
+    ];
     let auth_pub = dir.join("authority.pub.pem");
     for (role, out) in [("authority", Some(&auth_pub)), ("service", None)] {
         let token = session.card().uri();

@@ -21,8 +21,15 @@ fn oracle_python() -> Option<PathBuf> {
     .then_some(py)
 }
 
-fn env() -> Vec<(String, String)> {
-    vec![("SEQUESTER_CUSTODY_PIN".into(), PIN.into())]
+/// PIN for the card; key generation and certificates go to a transcript in the test dir.
+fn env_in(dir: &Path) -> Vec<(String, String)> {
+    vec![
+        ("SEQUESTER_CUSTODY_PIN".into(), PIN.into()),
+        (
+            "SEQUESTER_CUSTODY_TRANSCRIPT".into(),
+            dir.join("transcript.jsonl").display().to_string(),
+        ),
+    ]
 }
 
 fn generate(session: &Session, role: &str, public_out: &Path) -> std::process::Output {
@@ -42,7 +49,7 @@ fn generate(session: &Session, role: &str, public_out: &Path) -> std::process::O
             "--public-out",
             public_out.to_str().unwrap(),
         ],
-        &env(),
+        &env_in(session.dir.path()),
     )
 }
 
@@ -80,7 +87,7 @@ fn certificate_signed_on_the_card_is_accepted_by_parsec_and_export_decrypts() {
         .into_iter()
         .chain([session.card().uri().as_str(), "--bits", "4096"])
         .collect::<Vec<_>>(),
-        &env(),
+        &env_in(dir),
     );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--bits 2048"), "{}", stderr(&out));
@@ -131,7 +138,7 @@ fn certificate_signed_on_the_card_is_accepted_by_parsec_and_export_decrypts() {
             "-o",
             dir.join("service.cert.pem").to_str().unwrap(),
         ],
-        &env(),
+        &env_in(dir),
     );
     assert!(out.status.success(), "cert service: {}", stderr(&out));
 
@@ -191,7 +198,7 @@ fn certificate_signed_on_the_card_is_accepted_by_parsec_and_export_decrypts() {
             export.to_str().unwrap(),
             dest.to_str().unwrap(),
         ],
-        &env(),
+        &env_in(dir),
     );
     assert!(out.status.success(), "export extract: {}", stderr(&out));
     assert_eq!(
@@ -228,7 +235,7 @@ fn certificate_signed_on_the_card_is_accepted_by_parsec_and_export_decrypts() {
             &key_9c,
             export.to_str().unwrap(),
         ],
-        &env(),
+        &env_in(dir),
     );
     assert!(!out.status.success());
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
