@@ -78,6 +78,10 @@ fn certificate_signed_on_the_card_is_accepted_by_parsec_and_export_decrypts() {
     assert!(stdout(&out).contains(&format!("yubikey:serial={serial};slot=9c")));
     let out = generate(&session, "service", &service_pub);
     assert!(out.status.success(), "{}", stderr(&out));
+    // Both generations joined the ceremony transcript, naming the card.
+    let transcript = std::fs::read_to_string(dir.join("transcript.jsonl")).unwrap();
+    assert_eq!(transcript.lines().count(), 2, "{transcript}");
+    assert!(transcript.contains(&serial.to_string()), "{transcript}");
 
     // The default 4096 bits is refused on a 5.4 card, with the way out named.
     let out = run_cli(
