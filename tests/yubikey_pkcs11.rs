@@ -10,7 +10,9 @@ mod yubikey_common;
 use std::path::{Path, PathBuf};
 
 use rsa::pkcs8::DecodePublicKey;
-use sequester_custody::token::{self, yubikey as yk, KeySpec, Role};
+use sequester_custody::token::pkcs11::Pkcs11Key;
+use sequester_custody::token::uri::Pkcs11Uri;
+use sequester_custody::token::{self, yubikey as yk, KeyHandle, KeySpec, Role};
 
 fn module(names: &[&str], what: &str) -> Option<PathBuf> {
     let found = names.iter().map(PathBuf::from).find(|p| p.exists());
@@ -124,13 +126,33 @@ fn ykcs11_decrypts_and_signs_with_keys_generated_by_the_yubikey_backend() {
 #[test]
 fn opensc_decrypts_and_signs_with_keys_generated_by_the_yubikey_backend() {
     let Some(module) = opensc() else { return };
-    // OpenSC marks the 9c key CKA_ALWAYS_AUTHENTICATE (context-specific login per signature);
-    // an authority key in 9a avoids that and exercises the same signing path.
-    let Some(keys) = card_with_keys("9a") else {
+    let Some(keys) = card_with_keys("9c") else {
         return;
     };
     // OpenSC names the token after the first certificate and derives its serial from the
-    // CHUID; select by label.
+    // CHUID; select by label. Its ids: 9a = 01, 9c = 02, 9d = 03.
     let selector = "token=Parsec%20sequester%20authority%20key".to_string();
-    round_trips(&keys, &module, &selector, "01");
+    round_trips(&keys, &module, &selector, "02");
+
+    // OpenSC marks the 9c key CKA_ALWAYS_AUTHENTICATE: each signature needs a context-specific
+    // login between C_SignInit and C_Sign (without it OpenSC answers CKR_USER_NOT_LOGGED_IN).
+    // Check that this key really takes that path, and that it works for every signature of
+    // one open key, not only the first.
+    let uri = Pkcs11Uri::parse(&pkcs11_uri(&module, &selector, "02", &keys.pin_file)).unwrap();
+    let authority = Pkcs11Key::open(&uri).unwrap();
+    assert!(
+        authority.always_authenticate(),
+        "OpenSC should report CKA_ALWAYS_AUTHENTICATE on the 9c key"
+    );
+    let public = rsa::RsaPublicKey::from_public_key_der(&keys.authority_spki).unwrap();
+    for message in [&b"first"[..], b"second", b"third"] {
+        let (sig, path) = authority.sign_pss_sha256(message).unwrap();
+        public
+            .verify(
+                rsa::Pss::new_with_salt::<sha2::Sha256>(32),
+                &sequester_custody::crypto::sha256(message),
+                &sig,
+            )
+            .unwrap_or_else(|e| panic!("signature via {path} does not verify: {e}"));
+    }
 }

@@ -14,6 +14,7 @@ use rsa::traits::PublicKeyParts;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::super::pin::resolve_pin;
 use super::super::uri::Pkcs11Uri;
 use super::super::{
     KeyHandle, KeyInfo, MechanismPath, Provenance, ProvenanceVerdict, Role, TokenDescription,
@@ -37,6 +38,24 @@ pub struct Pkcs11Key {
     modulus: Vec<u8>,
     can_sign: bool,
     can_decrypt: bool,
+    /// `CKA_ALWAYS_AUTHENTICATE`: every operation needs a context-specific login.
+    always_authenticate: bool,
+    context_auth: Mutex<ContextAuth>,
+}
+
+/// The PIN for the context-specific logins of a `CKA_ALWAYS_AUTHENTICATE` key. Kept (zeroized
+/// on drop) so the user is asked once, not once per signature; dropped for good after a
+/// failed attempt, so a wrong PIN is never presented twice.
+enum ContextAuth {
+    /// Not read yet: read from `pin_source` (then the environment, then a prompt) when needed.
+    Unresolved {
+        pin_source: Option<String>,
+    },
+    Pin(Zeroizing<String>),
+    /// The token has a protected authentication path (PIN pad): it asks by itself.
+    PinPad,
+    /// A context-specific login failed; no further attempt is made.
+    Failed,
 }
 
 impl std::fmt::Debug for Pkcs11Key {
@@ -81,6 +100,7 @@ fn read_bool(session: &Session, handle: ObjectHandle, attr: AttributeType) -> Op
         .into_iter()
         .find_map(|a| match a {
             Attribute::Local(b)
+            | Attribute::AlwaysAuthenticate(b)
             | Attribute::NeverExtractable(b)
             | Attribute::AlwaysSensitive(b)
             | Attribute::Extractable(b)
@@ -242,6 +262,8 @@ impl Pkcs11Key {
             .map_err(|e| TokenError::UnsupportedKey(e.to_string()))?;
         let can_sign = read_bool(&session, handle, AttributeType::Sign).unwrap_or(false);
         let can_decrypt = read_bool(&session, handle, AttributeType::Decrypt).unwrap_or(false);
+        let always_authenticate =
+            read_bool(&session, handle, AttributeType::AlwaysAuthenticate).unwrap_or(false);
         let modulus =
             rsa_padding::left_pad(&public.n().to_bytes_be(), public.size()).unwrap_or_default();
         Ok(Pkcs11Key {
@@ -255,7 +277,32 @@ impl Pkcs11Key {
             modulus,
             can_sign,
             can_decrypt,
+            always_authenticate,
+            context_auth: Mutex::new(ContextAuth::Unresolved { pin_source: None }),
         })
+    }
+
+    /// Where the PIN for context-specific logins comes from: the PIN already read for the
+    /// session login if there was one, else `pin_source` (then the environment, then a prompt),
+    /// read at the first operation. Without `CKA_ALWAYS_AUTHENTICATE` the PIN is not kept.
+    pub fn with_pin_source(
+        self,
+        pin_source: Option<&str>,
+        login_pin: Option<Zeroizing<String>>,
+    ) -> Pkcs11Key {
+        let auth = match login_pin {
+            Some(pin) if self.always_authenticate => ContextAuth::Pin(pin),
+            _ => ContextAuth::Unresolved {
+                pin_source: pin_source.map(str::to_string),
+            },
+        };
+        *self.context_auth.lock().unwrap_or_else(|e| e.into_inner()) = auth;
+        self
+    }
+
+    /// True when the token demands a context-specific login before each operation.
+    pub fn always_authenticate(&self) -> bool {
+        self.always_authenticate
     }
 
     /// Opens the single private key the URI designates (logging in as needed).
@@ -277,11 +324,13 @@ impl Pkcs11Key {
             }
         }
         let token = super::module::select_token(uri)?;
-        let session = session::open_logged_in(&token, false, uri.pin_source.as_deref())?;
+        let (session, login_pin) =
+            session::open_logged_in_keeping_pin(&token, false, uri.pin_source.as_deref())?;
         let mut found = find_private_keys(&session, uri)?;
         match found.len() {
             0 => Err(TokenError::NoSuchKey(uri.object_selector())),
-            1 => Pkcs11Key::from_handle(token, session, found.remove(0)),
+            1 => Ok(Pkcs11Key::from_handle(token, session, found.remove(0))?
+                .with_pin_source(uri.pin_source.as_deref(), login_pin)),
             count => Err(TokenError::AmbiguousKey {
                 selector: uri.object_selector(),
                 count,
@@ -330,71 +379,117 @@ impl Pkcs11Key {
         self.session.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn sign_with(&self, path: MechanismPath, message: &[u8]) -> Result<Vec<u8>, CkError> {
-        let session = self.session();
-        let digest: [u8; 32] = Sha256::digest(message).into();
-        match path {
-            MechanismPath::NativeSha256Pss => session.sign(
-                &Mechanism::Sha256RsaPkcsPss(pss_params()),
-                self.handle,
-                message,
-            ),
-            MechanismPath::HostDigestPss => {
-                session.sign(&Mechanism::RsaPkcsPss(pss_params()), self.handle, &digest)
-            }
-            MechanismPath::RawRsaHostPss => {
-                let em = rsa_padding::pss_sha256_encode_random_salt(&digest, self.bits())
-                    .map_err(|_| CkError::InvalidValue)?;
-                session.sign(&Mechanism::RsaX509, self.handle, &em)
-            }
-            _ => Err(CkError::NotSupported),
+    /// The context-specific login of a `CKA_ALWAYS_AUTHENTICATE` key, between the `*Init`
+    /// call and the operation. Nothing for other keys.
+    fn context_login(&self, session: &Session) -> Result<(), TokenError> {
+        if !self.always_authenticate {
+            return Ok(());
         }
+        let mut auth = self.context_auth.lock().unwrap_or_else(|e| e.into_inner());
+        if let ContextAuth::Unresolved { pin_source } = &*auth {
+            *auth = if self.token.info()?.protected_authentication_path() {
+                ContextAuth::PinPad
+            } else {
+                ContextAuth::Pin(
+                    resolve_pin(pin_source.as_deref(), &self.token.description.label)?.0,
+                )
+            };
+        }
+        let pin = match &*auth {
+            ContextAuth::Pin(pin) => Some(pin.as_str()),
+            ContextAuth::PinPad => None,
+            ContextAuth::Failed | ContextAuth::Unresolved { .. } => {
+                return Err(TokenError::Refused(format!(
+                    "an earlier context-specific login on token `{}` failed; the PIN is not \
+                     tried again",
+                    self.token.description.label
+                )))
+            }
+        };
+        let result = session::context_login(&self.token, session, pin);
+        if result.is_err() {
+            *auth = ContextAuth::Failed;
+        }
+        result
     }
 
-    /// CKM_RSA_X_509 decryption with a k-byte output buffer and no length query (see
-    /// [`super::module::RawFunctions`]); cryptoki's two-call path when the table is unavailable.
-    fn raw_rsa_decrypt(
+    /// One single-part operation: `init` (C_SignInit / C_DecryptInit), the context-specific
+    /// login if the key needs it, then C_Sign / C_Decrypt called once with a k-byte output
+    /// buffer from the module's own function table. cryptoki's `Session::sign` and `decrypt`
+    /// run init and operation in one call (no room for the login) and ask the output length
+    /// first, which kryoptic answers with CKR_GENERAL_ERROR for CKM_RSA_X_509.
+    fn single_part(
         &self,
         session: &Session,
-        block: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, CkError> {
+        init: impl FnOnce() -> Result<(), CkError>,
+        operation: RawOperation,
+        input: &[u8],
+    ) -> Result<Result<Zeroizing<Vec<u8>>, TokenError>, CkError> {
         use cryptoki::context::Function;
         use cryptoki::error::Rv;
         let Some(raw) = &self.token.module.raw else {
-            return Ok(Zeroizing::new(session.decrypt(
-                &Mechanism::RsaX509,
-                self.handle,
-                block,
-            )?));
+            return Ok(Err(TokenError::UnsupportedKey(
+                "the key needs a context-specific login (CKA_ALWAYS_AUTHENTICATE) but the \
+                 module's function list could not be read"
+                    .into(),
+            )));
         };
-        let mut mechanism = cryptoki_sys::CK_MECHANISM {
-            mechanism: cryptoki_sys::CKM_RSA_X_509,
-            pParameter: std::ptr::null_mut(),
-            ulParameterLen: 0,
-        };
-        let mut out = Zeroizing::new(vec![0u8; block.len()]);
+        init()?;
+        if let Err(e) = self.context_login(session) {
+            return Ok(Err(e));
+        }
+        let mut out = Zeroizing::new(vec![0u8; self.public.size()]);
         let mut out_len = out.len() as cryptoki_sys::CK_ULONG;
-        let mut input = block.to_vec();
-        // SAFETY: valid session and object handles of this module; buffers outlive the calls
-        // and their lengths are passed alongside.
+        let mut input = Zeroizing::new(input.to_vec());
+        let (call, function) = match operation {
+            RawOperation::Sign => (raw.sign, Function::Sign),
+            RawOperation::Decrypt => (raw.decrypt, Function::Decrypt),
+        };
+        // SAFETY: a valid session handle of this module with an operation initialised above;
+        // both buffers outlive the call and their lengths are passed alongside.
         unsafe {
-            Rv::from((raw.decrypt_init)(
-                session.handle(),
-                &mut mechanism,
-                self.handle.handle(),
-            ))
-            .into_result(Function::DecryptInit)?;
-            Rv::from((raw.decrypt)(
+            Rv::from(call(
                 session.handle(),
                 input.as_mut_ptr(),
                 input.len() as cryptoki_sys::CK_ULONG,
                 out.as_mut_ptr(),
                 &mut out_len,
             ))
-            .into_result(Function::Decrypt)?;
+            .into_result(function)?;
         }
         out.truncate(out_len as usize);
-        Ok(out)
+        Ok(Ok(out))
+    }
+
+    fn sign_with(
+        &self,
+        path: MechanismPath,
+        message: &[u8],
+    ) -> Result<Result<Vec<u8>, TokenError>, CkError> {
+        let session = self.session();
+        let digest: [u8; 32] = Sha256::digest(message).into();
+        let (mechanism, input) = match path {
+            MechanismPath::NativeSha256Pss => {
+                (Mechanism::Sha256RsaPkcsPss(pss_params()), message.to_vec())
+            }
+            MechanismPath::HostDigestPss => (Mechanism::RsaPkcsPss(pss_params()), digest.to_vec()),
+            MechanismPath::RawRsaHostPss => {
+                let em = rsa_padding::pss_sha256_encode_random_salt(&digest, self.bits())
+                    .map_err(|_| CkError::InvalidValue)?;
+                (Mechanism::RsaX509, em)
+            }
+            _ => return Err(CkError::NotSupported),
+        };
+        if !self.always_authenticate {
+            return session.sign(&mechanism, self.handle, &input).map(Ok);
+        }
+        let signed = self.single_part(
+            &session,
+            || session.sign_init(&mechanism, self.handle),
+            RawOperation::Sign,
+            &input,
+        )?;
+        Ok(signed.map(|sig| sig.to_vec()))
     }
 
     fn decrypt_with(
@@ -403,24 +498,42 @@ impl Pkcs11Key {
         block: &[u8],
     ) -> Result<Result<Zeroizing<Vec<u8>>, TokenError>, CkError> {
         let session = self.session();
-        match path {
-            MechanismPath::NativeOaepSha256 => {
-                let params = PkcsOaepParams::new(
-                    MechanismType::SHA256,
-                    PkcsMgfType::MGF1_SHA256,
-                    PkcsOaepSource::empty(),
-                );
-                let out = session.decrypt(&Mechanism::RsaPkcsOaep(params), self.handle, block)?;
-                Ok(Ok(Zeroizing::new(out)))
+        let mechanism = match path {
+            MechanismPath::NativeOaepSha256 => Mechanism::RsaPkcsOaep(PkcsOaepParams::new(
+                MechanismType::SHA256,
+                PkcsMgfType::MGF1_SHA256,
+                PkcsOaepSource::empty(),
+            )),
+            MechanismPath::RawRsaHostOaep => Mechanism::RsaX509,
+            _ => return Err(CkError::NotSupported),
+        };
+        let single_call = self.always_authenticate
+            || (path == MechanismPath::RawRsaHostOaep && self.token.module.raw.is_some());
+        let out = if !single_call {
+            Zeroizing::new(session.decrypt(&mechanism, self.handle, block)?)
+        } else {
+            match self.single_part(
+                &session,
+                || session.decrypt_init(&mechanism, self.handle),
+                RawOperation::Decrypt,
+                block,
+            )? {
+                Ok(out) => out,
+                Err(e) => return Ok(Err(e)),
             }
-            MechanismPath::RawRsaHostOaep => {
-                let raw = self.raw_rsa_decrypt(&session, block)?;
-                Ok(rsa_padding::oaep_sha256_decode_raw(&raw, block.len())
-                    .map_err(|_| TokenError::DecryptionFailed))
-            }
-            _ => Err(CkError::NotSupported),
-        }
+        };
+        Ok(match path {
+            MechanismPath::RawRsaHostOaep => rsa_padding::oaep_sha256_decode_raw(&out, block.len())
+                .map_err(|_| TokenError::DecryptionFailed),
+            _ => Ok(out),
+        })
     }
+}
+
+#[derive(Clone, Copy)]
+enum RawOperation {
+    Sign,
+    Decrypt,
 }
 
 impl KeyHandle for Pkcs11Key {
@@ -445,7 +558,8 @@ impl KeyHandle for Pkcs11Key {
         let mut last_refusal = None;
         for path in paths {
             match self.sign_with(path, message) {
-                Ok(sig) => {
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(sig)) => {
                     let k = self.public.size();
                     let sig =
                         rsa_padding::left_pad(&sig, k).ok_or_else(|| TokenError::Backend {

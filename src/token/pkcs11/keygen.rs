@@ -100,7 +100,8 @@ pub fn generate(token_uri: &Pkcs11Uri, spec: &KeySpec) -> Result<Pkcs11Key, Toke
             &private_template,
         )
         .map_err(|e| ck_error("C_GenerateKeyPair", e))?;
-    Pkcs11Key::from_handle(token, session, private)
+    Ok(Pkcs11Key::from_handle(token, session, private)?
+        .with_pin_source(token_uri.pin_source.as_deref(), None))
 }
 
 /// Imports a host RSA private key as a sensitive, non-extractable token key (and its public
@@ -193,5 +194,6 @@ pub fn import(
     // Not fatal: the private object carries the modulus and exponent, which is all the public
     // key needs; some tokens refuse public objects with these usage flags.
     let _ = session.create_object(&public_template);
-    Pkcs11Key::from_handle(token, session, private)
+    Ok(Pkcs11Key::from_handle(token, session, private)?
+        .with_pin_source(token_uri.pin_source.as_deref(), None))
 }

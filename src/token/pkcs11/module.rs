@@ -27,26 +27,28 @@ pub struct Module {
     pub raw: Option<RawFunctions>,
 }
 
-/// `C_DecryptInit` / `C_Decrypt` taken from the module's own function list. cryptoki's
+/// `C_Decrypt` / `C_Sign` taken from the module's own function list. cryptoki's
 /// `Session::decrypt` always asks the output length first (`pData = NULL`), which kryoptic 1.5.4
 /// answers with CKR_GENERAL_ERROR for CKM_RSA_X_509; raw RSA output is exactly k bytes, so the
-/// fallback path calls `C_Decrypt` once with a k-byte buffer instead.
+/// fallback path calls `C_Decrypt` once with a k-byte buffer instead. And `Session::sign` /
+/// `decrypt` run the `*Init` call and the operation together, leaving no room for the
+/// context-specific login a `CKA_ALWAYS_AUTHENTICATE` key needs in between.
 pub struct RawFunctions {
     // Keeps the dlopen reference alive (same library instance as cryptoki's: same state).
     _lib: cryptoki_sys::Pkcs11,
-    pub decrypt_init: unsafe extern "C" fn(
-        cryptoki_sys::CK_SESSION_HANDLE,
-        *mut cryptoki_sys::CK_MECHANISM,
-        cryptoki_sys::CK_OBJECT_HANDLE,
-    ) -> cryptoki_sys::CK_RV,
-    pub decrypt: unsafe extern "C" fn(
-        cryptoki_sys::CK_SESSION_HANDLE,
-        *mut u8,
-        cryptoki_sys::CK_ULONG,
-        *mut u8,
-        *mut cryptoki_sys::CK_ULONG,
-    ) -> cryptoki_sys::CK_RV,
+    pub decrypt: SinglePartFn,
+    pub sign: SinglePartFn,
 }
+
+/// `C_Decrypt` and `C_Sign` share this signature (session, input, input length, output,
+/// output length).
+pub type SinglePartFn = unsafe extern "C" fn(
+    cryptoki_sys::CK_SESSION_HANDLE,
+    *mut u8,
+    cryptoki_sys::CK_ULONG,
+    *mut u8,
+    *mut cryptoki_sys::CK_ULONG,
+) -> cryptoki_sys::CK_RV;
 
 fn load_raw_functions(path: &Path) -> Option<RawFunctions> {
     // SAFETY: the same module cryptoki already loaded and initialised; dlopen returns the same
@@ -60,12 +62,12 @@ fn load_raw_functions(path: &Path) -> Option<RawFunctions> {
         {
             return None;
         }
-        let decrypt_init = (*list).C_DecryptInit?;
         let decrypt = (*list).C_Decrypt?;
+        let sign = (*list).C_Sign?;
         Some(RawFunctions {
             _lib: lib,
-            decrypt_init,
             decrypt,
+            sign,
         })
     }
 }

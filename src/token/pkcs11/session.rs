@@ -4,6 +4,7 @@
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::types::AuthPin;
+use zeroize::Zeroizing;
 
 use super::super::pin::resolve_pin;
 use super::super::TokenError;
@@ -40,6 +41,17 @@ pub fn open_logged_in(
     read_write: bool,
     pin_source: Option<&str>,
 ) -> Result<Session, TokenError> {
+    open_logged_in_keeping_pin(token, read_write, pin_source).map(|(session, _)| session)
+}
+
+/// [`open_logged_in`], also returning the PIN that was used, if one was read (a key with
+/// `CKA_ALWAYS_AUTHENTICATE` needs it again for its context-specific logins; `None` when the
+/// session was already logged in or the token has a PIN pad).
+pub fn open_logged_in_keeping_pin(
+    token: &TokenRef,
+    read_write: bool,
+    pin_source: Option<&str>,
+) -> Result<(Session, Option<Zeroizing<String>>), TokenError> {
     let ctx = &token.module.ctx;
     let session = if read_write {
         ctx.open_rw_session(token.slot)
@@ -47,8 +59,8 @@ pub fn open_logged_in(
         ctx.open_ro_session(token.slot)
     }
     .map_err(|e| ck_error("C_OpenSession", e))?;
-    login(token, &session, pin_source)?;
-    Ok(session)
+    let pin = login(token, &session, pin_source)?;
+    Ok((session, pin))
 }
 
 /// Opens a session without logging in (public objects, token info).
@@ -60,13 +72,17 @@ pub fn open_public(token: &TokenRef) -> Result<Session, TokenError> {
         .map_err(|e| ck_error("C_OpenSession", e))
 }
 
-fn login(token: &TokenRef, session: &Session, pin_source: Option<&str>) -> Result<(), TokenError> {
+fn login(
+    token: &TokenRef,
+    session: &Session,
+    pin_source: Option<&str>,
+) -> Result<Option<Zeroizing<String>>, TokenError> {
     if let Ok(info) = session.get_session_info() {
         if matches!(
             info.session_state(),
             SessionState::RoUser | SessionState::RwUser
         ) {
-            return Ok(());
+            return Ok(None);
         }
     }
     let info = token.info()?;
@@ -75,14 +91,35 @@ fn login(token: &TokenRef, session: &Session, pin_source: Option<&str>) -> Resul
             token: token.description.label.clone(),
         });
     }
-    let result = if info.protected_authentication_path() {
+    if info.protected_authentication_path() {
         // PIN pad on the reader: the PIN never passes through this process.
-        session.login(UserType::User, None)
-    } else {
-        let (pin, _origin) = resolve_pin(pin_source, &token.description.label)?;
-        let auth = AuthPin::new(pin.as_str().into());
-        session.login(UserType::User, Some(&auth))
+        return login_result(token, session.login(UserType::User, None)).map(|()| None);
+    }
+    let (pin, _origin) = resolve_pin(pin_source, &token.description.label)?;
+    let auth = AuthPin::new(pin.as_str().into());
+    login_result(token, session.login(UserType::User, Some(&auth))).map(|()| Some(pin))
+}
+
+/// `C_Login(CKU_CONTEXT_SPECIFIC)`: the per-operation authentication a key with
+/// `CKA_ALWAYS_AUTHENTICATE` demands between `C_SignInit`/`C_DecryptInit` and
+/// `C_Sign`/`C_Decrypt`. `pin` is `None` on a token with a PIN pad. One attempt: the caller
+/// never calls it again after a wrong PIN.
+pub fn context_login(
+    token: &TokenRef,
+    session: &Session,
+    pin: Option<&str>,
+) -> Result<(), TokenError> {
+    let result = match pin {
+        Some(pin) => {
+            let auth = AuthPin::new(pin.into());
+            session.login(UserType::ContextSpecific, Some(&auth))
+        }
+        None => session.login(UserType::ContextSpecific, None),
     };
+    login_result(token, result)
+}
+
+fn login_result(token: &TokenRef, result: Result<(), CkError>) -> Result<(), TokenError> {
     match result {
         Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
         Err(CkError::Pkcs11(RvError::PinIncorrect, _))
