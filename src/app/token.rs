@@ -3,14 +3,16 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::token::pkcs11::{list_modules, token_details};
+use crate::token::pkcs11::{list_modules, token_details, ModuleListing};
 use crate::token::uri::Pkcs11Uri;
+use crate::token::{yubikey, TokenError};
 
 use super::{CommandResult, GlobalOpts};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TokenCommand {
-    /// Modules of the HSM profiles that are installed, their tokens, flags and free slots.
+    /// Modules of the HSM profiles that are installed, their tokens, flags and free slots; and
+    /// the YubiKeys reachable over PC/SC (native `yubikey:` backend).
     List {
         /// Also list this PKCS#11 module (repeatable).
         #[arg(long = "module", value_name = "PATH")]
@@ -18,7 +20,8 @@ pub enum TokenCommand {
     },
     /// One token: identity, flags, PIN counter state, negotiated mechanism paths.
     Info {
-        /// `pkcs11:token=…` or `pkcs11:serial=…` (with `?module-path=…` or `?module-name=…`).
+        /// `pkcs11:token=…` or `pkcs11:serial=…` (with `?module-path=…` or `?module-name=…`),
+        /// or `yubikey:serial=…`.
         uri: String,
     },
 }
@@ -27,8 +30,13 @@ pub fn run(cmd: TokenCommand, global: &GlobalOpts) -> CommandResult {
     match cmd {
         TokenCommand::List { modules } => {
             let listing = list_modules(&modules)?;
+            // pcscd not running must not hide the PKCS#11 tokens: it becomes one line.
+            let yubikeys = yubikey::list_cards();
             if global.json {
-                println!("{}", serde_json::to_string_pretty(&listing)?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json_listing(&listing, &yubikeys)?)?
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             for m in &listing {
@@ -68,6 +76,25 @@ pub fn run(cmd: TokenCommand, global: &GlobalOpts) -> CommandResult {
                     }
                 }
             }
+            print_yubikeys(&yubikeys);
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Info { uri } if uri.starts_with("yubikey:") => {
+            let card = yubikey::card_info(&uri)?;
+            if global.json {
+                let mut v = serde_json::to_value(&card)?;
+                v["backend"] = "yubikey".into();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("YubiKey:      serial {}", card.serial);
+            println!("firmware:     {}", card.firmware);
+            println!("reader:       {}", card.reader);
+            println!("PIN retries:  {}", card.pin_retries);
+            println!("uri:          {}", card.uri);
+            println!(
+                "backend:      yubikey (PIV over PC/SC; raw RSA on the card, padding on the host)"
+            );
             Ok(ExitCode::SUCCESS)
         }
         TokenCommand::Info { uri } => {
@@ -108,5 +135,61 @@ pub fn run(cmd: TokenCommand, global: &GlobalOpts) -> CommandResult {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `token list --json`: one array entry per PKCS#11 module (`"backend": "pkcs11"`), then one
+/// entry for the YubiKeys seen over PC/SC (`"backend": "yubikey"`, with `cards`, or `error`
+/// when PC/SC is unreachable).
+fn json_listing(
+    modules: &[ModuleListing],
+    yubikeys: &Result<yubikey::CardListing, TokenError>,
+) -> serde_json::Result<serde_json::Value> {
+    let mut entries = Vec::new();
+    for m in modules {
+        let mut v = serde_json::to_value(m)?;
+        v["backend"] = "pkcs11".into();
+        entries.push(v);
+    }
+    let mut v = match yubikeys {
+        Ok(listing) => {
+            let mut v = serde_json::to_value(listing)?;
+            v["error"] = serde_json::Value::Null;
+            v
+        }
+        Err(e) => serde_json::json!({
+            "cards": [],
+            "unreadable": [],
+            "readers": null,
+            "error": e.to_string(),
+        }),
+    };
+    v["backend"] = "yubikey".into();
+    entries.push(v);
+    Ok(serde_json::Value::Array(entries))
+}
+
+fn print_yubikeys(yubikeys: &Result<yubikey::CardListing, TokenError>) {
+    let listing = match yubikeys {
+        Ok(listing) => listing,
+        Err(e) => {
+            println!("yubikey (PIV over PC/SC): not listed: {e}");
+            return;
+        }
+    };
+    println!(
+        "yubikey (PIV over PC/SC): {} card(s), {} reader(s)",
+        listing.cards.len(),
+        listing.readers
+    );
+    for c in &listing.cards {
+        println!(
+            "  YubiKey {} firmware {} in reader `{}`, PIN retries {}",
+            c.serial, c.firmware, c.reader, c.pin_retries
+        );
+        println!("    uri: {}", c.uri);
+    }
+    for u in &listing.unreadable {
+        println!("  reader `{}`: {}", u.reader, u.error);
     }
 }

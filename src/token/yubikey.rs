@@ -717,24 +717,78 @@ pub fn attestation_report(
     key.attest(roots.as_deref())
 }
 
-/// Card facts for `token list`/`token show`.
+/// Card facts for `token list` / `token info`.
 #[derive(Debug, Clone, Serialize)]
 pub struct CardInfo {
     pub serial: u32,
     pub firmware: String,
     pub reader: String,
     pub pin_retries: u8,
+    /// A URI selecting this card again (`yubikey:serial=…`).
+    pub uri: String,
+}
+
+fn describe_card(card: &mut card::Card) -> Result<CardInfo, TokenError> {
+    Ok(CardInfo {
+        serial: card.serial,
+        firmware: card.version_string(),
+        reader: card.reader.clone(),
+        pin_retries: card::pin_retries(card)?,
+        uri: format!("yubikey:serial={}", card.serial),
+    })
 }
 
 /// Serial, firmware, reader and PIN retries of the card `token_uri` designates.
 pub fn card_info(token_uri: &str) -> Result<CardInfo, TokenError> {
     let parsed = YubikeyUri::parse(token_uri)?;
     let mut card = card::open(parsed.serial)?;
-    let pin_retries = card::pin_retries(&mut card)?;
-    Ok(CardInfo {
-        serial: card.serial,
-        firmware: card.version_string(),
-        reader: card.reader.clone(),
-        pin_retries,
-    })
+    let info = describe_card(&mut card);
+    card::release(card);
+    info
+}
+
+/// A reader whose card could not be described.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnreadableCard {
+    pub reader: String,
+    pub error: String,
+}
+
+/// Every YubiKey (PIV card) reachable over PC/SC, for `token list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CardListing {
+    pub cards: Vec<CardInfo>,
+    /// Readers whose card another program holds, or whose card did not answer.
+    pub unreadable: Vec<UnreadableCard>,
+    /// Smart-card readers seen (with or without a card).
+    pub readers: usize,
+}
+
+/// Lists the PIV cards reachable over PC/SC (no PIN needed). Fails only when PC/SC itself is
+/// unreachable (pcscd not running).
+pub fn list_cards() -> Result<CardListing, TokenError> {
+    let walk = card::open_all()?;
+    let mut listing = CardListing {
+        cards: Vec::new(),
+        unreadable: walk
+            .busy
+            .iter()
+            .map(|(reader, e)| UnreadableCard {
+                reader: reader.clone(),
+                error: card::pcsc_error("opening the card", e).to_string(),
+            })
+            .collect(),
+        readers: walk.readers,
+    };
+    for mut card in walk.cards {
+        match describe_card(&mut card) {
+            Ok(info) => listing.cards.push(info),
+            Err(e) => listing.unreadable.push(UnreadableCard {
+                reader: card.reader.clone(),
+                error: e.to_string(),
+            }),
+        }
+        card::release(card);
+    }
+    Ok(listing)
 }

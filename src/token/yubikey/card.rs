@@ -61,47 +61,81 @@ pub fn pcsc_error(operation: &str, err: &YkError) -> TokenError {
     }
 }
 
-/// Opens the card with `serial`, or the only card present when `serial` is `None`.
+/// Every reader seen over PC/SC: the PIV cards opened, and the readers whose card another
+/// program holds exclusively.
+pub struct Walk {
+    pub cards: Vec<Card>,
+    pub busy: Vec<(String, YkError)>,
+    pub readers: usize,
+}
+
+/// Opens every PIV card reachable over PC/SC. No reader at all is an empty walk; pcscd not
+/// running is an error.
 ///
 /// Readers are walked by hand (rather than `YubiKey::open`) so that a card held by another
 /// program is reported as such instead of as "not found".
-pub fn open(serial: Option<u32>) -> Result<Card, TokenError> {
+pub fn open_all() -> Result<Walk, TokenError> {
     let mut context =
         ::yubikey::reader::Context::open().map_err(|e| pcsc_error("opening PC/SC", &e))?;
-    let readers: Vec<_> = context
-        .iter()
-        .map_err(|e| pcsc_error("listing smart-card readers", &e))?
-        .collect();
-    let mut found: Vec<Card> = Vec::new();
-    let mut busy: Option<YkError> = None;
+    let readers: Vec<_> = match context.iter() {
+        Ok(readers) => readers.collect(),
+        Err(YkError::PcscError {
+            inner: Some(pcsc::Error::NoReadersAvailable),
+        }) => Vec::new(),
+        Err(e) => return Err(pcsc_error("listing smart-card readers", &e)),
+    };
+    let mut walk = Walk {
+        cards: Vec::new(),
+        busy: Vec::new(),
+        readers: readers.len(),
+    };
     for reader in readers {
         let name = reader.name().into_owned();
         match reader.open() {
             Ok(yk) => {
-                let card_serial = yk.serial().0;
                 let v = yk.version();
-                let card = Card {
-                    yk,
-                    serial: card_serial,
+                walk.cards.push(Card {
+                    serial: yk.serial().0,
                     version: (v.major, v.minor, v.patch),
                     reader: name,
-                };
-                match serial {
-                    Some(wanted) if wanted != card_serial => {
-                        let _ = card.yk.disconnect(pcsc::Disposition::LeaveCard);
-                    }
-                    _ => found.push(card),
-                }
+                    yk,
+                });
             }
             Err(
                 e @ YkError::PcscError {
                     inner: Some(pcsc::Error::SharingViolation),
                 },
-            ) => busy = Some(e),
+            ) => walk.busy.push((name, e)),
             // Empty readers and non-PIV cards.
             Err(_) => {}
         }
     }
+    Ok(walk)
+}
+
+/// Releases a card without resetting it (a reset would drop another handle's verified PIN).
+pub fn release(card: Card) {
+    let _ = card.yk.disconnect(pcsc::Disposition::LeaveCard);
+}
+
+/// Opens the card with `serial`, or the only card present when `serial` is `None`.
+pub fn open(serial: Option<u32>) -> Result<Card, TokenError> {
+    let walk = open_all()?;
+    if walk.readers == 0 {
+        return Err(TokenError::NoSuchToken(
+            "no YubiKey: no smart-card reader is connected (is the YubiKey plugged in, with its \
+             CCID interface enabled?)"
+                .into(),
+        ));
+    }
+    let mut found: Vec<Card> = Vec::new();
+    for card in walk.cards {
+        match serial {
+            Some(wanted) if wanted != card.serial => release(card),
+            _ => found.push(card),
+        }
+    }
+    let busy = walk.busy.into_iter().next().map(|(_, e)| e);
     let what = match serial {
         Some(s) => format!("YubiKey with serial {s}"),
         None => "YubiKey".to_string(),
@@ -121,7 +155,7 @@ pub fn open(serial: Option<u32>) -> Result<Card, TokenError> {
         },
         count => {
             for card in found {
-                let _ = card.yk.disconnect(pcsc::Disposition::LeaveCard);
+                release(card);
             }
             Err(TokenError::AmbiguousToken {
                 selector: "yubikey:".into(),
