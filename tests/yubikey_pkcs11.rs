@@ -2,7 +2,8 @@
 //! `opensc-pkcs11.so` and Yubico's `libykcs11.so` (apt `ykcs11`; it only accepts readers whose
 //! name contains "Yubico", which the virtual reader's does). Keys are generated with the native
 //! `yubikey:` backend, then used through each module: same public key, decryption and signing
-//! round trips checked on the host.
+//! round trips checked on the host. The authority key sits in 9c, which both modules mark
+//! CKA_ALWAYS_AUTHENTICATE: each signature needs a context-specific login.
 
 mod common;
 mod yubikey_common;
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use rsa::pkcs8::DecodePublicKey;
 use sequester_custody::token::pkcs11::Pkcs11Key;
 use sequester_custody::token::uri::Pkcs11Uri;
-use sequester_custody::token::{self, yubikey as yk, KeyHandle, KeySpec, Role};
+use sequester_custody::token::{self, yubikey as yk, KeyHandle, KeySpec, Role, TokenError};
 
 fn module(names: &[&str], what: &str) -> Option<PathBuf> {
     let found = names.iter().map(PathBuf::from).find(|p| p.exists());
@@ -155,4 +156,33 @@ fn opensc_decrypts_and_signs_with_keys_generated_by_the_yubikey_backend() {
             )
             .unwrap_or_else(|e| panic!("signature via {path} does not verify: {e}"));
     }
+    drop(authority);
+
+    // A wrong PIN at the context-specific login: reported, never tried again. To reach that
+    // login with a wrong PIN, the module must already be logged in (by the service key, opened
+    // with the right PIN): then opening the authority key reads no PIN, and the first signature
+    // reads the wrong one from its pin-source.
+    let service = Pkcs11Key::open(
+        &Pkcs11Uri::parse(&pkcs11_uri(&module, &selector, "03", &keys.pin_file)).unwrap(),
+    )
+    .unwrap();
+    let wrong = keys.session.pin_file("wrong", "654321");
+    let authority =
+        Pkcs11Key::open(&Pkcs11Uri::parse(&pkcs11_uri(&module, &selector, "02", &wrong)).unwrap())
+            .unwrap();
+    match authority.sign_pss_sha256(b"wrong PIN") {
+        Err(TokenError::WrongPin { .. }) => {}
+        other => panic!("expected a wrong PIN, got {other:?}"),
+    }
+    match authority.sign_pss_sha256(b"again") {
+        Err(TokenError::Refused(text)) => assert!(text.contains("not tried again"), "{text}"),
+        other => panic!("expected a refusal without a second attempt, got {other:?}"),
+    }
+    drop(authority);
+    drop(service);
+    // Exactly one retry spent, read from the card itself.
+    let retries = yk::card_info(&keys.session.card().uri())
+        .unwrap()
+        .pin_retries;
+    assert_eq!(retries, 2, "one wrong PIN must cost exactly one retry");
 }

@@ -379,11 +379,15 @@ impl Pkcs11Key {
         self.session.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The context-specific login of a `CKA_ALWAYS_AUTHENTICATE` key, between the `*Init`
-    /// call and the operation. Nothing for other keys.
-    fn context_login(&self, session: &Session) -> Result<(), TokenError> {
+    /// Before an operation of a `CKA_ALWAYS_AUTHENTICATE` key (and before its `*Init`, so that
+    /// no operation is left active): the PIN for its context-specific login, read once from
+    /// its source if not known yet; refused after an earlier failed login. `None` for other
+    /// keys.
+    fn context_auth_ready(
+        &self,
+    ) -> Result<Option<std::sync::MutexGuard<'_, ContextAuth>>, TokenError> {
         if !self.always_authenticate {
-            return Ok(());
+            return Ok(None);
         }
         let mut auth = self.context_auth.lock().unwrap_or_else(|e| e.into_inner());
         if let ContextAuth::Unresolved { pin_source } = &*auth {
@@ -395,16 +399,22 @@ impl Pkcs11Key {
                 )
             };
         }
+        if matches!(*auth, ContextAuth::Failed) {
+            return Err(TokenError::Refused(format!(
+                "an earlier context-specific login on token `{}` failed; the PIN is not tried \
+                 again",
+                self.token.description.label
+            )));
+        }
+        Ok(Some(auth))
+    }
+
+    /// The context-specific login, between the `*Init` call and the operation. One attempt:
+    /// a failure marks the key so that no later operation presents the PIN again.
+    fn context_login(&self, session: &Session, auth: &mut ContextAuth) -> Result<(), TokenError> {
         let pin = match &*auth {
             ContextAuth::Pin(pin) => Some(pin.as_str()),
-            ContextAuth::PinPad => None,
-            ContextAuth::Failed | ContextAuth::Unresolved { .. } => {
-                return Err(TokenError::Refused(format!(
-                    "an earlier context-specific login on token `{}` failed; the PIN is not \
-                     tried again",
-                    self.token.description.label
-                )))
-            }
+            _ => None,
         };
         let result = session::context_login(&self.token, session, pin);
         if result.is_err() {
@@ -434,29 +444,41 @@ impl Pkcs11Key {
                     .into(),
             )));
         };
-        init()?;
-        if let Err(e) = self.context_login(session) {
-            return Ok(Err(e));
-        }
-        let mut out = Zeroizing::new(vec![0u8; self.public.size()]);
-        let mut out_len = out.len() as cryptoki_sys::CK_ULONG;
-        let mut input = Zeroizing::new(input.to_vec());
+        let mut auth = match self.context_auth_ready() {
+            Ok(auth) => auth,
+            Err(e) => return Ok(Err(e)),
+        };
         let (call, function) = match operation {
             RawOperation::Sign => (raw.sign, Function::Sign),
             RawOperation::Decrypt => (raw.decrypt, Function::Decrypt),
         };
-        // SAFETY: a valid session handle of this module with an operation initialised above;
-        // both buffers outlive the call and their lengths are passed alongside.
-        unsafe {
+        let mut out = Zeroizing::new(vec![0u8; self.public.size()]);
+        let mut out_len = out.len() as cryptoki_sys::CK_ULONG;
+        let mut input = Zeroizing::new(input.to_vec());
+        // SAFETY: a valid session handle of this module with an operation initialised before
+        // the call; both buffers outlive it and their lengths are passed alongside.
+        let mut run = |out: &mut [u8], out_len: &mut cryptoki_sys::CK_ULONG| unsafe {
             Rv::from(call(
                 session.handle(),
                 input.as_mut_ptr(),
                 input.len() as cryptoki_sys::CK_ULONG,
                 out.as_mut_ptr(),
-                &mut out_len,
+                out_len,
             ))
-            .into_result(function)?;
+            .into_result(function)
+        };
+        init()?;
+        if let Some(auth) = auth.as_deref_mut() {
+            if let Err(e) = self.context_login(session, auth) {
+                // The failed login leaves the operation initialised, and the session would
+                // answer every later *Init with CKR_OPERATION_ACTIVE. A C_Sign/C_Decrypt that
+                // fails ends it (the token refuses it without the login); whatever it might
+                // return is discarded (zeroized).
+                let _ = run(&mut out, &mut out_len);
+                return Ok(Err(e));
+            }
         }
+        run(&mut out, &mut out_len)?;
         out.truncate(out_len as usize);
         Ok(Ok(out))
     }
