@@ -1143,6 +1143,16 @@ impl ExportWriter {
         );
         conn.close().map_err(|(_, e)| e)?;
         let tmp = self.tmp.take().expect("finish runs once");
+        // Temporary files are created 0600; an export is an ordinary readable file.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(
+                |source| WriterError::Io {
+                    path: self.path.clone(),
+                    source,
+                },
+            )?;
+        }
         tmp.persist(&self.path).map_err(|e| WriterError::Io {
             path: self.path.clone(),
             source: e.error,
