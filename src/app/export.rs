@@ -106,10 +106,13 @@ pub enum ExportCommand {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Mount the workspace read-only (FUSE) as it was at T; `/.history/<T>/` for other instants.
+    Mount(super::mount::MountArgs),
 }
 
 pub fn run(cmd: ExportCommand, global: &GlobalOpts) -> CommandResult {
     match cmd {
+        ExportCommand::Mount(args) => super::mount::run(args, global),
         ExportCommand::Info {
             file,
             allow_incomplete,
