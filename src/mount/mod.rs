@@ -128,21 +128,22 @@ impl Drop for BlockedSignals {
 
 /// Unmounts `path`: `umount2` as root, `fusermount3 -u` otherwise; lazily if busy (open files
 /// then keep working until closed, and the mount point is free at once).
-fn unmount(path: &Path) {
+/// Returns `true` when the mount point was busy and only detached lazily.
+fn unmount(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return;
+        return false;
     };
     // SAFETY: a valid NUL-terminated path.
     if unsafe { libc::umount2(c_path.as_ptr(), 0) } == 0 {
-        return;
+        return false;
     }
     let err = std::io::Error::last_os_error();
     if err.raw_os_error() == Some(libc::EBUSY) {
         // SAFETY: as above.
         if unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } == 0 {
-            log("mount point busy: detached lazily (it disappears when the last file closes)");
-            return;
+            log("mount point busy (open files): detached; open files fail from now on");
+            return true;
         }
     }
     for args in [&["-u"][..], &["-u", "-z"][..]] {
@@ -152,10 +153,11 @@ fn unmount(path: &Path) {
             .status()
             .is_ok_and(|s| s.success());
         if ok {
-            return;
+            return args.len() > 1;
         }
     }
     log(&format!("could not unmount {}: {err}", path.display()));
+    true
 }
 
 /// Options of [`run_foreground`].
@@ -228,12 +230,19 @@ pub fn run_foreground(
             break Ended::External;
         }
     };
-    if let Ended::Signal(_) = ended {
+    let detached = match ended {
         // fuser's own unmount only closes the AutoUnmount socket, and fusermount3 leaves the
         // mount in place while this process lives: unmount explicitly, then the session ends.
-        unmount(mountpoint);
+        Ended::Signal(_) => unmount(mountpoint),
+        Ended::External => false,
+    };
+    if detached {
+        // Files still open keep the FUSE connection alive, so the session would not end: leave
+        // it; the kernel aborts the connection when this process exits.
+        std::mem::forget(session);
+    } else {
+        session.join().map_err(MountError::Session)?;
     }
-    session.join().map_err(MountError::Session)?;
     drop(signals);
     Ok(ended)
 }
