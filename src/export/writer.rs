@@ -513,7 +513,7 @@ impl ExportWriter {
         let public = RsaPublicKey::from_public_key_der(spki_der)
             .map_err(|e| WriterError::ServiceKey(format!("not an RSA SPKI DER: {e}")))?;
         let bits = public.n().bits();
-        if bits % 8 != 0 || bits > 4096 || bits < 1024 {
+        if bits % 8 != 0 || !(1024..=4096).contains(&bits) {
             return Err(WriterError::ServiceKey(format!(
                 "{bits}-bit modulus: Parsec needs a multiple of 8 between 1024 and 4096"
             )));

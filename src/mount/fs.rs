@@ -232,7 +232,7 @@ impl ExportFs {
             match self.realm.file().change_instants() {
                 Ok(all) => all
                     .into_iter()
-                    .filter(|t| first.is_none_or(|f| *t >= f) && *t <= self.realm.snapshot())
+                    .filter(|t| first.map_or(true, |f| *t >= f) && *t <= self.realm.snapshot())
                     .collect(),
                 Err(e) => {
                     log(&format!(
