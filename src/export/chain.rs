@@ -30,6 +30,27 @@ pub struct Device {
     pub created: DateTime,
     #[serde(skip)]
     pub verify_key: [u8; 32],
+    /// The decompressed key, parsed once (point decompression is a visible cost per manifest).
+    #[serde(skip)]
+    pub parsed_verify_key: Option<ed25519_dalek::VerifyingKey>,
+}
+
+impl Device {
+    /// Verifies `signature(64) || message` with this device's key; returns the message.
+    pub fn verify<'a>(
+        &self,
+        signed: &'a [u8],
+    ) -> Result<&'a [u8], crate::crypto::symmetric::SymmetricError> {
+        use crate::crypto::symmetric::SymmetricError;
+        let key = self
+            .parsed_verify_key
+            .as_ref()
+            .ok_or(SymmetricError::BadVerifyKey)?;
+        let (signature, message) = ed25519_split(signed)?;
+        key.verify_strict(message, &signature)
+            .map_err(|_| SymmetricError::BadSignature)?;
+        Ok(message)
+    }
 }
 
 /// A user as its (verified) certificate names it.
@@ -126,6 +147,10 @@ pub fn verify_organization(root_verify_key: &[u8; 32], rows: &[(i64, Vec<u8>)]) 
                             label: d.device_label,
                             created: d.timestamp,
                             verify_key: d.verify_key,
+                            parsed_verify_key: ed25519_dalek::VerifyingKey::from_bytes(
+                                &d.verify_key,
+                            )
+                            .ok(),
                         },
                     );
                 }

@@ -21,7 +21,7 @@ use super::db::{ConnectionPool, ExportInfo};
 use super::error::ExportError;
 use super::sequester_topic::{self, SequesterService, SequesterTopic};
 use crate::crypto::sha256;
-use crate::crypto::symmetric::{derive_key, ed25519_verify, secretbox_open};
+use crate::crypto::symmetric::{derive_key, secretbox_open};
 use crate::parsec::device::Id;
 use crate::parsec::entry_name::EntryName;
 use crate::parsec::manifest::{BlockAccess, FileManifest, FolderManifest, Manifest};
@@ -722,7 +722,7 @@ impl Realm {
             Ok(s) => s,
             Err(e) => return Ok(invalid(meta, format!("cannot decrypt: {e}"))),
         };
-        let serialized = match ed25519_verify(&device.verify_key, &signed) {
+        let serialized = match device.verify(&signed) {
             Ok(s) => s,
             Err(e) => return Ok(invalid(meta, format!("author signature: {e}"))),
         };
@@ -785,9 +785,16 @@ impl Realm {
         folder: &FolderManifest,
         t: DateTime,
     ) -> Result<Vec<ChildEntry>, ExportError> {
+        // Large folders: children are looked up and verified on all cores.
+        let threads = if folder.children.len() >= 32 {
+            super::parallel::default_threads()
+        } else {
+            1
+        };
+        let versions = super::parallel::map(&folder.children, threads, |c| self.entry_at(&c.id, t));
         let mut out = Vec::with_capacity(folder.children.len());
-        for child in &folder.children {
-            let Some(version) = self.entry_at(&child.id, t)? else {
+        for (child, version) in folder.children.iter().zip(versions) {
+            let Some(version) = version? else {
                 continue;
             };
             if let Some(m) = version.manifest() {
