@@ -928,8 +928,17 @@ fn extract_cmd(
         at: t,
         path: path.clone(),
         threads: threads.unwrap_or_else(parallel::default_threads),
+        cancel: Some(install_interrupt_flag()),
     };
-    let report = extract::extract(&realm, &dest, &options, &bar)?;
+    let report = match extract::extract(&realm, &dest, &options, &bar) {
+        Ok(r) => r,
+        Err(crate::export::ExportError::Interrupted) => {
+            bar.finish();
+            eprintln!("interrupted: nothing was written to {}", dest.display());
+            return Ok(ExitCode::from(130));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let service = realm.service();
     let record = CustodyRecord {
         tool: "sequester-custody".into(),
@@ -990,4 +999,23 @@ fn extract_cmd(
         println!("Export SHA-256: {export_sha256}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    // Async-signal-safe: only an atomic store.
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// SIGINT / SIGTERM set a flag that the extraction polls, so that an interrupted run removes its
+/// temporary tree instead of leaving it behind.
+fn install_interrupt_flag() -> &'static std::sync::atomic::AtomicBool {
+    let handler = on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+    &INTERRUPTED
 }

@@ -23,6 +23,14 @@ pub struct ExtractOptions {
     pub path: String,
     /// Worker threads decrypting blocks.
     pub threads: usize,
+    /// Set (e.g. by a SIGINT handler) to stop: the temporary tree is removed, nothing is left.
+    pub cancel: Option<&'static AtomicBool>,
+}
+
+impl ExtractOptions {
+    fn cancelled(&self) -> bool {
+        self.cancel.is_some_and(|c| c.load(Ordering::Relaxed))
+    }
 }
 
 /// One file written.
@@ -109,6 +117,15 @@ fn join(parent: &str, name: &str) -> String {
 /// Walks the tree at `at` below `path` (depth first, iterative). Unreadable folders are reported
 /// and not entered; files whose blocks need keys this service lacks are reported too.
 pub fn plan(realm: &Realm, path: &str, at: DateTime) -> Result<Plan, ExportError> {
+    plan_cancellable(realm, path, at, None)
+}
+
+fn plan_cancellable(
+    realm: &Realm,
+    path: &str,
+    at: DateTime,
+    cancel: Option<&AtomicBool>,
+) -> Result<Plan, ExportError> {
     let start = realm.resolve(path, at)?;
     let mut plan = Plan::default();
     let base_name = split_path(path)?.last().map(|s| s.to_string());
@@ -132,6 +149,9 @@ pub fn plan(realm: &Realm, path: &str, at: DateTime) -> Result<Plan, ExportError
         }
     }
     while let Some((dir_path, dir)) = stack.pop() {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(ExportError::Interrupted);
+        }
         let folder = dir.folder().expect("only readable folders are stacked");
         plan.folders.push((dir_path.clone(), folder.header.updated));
         for child in realm.children_at(folder, at)? {
@@ -233,7 +253,7 @@ pub fn extract(
             dest.display()
         )));
     }
-    let plan = plan(realm, &options.path, options.at)?;
+    let plan = plan_cancellable(realm, &options.path, options.at, options.cancel)?;
     let temp = temp_sibling(dest)?;
     let _ = fs::remove_dir_all(&temp);
     fs::create_dir(&temp).map_err(|e| io_err("cannot create", &temp, e))?;
@@ -246,16 +266,19 @@ pub fn extract(
                 .map_err(|e| io_err("cannot create", &local(folder), e))?;
         }
     }
-    let mut handles = Vec::with_capacity(plan.files.len());
+    // Files are created (and sized) up front but not kept open: a tree may hold more files than
+    // the process may open at once. Workers open a file for each run of blocks.
     let mut total = 0u64;
     for (path, v) in &plan.files {
+        if options.cancelled() {
+            return Err(ExportError::Interrupted);
+        }
         let file = v.file().expect("planned files are readable");
         let p = local(path);
         let f = File::create(&p).map_err(|e| io_err("cannot create", &p, e))?;
         f.set_len(file.size)
             .map_err(|e| io_err("cannot size", &p, e))?;
         total += file.size;
-        handles.push(f);
     }
     progress.start(total);
 
@@ -273,16 +296,25 @@ pub fn extract(
     let io_failure: Mutex<Option<ExportError>> = Mutex::new(None);
     let stop = AtomicBool::new(false);
     parallel::map(&jobs, options.threads, |job| {
-        if stop.load(Ordering::Relaxed) {
+        if stop.load(Ordering::Relaxed) || options.cancelled() {
             return;
         }
+        let target = local(&plan.files[job.file].0);
+        let handle = match File::options().write(true).open(&target) {
+            Ok(h) => h,
+            Err(e) => {
+                *io_failure.lock().unwrap() = Some(io_err("cannot open", &target, e));
+                stop.store(true, Ordering::Relaxed);
+                return;
+            }
+        };
         for b in job.blocks {
             if failed.lock().unwrap()[job.file].is_some() {
                 return;
             }
             match realm.decrypt_block(b) {
                 Ok(data) => {
-                    if let Err(e) = handles[job.file].write_all_at(&data, b.offset) {
+                    if let Err(e) = handle.write_all_at(&data, b.offset) {
                         *io_failure.lock().unwrap() =
                             Some(io_err("cannot write", &local(&plan.files[job.file].0), e));
                         stop.store(true, Ordering::Relaxed);
@@ -300,8 +332,10 @@ pub fn extract(
     if let Some(e) = io_failure.into_inner().unwrap() {
         return Err(e);
     }
+    if options.cancelled() {
+        return Err(ExportError::Interrupted);
+    }
     let failed = failed.into_inner().unwrap();
-    drop(handles);
 
     let mut report = ExtractReport {
         unreadable: plan.unreadable.clone(),
@@ -347,6 +381,9 @@ pub fn extract(
                 author: realm.describe_author(&v.meta.author),
             })
         });
+    if options.cancelled() {
+        return Err(ExportError::Interrupted);
+    }
     for h in hashed {
         let f = h?;
         report.bytes += f.size;
