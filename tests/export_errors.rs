@@ -212,6 +212,15 @@ fn file_level_errors() {
     }
 }
 
+/// (export, arguments, success, exit code, expected substrings).
+type ContentCase<'a> = (
+    &'a PathBuf,
+    Vec<String>,
+    bool,
+    Option<i32>,
+    Vec<&'static str>,
+);
+
 #[test]
 fn content_level_errors() {
     let Some(hsm) = SoftHsm::new("export-errors2") else {
@@ -302,7 +311,7 @@ fn content_level_errors() {
         ])
     };
     let verify = |f: &PathBuf| cmd(&["export", "verify", &p(f), "--key", &key]);
-    let cases: Vec<(&PathBuf, Vec<String>, bool, Option<i32>, Vec<&'static str>)> = vec![
+    let cases: Vec<ContentCase> = vec![
         (
             &vlob,
             ls(&vlob),

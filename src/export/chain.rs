@@ -426,17 +426,32 @@ fn open_bundle(
     Ok(bundle)
 }
 
+/// What the key recovery works from (steps 1-3 results and the service found in step 2).
+pub struct RecoveryContext<'a> {
+    pub source: &'a dyn BundleSource,
+    pub service_id: &'a Id,
+    pub realm_id: &'a Id,
+    pub certs: &'a RealmCertificates,
+    pub org: &'a Organization,
+    /// Key indexes for which the service has an access row.
+    pub access_key_indexes: Vec<u64>,
+}
+
 /// Steps 4-6 with the fixed loop: at most one token operation per access row actually needed.
+/// `k` is the token key's RSA block size.
 pub fn recover_keys(
-    source: &dyn BundleSource,
+    ctx: RecoveryContext,
     token_key: &dyn KeyHandle,
     k: usize,
-    service_id: &Id,
-    realm_id: &Id,
-    certs: &RealmCertificates,
-    org: &Organization,
-    access_key_indexes: Vec<u64>,
 ) -> Result<(RealmKeys, RecoveryReport), super::ExportError> {
+    let RecoveryContext {
+        source,
+        service_id,
+        realm_id,
+        certs,
+        org,
+        access_key_indexes,
+    } = ctx;
     let mut remaining: BTreeMap<u64, Vec<u8>> = certs
         .rotations
         .iter()

@@ -205,6 +205,18 @@ fn classify_file(realm: &Realm, plan: &mut Plan, path: String, v: EntryVersion) 
 struct Job<'a> {
     file: usize,
     blocks: &'a [BlockAccess],
+    /// The job covers the whole file: its SHA-256 is computed on the fly, no re-read.
+    whole: bool,
+}
+
+/// Feeds `n` zero bytes (holes, tail) to a hasher.
+fn hash_zeros(hasher: &mut Sha256, mut n: u64) {
+    const ZEROS: [u8; 8192] = [0; 8192];
+    while n > 0 {
+        let take = n.min(ZEROS.len() as u64) as usize;
+        hasher.update(&ZEROS[..take]);
+        n -= take as u64;
+    }
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> ExportError {
@@ -285,14 +297,17 @@ pub fn extract(
     // Runs of up to 8 blocks: big files are split across workers, small files stay whole.
     let mut jobs = Vec::new();
     for (i, (_, v)) in plan.files.iter().enumerate() {
-        for chunk in v.file().expect("file").blocks.chunks(8) {
+        let blocks = &v.file().expect("file").blocks;
+        for chunk in blocks.chunks(8) {
             jobs.push(Job {
                 file: i,
                 blocks: chunk,
+                whole: blocks.len() <= 8,
             });
         }
     }
     let failed: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; plan.files.len()]);
+    let hashes: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; plan.files.len()]);
     let io_failure: Mutex<Option<ExportError>> = Mutex::new(None);
     let stop = AtomicBool::new(false);
     parallel::map(&jobs, options.threads, |job| {
@@ -308,12 +323,19 @@ pub fn extract(
                 return;
             }
         };
+        let mut hasher = job.whole.then(Sha256::new);
+        let mut position = 0u64;
         for b in job.blocks {
             if failed.lock().unwrap()[job.file].is_some() {
                 return;
             }
             match realm.decrypt_block(b) {
                 Ok(data) => {
+                    if let Some(h) = hasher.as_mut() {
+                        hash_zeros(h, b.offset - position);
+                        h.update(&data[..]);
+                        position = b.offset + b.size;
+                    }
                     if let Err(e) = handle.write_all_at(&data, b.offset) {
                         *io_failure.lock().unwrap() =
                             Some(io_err("cannot write", &local(&plan.files[job.file].0), e));
@@ -328,7 +350,13 @@ pub fn extract(
                 }
             }
         }
+        if let Some(mut h) = hasher {
+            let size = plan.files[job.file].1.file().expect("file").size;
+            hash_zeros(&mut h, size - position);
+            hashes.lock().unwrap()[job.file] = Some(hex::encode(h.finalize()));
+        }
     });
+    let hashes = hashes.into_inner().unwrap();
     if let Some(e) = io_failure.into_inner().unwrap() {
         return Err(e);
     }
@@ -364,7 +392,10 @@ pub fn extract(
             let (path, v) = &plan.files[i];
             let file = v.file().expect("file");
             let p = local(path);
-            let sha = hash_file(&p)?;
+            let sha = match &hashes[i] {
+                Some(h) => h.clone(),
+                None => hash_file(&p)?,
+            };
             let f = File::options()
                 .write(true)
                 .open(&p)
@@ -421,7 +452,12 @@ pub fn hash_file(path: &Path) -> Result<String, ExportError> {
     use std::io::Read;
     let mut f = File::open(path).map_err(|e| io_err("cannot open", path, e))?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    // Sized to the file: a fixed 1 MiB buffer per small file costs more than hashing it.
+    let len = f
+        .metadata()
+        .map_err(|e| io_err("cannot stat", path, e))?
+        .len();
+    let mut buf = vec![0u8; len.clamp(1, 1 << 20) as usize];
     loop {
         let n = f
             .read(&mut buf)

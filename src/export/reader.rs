@@ -316,14 +316,16 @@ impl ExportFile {
         access_key_indexes.sort_unstable();
         access_key_indexes.dedup();
         let (keys, report) = chain::recover_keys(
-            self.as_ref(),
+            chain::RecoveryContext {
+                source: self.as_ref(),
+                service_id: &service.service_id,
+                realm_id: &self.info.realm_id,
+                certs: &certs,
+                org: &org,
+                access_key_indexes,
+            },
             token_key,
             k,
-            &service.service_id,
-            &self.info.realm_id,
-            &certs,
-            &org,
-            access_key_indexes,
         )?;
         Ok(Realm {
             file: self.clone(),
@@ -495,6 +497,9 @@ pub struct Realm {
     manifests: LruCache<i64, Manifest>,
     blocks: LruCache<(Id, [u8; 32], u64), Zeroizing<Vec<u8>>>,
 }
+
+/// `block.key_index` and `block_data.data` (NULL when the data row is missing).
+type StoredBlock = (u64, Option<Vec<u8>>);
 
 const VERSION_COLUMNS: &str = "sequential_id, version, key_index, author, timestamp";
 
@@ -951,7 +956,7 @@ impl Realm {
     }
 
     /// `(block.key_index, block_data.data)` of a block; `None` if no row.
-    fn fetch_block(&self, id: &Id) -> Result<Option<(u64, Option<Vec<u8>>)>, String> {
+    fn fetch_block(&self, id: &Id) -> Result<Option<StoredBlock>, String> {
         let conn = self.file.pool.get().map_err(|e| e.to_string())?;
         let mut stmt = conn
             .prepare_cached(
