@@ -184,7 +184,9 @@ fn open(file: &std::path::Path, allow_incomplete: bool) -> anyhow::Result<Arc<Ex
 
 /// Opens the export, the token key, and runs the chain. Prints the context to stderr.
 fn unlock(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> anyhow::Result<Realm> {
+    let started = std::time::Instant::now();
     let export = open(file, args.allow_incomplete)?;
+    let opened = started.elapsed();
     let service_id = args
         .service_id
         .as_deref()
@@ -196,7 +198,17 @@ fn unlock(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> anyhow
         return Err(crate::export::ExportError::NotSequestered.into());
     }
     let key = crate::token::open_key(&args.key).context("opening the service key")?;
+    let key_opened = started.elapsed();
     let realm = export.unlock(key.as_ref(), &UnlockOptions { service_id })?;
+    if global.verbose > 0 && !global.json {
+        eprintln!(
+            "Timings: export opened in {:.1} ms, token key opened in {:.1} ms, chain verified and \
+             keys recovered in {:.1} ms",
+            opened.as_secs_f64() * 1e3,
+            (key_opened - opened).as_secs_f64() * 1e3,
+            (started.elapsed() - key_opened).as_secs_f64() * 1e3
+        );
+    }
     let r = realm.recovery();
     let service = realm.service();
     if !global.json {

@@ -311,3 +311,29 @@ fn extract_of_a_generated_export_with_multi_block_and_sparse_files() {
         }
     }
 }
+
+#[test]
+fn open_and_unlock_never_read_manifests_or_blocks() {
+    // Every vlob and block payload is destroyed: opening and unlocking must still succeed and
+    // report no problem, proving they read neither (lazy open, constant in the export size).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lazy.sqlite");
+    std::fs::copy(fixture("sequestered_export.sqlite"), &path).unwrap();
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&path, perms).unwrap();
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("UPDATE vlob_atom SET blob = x'00'; UPDATE block_data SET data = x'00';")
+            .unwrap();
+    }
+    let file = ExportFile::open(&path, &OpenOptions::default()).unwrap();
+    let key = SoftwareKey::from_fixture(SERVICE1);
+    let realm = file.unlock(&key, &UnlockOptions::default()).unwrap();
+    assert!(realm.recovery().problems.is_empty());
+    assert_eq!(realm.recovery().obtained_key_indexes, vec![1, 2]);
+    // The damage shows only when content is read.
+    let root = realm.root_at(t(15)).unwrap().unwrap();
+    assert!(matches!(root.content, VersionContent::Invalid { .. }));
+}
