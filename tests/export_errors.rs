@@ -73,6 +73,12 @@ fn check(hsm: &SoftHsm, export: &Path, case: &Case) {
         before,
         "{args:?} modified the export"
     );
+    // Immutable mode: no journal, WAL or shared-memory file is ever created beside it.
+    for suffix in ["-journal", "-wal", "-shm"] {
+        let mut side = export.as_os_str().to_owned();
+        side.push(suffix);
+        assert!(!Path::new(&side).exists(), "{args:?} created {side:?}");
+    }
 }
 
 fn cmd(parts: &[&str]) -> Vec<String> {
