@@ -156,6 +156,20 @@ fn plan_cancellable(
         plan.folders.push((dir_path.clone(), folder.header.updated));
         for child in realm.children_at(folder, at)? {
             let child_path = join(&dir_path, child.name.as_str());
+            if folder.duplicate_names.contains(&child.name) {
+                // Two children with one name (after NFC): writing both would silently keep one.
+                plan.unreadable.push(UnreadableEntry {
+                    path: child_path,
+                    kind: "unknown",
+                    vlob_id: child.id,
+                    version: child.version.meta.version,
+                    needed_key_indexes: vec![],
+                    reason: "suspicious folder: several children have this name after NFC \
+                             normalisation; none is extracted (see `export verify`)"
+                        .into(),
+                });
+                continue;
+            }
             match child.version.manifest().map(|m| &**m) {
                 Some(Manifest::Folder(_)) => stack.push((child_path, child.version)),
                 Some(Manifest::File(_)) => {
