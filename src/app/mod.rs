@@ -7,6 +7,7 @@ pub mod cert;
 pub mod export;
 pub mod generate;
 pub mod key;
+mod key_yubikey;
 pub mod token;
 
 use std::process::ExitCode;
