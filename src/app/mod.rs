@@ -7,6 +7,7 @@ pub mod cert;
 pub mod export;
 pub mod generate;
 pub mod key;
+mod key_yubikey;
 pub mod mount;
 pub mod token;
 
