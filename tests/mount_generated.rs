@@ -207,6 +207,23 @@ fn generated_tree_equals_the_writer_tree_extract_and_history() {
     assert_eq!(got["/docs/readme.txt"], Seen::Unreadable);
     assert_eq!(got["/secret"], Seen::Unreadable);
 
+    // find(1) sees every entry too (folder link counts must not fool its leaf optimisation).
+    let find = std::process::Command::new("find")
+        .arg(&mp)
+        .args([
+            "-path",
+            mp.join(".history").to_str().unwrap(),
+            "-prune",
+            "-o",
+            "-print",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&find.stdout).lines().count(),
+        got.len() + 1
+    );
+
     // Time travel: every checkpoint under /.history/<T>/ equals the writer's tree at T.
     for (i, cp) in env.truth.checkpoints.iter().enumerate() {
         let dir = mp.join(".history").join(cp.at.to_rfc3339());

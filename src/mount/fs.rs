@@ -20,7 +20,7 @@ use fuser::{
 
 use super::inodes::{Inodes, Node, HISTORY_INO, HISTORY_PLACEHOLDER_BASE, ROOT_INO};
 use super::prefetch::Prefetcher;
-use crate::export::{BlockError, EntryVersion, Realm, VersionContent};
+use crate::export::{BlockError, ChildEntry, EntryVersion, Realm, VersionContent};
 use crate::parsec::manifest::{FileManifest, Manifest};
 use crate::parsec::DateTime;
 
@@ -130,7 +130,9 @@ impl ExportFs {
             crtime: t,
             kind,
             perm,
-            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            // 1 for folders too: "unknown" to find(1), which would otherwise skip the
+            // subfolders of a folder whose link count is 2.
+            nlink: 1,
             uid: self.opts.uid,
             gid: self.opts.gid,
             rdev: 0,
@@ -345,7 +347,7 @@ impl ExportFs {
             }
             _ => return Err(self.refuse(ino, &v)),
         };
-        let children = self.realm.children_at(folder, t).map_err(|e| {
+        let children = self.children(folder, t).map_err(|e| {
             log(&format!("EIO {}: listing failed: {e}", self.path_of(ino)));
             Errno::EIO
         })?;
@@ -369,6 +371,40 @@ impl ExportFs {
             });
         }
         Ok(items)
+    }
+
+    /// [`Realm::children_at`] with the children's manifests loaded (decrypted, signature
+    /// checked) on several threads: listing a large folder is dominated by Ed25519 checks.
+    fn children(
+        &self,
+        folder: &crate::parsec::manifest::FolderManifest,
+        t: DateTime,
+    ) -> Result<Vec<ChildEntry>, crate::export::ExportError> {
+        if folder.children.len() < 16 || self.opts.read_threads <= 1 {
+            return self.realm.children_at(folder, t);
+        }
+        let versions =
+            crate::export::parallel::map(&folder.children, self.opts.read_threads, |c| {
+                self.realm.entry_at(&c.id, t)
+            });
+        let mut out = Vec::with_capacity(folder.children.len());
+        for (child, version) in folder.children.iter().zip(versions) {
+            // Same rules as `children_at` (spec §5.4 step 9).
+            let Some(version) = version? else { continue };
+            if version
+                .manifest()
+                .is_some_and(|m| m.header().parent != folder.header.id)
+            {
+                continue;
+            }
+            out.push(ChildEntry {
+                name: child.name.clone(),
+                id: child.id,
+                version,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
     fn open_file(&self, ino: u64) -> Result<Arc<Manifest>, Errno> {
