@@ -56,7 +56,9 @@ pub struct ExportFs {
     opts: FsOptions,
     inodes: Mutex<Inodes>,
     next_fh: AtomicU64,
-    dirs: Mutex<HashMap<u64, Arc<Vec<DirItem>>>>,
+    /// Listings of open directories, built at the first `readdir` (with the kernel's directory
+    /// cache, a folder listed before is often never read again).
+    dirs: Mutex<HashMap<u64, Option<Arc<Vec<DirItem>>>>>,
     files: Mutex<HashMap<u64, Arc<Manifest>>>,
     instants: OnceLock<Vec<DateTime>>,
     prefetch: Prefetcher,
@@ -550,23 +552,32 @@ impl Filesystem for ExportFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.list(ino.0) {
-            Ok(items) => {
-                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.dirs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(fh, Arc::new(items));
-                reply.opened(
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-                )
+        // Only check that it can be listed (one manifest); the listing itself is lazy.
+        if ino.0 != HISTORY_INO {
+            match self.version(ino.0) {
+                Ok((_, _, v)) => match v.manifest().map(|m| &**m) {
+                    Some(Manifest::Folder(_)) => {}
+                    Some(Manifest::File(_)) => return reply.error(Errno::ENOTDIR),
+                    // An unreadable root still lists `.history`.
+                    None if ino.0 == ROOT_INO => {}
+                    None => return reply.error(self.refuse(ino.0, &v)),
+                },
+                Err(e) => return reply.error(e),
             }
-            Err(e) => reply.error(e),
         }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, None);
+        reply.opened(
+            FileHandle(fh),
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+        )
     }
 
-    /// Offsets are positions in the listing captured at `opendir`: entry k (0 = `.`, 1 = `..`)
+    /// Offsets are positions in the listing captured at the first `readdir` of this handle:
+    /// entry k (0 = `.`, 1 = `..`)
     /// is sent with offset k + 1, the position to resume from.
     fn readdir(
         &self,
@@ -581,11 +592,23 @@ impl Filesystem for ExportFs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&fh.0)
-            .cloned();
+            .cloned()
+            .flatten();
         let items = match items {
             Some(i) => i,
             None => match self.list(ino.0) {
-                Ok(i) => Arc::new(i),
+                Ok(i) => {
+                    let i = Arc::new(i);
+                    if let Some(slot) = self
+                        .dirs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_mut(&fh.0)
+                    {
+                        *slot = Some(i.clone());
+                    }
+                    i
+                }
                 Err(e) => return reply.error(e),
             },
         };
