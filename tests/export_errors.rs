@@ -396,7 +396,10 @@ fn content_level_errors() {
             ls(&service_cert),
             false,
             None,
-            vec!["matches no service of this export"],
+            vec![
+                "matches no service of this export",
+                "2 sequester certificate(s) were skipped",
+            ],
         ),
         (
             &service_cert,

@@ -293,10 +293,20 @@ impl ExportFile {
             (None, []) => {
                 return Err(ExportError::NoMatchingService {
                     fingerprint: crate::crypto::sha256_hex(&token_spki),
-                    services: if topic.services.is_empty() {
-                        "none".into()
-                    } else {
-                        describe(&topic.services.iter().collect::<Vec<_>>())
+                    services: {
+                        let mut listed = if topic.services.is_empty() {
+                            "none".to_string()
+                        } else {
+                            describe(&topic.services.iter().collect::<Vec<_>>())
+                        };
+                        if !topic.problems.is_empty() {
+                            listed.push_str(&format!(
+                                "; {} sequester certificate(s) were skipped as invalid, see \
+                                 `export info`",
+                                topic.problems.len()
+                            ));
+                        }
+                        listed
                     },
                 })
             }
