@@ -108,6 +108,9 @@ fn file_level_errors() {
     let future = corrupted(dir.path(), "future-version", |c| {
         c.execute("UPDATE info SET version = 2", []).unwrap();
     });
+    let authority = corrupted(dir.path(), "flipped-authority-cert", |c| {
+        flip_blob(c, "sequester_certificate", "certificate", "_id", 0, 80)
+    });
     let dropped = corrupted(dir.path(), "dropped-table", |c| {
         c.execute("DROP TABLE block_data", []).unwrap();
     });
@@ -148,6 +151,16 @@ fn file_level_errors() {
             cmd(&["export", "info"]),
             false,
             vec!["unsupported realm export version 2"],
+        ),
+        (
+            &authority,
+            cmd(&["export", "info"]),
+            false,
+            vec![
+                "Sequester:     INVALID",
+                "sequester certificate row 0",
+                "root key",
+            ],
         ),
         (
             &dropped,

@@ -313,7 +313,11 @@ fn info(file: &std::path::Path, allow_incomplete: bool, global: &GlobalOpts) -> 
     let export = open(file, allow_incomplete)?;
     let i = export.info();
     let counts = export.table_counts()?;
-    let topic = export.sequester_topic()?;
+    // A broken authority certificate is reported, not fatal: the rest of `info` still helps.
+    let (topic, topic_error) = match export.sequester_topic() {
+        Ok(t) => (t, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
     let access = export.sequester_access_rows()?;
     let org = export.organization()?;
     let certs = export.realm_certificates(&org)?;
@@ -358,7 +362,8 @@ fn info(file: &std::path::Path, allow_incomplete: bool, global: &GlobalOpts) -> 
             "file_size": file_size,
             "info": i,
             "complete": i.is_complete(),
-            "sequestered": topic.is_some(),
+            "sequestered": topic.is_some() || topic_error.is_some(),
+            "sequester_error": topic_error,
             "sequester_authority": topic.as_ref().map(|t| json!({
                 "created": t.authority_timestamp, "key_fingerprint": t.authority_key_fingerprint,
             })),
@@ -371,7 +376,11 @@ fn info(file: &std::path::Path, allow_incomplete: bool, global: &GlobalOpts) -> 
             "users": org.users.len(),
             "tables": counts.iter().map(|(t, n)| (t.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         }))?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(if topic_error.is_some() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        });
     }
     let mut o = std::io::stdout().lock();
     writeln!(o, "File:          {} ({file_size} bytes)", file.display())?;
@@ -411,6 +420,11 @@ fn info(file: &std::path::Path, allow_incomplete: bool, global: &GlobalOpts) -> 
         org.devices.len()
     )?;
     match &topic {
+        None if topic_error.is_some() => writeln!(
+            o,
+            "Sequester:     INVALID: {}",
+            topic_error.as_deref().unwrap_or_default()
+        )?,
         None => writeln!(
             o,
             "Sequester:     NOT SEQUESTERED (no sequester authority): no sequester service key can read this export"
@@ -466,7 +480,11 @@ fn info(file: &std::path::Path, allow_incomplete: bool, global: &GlobalOpts) -> 
                 .unwrap_or_default()
         )?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if topic_error.is_some() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 // ---------------------------------------------------------------- ls
