@@ -352,9 +352,8 @@ fn content_level_errors() {
             Some(2),
             vec![
                 "PROBLEM",
-                "f0000000000000000000000000000004",
-                "v2",
-                "cannot decrypt",
+                "/bar2.txt (entry f0000000000000000000000000000004) v2 at 2000-01-15T00:00:00Z by alice@example.com",
+                ": cannot decrypt",
             ],
         ),
         (

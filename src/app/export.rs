@@ -857,20 +857,26 @@ fn verify_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> Co
         } else {
             writeln!(o, "Result:    {} PROBLEM(S)", report.problems.len())?;
             for p in &report.problems {
-                let location = p.path.clone().or(p.entry_id.clone());
-                writeln!(
-                    o,
-                    "  [{}] {}{}{}{}{}",
-                    p.kind,
-                    location.unwrap_or_default(),
+                let location = match (&p.path, &p.entry_id) {
+                    (Some(path), Some(id)) => format!("{path} (entry {id})"),
+                    (None, Some(id)) => format!("entry {id}"),
+                    (Some(path), None) => path.clone(),
+                    (None, None) => String::new(),
+                };
+                let details = format!(
+                    "{location}{}{}{}",
                     p.version.map(|v| format!(" v{v}")).unwrap_or_default(),
                     p.timestamp.map(|t| format!(" at {t}")).unwrap_or_default(),
                     p.author
                         .as_deref()
                         .map(|a| format!(" by {a}"))
                         .unwrap_or_default(),
-                    p.reason
-                )?;
+                );
+                if details.is_empty() {
+                    writeln!(o, "  [{}] {}", p.kind, p.reason)?;
+                } else {
+                    writeln!(o, "  [{}] {details}: {}", p.kind, p.reason)?;
+                }
             }
         }
     }

@@ -908,6 +908,32 @@ impl Realm {
         Ok(None)
     }
 
+    /// Like [`Self::path_of`], but also finds the path of an entry whose version at `t` is
+    /// unreadable or invalid, through the parent named by an older readable version (for reports).
+    pub fn path_hint(&self, id: &Id, t: DateTime) -> Result<Option<String>, ExportError> {
+        if let Some(p) = self.path_of(id, t)? {
+            return Ok(Some(p));
+        }
+        for v in self.versions(id)?.iter().rev() {
+            let Some(m) = v.manifest() else { continue };
+            let parent = m.header().parent;
+            let Some(parent_path) = self.path_of(&parent, t)? else {
+                continue;
+            };
+            let Some(folder_version) = self.entry_at(&parent, t)? else {
+                continue;
+            };
+            if let Some(child) = folder_version
+                .folder()
+                .and_then(|f| f.children.iter().find(|c| c.id == *id))
+            {
+                let sep = if parent_path == "/" { "" } else { "/" };
+                return Ok(Some(format!("{parent_path}{sep}{}", child.name)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Decrypts and verifies one block (spec §5.4 step 10), through the bounded block cache.
     pub fn read_block(&self, access: &BlockAccess) -> Result<BlockData, BlockError> {
         // Keyed by what was verified, so a hit needs no new digest check.
