@@ -143,6 +143,18 @@ fn service1_sees_the_readme_timeline_with_one_token_operation() {
         assert!(stdout(&out).contains("UNREADABLE"), "{}", stdout(&out));
         assert!(stdout(&out).contains("key index 3"), "{}", stdout(&out));
     }
+    // `cat --json`: content in base64 with its digest.
+    let v = env.json(&[
+        "cat",
+        env.export(),
+        "/bar2.txt",
+        "--key",
+        &key,
+        "--at",
+        &at(15),
+    ]);
+    assert_eq!(v["content_base64"], "SGVsbG8gdjI=");
+    assert_eq!(v["entry"]["version"], 2);
     // Keys 1 and 2 recovered with exactly one token operation.
     let v = env.json(&["ls", env.export(), "--key", &key, "--at", &at(15)]);
     let svc = &v["context"]["service"];

@@ -698,6 +698,27 @@ fn cat(
         ),
         _ => bail!("{path}: version {} at {t}: {}", v.meta.version, v.problem().unwrap_or_default()),
     };
+    if global.json {
+        // JSON carries the content in base64: meant for small files (use `extract` otherwise).
+        const JSON_MAX: u64 = 64 << 20;
+        if f.size > JSON_MAX {
+            bail!(
+                "{path}: {} bytes is too large for `cat --json`; use `export extract`",
+                f.size
+            );
+        }
+        let data = realm
+            .read_range_with(f, 0, f.size, parallel::default_threads())
+            .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+        use base64::Engine;
+        print_json(&json!({
+            "context": context_json(&realm, t),
+            "entry": entry_json(&realm, &path, &v),
+            "sha256": crate::crypto::sha256_hex(&data),
+            "content_base64": base64::engine::general_purpose::STANDARD.encode(&data),
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut out = std::io::stdout().lock();
     // Stream block runs so that huge files do not sit in memory.
     const CHUNK: u64 = 8 << 20;
