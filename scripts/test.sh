@@ -14,7 +14,7 @@ log() { echo "[test.sh] $*" >&2; }
 
 # --- system packages ---------------------------------------------------------------------------
 packages=(softhsm2 opensc fuse3 libclang-dev clang pkg-config libpcsclite-dev pcscd
-          vsmartcard-vpcd sqlite3 postgresql faketime openssl)
+          vsmartcard-vpcd ykcs11 sqlite3 postgresql faketime openssl)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

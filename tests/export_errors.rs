@@ -108,6 +108,9 @@ fn file_level_errors() {
     let future = corrupted(dir.path(), "future-version", |c| {
         c.execute("UPDATE info SET version = 2", []).unwrap();
     });
+    let authority = corrupted(dir.path(), "flipped-authority-cert", |c| {
+        flip_blob(c, "sequester_certificate", "certificate", "_id", 0, 80)
+    });
     let dropped = corrupted(dir.path(), "dropped-table", |c| {
         c.execute("DROP TABLE block_data", []).unwrap();
     });
@@ -148,6 +151,16 @@ fn file_level_errors() {
             cmd(&["export", "info"]),
             false,
             vec!["unsupported realm export version 2"],
+        ),
+        (
+            &authority,
+            cmd(&["export", "info"]),
+            false,
+            vec![
+                "Sequester:     INVALID",
+                "sequester certificate row 0",
+                "root key",
+            ],
         ),
         (
             &dropped,
@@ -339,9 +352,8 @@ fn content_level_errors() {
             Some(2),
             vec![
                 "PROBLEM",
-                "f0000000000000000000000000000004",
-                "v2",
-                "cannot decrypt",
+                "/bar2.txt (entry f0000000000000000000000000000004) v2 at 2000-01-15T00:00:00Z by alice@example.com",
+                ": cannot decrypt",
             ],
         ),
         (
@@ -396,7 +408,10 @@ fn content_level_errors() {
             ls(&service_cert),
             false,
             None,
-            vec!["matches no service of this export"],
+            vec![
+                "matches no service of this export",
+                "2 sequester certificate(s) were skipped",
+            ],
         ),
         (
             &service_cert,

@@ -160,7 +160,7 @@ fn a_genuine_chain_is_attested_and_its_extensions_read() {
     assert!(report.generated_on_device);
     assert!(report.signed_by_device_key);
     assert_eq!(report.chains_to_root, Some(true));
-    assert_eq!(report.root_subject.as_deref(), Some(&ROOT[..]));
+    assert_eq!(report.root_subject.as_deref(), Some(ROOT));
     assert_eq!(report.facts.firmware, Some((5, 4, 3)));
     assert_eq!(report.facts.serial, Some(SERIAL));
     assert_eq!(report.facts.pin_policy, Some(AttestedPinPolicy::Once));
@@ -259,7 +259,7 @@ fn each_broken_link_is_named() {
     let problems = check(
         &c.slot,
         &c.device,
-        Some(&[c.root.clone()]),
+        Some(std::slice::from_ref(&c.root)),
         &expected(&c.slot_spki),
     );
     assert!(problems.contains("does not chain"), "{problems}");

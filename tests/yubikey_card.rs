@@ -204,25 +204,61 @@ fn wrong_pin_reports_retries_and_spends_exactly_one() {
 }
 
 #[test]
-fn refuses_sizes_the_card_or_driver_cannot_generate() {
+fn rsa_3072_needs_firmware_5_7() {
     let Some(session) = yubikey_common::start(&["5.4.3", "5.7.1"]) else {
         return;
     };
     let pin = session.pin_file("pin", yubikey_common::PIN);
-    for (card, needle) in [
-        (&session.cards[0], "needs YubiKey firmware 5.7"),
-        (&session.cards[1], "yubikey crate 0.8"),
-    ] {
-        for bits in [3072, 4096] {
-            let token = format!("{}?pin-source=file:{}", card.uri(), pin.display());
-            match yk::generate(&token, &spec(Role::Service, bits)) {
-                Err(TokenError::Refused(msg)) => assert!(msg.contains(needle), "{msg}"),
-                other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    let (old, new) = (&session.cards[0], &session.cards[1]);
+    for bits in [3072, 4096] {
+        let token = format!("{}?pin-source=file:{}", old.uri(), pin.display());
+        match yk::generate(&token, &spec(Role::Service, bits)) {
+            Err(TokenError::Refused(msg)) => {
+                assert!(msg.contains("needs YubiKey firmware 5.7"), "{msg}")
             }
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
         }
     }
-    // Nothing was generated.
-    assert!(yk::list_keys(&session.cards[0].uri()).unwrap().is_empty());
+    assert!(yk::list_keys(&old.uri()).unwrap().is_empty());
+
+    // Firmware 5.7: RSA-3072 through our own PIV commands (the yubikey crate stops at 2048).
+    let token = format!("{}?pin-source=file:{}", new.uri(), pin.display());
+    let authority = yk::generate(&token, &spec(Role::Authority, 3072)).unwrap();
+    let service = yk::generate(&token, &spec(Role::Service, 3072)).unwrap();
+    drop((authority, service));
+    let listed = yk::list_keys(&new.uri()).unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|k| (k.id.as_str(), k.bits))
+            .collect::<Vec<_>>(),
+        vec![("9c", 3072), ("9d", 3072)]
+    );
+
+    let signer = yk::open_key(&session.key_uri(new, "9c")).unwrap();
+    let (sig, _) = signer.sign_pss_sha256(b"\x00big").unwrap();
+    assert_eq!(sig.len(), 384);
+    let public = rsa::RsaPublicKey::from_public_key_der(signer.public_key_spki()).unwrap();
+    public
+        .verify(
+            rsa::Pss::new_with_salt::<sha2::Sha256>(32),
+            &sequester_custody::crypto::sha256(b"\x00big"),
+            &sig,
+        )
+        .unwrap();
+
+    let decrypter = yk::open_key(&session.key_uri(new, "9d")).unwrap();
+    let public = rsa::RsaPublicKey::from_public_key_der(decrypter.public_key_spki()).unwrap();
+    let block = public
+        .encrypt(
+            &mut rand::rngs::OsRng,
+            rsa::Oaep::new::<sha2::Sha256>(),
+            &[7u8; 32],
+        )
+        .unwrap();
+    assert_eq!(block.len(), 384);
+    let (plain, _) = decrypter.decrypt_oaep_sha256(&block).unwrap();
+    assert_eq!(&plain[..], &[7u8; 32]);
 }
 
 #[test]
@@ -283,4 +319,71 @@ fn card_held_exclusively_by_another_program_is_named() {
     }
     drop(holder);
     assert_eq!(yk::card_info(&card.uri()).unwrap().serial, card.serial);
+}
+
+#[test]
+fn aes_management_key_is_detected_and_used() {
+    let aes_key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let Some(session) =
+        yubikey_common::start_with(&[("5.7.1", &["--aes256-management-key", aes_key][..])])
+    else {
+        return;
+    };
+    let card = session.card();
+    let pin = session.pin_file("pin", yubikey_common::PIN);
+    // No key given: the factory default does not fit an AES-256 key; the error says which.
+    match yk::generate(
+        &format!("{}?pin-source=file:{}", card.uri(), pin.display()),
+        &spec(Role::Service, 2048),
+    ) {
+        Err(TokenError::NotPermitted { reason, .. }) => {
+            assert!(reason.contains("AES-256"), "{reason}");
+            assert!(reason.contains("mgm-key-source"), "{reason}");
+        }
+        other => panic!("expected NotPermitted, got {:?}", other.map(|_| ())),
+    }
+    // A wrong AES key is refused by the mutual authentication.
+    let wrong = session.pin_file("mgm-wrong", &"ab".repeat(32));
+    match yk::generate(
+        &format!(
+            "{}?pin-source=file:{}&mgm-key-source=file:{}",
+            card.uri(),
+            pin.display(),
+            wrong.display()
+        ),
+        &spec(Role::Service, 2048),
+    ) {
+        Err(TokenError::NotPermitted { reason, .. }) => {
+            assert!(reason.contains("refused the management key"), "{reason}")
+        }
+        other => panic!("expected NotPermitted, got {:?}", other.map(|_| ())),
+    }
+    // A 3DES-sized key for an AES-256 card is caught before talking to the card.
+    let short = session.pin_file("mgm-short", &"01".repeat(24));
+    assert!(matches!(
+        yk::generate(
+            &format!(
+                "{}?pin-source=file:{}&mgm-key-source=file:{}",
+                card.uri(),
+                pin.display(),
+                short.display()
+            ),
+            &spec(Role::Service, 2048),
+        ),
+        Err(TokenError::PinSource(_))
+    ));
+    // The right AES key: generation and the slot certificate work.
+    let right = session.pin_file("mgm", aes_key);
+    let generated = yk::generate(
+        &format!(
+            "{}?pin-source=file:{}&mgm-key-source=file:{}",
+            card.uri(),
+            pin.display(),
+            right.display()
+        ),
+        &spec(Role::Service, 2048),
+    )
+    .unwrap();
+    assert_eq!(generated.mgm_key, MgmKeyKind::FromFile);
+    assert_eq!(yk::list_keys(&card.uri()).unwrap().len(), 1);
 }

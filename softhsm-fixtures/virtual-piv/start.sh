@@ -37,14 +37,17 @@ for d in /usr/lib/pcsc/drivers/serial/libifdvpcd.so /usr/lib/x86_64-linux-gnu/pc
 done
 [[ -n "$driver" ]] || { log "vpcd driver not found (apt package vsmartcard-vpcd)"; exit 1; }
 
+# pcscd writes its pid NUL-terminated.
+running_pcscd_pid() { tr -dc '0-9' < /run/pcscd/pcscd.pid 2>/dev/null; }
 pcscd_running() {
-  local pidfile=/run/pcscd/pcscd.pid
-  [[ -S /run/pcscd/pcscd.comm ]] && [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+  local pid
+  pid="$(running_pcscd_pid)"
+  [[ -S /run/pcscd/pcscd.comm ]] && [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null
 }
 
 pcscd_pid=""
 if pcscd_running; then
-  log "reusing the running pcscd (pid $(cat /run/pcscd/pcscd.pid)); it must serve vpcd on port $port"
+  log "reusing the running pcscd (pid $(running_pcscd_pid)); it must serve vpcd on port $port"
 else
   # A stale socket from a killed pcscd makes the new one refuse to start.
   rm -f /run/pcscd/pcscd.comm /run/pcscd/pcscd.pid

@@ -316,7 +316,11 @@ fn info(file: &std::path::Path, allow_incomplete: bool, global: &GlobalOpts) -> 
     let export = open(file, allow_incomplete)?;
     let i = export.info();
     let counts = export.table_counts()?;
-    let topic = export.sequester_topic()?;
+    // A broken authority certificate is reported, not fatal: the rest of `info` still helps.
+    let (topic, topic_error) = match export.sequester_topic() {
+        Ok(t) => (t, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
     let access = export.sequester_access_rows()?;
     let org = export.organization()?;
     let certs = export.realm_certificates(&org)?;
@@ -361,7 +365,8 @@ fn info(file: &std::path::Path, allow_incomplete: bool, global: &GlobalOpts) -> 
             "file_size": file_size,
             "info": i,
             "complete": i.is_complete(),
-            "sequestered": topic.is_some(),
+            "sequestered": topic.is_some() || topic_error.is_some(),
+            "sequester_error": topic_error,
             "sequester_authority": topic.as_ref().map(|t| json!({
                 "created": t.authority_timestamp, "key_fingerprint": t.authority_key_fingerprint,
             })),
@@ -374,7 +379,11 @@ fn info(file: &std::path::Path, allow_incomplete: bool, global: &GlobalOpts) -> 
             "users": org.users.len(),
             "tables": counts.iter().map(|(t, n)| (t.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         }))?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(if topic_error.is_some() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        });
     }
     let mut o = std::io::stdout().lock();
     writeln!(o, "File:          {} ({file_size} bytes)", file.display())?;
@@ -414,6 +423,11 @@ fn info(file: &std::path::Path, allow_incomplete: bool, global: &GlobalOpts) -> 
         org.devices.len()
     )?;
     match &topic {
+        None if topic_error.is_some() => writeln!(
+            o,
+            "Sequester:     INVALID: {}",
+            topic_error.as_deref().unwrap_or_default()
+        )?,
         None => writeln!(
             o,
             "Sequester:     NOT SEQUESTERED (no sequester authority): no sequester service key can read this export"
@@ -469,7 +483,11 @@ fn info(file: &std::path::Path, allow_incomplete: bool, global: &GlobalOpts) -> 
                 .unwrap_or_default()
         )?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if topic_error.is_some() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 // ---------------------------------------------------------------- ls
@@ -683,6 +701,27 @@ fn cat(
         ),
         _ => bail!("{path}: version {} at {t}: {}", v.meta.version, v.problem().unwrap_or_default()),
     };
+    if global.json {
+        // JSON carries the content in base64: meant for small files (use `extract` otherwise).
+        const JSON_MAX: u64 = 64 << 20;
+        if f.size > JSON_MAX {
+            bail!(
+                "{path}: {} bytes is too large for `cat --json`; use `export extract`",
+                f.size
+            );
+        }
+        let data = realm
+            .read_range_with(f, 0, f.size, parallel::default_threads())
+            .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+        use base64::Engine;
+        print_json(&json!({
+            "context": context_json(&realm, t),
+            "entry": entry_json(&realm, &path, &v),
+            "sha256": crate::crypto::sha256_hex(&data),
+            "content_base64": base64::engine::general_purpose::STANDARD.encode(&data),
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut out = std::io::stdout().lock();
     // Stream block runs so that huge files do not sit in memory.
     const CHUNK: u64 = 8 << 20;
@@ -842,20 +881,26 @@ fn verify_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> Co
         } else {
             writeln!(o, "Result:    {} PROBLEM(S)", report.problems.len())?;
             for p in &report.problems {
-                let location = p.path.clone().or(p.entry_id.clone());
-                writeln!(
-                    o,
-                    "  [{}] {}{}{}{}{}",
-                    p.kind,
-                    location.unwrap_or_default(),
+                let location = match (&p.path, &p.entry_id) {
+                    (Some(path), Some(id)) => format!("{path} (entry {id})"),
+                    (None, Some(id)) => format!("entry {id}"),
+                    (Some(path), None) => path.clone(),
+                    (None, None) => String::new(),
+                };
+                let details = format!(
+                    "{location}{}{}{}",
                     p.version.map(|v| format!(" v{v}")).unwrap_or_default(),
                     p.timestamp.map(|t| format!(" at {t}")).unwrap_or_default(),
                     p.author
                         .as_deref()
                         .map(|a| format!(" by {a}"))
                         .unwrap_or_default(),
-                    p.reason
-                )?;
+                );
+                if details.is_empty() {
+                    writeln!(o, "  [{}] {}", p.kind, p.reason)?;
+                } else {
+                    writeln!(o, "  [{}] {details}: {}", p.kind, p.reason)?;
+                }
             }
         }
     }

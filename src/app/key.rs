@@ -388,7 +388,7 @@ fn generate(
     }
     token::check_key_size(spec.bits, spec.allow_insecure_test_size)?;
     if token_uri.starts_with("yubikey:") {
-        return super::key_yubikey::generate(token_uri, spec, global, public_out);
+        return super::key_yubikey::generate(rec, token_uri, spec, global, public_out);
     }
     let start = Instant::now();
     if !token_uri.starts_with("pkcs11:") {

@@ -94,12 +94,14 @@ fn print(
 
 /// `key generate --token yubikey:…`.
 pub fn generate(
+    rec: &mut super::ceremony::Recorder,
     token_uri: &str,
     spec: &KeySpec,
     global: &GlobalOpts,
     public_out: Option<&Path>,
 ) -> CommandResult {
     let generated = yubikey::generate(token_uri, spec)?;
+    rec.add_key(&spec.role.to_string(), &generated.key);
     let info = generated.key.info()?;
     let attestation = generated.key.attest(None).map_err(|e| e.to_string());
     let mgm = format!("{:?}", generated.mgm_key);

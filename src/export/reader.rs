@@ -293,10 +293,20 @@ impl ExportFile {
             (None, []) => {
                 return Err(ExportError::NoMatchingService {
                     fingerprint: crate::crypto::sha256_hex(&token_spki),
-                    services: if topic.services.is_empty() {
-                        "none".into()
-                    } else {
-                        describe(&topic.services.iter().collect::<Vec<_>>())
+                    services: {
+                        let mut listed = if topic.services.is_empty() {
+                            "none".to_string()
+                        } else {
+                            describe(&topic.services.iter().collect::<Vec<_>>())
+                        };
+                        if !topic.problems.is_empty() {
+                            listed.push_str(&format!(
+                                "; {} sequester certificate(s) were skipped as invalid, see \
+                                 `export info`",
+                                topic.problems.len()
+                            ));
+                        }
+                        listed
                     },
                 })
             }
@@ -894,6 +904,32 @@ impl Realm {
             };
             names.push(child.name.to_string());
             current = parent_id;
+        }
+        Ok(None)
+    }
+
+    /// Like [`Self::path_of`], but also finds the path of an entry whose version at `t` is
+    /// unreadable or invalid, through the parent named by an older readable version (for reports).
+    pub fn path_hint(&self, id: &Id, t: DateTime) -> Result<Option<String>, ExportError> {
+        if let Some(p) = self.path_of(id, t)? {
+            return Ok(Some(p));
+        }
+        for v in self.versions(id)?.iter().rev() {
+            let Some(m) = v.manifest() else { continue };
+            let parent = m.header().parent;
+            let Some(parent_path) = self.path_of(&parent, t)? else {
+                continue;
+            };
+            let Some(folder_version) = self.entry_at(&parent, t)? else {
+                continue;
+            };
+            if let Some(child) = folder_version
+                .folder()
+                .and_then(|f| f.children.iter().find(|c| c.id == *id))
+            {
+                let sep = if parent_path == "/" { "" } else { "/" };
+                return Ok(Some(format!("{parent_path}{sep}{}", child.name)));
+            }
         }
         Ok(None)
     }

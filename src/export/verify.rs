@@ -171,7 +171,10 @@ fn manifest_problem(realm: &Realm, meta: &VersionMeta, reason: String) -> Proble
     Problem {
         kind: "manifest",
         entry_id: Some(hex::encode(meta.vlob_id)),
-        path: realm.path_of(&meta.vlob_id, meta.timestamp).ok().flatten(),
+        path: realm
+            .path_hint(&meta.vlob_id, meta.timestamp)
+            .ok()
+            .flatten(),
         version: Some(meta.version),
         timestamp: Some(meta.timestamp),
         author: Some(realm.describe_author(&meta.author)),

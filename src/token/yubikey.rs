@@ -13,6 +13,7 @@
 
 pub mod attestation;
 mod card;
+mod raw;
 pub mod uri;
 
 use std::path::Path;
@@ -59,6 +60,14 @@ fn algorithm_for_bits(bits: usize) -> Option<piv::AlgorithmId> {
         2048 => Some(piv::AlgorithmId::Rsa2048),
         _ => None,
     }
+}
+
+/// How RSA operations reach the card: through the `yubikey` crate (1024/2048) or through our
+/// own PIV commands (3072/4096, firmware 5.7+; see [`raw`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PivAlgorithm {
+    Crate(piv::AlgorithmId),
+    Raw(u8),
 }
 
 /// Normalises any RSA SPKI to rsaEncryption + NULL (spec §1.5) and returns it with its size.
@@ -126,12 +135,35 @@ impl YubikeyKey {
         f(&mut card)
     }
 
-    fn algorithm(&self) -> Result<piv::AlgorithmId, TokenError> {
-        algorithm_for_bits(self.bits).ok_or_else(|| {
-            TokenError::UnsupportedKey(format!(
-                "RSA-{} in a PIV slot: this driver (yubikey crate 0.8) handles RSA 1024/2048 only",
-                self.bits
-            ))
+    fn algorithm(&self) -> Result<PivAlgorithm, TokenError> {
+        if let Some(alg) = algorithm_for_bits(self.bits) {
+            return Ok(PivAlgorithm::Crate(alg));
+        }
+        raw::algorithm(self.bits)
+            .map(PivAlgorithm::Raw)
+            .ok_or_else(|| {
+                TokenError::UnsupportedKey(format!("RSA-{} is not a PIV key size", self.bits))
+            })
+    }
+
+    /// Raw RSA with the slot key, after a fresh PIN verification.
+    fn raw_rsa(&self, operation: &str, input: &[u8]) -> Result<Zeroizing<Vec<u8>>, TokenError> {
+        let slot = slot_id(self.slot)?;
+        let algorithm = self.algorithm()?;
+        let decipher = operation == "decryption";
+        self.with_card(operation, |card| match algorithm {
+            PivAlgorithm::Crate(alg) => {
+                let out = if decipher {
+                    piv::decrypt_data(&mut card.yk, input, alg, slot)
+                } else {
+                    piv::sign_data(&mut card.yk, input, alg, slot)
+                };
+                out.map(|buf| Zeroizing::new(buf.to_vec()))
+                    .map_err(|e| op_error(card, operation, e))
+            }
+            PivAlgorithm::Raw(alg) => {
+                raw::RawPiv::connect(&card.reader)?.raw_rsa(self.slot, alg, input)
+            }
         })
     }
 
@@ -199,15 +231,10 @@ impl KeyHandle for YubikeyKey {
 
     fn sign_pss_sha256(&self, message: &[u8]) -> Result<(Vec<u8>, MechanismPath), TokenError> {
         self.check_role(Role::Authority, "sign")?;
-        let algorithm = self.algorithm()?;
         let m_hash = crate::crypto::sha256(message);
         let em = rsa_padding::pss_sha256_encode_random_salt(&m_hash, self.bits)
             .map_err(|e| TokenError::UnsupportedKey(e.to_string()))?;
-        let slot = slot_id(self.slot)?;
-        let raw = self.with_card("signing", |card| {
-            piv::sign_data(&mut card.yk, &em, algorithm, slot)
-                .map_err(|e| op_error(card, "signing", e))
-        })?;
+        let raw = self.raw_rsa("signing", &em)?;
         let sig = rsa_padding::left_pad(&raw, self.k())
             .ok_or_else(|| backend_err("signing", "the card returned more than k bytes"))?;
         // A faulty RSA-CRT computation can leak the key through the signature: check it here.
@@ -228,16 +255,10 @@ impl KeyHandle for YubikeyKey {
         block: &[u8],
     ) -> Result<(Zeroizing<Vec<u8>>, MechanismPath), TokenError> {
         self.check_role(Role::Service, "decrypt")?;
-        let algorithm = self.algorithm()?;
         if block.len() != self.k() {
             return Err(TokenError::DecryptionFailed);
         }
-        let slot = slot_id(self.slot)?;
-        let raw = self.with_card("decryption", |card| {
-            piv::decrypt_data(&mut card.yk, block, algorithm, slot)
-                .map(|buf| Zeroizing::new(buf.to_vec()))
-                .map_err(|e| op_error(card, "decryption", e))
-        })?;
+        let raw = self.raw_rsa("decryption", block)?;
         let em = Zeroizing::new(
             rsa_padding::left_pad(&raw, self.k()).ok_or(TokenError::DecryptionFailed)?,
         );
@@ -363,31 +384,25 @@ pub fn open_yubikey_key(uri: &str, with_pin: bool) -> Result<YubikeyKey, TokenEr
     })
 }
 
-/// Checks that a YubiKey can generate `bits`-bit RSA with this driver; explains why not.
+/// Checks that a YubiKey can generate `bits`-bit RSA; explains why not.
 pub fn check_generation_size(
     bits: usize,
     firmware: (u8, u8, u8),
-) -> Result<piv::AlgorithmId, TokenError> {
+) -> Result<PivAlgorithm, TokenError> {
     if let Some(alg) = algorithm_for_bits(bits) {
-        return Ok(alg);
+        return Ok(PivAlgorithm::Crate(alg));
     }
     let v = format!("{}.{}.{}", firmware.0, firmware.1, firmware.2);
-    if matches!(bits, 3072 | 4096) {
-        if firmware < (5, 7, 0) {
-            return Err(TokenError::Refused(format!(
-                "RSA-{bits} needs YubiKey firmware 5.7 or later; this card runs {v}: use \
-                 `--bits 2048` (PIV on this card does RSA 1024/2048 only)"
-            )));
-        }
-        return Err(TokenError::Refused(format!(
-            "RSA-{bits}: firmware {v} supports it, but this build's YubiKey driver (yubikey \
-             crate 0.8) generates RSA 1024/2048 only: use `--bits 2048`, or reach the card \
-             through PKCS#11 (Yubico ykcs11) with a `pkcs11:` URI"
-        )));
+    match raw::algorithm(bits) {
+        Some(_) if firmware < (5, 7, 0) => Err(TokenError::Refused(format!(
+            "RSA-{bits} needs YubiKey firmware 5.7 or later; this card runs {v}: use \
+             `--bits 2048` (PIV on this card does RSA 1024/2048 only)"
+        ))),
+        Some(alg) => Ok(PivAlgorithm::Raw(alg)),
+        None => Err(TokenError::Refused(format!(
+            "RSA-{bits} is not a PIV key size"
+        ))),
     }
-    Err(TokenError::Refused(format!(
-        "RSA-{bits} is not a PIV key size"
-    )))
 }
 
 /// What a key generation produced, besides the handle.
@@ -429,29 +444,38 @@ pub fn generate(token_uri: &str, spec: &KeySpec) -> Result<Generated, TokenError
     // Touch never: batch decryption of an export would need one touch per row.
     let pin_policy = parsed.pin_policy.unwrap_or(PinPolicyOpt::Once);
     let touch_policy = parsed.touch_policy.unwrap_or(TouchPolicyOpt::Never);
-    let spki = piv::generate(
-        &mut card.yk,
-        slot_id,
-        algorithm,
-        match pin_policy {
-            PinPolicyOpt::Never => PinPolicy::Never,
-            PinPolicyOpt::Once => PinPolicy::Once,
-            PinPolicyOpt::Always => PinPolicy::Always,
-        },
-        match touch_policy {
-            TouchPolicyOpt::Never => TouchPolicy::Never,
-            TouchPolicyOpt::Always => TouchPolicy::Always,
-            TouchPolicyOpt::Cached => TouchPolicy::Cached,
-        },
-    )
-    .map_err(|e| match e {
-        ::yubikey::Error::AlgorithmError => TokenError::Refused(format!(
-            "YubiKey {} refused RSA-{} with pin-policy/touch-policy as given",
-            card.serial, spec.bits
-        )),
-        other => op_error(&card, "key generation", other),
-    })?;
-    let spki_der = der::Encode::to_der(&spki).map_err(|e| backend_err("key generation", e))?;
+    let policy_byte = match pin_policy {
+        PinPolicyOpt::Never => 1,
+        PinPolicyOpt::Once => 2,
+        PinPolicyOpt::Always => 3,
+    };
+    let touch_byte = match touch_policy {
+        TouchPolicyOpt::Never => 1,
+        TouchPolicyOpt::Always => 2,
+        TouchPolicyOpt::Cached => 3,
+    };
+    let spki_der = match algorithm {
+        PivAlgorithm::Crate(alg) => {
+            let spki = piv::generate(
+                &mut card.yk,
+                slot_id,
+                alg,
+                PinPolicy::try_from(policy_byte).unwrap_or(PinPolicy::Once),
+                TouchPolicy::try_from(touch_byte).unwrap_or(TouchPolicy::Never),
+            )
+            .map_err(|e| match e {
+                ::yubikey::Error::AlgorithmError => TokenError::Refused(format!(
+                    "YubiKey {} refused RSA-{} with pin-policy/touch-policy as given",
+                    card.serial, spec.bits
+                )),
+                other => op_error(&card, "key generation", other),
+            })?;
+            der::Encode::to_der(&spki).map_err(|e| backend_err("key generation", e))?
+        }
+        PivAlgorithm::Raw(alg) => {
+            raw::RawPiv::connect(&card.reader)?.generate_rsa(slot, alg, policy_byte, touch_byte)?
+        }
+    };
     let (spki_der, bits) = normalise_spki(&spki_der)?;
 
     // Right before the signature, as PIN policy `always` (and slot 9c on some cards) demands.
@@ -470,7 +494,14 @@ pub fn generate(token_uri: &str, spec: &KeySpec) -> Result<Generated, TokenError
         "CN={cn},OU={},O=sequester-custody",
         sanitize_rdn(&spec.label)
     );
-    write_slot_certificate(&mut card, slot_id, &subject, &spki_der, bits)?;
+    match algorithm {
+        PivAlgorithm::Crate(_) => {
+            write_slot_certificate(&mut card, slot_id, &subject, &spki_der, bits)?
+        }
+        PivAlgorithm::Raw(alg) => {
+            write_slot_certificate_raw(&mut card, slot, alg, &subject, &spki_der, &pin)?
+        }
+    }
 
     let key = YubikeyKey {
         serial: card.serial,
@@ -550,6 +581,85 @@ fn write_slot_certificate(
     result
         .map(|_| ())
         .map_err(|e| op_error(card, "writing the slot certificate", e))
+}
+
+/// [`write_slot_certificate`] for RSA 3072/4096: the certificate is assembled here and signed
+/// with PKCS#1 v1.5 (SHA-256) encoded on the host and raw RSA on the card.
+fn write_slot_certificate_raw(
+    card: &mut Card,
+    slot: u8,
+    algorithm: u8,
+    subject: &str,
+    spki_der: &[u8],
+    pin: &Zeroizing<String>,
+) -> Result<(), TokenError> {
+    use der::{asn1::BitString, Any, Decode, Encode};
+    use rsa::signature::Verifier;
+    use std::str::FromStr;
+    use x509_cert::{
+        certificate::{Certificate, TbsCertificate, Version},
+        name::Name,
+        serial_number::SerialNumber,
+        spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned},
+        time::Validity,
+    };
+    let err = |e: &dyn std::fmt::Display| backend_err("writing the slot certificate", e);
+    let object = raw::certificate_object(slot).ok_or_else(|| err(&"no certificate object"))?;
+    let alg = AlgorithmIdentifierOwned {
+        oid: der::asn1::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11"),
+        parameters: Some(Any::null()),
+    };
+    let mut serial = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut serial);
+    serial[0] = (serial[0] & 0x7f) | 0x01;
+    let name = Name::from_str(subject).map_err(|e| err(&e))?;
+    let tbs = TbsCertificate {
+        version: Version::V3,
+        serial_number: SerialNumber::new(&serial).map_err(|e| err(&e))?,
+        signature: alg.clone(),
+        issuer: name.clone(),
+        validity: Validity::from_now(std::time::Duration::from_secs(20 * 365 * 86_400))
+            .map_err(|e| err(&e))?,
+        subject: name,
+        subject_public_key_info: SubjectPublicKeyInfoOwned::from_der(spki_der)
+            .map_err(|e| err(&e))?,
+        issuer_unique_id: None,
+        subject_unique_id: None,
+        extensions: None,
+    };
+    let tbs_der = tbs.to_der().map_err(|e| err(&e))?;
+    let public = rsa::RsaPublicKey::from_public_key_der(spki_der).map_err(|e| err(&e))?;
+    let k = public.size();
+    // EMSA-PKCS1-v1_5 with SHA-256 (RFC 8017 9.2): 00 01 FF.. 00 DigestInfo.
+    const SHA256_DIGEST_INFO: [u8; 19] = [
+        0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+        0x05, 0x00, 0x04, 0x20,
+    ];
+    let digest = crate::crypto::sha256(&tbs_der);
+    let mut em = vec![0xffu8; k];
+    em[0] = 0x00;
+    em[1] = 0x01;
+    let t_start = k - SHA256_DIGEST_INFO.len() - digest.len();
+    em[t_start - 1] = 0x00;
+    em[t_start..t_start + SHA256_DIGEST_INFO.len()].copy_from_slice(&SHA256_DIGEST_INFO);
+    em[k - digest.len()..].copy_from_slice(&digest);
+
+    card::verify_pin(card, pin)?;
+    let mut session = raw::RawPiv::connect(&card.reader)?;
+    let sig = session.raw_rsa(slot, algorithm, &em)?;
+    let sig = rsa_padding::left_pad(&sig, k).ok_or_else(|| err(&"signature longer than k"))?;
+    rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(public)
+        .verify(
+            &tbs_der,
+            &rsa::pkcs1v15::Signature::try_from(&sig[..]).map_err(|e| err(&e))?,
+        )
+        .map_err(|_| err(&"the card's certificate signature does not verify"))?;
+    let cert = Certificate {
+        tbs_certificate: tbs,
+        signature_algorithm: alg,
+        signature: BitString::from_bytes(&sig).map_err(|e| err(&e))?,
+    };
+    session.put_certificate(object, &cert.to_der().map_err(|e| err(&e))?)
 }
 
 /// Lists the RSA keys on the card `token_uri` designates (no PIN needed).

@@ -130,16 +130,23 @@ fn unique_serial(index: u32) -> u32 {
 /// Starts `versions.len()` fresh cards (firmware versions as given, e.g. "5.4.3") and waits
 /// until each answers. `None` = skipped (no virtual card support here).
 pub fn start(versions: &[&str]) -> Option<Session> {
-    assert!(versions.len() <= 2, "the vpcd reader has two slots");
+    let cards: Vec<(&str, &[&str])> = versions.iter().map(|v| (*v, &[][..])).collect();
+    start_with(&cards)
+}
+
+/// [`start`] with extra arguments per card (e.g. `--aes256-management-key HEX`).
+pub fn start_with(cards_spec: &[(&str, &[&str])]) -> Option<Session> {
+    assert!(cards_spec.len() <= 2, "the vpcd reader has two slots");
     let bin = environment()?;
     let lock = card_lock();
     let mut cards = Vec::new();
-    for (i, version) in versions.iter().enumerate() {
+    for (i, (version, extra)) in cards_spec.iter().enumerate() {
         let serial = unique_serial(i as u32);
         let port = BASE_PORT + i as u16;
         let child = Command::new(bin)
             .args(["--port", &port.to_string(), "--serial", &serial.to_string()])
             .args(["--version", version])
+            .args(extra.iter())
             .stdout(Stdio::null())
             // VIRTUAL_PIV_TRACE=1: the card logs every APDU (with RUST_LOG=trace) to stderr.
             .stderr(if std::env::var_os("VIRTUAL_PIV_TRACE").is_some() {

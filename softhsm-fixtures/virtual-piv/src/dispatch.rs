@@ -8,14 +8,14 @@ use trussed::{
     service::ServiceResources,
     types::Context,
 };
+use trussed_auth::AuthExtension;
+use trussed_auth_backend::{AuthBackend, AuthContext, FilesystemLayout, MAX_HW_KEY_LEN};
+use trussed_chunked::ChunkedExtension;
 use trussed_core::{
     api::{reply, request, Reply, Request},
     types::{Bytes, Location},
     Error,
 };
-use trussed_auth::AuthExtension;
-use trussed_auth_backend::{AuthBackend, AuthContext, FilesystemLayout, MAX_HW_KEY_LEN};
-use trussed_chunked::ChunkedExtension;
 use trussed_hpke::HpkeExtension;
 use trussed_rsa_alloc::SoftwareRsa;
 use trussed_staging::{StagingBackend, StagingContext};
@@ -141,15 +141,15 @@ impl ExtensionDispatch for Dispatch {
                     resources,
                 )
             }
-            (Backend::Staging, Extension::WrapKeyToFile) => {
-                <StagingBackend as ExtensionImpl<WrapKeyToFileExtension>>::extension_request_serialized(
-                    &mut self.staging,
-                    core,
-                    &mut ctx.backends.staging,
-                    request,
-                    resources,
-                )
-            }
+            (Backend::Staging, Extension::WrapKeyToFile) => <StagingBackend as ExtensionImpl<
+                WrapKeyToFileExtension,
+            >>::extension_request_serialized(
+                &mut self.staging,
+                core,
+                &mut ctx.backends.staging,
+                request,
+                resources,
+            ),
             _ => Err(Error::RequestNotAvailable),
         }
     }

@@ -25,12 +25,12 @@ use iso7816::{command::FromSliceError, Command, Instruction, Status};
 use piv_authenticator::{Authenticator, Options};
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
-use trussed_core::types::{Bytes, Location};
 use trussed::{
     pipe::TrussedChannel,
     virt::{Runner, Store, StoreConfig, UserInterface},
     ClientImplementation,
 };
+use trussed_core::types::{Bytes, Location};
 
 const APDU_LEN: usize = 7609;
 const SHORT_PIV_AID: [u8; 5] = [0xa0, 0x00, 0x00, 0x03, 0x08];
@@ -39,6 +39,14 @@ const FULL_PIV_AID: [u8; 11] = [
 ];
 const INS_YK_GET_SERIAL: u8 = 0xf8;
 const INS_YK_GET_VERSION: u8 = 0xfd;
+const INS_YK_GET_METADATA: u8 = 0xf7;
+const INS_YK_SET_MGM_KEY: u8 = 0xff;
+const SLOT_MANAGEMENT: u8 = 0x9b;
+const ALG_3DES: u8 = 0x03;
+const ALG_AES256: u8 = 0x0c;
+const DEFAULT_3DES_KEY: [u8; 24] = [
+    1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8,
+];
 
 type VirtClient<'a> = ClientImplementation<'a, trussed::virt::Syscall, dispatch::Dispatch>;
 
@@ -48,11 +56,14 @@ struct Config {
     serial: u32,
     version: [u8; 3],
     connect_timeout: Duration,
+    /// `--aes256-management-key HEX`: replace the default 3DES management key at start.
+    aes256_management_key: Option<Vec<u8>>,
 }
 
 fn usage() -> &'static str {
     "usage: sequester-virtual-piv [--port N (default 35963)] [--serial N] \
-     [--version MAJOR.MINOR.PATCH (default 5.4.3)] [--connect-timeout SECONDS]"
+     [--version MAJOR.MINOR.PATCH (default 5.4.3)] [--connect-timeout SECONDS] \
+     [--aes256-management-key HEX]"
 }
 
 fn parse_args() -> Result<Config, String> {
@@ -62,15 +73,14 @@ fn parse_args() -> Result<Config, String> {
         serial: 5_437_251,
         version: [5, 4, 3],
         connect_timeout: Duration::from_secs(20),
+        aes256_management_key: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--port" => config.port = value()?.parse().map_err(|e| format!("--port: {e}"))?,
-            "--serial" => {
-                config.serial = value()?.parse().map_err(|e| format!("--serial: {e}"))?
-            }
+            "--serial" => config.serial = value()?.parse().map_err(|e| format!("--serial: {e}"))?,
             "--version" => {
                 let text = value()?;
                 let parts: Vec<u8> = text
@@ -87,6 +97,13 @@ fn parse_args() -> Result<Config, String> {
                     .parse()
                     .map_err(|e| format!("--connect-timeout: {e}"))?;
                 config.connect_timeout = Duration::from_secs(secs);
+            }
+            "--aes256-management-key" => {
+                let key = hex_decode(&value()?).ok_or("--aes256-management-key: not hex")?;
+                if key.len() != 32 {
+                    return Err("--aes256-management-key: 32 bytes expected".into());
+                }
+                config.aes256_management_key = Some(key);
             }
             "-h" | "--help" => return Err(usage().to_string()),
             other => return Err(format!("unknown argument {other}\n{}", usage())),
@@ -140,7 +157,9 @@ fn main() -> ExitCode {
         let mut runner = Runner::new();
         runner.add_endpoint(responder, "piv", dispatch::BACKENDS);
         let client: VirtClient<'_> = ClientImplementation::new(requester, runner.syscall(), None);
-        let dispatch = dispatch::Dispatch::with_hw_key(Bytes::try_from(&b"virtual-piv"[..]).expect("short key"));
+        let dispatch = dispatch::Dispatch::with_hw_key(
+            Bytes::try_from(&b"virtual-piv"[..]).expect("short key"),
+        );
         runner.run(platform, dispatch, || serve(&config, client))
     })
 }
@@ -156,7 +175,14 @@ fn serve(config: &Config, client: VirtClient<'_>) -> ExitCode {
         offset: 0,
         serial: config.serial,
         version: config.version,
+        management_algorithm: ALG_3DES,
     };
+    if let Some(key) = &config.aes256_management_key {
+        if let Err(status) = card.set_aes256_management_key(key) {
+            eprintln!("virtual-piv: cannot set the AES-256 management key: {status:?}");
+            return ExitCode::from(1);
+        }
+    }
     let address = SocketAddr::new(config.host.into(), config.port);
     let deadline = Instant::now() + config.connect_timeout;
     let connection = loop {
@@ -195,17 +221,104 @@ struct VirtualCard<'a> {
     offset: usize,
     serial: u32,
     version: [u8; 3],
+    /// Algorithm of the management key, for GET METADATA 9B (the applet does not answer it).
+    management_algorithm: u8,
 }
 
 impl VirtualCard<'_> {
+    /// Sends one APDU to the applet directly; returns the reply data.
+    fn internal(&mut self, apdu: &[u8]) -> Result<Vec<u8>, Status> {
+        let command = Command::<APDU_LEN>::try_from(apdu).map_err(|_| Status::WrongLength)?;
+        let mut reply = heapless::Vec::<u8, APDU_LEN>::new();
+        self.card.respond(command.as_view(), reply.as_mut_view())?;
+        Ok(reply.to_vec())
+    }
+
+    /// Authenticates with the default 3DES key and installs an AES-256 management key, as
+    /// `ykman piv access change-management-key -a AES256` would.
+    fn set_aes256_management_key(&mut self, key: &[u8]) -> Result<(), Status> {
+        use des::cipher::{generic_array::GenericArray, BlockDecrypt, BlockEncrypt, KeyInit};
+        let tdes = des::TdesEde3::new(GenericArray::from_slice(&DEFAULT_3DES_KEY));
+        self.internal(&full_piv_select())?;
+        let witness = self.internal(&[
+            0x00,
+            0x87,
+            ALG_3DES,
+            SLOT_MANAGEMENT,
+            0x04,
+            0x7c,
+            0x02,
+            0x80,
+            0x00,
+        ])?;
+        let mut block =
+            GenericArray::clone_from_slice(witness.get(4..12).ok_or(Status::WrongLength)?);
+        tdes.decrypt_block(&mut block);
+        let challenge = [0x5au8; 8];
+        let mut apdu = vec![
+            0x00,
+            0x87,
+            ALG_3DES,
+            SLOT_MANAGEMENT,
+            0x16,
+            0x7c,
+            0x14,
+            0x80,
+            0x08,
+        ];
+        apdu.extend_from_slice(&block);
+        apdu.extend_from_slice(&[0x81, 0x08]);
+        apdu.extend_from_slice(&challenge);
+        let answer = self.internal(&apdu)?;
+        let mut expected = GenericArray::clone_from_slice(&challenge);
+        tdes.encrypt_block(&mut expected);
+        if answer.get(4..12) != Some(&expected[..]) {
+            return Err(Status::SecurityStatusNotSatisfied);
+        }
+        let mut apdu = vec![
+            0x00,
+            INS_YK_SET_MGM_KEY,
+            0xff,
+            0xff,
+            35,
+            ALG_AES256,
+            SLOT_MANAGEMENT,
+            32,
+        ];
+        apdu.extend_from_slice(key);
+        self.internal(&apdu)?;
+        self.management_algorithm = ALG_AES256;
+        self.logout();
+        Ok(())
+    }
+
     fn handle(&mut self, apdu: &[u8]) -> Vec<u8> {
         if apdu.len() >= 2 && apdu[0] & 0x10 == 0 {
             match apdu[1] {
-                INS_YK_GET_SERIAL => return with_status(&self.serial.to_be_bytes(), Status::Success),
+                INS_YK_GET_SERIAL => {
+                    return with_status(&self.serial.to_be_bytes(), Status::Success)
+                }
                 INS_YK_GET_VERSION => return with_status(&self.version, Status::Success),
+                INS_YK_GET_METADATA if apdu.get(3) == Some(&SLOT_MANAGEMENT) => {
+                    return with_status(&[0x01, 0x01, self.management_algorithm], Status::Success)
+                }
+                INS_YK_SET_MGM_KEY => {
+                    let response = self.forward(apdu);
+                    if response.ends_with(&[0x90, 0x00]) {
+                        if let Some(alg) = apdu.get(5) {
+                            self.management_algorithm = *alg;
+                        }
+                    }
+                    return response;
+                }
                 _ => {}
             }
         }
+        self.forward(apdu)
+    }
+
+    /// Hands an APDU to the applet (chaining, SELECT and GET RESPONSE handled here).
+    fn forward(&mut self, apdu: &[u8]) -> Vec<u8> {
         let expanded;
         let apdu = if is_short_piv_select(apdu) {
             expanded = full_piv_select();
@@ -252,7 +365,11 @@ impl VirtualCard<'_> {
 
     fn next_chunk(&mut self, expected: usize) -> Vec<u8> {
         let remaining = self.response.len() - self.offset;
-        let n = if expected == 0 { remaining.min(256) } else { remaining.min(expected) };
+        let n = if expected == 0 {
+            remaining.min(256)
+        } else {
+            remaining.min(expected)
+        };
         let chunk = self.response[self.offset..self.offset + n].to_vec();
         self.offset += n;
         let rest = self.response.len() - self.offset;
@@ -296,7 +413,10 @@ impl vpicc::VSmartCard for VirtualCard<'_> {
 }
 
 fn is_short_piv_select(apdu: &[u8]) -> bool {
-    apdu.len() >= 10 && apdu[..4] == [0x00, 0xa4, 0x04, 0x00] && apdu[4] == 5 && apdu[5..10] == SHORT_PIV_AID
+    apdu.len() >= 10
+        && apdu[..4] == [0x00, 0xa4, 0x04, 0x00]
+        && apdu[4] == 5
+        && apdu[5..10] == SHORT_PIV_AID
 }
 
 fn full_piv_select() -> Vec<u8> {
@@ -312,6 +432,17 @@ fn parse_error_status(err: FromSliceError) -> Status {
         FromSliceError::InvalidFirstBodyByteForExtended => Status::UnspecifiedCheckingError,
         _ => Status::WrongLength,
     }
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim();
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 fn with_status(data: &[u8], status: Status) -> Vec<u8> {

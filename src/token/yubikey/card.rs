@@ -5,6 +5,7 @@ use ::yubikey::{piv, Error as YkError, MgmKey, YubiKey};
 use zeroize::Zeroizing;
 
 use super::super::TokenError;
+use super::raw;
 
 const BACKEND: &str = "yubikey";
 
@@ -167,80 +168,105 @@ pub enum MgmKeyKind {
     FactoryDefault,
 }
 
-fn read_mgm_key_file(source: &str) -> Result<MgmKey, TokenError> {
+fn read_mgm_key_bytes(source: &str, expected_len: usize) -> Result<Zeroizing<Vec<u8>>, TokenError> {
     let path = source.strip_prefix("file:").unwrap_or(source);
     let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
         TokenError::PinSource(format!("cannot read management key file {path}: {e}"))
     })?);
-    let bytes = Zeroizing::new(hex::decode(text.trim()).map_err(|_| {
-        TokenError::PinSource(format!(
-            "management key file {path} is not hex (expected 48 hex digits, 3DES)"
-        ))
-    })?);
-    MgmKey::from_bytes(&bytes[..]).map_err(|_| {
-        TokenError::PinSource(format!(
-            "management key in {path} is not a 24-byte 3DES key (this driver, yubikey 0.8, \
-             supports 3DES management keys only)"
-        ))
-    })
+    let bytes =
+        Zeroizing::new(hex::decode(text.trim()).map_err(|_| {
+            TokenError::PinSource(format!("management key file {path} is not hex"))
+        })?);
+    if bytes.len() != expected_len {
+        return Err(TokenError::PinSource(format!(
+            "management key file {path} holds {} bytes; the card's key needs {expected_len}",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
+fn default_key_warning(card: &Card, algorithm: u8) {
+    eprintln!(
+        "WARNING: YubiKey {} still uses the FACTORY DEFAULT {} management key: anyone who \
+         holds the card can overwrite its keys and certificates. Before production use set a \
+         PIN-protected random key: `ykman piv access change-management-key --generate --protect`.",
+        card.serial,
+        raw::management_algorithm_name(algorithm)
+    );
 }
 
 /// Authenticates with the management key (needed to generate keys and write certificates).
 /// Order: `mgm-key-source` file, then the PIN-protected key on the card (the PIN must already
-/// be verified), then the factory default, with a loud warning.
+/// be verified), then the factory default, with a loud warning. 3DES keys go through the
+/// `yubikey` crate; AES keys (the default of firmware 5.7) through [`raw`], which the card
+/// accepts for the following commands of either handle.
 pub fn authenticate_admin(
     card: &mut Card,
     mgm_key_source: Option<&str>,
 ) -> Result<MgmKeyKind, TokenError> {
+    let algorithm = if card.version >= (5, 3, 0) {
+        raw::RawPiv::connect(&card.reader)?.management_key_algorithm()
+    } else {
+        None
+    }
+    .unwrap_or(raw::MGM_3DES);
+    let name = raw::management_algorithm_name(algorithm);
+    let key_len = raw::management_key_len(algorithm).ok_or_else(|| TokenError::NotPermitted {
+        operation: "authenticate with the management key".into(),
+        reason: format!("unknown management key {name}"),
+    })?;
     let refused = |card: &Card, detail: String| TokenError::NotPermitted {
         operation: "authenticate with the management key".into(),
-        reason: detail + &format!(" (YubiKey {})", card.serial),
+        reason: detail + &format!(" ({name} key, YubiKey {})", card.serial),
     };
+    let try_key = |card: &mut Card, key: &[u8]| -> Result<bool, TokenError> {
+        if algorithm == raw::MGM_3DES {
+            let key =
+                MgmKey::from_bytes(key).map_err(|_| refused(card, "not a 3DES key".into()))?;
+            match card.yk.authenticate(key) {
+                Ok(()) => Ok(true),
+                Err(YkError::AuthenticationError) => Ok(false),
+                Err(e) => Err(pcsc_error("management key authentication", &e)),
+            }
+        } else {
+            raw::RawPiv::connect(&card.reader)?.authenticate_management_key(algorithm, key)
+        }
+    };
+
     if let Some(source) = mgm_key_source {
-        let key = read_mgm_key_file(source)?;
-        return match card.yk.authenticate(key) {
-            Ok(()) => Ok(MgmKeyKind::FromFile),
-            Err(YkError::AuthenticationError) => Err(refused(
+        let key = read_mgm_key_bytes(source, key_len)?;
+        return if try_key(card, &key)? {
+            Ok(MgmKeyKind::FromFile)
+        } else {
+            Err(refused(
                 card,
                 format!("the card refused the management key from {source}"),
-            )),
-            Err(e) => Err(pcsc_error("management key authentication", &e)),
+            ))
         };
     }
     if let Ok(key) = MgmKey::get_protected(&mut card.yk) {
-        if card.yk.authenticate(key).is_ok() {
+        let bytes: &[u8; 24] = key.as_ref();
+        if bytes.len() == key_len && try_key(card, bytes)? {
             return Ok(MgmKeyKind::PinProtected);
         }
     }
-    match card.yk.authenticate(MgmKey::default()) {
-        Ok(()) => {
-            eprintln!(
-                "WARNING: YubiKey {} still uses the FACTORY DEFAULT management key: anyone who \
-                 holds the card can overwrite its keys and certificates. Before production use \
-                 set a PIN-protected random key: `ykman piv access change-management-key \
-                 --algorithm TDES --generate --protect`.",
-                card.serial
-            );
-            Ok(MgmKeyKind::FactoryDefault)
+    // The factory key is 010203040506070801020304050607080102030405060708 for 3DES and for
+    // the AES-192 default of firmware 5.7.
+    if key_len == 24 {
+        let default = MgmKey::default();
+        let bytes: &[u8; 24] = default.as_ref();
+        if try_key(card, bytes)? {
+            default_key_warning(card, algorithm);
+            return Ok(MgmKeyKind::FactoryDefault);
         }
-        Err(YkError::AuthenticationError) if card.version >= (5, 7, 0) => Err(refused(
-            card,
-            format!(
-                "firmware {} uses an AES-192 management key by default, which this driver \
-                 (yubikey crate 0.8) cannot use; switch the card to a PIN-protected 3DES key \
-                 (`ykman piv access change-management-key --algorithm TDES --generate --protect`) \
-                 or give a 3DES key with `mgm-key-source=file:…`",
-                card.version_string()
-            ),
-        )),
-        Err(YkError::AuthenticationError) => Err(refused(
-            card,
-            "the management key is not the factory default and no PIN-protected key is stored; \
-             give it with `mgm-key-source=file:…` (hex)"
-                .into(),
-        )),
-        Err(e) => Err(pcsc_error("management key authentication", &e)),
     }
+    Err(refused(
+        card,
+        "the management key is not the factory default and no PIN-protected key is stored; \
+         give it with `mgm-key-source=file:…` (hex)"
+            .into(),
+    ))
 }
 
 /// PIN retries left, without spending one.
@@ -250,12 +276,14 @@ pub fn pin_retries(card: &mut Card) -> Result<u8, TokenError> {
         .map_err(|e| pcsc_error("reading the PIN retry counter", &e))
 }
 
-/// Reads the public key held in `slot`: key metadata (firmware 5.3+) or the slot certificate.
-/// Returns `(spki_der, certificate subject if any)`.
+/// A slot's public key (SPKI DER) and the subject of its certificate, when it has one.
+pub type SlotKey = (Vec<u8>, Option<String>);
+
+/// Reads the public key held in `slot`: the slot certificate, or key metadata (firmware 5.3+).
 pub fn read_slot_public_key(
     card: &mut Card,
     slot: piv::SlotId,
-) -> Result<Option<(Vec<u8>, Option<String>)>, TokenError> {
+) -> Result<Option<SlotKey>, TokenError> {
     use der::Encode;
     let subject = ::yubikey::Certificate::read(&mut card.yk, slot).ok();
     if let Some(cert) = &subject {
