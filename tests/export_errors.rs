@@ -73,6 +73,12 @@ fn check(hsm: &SoftHsm, export: &Path, case: &Case) {
         before,
         "{args:?} modified the export"
     );
+    // Immutable mode: no journal, WAL or shared-memory file is ever created beside it.
+    for suffix in ["-journal", "-wal", "-shm"] {
+        let mut side = export.as_os_str().to_owned();
+        side.push(suffix);
+        assert!(!Path::new(&side).exists(), "{args:?} created {side:?}");
+    }
 }
 
 fn cmd(parts: &[&str]) -> Vec<String> {
@@ -101,6 +107,9 @@ fn file_level_errors() {
     });
     let future = corrupted(dir.path(), "future-version", |c| {
         c.execute("UPDATE info SET version = 2", []).unwrap();
+    });
+    let authority = corrupted(dir.path(), "flipped-authority-cert", |c| {
+        flip_blob(c, "sequester_certificate", "certificate", "_id", 0, 80)
     });
     let dropped = corrupted(dir.path(), "dropped-table", |c| {
         c.execute("DROP TABLE block_data", []).unwrap();
@@ -142,6 +151,16 @@ fn file_level_errors() {
             cmd(&["export", "info"]),
             false,
             vec!["unsupported realm export version 2"],
+        ),
+        (
+            &authority,
+            cmd(&["export", "info"]),
+            false,
+            vec![
+                "Sequester:     INVALID",
+                "sequester certificate row 0",
+                "root key",
+            ],
         ),
         (
             &dropped,
@@ -211,6 +230,15 @@ fn file_level_errors() {
         );
     }
 }
+
+/// (export, arguments, success, exit code, expected substrings).
+type ContentCase<'a> = (
+    &'a PathBuf,
+    Vec<String>,
+    bool,
+    Option<i32>,
+    Vec<&'static str>,
+);
 
 #[test]
 fn content_level_errors() {
@@ -302,7 +330,7 @@ fn content_level_errors() {
         ])
     };
     let verify = |f: &PathBuf| cmd(&["export", "verify", &p(f), "--key", &key]);
-    let cases: Vec<(&PathBuf, Vec<String>, bool, Option<i32>, Vec<&'static str>)> = vec![
+    let cases: Vec<ContentCase> = vec![
         (
             &vlob,
             ls(&vlob),
@@ -324,9 +352,8 @@ fn content_level_errors() {
             Some(2),
             vec![
                 "PROBLEM",
-                "f0000000000000000000000000000004",
-                "v2",
-                "cannot decrypt",
+                "/bar2.txt (entry f0000000000000000000000000000004) v2 at 2000-01-15T00:00:00Z by alice@example.com",
+                ": cannot decrypt",
             ],
         ),
         (
@@ -381,7 +408,10 @@ fn content_level_errors() {
             ls(&service_cert),
             false,
             None,
-            vec!["matches no service of this export"],
+            vec![
+                "matches no service of this export",
+                "2 sequester certificate(s) were skipped",
+            ],
         ),
         (
             &service_cert,

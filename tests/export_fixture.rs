@@ -62,8 +62,11 @@ fn at(day: u32) -> String {
     format!("2000-01-{day:02}T00:00:00Z")
 }
 
-/// (name, kind, readable, content) of `/` at T through `ls --json` + `cat`.
-fn tree_at(env: &Env, key: &str, t: &str) -> Result<Vec<(String, bool, Option<String>)>, String> {
+/// (path, readable, content) of one listed entry.
+type Listed = (String, bool, Option<String>);
+
+/// The entries of `/` at T through `ls --json` + `cat`.
+fn tree_at(env: &Env, key: &str, t: &str) -> Result<Vec<Listed>, String> {
     let out = env.run(&["--json", "ls", env.export(), "/", "--key", key, "--at", t]);
     if !out.status.success() {
         return Err(format!("{}{}", stdout(&out), stderr(&out)));
@@ -101,7 +104,7 @@ fn service1_sees_the_readme_timeline_with_one_token_operation() {
             content.map(str::to_string),
         )
     };
-    let expectations: [(String, Vec<(String, bool, Option<String>)>); 6] = [
+    let expectations: [(String, Vec<Listed>); 6] = [
         (at(10), vec![file("/bar.txt", Some("Hello v1"))]),
         (at(11), vec![file("/bar.txt", Some("Hello v1"))]),
         (at(12), vec![file("/bar2.txt", Some("Hello v1"))]),
@@ -140,6 +143,18 @@ fn service1_sees_the_readme_timeline_with_one_token_operation() {
         assert!(stdout(&out).contains("UNREADABLE"), "{}", stdout(&out));
         assert!(stdout(&out).contains("key index 3"), "{}", stdout(&out));
     }
+    // `cat --json`: content in base64 with its digest.
+    let v = env.json(&[
+        "cat",
+        env.export(),
+        "/bar2.txt",
+        "--key",
+        &key,
+        "--at",
+        &at(15),
+    ]);
+    assert_eq!(v["content_base64"], "SGVsbG8gdjI=");
+    assert_eq!(v["entry"]["version"], 2);
     // Keys 1 and 2 recovered with exactly one token operation.
     let v = env.json(&["ls", env.export(), "--key", &key, "--at", &at(15)]);
     let svc = &v["context"]["service"];
@@ -337,4 +352,46 @@ fn info_needs_no_key() {
     assert_eq!(services[1]["status"], "active");
     assert_eq!(services[1]["access_key_indexes"], serde_json::json!([]));
     assert_eq!(v["latest_key_index"], 3);
+}
+
+#[test]
+fn service_id_and_time_arguments_are_checked() {
+    let Some(env) = setup() else { return };
+    let key = env.hsm.key_uri("svc1");
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--service-id", "00000000000000000000000000000002"],
+            "holds a different public key",
+        ),
+        (
+            &["--service-id", "000000000000000000000000000000ff"],
+            "no such service in this export",
+        ),
+        (&["--service-id", "xyz"], "not a hexadecimal ID"),
+        (
+            &["--at", "2030-01-01T00:00:00Z"],
+            "after the export's snapshot time",
+        ),
+        (&["--at", "yesterday"], "not an RFC 3339 timestamp"),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec!["ls", env.export(), "--key", &key];
+        args.extend_from_slice(extra);
+        let out = env.run(&args);
+        assert!(!out.status.success(), "{extra:?}");
+        assert!(stderr(&out).contains(needle), "{extra:?}: {}", stderr(&out));
+    }
+    // The right service ID is accepted.
+    let out = env.run(&[
+        "ls",
+        env.export(),
+        "--key",
+        &key,
+        "--service-id",
+        "00000000-0000-0000-0000-000000000001",
+        "--at",
+        &at(15),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "bar2.txt");
 }

@@ -106,10 +106,13 @@ pub enum ExportCommand {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Mount the workspace read-only (FUSE) as it was at T; `/.history/<T>/` for other instants.
+    Mount(super::mount::MountArgs),
 }
 
 pub fn run(cmd: ExportCommand, global: &GlobalOpts) -> CommandResult {
     match cmd {
+        ExportCommand::Mount(args) => super::mount::run(args, global),
         ExportCommand::Info {
             file,
             allow_incomplete,
@@ -184,7 +187,9 @@ fn open(file: &std::path::Path, allow_incomplete: bool) -> anyhow::Result<Arc<Ex
 
 /// Opens the export, the token key, and runs the chain. Prints the context to stderr.
 fn unlock(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> anyhow::Result<Realm> {
+    let started = std::time::Instant::now();
     let export = open(file, args.allow_incomplete)?;
+    let opened = started.elapsed();
     let service_id = args
         .service_id
         .as_deref()
@@ -196,7 +201,17 @@ fn unlock(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> anyhow
         return Err(crate::export::ExportError::NotSequestered.into());
     }
     let key = crate::token::open_key(&args.key).context("opening the service key")?;
+    let key_opened = started.elapsed();
     let realm = export.unlock(key.as_ref(), &UnlockOptions { service_id })?;
+    if global.verbose > 0 && !global.json {
+        eprintln!(
+            "Timings: export opened in {:.1} ms, token key opened in {:.1} ms, chain verified and \
+             keys recovered in {:.1} ms",
+            opened.as_secs_f64() * 1e3,
+            (key_opened - opened).as_secs_f64() * 1e3,
+            (started.elapsed() - key_opened).as_secs_f64() * 1e3
+        );
+    }
     let r = realm.recovery();
     let service = realm.service();
     if !global.json {
@@ -301,7 +316,11 @@ fn info(file: &std::path::Path, allow_incomplete: bool, global: &GlobalOpts) -> 
     let export = open(file, allow_incomplete)?;
     let i = export.info();
     let counts = export.table_counts()?;
-    let topic = export.sequester_topic()?;
+    // A broken authority certificate is reported, not fatal: the rest of `info` still helps.
+    let (topic, topic_error) = match export.sequester_topic() {
+        Ok(t) => (t, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
     let access = export.sequester_access_rows()?;
     let org = export.organization()?;
     let certs = export.realm_certificates(&org)?;
@@ -346,7 +365,8 @@ fn info(file: &std::path::Path, allow_incomplete: bool, global: &GlobalOpts) -> 
             "file_size": file_size,
             "info": i,
             "complete": i.is_complete(),
-            "sequestered": topic.is_some(),
+            "sequestered": topic.is_some() || topic_error.is_some(),
+            "sequester_error": topic_error,
             "sequester_authority": topic.as_ref().map(|t| json!({
                 "created": t.authority_timestamp, "key_fingerprint": t.authority_key_fingerprint,
             })),
@@ -359,7 +379,11 @@ fn info(file: &std::path::Path, allow_incomplete: bool, global: &GlobalOpts) -> 
             "users": org.users.len(),
             "tables": counts.iter().map(|(t, n)| (t.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         }))?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(if topic_error.is_some() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        });
     }
     let mut o = std::io::stdout().lock();
     writeln!(o, "File:          {} ({file_size} bytes)", file.display())?;
@@ -399,6 +423,11 @@ fn info(file: &std::path::Path, allow_incomplete: bool, global: &GlobalOpts) -> 
         org.devices.len()
     )?;
     match &topic {
+        None if topic_error.is_some() => writeln!(
+            o,
+            "Sequester:     INVALID: {}",
+            topic_error.as_deref().unwrap_or_default()
+        )?,
         None => writeln!(
             o,
             "Sequester:     NOT SEQUESTERED (no sequester authority): no sequester service key can read this export"
@@ -454,7 +483,11 @@ fn info(file: &std::path::Path, allow_incomplete: bool, global: &GlobalOpts) -> 
                 .unwrap_or_default()
         )?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if topic_error.is_some() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 // ---------------------------------------------------------------- ls
@@ -668,6 +701,27 @@ fn cat(
         ),
         _ => bail!("{path}: version {} at {t}: {}", v.meta.version, v.problem().unwrap_or_default()),
     };
+    if global.json {
+        // JSON carries the content in base64: meant for small files (use `extract` otherwise).
+        const JSON_MAX: u64 = 64 << 20;
+        if f.size > JSON_MAX {
+            bail!(
+                "{path}: {} bytes is too large for `cat --json`; use `export extract`",
+                f.size
+            );
+        }
+        let data = realm
+            .read_range_with(f, 0, f.size, parallel::default_threads())
+            .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+        use base64::Engine;
+        print_json(&json!({
+            "context": context_json(&realm, t),
+            "entry": entry_json(&realm, &path, &v),
+            "sha256": crate::crypto::sha256_hex(&data),
+            "content_base64": base64::engine::general_purpose::STANDARD.encode(&data),
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut out = std::io::stdout().lock();
     // Stream block runs so that huge files do not sit in memory.
     const CHUNK: u64 = 8 << 20;
@@ -827,20 +881,26 @@ fn verify_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> Co
         } else {
             writeln!(o, "Result:    {} PROBLEM(S)", report.problems.len())?;
             for p in &report.problems {
-                let location = p.path.clone().or(p.entry_id.clone());
-                writeln!(
-                    o,
-                    "  [{}] {}{}{}{}{}",
-                    p.kind,
-                    location.unwrap_or_default(),
+                let location = match (&p.path, &p.entry_id) {
+                    (Some(path), Some(id)) => format!("{path} (entry {id})"),
+                    (None, Some(id)) => format!("entry {id}"),
+                    (Some(path), None) => path.clone(),
+                    (None, None) => String::new(),
+                };
+                let details = format!(
+                    "{location}{}{}{}",
                     p.version.map(|v| format!(" v{v}")).unwrap_or_default(),
                     p.timestamp.map(|t| format!(" at {t}")).unwrap_or_default(),
                     p.author
                         .as_deref()
                         .map(|a| format!(" by {a}"))
                         .unwrap_or_default(),
-                    p.reason
-                )?;
+                );
+                if details.is_empty() {
+                    writeln!(o, "  [{}] {}", p.kind, p.reason)?;
+                } else {
+                    writeln!(o, "  [{}] {details}: {}", p.kind, p.reason)?;
+                }
             }
         }
     }
@@ -928,8 +988,17 @@ fn extract_cmd(
         at: t,
         path: path.clone(),
         threads: threads.unwrap_or_else(parallel::default_threads),
+        cancel: Some(install_interrupt_flag()),
     };
-    let report = extract::extract(&realm, &dest, &options, &bar)?;
+    let report = match extract::extract(&realm, &dest, &options, &bar) {
+        Ok(r) => r,
+        Err(crate::export::ExportError::Interrupted) => {
+            bar.finish();
+            eprintln!("interrupted: nothing was written to {}", dest.display());
+            return Ok(ExitCode::from(130));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let service = realm.service();
     let record = CustodyRecord {
         tool: "sequester-custody".into(),
@@ -990,4 +1059,23 @@ fn extract_cmd(
         println!("Export SHA-256: {export_sha256}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    // Async-signal-safe: only an atomic store.
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// SIGINT / SIGTERM set a flag that the extraction polls, so that an interrupted run removes its
+/// temporary tree instead of leaving it behind.
+fn install_interrupt_flag() -> &'static std::sync::atomic::AtomicBool {
+    let handler = on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+    &INTERRUPTED
 }

@@ -145,8 +145,7 @@ pub fn run(args: GenerateArgs, global: &GlobalOpts) -> CommandResult {
     let truth = scenario::generate(&args.output, config, &shape, &services)
         .with_context(|| format!("generating {}", args.output.display()))?;
     if let Some(path) = &args.truth {
-        let json = serde_json::to_vec_pretty(&truth)?;
-        crate::app::generate::write_atomic(path, &json)?;
+        write_json_atomic(path, &truth)?;
     }
     let s = &truth.stats;
     if global.json {
@@ -176,15 +175,23 @@ pub fn run(args: GenerateArgs, global: &GlobalOpts) -> CommandResult {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes `data` to a temporary sibling of `path`, then renames it into place.
-pub fn write_atomic(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
+/// Streams `value` as JSON to a temporary sibling of `path`, then renames it into place.
+pub fn write_json_atomic(
+    path: &std::path::Path,
+    value: &impl serde::Serialize,
+) -> anyhow::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => std::path::Path::new("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(data)?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let mut out = std::io::BufWriter::new(tmp.as_file());
+    serde_json::to_writer_pretty(&mut out, value)?;
+    out.flush()?;
+    drop(out);
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))?;
     tmp.persist(path)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())

@@ -8,6 +8,7 @@ pub mod export;
 pub mod generate;
 pub mod key;
 mod key_yubikey;
+pub mod mount;
 pub mod token;
 
 use std::process::ExitCode;

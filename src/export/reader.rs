@@ -21,7 +21,7 @@ use super::db::{ConnectionPool, ExportInfo};
 use super::error::ExportError;
 use super::sequester_topic::{self, SequesterService, SequesterTopic};
 use crate::crypto::sha256;
-use crate::crypto::symmetric::{derive_key, ed25519_verify, secretbox_open};
+use crate::crypto::symmetric::{derive_key, secretbox_open};
 use crate::parsec::device::Id;
 use crate::parsec::entry_name::EntryName;
 use crate::parsec::manifest::{BlockAccess, FileManifest, FolderManifest, Manifest};
@@ -293,10 +293,20 @@ impl ExportFile {
             (None, []) => {
                 return Err(ExportError::NoMatchingService {
                     fingerprint: crate::crypto::sha256_hex(&token_spki),
-                    services: if topic.services.is_empty() {
-                        "none".into()
-                    } else {
-                        describe(&topic.services.iter().collect::<Vec<_>>())
+                    services: {
+                        let mut listed = if topic.services.is_empty() {
+                            "none".to_string()
+                        } else {
+                            describe(&topic.services.iter().collect::<Vec<_>>())
+                        };
+                        if !topic.problems.is_empty() {
+                            listed.push_str(&format!(
+                                "; {} sequester certificate(s) were skipped as invalid, see \
+                                 `export info`",
+                                topic.problems.len()
+                            ));
+                        }
+                        listed
                     },
                 })
             }
@@ -316,14 +326,16 @@ impl ExportFile {
         access_key_indexes.sort_unstable();
         access_key_indexes.dedup();
         let (keys, report) = chain::recover_keys(
-            self.as_ref(),
+            chain::RecoveryContext {
+                source: self.as_ref(),
+                service_id: &service.service_id,
+                realm_id: &self.info.realm_id,
+                certs: &certs,
+                org: &org,
+                access_key_indexes,
+            },
             token_key,
             k,
-            &service.service_id,
-            &self.info.realm_id,
-            &certs,
-            &org,
-            access_key_indexes,
         )?;
         Ok(Realm {
             file: self.clone(),
@@ -495,6 +507,9 @@ pub struct Realm {
     manifests: LruCache<i64, Manifest>,
     blocks: LruCache<(Id, [u8; 32], u64), Zeroizing<Vec<u8>>>,
 }
+
+/// `block.key_index` and `block_data.data` (NULL when the data row is missing).
+type StoredBlock = (u64, Option<Vec<u8>>);
 
 const VERSION_COLUMNS: &str = "sequential_id, version, key_index, author, timestamp";
 
@@ -722,7 +737,7 @@ impl Realm {
             Ok(s) => s,
             Err(e) => return Ok(invalid(meta, format!("cannot decrypt: {e}"))),
         };
-        let serialized = match ed25519_verify(&device.verify_key, &signed) {
+        let serialized = match device.verify(&signed) {
             Ok(s) => s,
             Err(e) => return Ok(invalid(meta, format!("author signature: {e}"))),
         };
@@ -785,9 +800,16 @@ impl Realm {
         folder: &FolderManifest,
         t: DateTime,
     ) -> Result<Vec<ChildEntry>, ExportError> {
+        // Large folders: children are looked up and verified on all cores.
+        let threads = if folder.children.len() >= 32 {
+            super::parallel::default_threads()
+        } else {
+            1
+        };
+        let versions = super::parallel::map(&folder.children, threads, |c| self.entry_at(&c.id, t));
         let mut out = Vec::with_capacity(folder.children.len());
-        for child in &folder.children {
-            let Some(version) = self.entry_at(&child.id, t)? else {
+        for (child, version) in folder.children.iter().zip(versions) {
+            let Some(version) = version? else {
                 continue;
             };
             if let Some(m) = version.manifest() {
@@ -886,6 +908,32 @@ impl Realm {
         Ok(None)
     }
 
+    /// Like [`Self::path_of`], but also finds the path of an entry whose version at `t` is
+    /// unreadable or invalid, through the parent named by an older readable version (for reports).
+    pub fn path_hint(&self, id: &Id, t: DateTime) -> Result<Option<String>, ExportError> {
+        if let Some(p) = self.path_of(id, t)? {
+            return Ok(Some(p));
+        }
+        for v in self.versions(id)?.iter().rev() {
+            let Some(m) = v.manifest() else { continue };
+            let parent = m.header().parent;
+            let Some(parent_path) = self.path_of(&parent, t)? else {
+                continue;
+            };
+            let Some(folder_version) = self.entry_at(&parent, t)? else {
+                continue;
+            };
+            if let Some(child) = folder_version
+                .folder()
+                .and_then(|f| f.children.iter().find(|c| c.id == *id))
+            {
+                let sep = if parent_path == "/" { "" } else { "/" };
+                return Ok(Some(format!("{parent_path}{sep}{}", child.name)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Decrypts and verifies one block (spec §5.4 step 10), through the bounded block cache.
     pub fn read_block(&self, access: &BlockAccess) -> Result<BlockData, BlockError> {
         // Keyed by what was verified, so a hit needs no new digest check.
@@ -944,7 +992,7 @@ impl Realm {
     }
 
     /// `(block.key_index, block_data.data)` of a block; `None` if no row.
-    fn fetch_block(&self, id: &Id) -> Result<Option<(u64, Option<Vec<u8>>)>, String> {
+    fn fetch_block(&self, id: &Id) -> Result<Option<StoredBlock>, String> {
         let conn = self.file.pool.get().map_err(|e| e.to_string())?;
         let mut stmt = conn
             .prepare_cached(

@@ -129,7 +129,6 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
         Ok(())
     })?;
     flush(&mut page, &mut report)?;
-    drop(flush);
     report.entries = entries.len() as u64;
     report.folders = folders.len() as u64;
     report.files = files.len() as u64;
@@ -172,7 +171,10 @@ fn manifest_problem(realm: &Realm, meta: &VersionMeta, reason: String) -> Proble
     Problem {
         kind: "manifest",
         entry_id: Some(hex::encode(meta.vlob_id)),
-        path: realm.path_of(&meta.vlob_id, meta.timestamp).ok().flatten(),
+        path: realm
+            .path_hint(&meta.vlob_id, meta.timestamp)
+            .ok()
+            .flatten(),
         version: Some(meta.version),
         timestamp: Some(meta.timestamp),
         author: Some(realm.describe_author(&meta.author)),

@@ -16,6 +16,20 @@ pub const REALM_ARCHIVING_CERTIFICATE: &str = "realm_archiving_certificate";
 pub const REALM_KEYS_BUNDLE: &str = "realm_keys_bundle";
 pub const REALM_KEYS_BUNDLE_ACCESS: &str = "realm_keys_bundle_access";
 
+/// Wipes every byte string of a decoded msgpack value (secret keys were copied out of it).
+fn zeroize_value(value: &mut rmpv::Value) {
+    use zeroize::Zeroize;
+    match value {
+        rmpv::Value::Binary(b) => b.zeroize(),
+        rmpv::Value::Array(items) => items.iter_mut().for_each(zeroize_value),
+        rmpv::Value::Map(entries) => entries.iter_mut().for_each(|(k, v)| {
+            zeroize_value(k);
+            zeroize_value(v);
+        }),
+        _ => {}
+    }
+}
+
 fn decode_map(serialized: &[u8]) -> Result<rmpv::Value, FormatError> {
     let raw = envelope::unwrap(serialized)?;
     msgpack::decode(&raw)
@@ -211,12 +225,15 @@ pub struct KeysBundleAccess {
 impl KeysBundleAccess {
     pub fn decode(serialized: &[u8]) -> Result<Self, FormatError> {
         let raw = Zeroizing::new(envelope::unwrap(serialized)?);
-        let value = msgpack::decode(&raw)?;
-        let map = Map::new(&value)?;
-        map.expect_type(REALM_KEYS_BUNDLE_ACCESS)?;
-        let key = Zeroizing::new(map.bin32("keys_bundle_key")?);
+        let mut value = msgpack::decode(&raw)?;
+        let key = (|| {
+            let map = Map::new(&value)?;
+            map.expect_type(REALM_KEYS_BUNDLE_ACCESS)?;
+            Ok::<_, FormatError>(Zeroizing::new(map.bin32("keys_bundle_key")?))
+        })();
+        zeroize_value(&mut value);
         Ok(KeysBundleAccess {
-            keys_bundle_key: key,
+            keys_bundle_key: key?,
         })
     }
 
@@ -248,8 +265,14 @@ pub struct KeysBundle {
 impl KeysBundle {
     pub fn decode(serialized: &[u8]) -> Result<Self, FormatError> {
         let raw = Zeroizing::new(envelope::unwrap(serialized)?);
-        let value = msgpack::decode(&raw)?;
-        let map = Map::new(&value)?;
+        let mut value = msgpack::decode(&raw)?;
+        let decoded = Self::from_value(&value);
+        zeroize_value(&mut value);
+        decoded
+    }
+
+    fn from_value(value: &rmpv::Value) -> Result<Self, FormatError> {
+        let map = Map::new(value)?;
         map.expect_type(REALM_KEYS_BUNDLE)?;
         let mut keys = Vec::new();
         for item in map.array("keys")? {
@@ -260,8 +283,6 @@ impl KeysBundle {
             })?;
             keys.push(Zeroizing::new(k));
         }
-        // rmpv::Value holding the key bytes is dropped here; it is not zeroizable, the
-        // decompressed buffer `raw` is.
         if keys.is_empty() {
             return Err(FormatError::BadField {
                 field: "keys",

@@ -85,7 +85,8 @@ pub fn generate(
                     w.rotate_key()?;
                 }
             }
-            w.checkpoint("complete")?;
+            // `finish` records the tree at the snapshot.
+            w.sync()?;
         }
         Shape::SmallFiles {
             files,
@@ -110,7 +111,8 @@ pub fn generate(
                     w.sync()?;
                 }
             }
-            w.checkpoint("complete")?;
+            // `finish` records the tree at the snapshot.
+            w.sync()?;
         }
         Shape::DeepHistory {
             files,
@@ -140,7 +142,8 @@ pub fn generate(
                     w.sync()?;
                 }
             }
-            w.checkpoint("complete")?;
+            // `finish` records the tree at the snapshot.
+            w.sync()?;
         }
     }
     w.finish()
