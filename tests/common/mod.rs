@@ -177,6 +177,16 @@ pub fn run_cli(args: &[&str], env: &[(String, String)]) -> Output {
     let mut cmd = cli();
     detach_from_terminal(&mut cmd);
     cmd.args(args);
+    // Commands that touch a private key append to a ceremony transcript, by default in the
+    // working directory (the repository, for tests): point it elsewhere unless the test chose.
+    if !env.iter().any(|(k, _)| k == "SEQUESTER_CUSTODY_TRANSCRIPT") {
+        let dir = std::env::temp_dir().join("sequester-custody-test-transcripts");
+        std::fs::create_dir_all(&dir).unwrap();
+        cmd.env(
+            "SEQUESTER_CUSTODY_TRANSCRIPT",
+            dir.join(format!("{}.jsonl", std::process::id())),
+        );
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
