@@ -971,7 +971,6 @@ fn extract_cmd(
     let realm = unlock(file, args, global)?;
     let t = parse_at(&realm, at)?;
     let path = normalize(path);
-    let (export_sha256, export_size) = extract::export_sha256(&realm)?;
     let bar = if !global.json && std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
@@ -990,7 +989,14 @@ fn extract_cmd(
         threads: threads.unwrap_or_else(parallel::default_threads),
         cancel: Some(install_interrupt_flag()),
     };
-    let report = match extract::extract(&realm, &dest, &options, &bar) {
+    // The export's own SHA-256 (for the record) is computed alongside the extraction: one more
+    // core's worth of work that would otherwise come first.
+    let (extracted, hashed) = std::thread::scope(|scope| {
+        let hasher = scope.spawn(|| extract::export_sha256(&realm));
+        let extracted = extract::extract(&realm, &dest, &options, &bar);
+        (extracted, hasher.join())
+    });
+    let report = match extracted {
         Ok(r) => r,
         Err(crate::export::ExportError::Interrupted) => {
             bar.finish();
@@ -998,6 +1004,17 @@ fn extract_cmd(
             return Ok(ExitCode::from(130));
         }
         Err(e) => return Err(e.into()),
+    };
+    let (export_sha256, export_size) = match hashed {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            let _ = std::fs::remove_dir_all(&dest);
+            return Err(e.into());
+        }
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(&dest);
+            bail!("hashing the export file failed");
+        }
     };
     let service = realm.service();
     let record = CustodyRecord {
