@@ -243,15 +243,34 @@ pub fn select_token(uri: &Pkcs11Uri) -> Result<TokenRef, TokenError> {
             }
             Err(e) => return Err(e),
         };
-        let slots = module
-            .ctx
-            .get_slots_with_initialized_token()
-            .map_err(|e| ck_error("C_GetSlotList", e))?;
+        // Likewise a module that loads but cannot enumerate (e.g. a smartcard module whose
+        // pcscd is not running answers C_GetSlotList with CKR_DEVICE_ERROR) is skipped when
+        // searching, and reported only if no token matches.
+        let slots = match module.ctx.get_slots_with_initialized_token() {
+            Ok(slots) => slots,
+            Err(e) if !explicit => {
+                load_errors.push(format!(
+                    "{}: {}",
+                    path.display(),
+                    ck_error("C_GetSlotList", e)
+                ));
+                continue;
+            }
+            Err(e) => return Err(ck_error("C_GetSlotList", e)),
+        };
         for slot in slots {
-            let info = module
-                .ctx
-                .get_token_info(slot)
-                .map_err(|e| ck_error("C_GetTokenInfo", e))?;
+            let info = match module.ctx.get_token_info(slot) {
+                Ok(info) => info,
+                Err(e) if !explicit => {
+                    load_errors.push(format!(
+                        "{}: {}",
+                        path.display(),
+                        ck_error("C_GetTokenInfo", e)
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(ck_error("C_GetTokenInfo", e)),
+            };
             let description = describe(&info);
             if matches(uri, slot, &description) {
                 matched.push(TokenRef {
@@ -266,10 +285,7 @@ pub fn select_token(uri: &Pkcs11Uri) -> Result<TokenRef, TokenError> {
         0 => {
             let mut what = uri.token_selector();
             if !load_errors.is_empty() {
-                what.push_str(&format!(
-                    " (modules that failed to load: {})",
-                    load_errors.join("; ")
-                ));
+                what.push_str(&format!(" (modules skipped: {})", load_errors.join("; ")));
             }
             Err(TokenError::NoSuchToken(what))
         }
