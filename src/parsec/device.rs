@@ -11,6 +11,8 @@ pub type Id = [u8; 16];
 
 /// Type string of device certificates.
 pub const DEVICE_CERTIFICATE: &str = "device_certificate";
+/// Type string of user certificates.
+pub const USER_CERTIFICATE: &str = "user_certificate";
 
 /// A decoded `device_certificate`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +103,101 @@ impl DeviceCertificate {
     }
 }
 
+/// A `user_certificate` (spec §3.4, "other common certificates").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserCertificate {
+    /// `None` = signed by the organization root key.
+    pub author: Option<Id>,
+    pub timestamp: DateTime,
+    pub user_id: Id,
+    /// `(email, label)`; `None` in the redacted variant.
+    pub human_handle: Option<(String, String)>,
+    /// X25519 public key of the user.
+    pub public_key: [u8; 32],
+    /// `ADMIN`, `STANDARD` or `OUTSIDER`.
+    pub profile: String,
+}
+
+impl UserCertificate {
+    /// Decodes the serialized (envelope) bytes, i.e. a signed blob after its 64-byte signature.
+    pub fn decode(serialized: &[u8]) -> Result<Self, FormatError> {
+        let raw = envelope::unwrap(serialized)?;
+        let value = msgpack::decode(&raw)?;
+        let map = Map::new(&value)?;
+        map.expect_type(USER_CERTIFICATE)?;
+        let algorithm = map.str("algorithm")?;
+        if algorithm != "X25519_XSALSA20_POLY1305" {
+            return Err(FormatError::BadField {
+                field: "algorithm",
+                reason: format!("unknown algorithm `{algorithm}`"),
+            });
+        }
+        let human_handle = match map.nullable("human_handle")? {
+            None => None,
+            Some(rmpv::Value::Array(items)) if items.len() == 2 => Some((
+                msgpack::as_str(&items[0], "human_handle")?.to_string(),
+                msgpack::as_str(&items[1], "human_handle")?.to_string(),
+            )),
+            Some(_) => {
+                return Err(FormatError::BadField {
+                    field: "human_handle",
+                    reason: "not nil or an array of 2 strings".into(),
+                })
+            }
+        };
+        Ok(UserCertificate {
+            author: map.nullable_uuid("author")?,
+            timestamp: map.datetime("timestamp")?,
+            user_id: map.uuid("user_id")?,
+            human_handle,
+            public_key: map.bin32("public_key")?,
+            profile: map.str("profile")?.to_string(),
+        })
+    }
+
+    /// Msgpack in Parsec's field order (before the envelope).
+    pub fn to_msgpack(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.map(8)
+            .field("type", |w| {
+                w.str(USER_CERTIFICATE);
+            })
+            .field("author", |w| {
+                match &self.author {
+                    Some(a) => w.uuid(a),
+                    None => w.nil(),
+                };
+            })
+            .field("timestamp", |w| {
+                w.datetime(self.timestamp);
+            })
+            .field("user_id", |w| {
+                w.uuid(&self.user_id);
+            })
+            .field("human_handle", |w| {
+                match &self.human_handle {
+                    Some((email, label)) => w.array(2).str(email).str(label),
+                    None => w.nil(),
+                };
+            })
+            .field("public_key", |w| {
+                w.bin(&self.public_key);
+            })
+            .field("algorithm", |w| {
+                w.str("X25519_XSALSA20_POLY1305");
+            })
+            .field("profile", |w| {
+                w.str(&self.profile);
+            });
+        w.into_bytes()
+    }
+
+    /// `0x00 || zstd(msgpack)`, ready to be signed.
+    pub fn encode(&self) -> Vec<u8> {
+        envelope::wrap(&self.to_msgpack())
+    }
+}
+
 /// The `type` string of serialized data (envelope bytes), without decoding the rest.
 pub fn type_of(serialized: &[u8]) -> Result<String, FormatError> {
     let raw = envelope::unwrap(serialized)?;
@@ -126,5 +223,23 @@ mod tests {
         let decoded = DeviceCertificate::decode(&cert.encode()).unwrap();
         assert_eq!(decoded, cert);
         assert_eq!(type_of(&cert.encode()).unwrap(), DEVICE_CERTIFICATE);
+    }
+
+    #[test]
+    fn user_certificate_round_trip() {
+        let mut cert = UserCertificate {
+            author: Some([7; 16]),
+            timestamp: DateTime(947548800000000),
+            user_id: [1; 16],
+            human_handle: Some(("bob@example.com".into(), "bob".into())),
+            public_key: [3; 32],
+            profile: "STANDARD".into(),
+        };
+        assert_eq!(UserCertificate::decode(&cert.encode()).unwrap(), cert);
+        cert.human_handle = None;
+        cert.author = None;
+        assert_eq!(UserCertificate::decode(&cert.encode()).unwrap(), cert);
+        assert_eq!(type_of(&cert.encode()).unwrap(), USER_CERTIFICATE);
+        assert!(DeviceCertificate::decode(&cert.encode()).is_err());
     }
 }

@@ -350,3 +350,212 @@ pub fn file_manifest(
     }
     w.into_bytes()
 }
+
+/// TEMPORARY: the writer's encoders and the parsec type modules' encoders give the same bytes.
+#[cfg(test)]
+mod same_bytes_as_parsec {
+    use super::*;
+    use crate::parsec::{device, manifest, realm, sequester};
+    use zeroize::Zeroizing;
+
+    const T: DateTime = DateTime(1_700_000_000_123_456);
+
+    #[test]
+    fn every_type_encodes_identically() {
+        let (a, u, d, r) = ([1u8; 16], [2u8; 16], [3u8; 16], [4u8; 16]);
+        for (author, profile) in [(None, "ADMIN"), (Some(a), "STANDARD")] {
+            assert_eq!(
+                user_certificate(
+                    author.as_ref(),
+                    T,
+                    &u,
+                    ("bob@example.com", "bob"),
+                    &[5; 32],
+                    profile
+                ),
+                device::UserCertificate {
+                    author,
+                    timestamp: T,
+                    user_id: u,
+                    human_handle: Some(("bob@example.com".into(), "bob".into())),
+                    public_key: [5; 32],
+                    profile: profile.into(),
+                }
+                .to_msgpack()
+            );
+            assert_eq!(
+                device_certificate(author.as_ref(), T, &u, &d, "bob's machine", &[6; 32]),
+                device::DeviceCertificate {
+                    purpose: "STANDARD".into(),
+                    author,
+                    timestamp: T,
+                    user_id: u,
+                    device_id: d,
+                    device_label: Some("bob's machine".into()),
+                    verify_key: [6; 32],
+                }
+                .to_msgpack()
+            );
+        }
+        let der = vec![0x30; 300];
+        assert_eq!(
+            authority_certificate(T, &der),
+            sequester::AuthorityCertificate {
+                timestamp: T,
+                verify_key_der: der.clone(),
+            }
+            .to_msgpack()
+        );
+        assert_eq!(
+            service_certificate(T, &d, "Service é", &der),
+            sequester::ServiceCertificate {
+                timestamp: T,
+                service_id: sequester::ServiceId(d),
+                service_label: "Service é".into(),
+                encryption_key_der: der.clone(),
+            }
+            .to_msgpack()
+        );
+        assert_eq!(
+            revoked_service_certificate(T, &d),
+            sequester::RevokedServiceCertificate {
+                timestamp: T,
+                service_id: sequester::ServiceId(d),
+            }
+            .to_msgpack()
+        );
+        for role in [Some("OWNER"), Some("CONTRIBUTOR"), None] {
+            assert_eq!(
+                realm_role_certificate(&a, T, &r, &u, role),
+                realm::RoleCertificate {
+                    author: a,
+                    timestamp: T,
+                    realm_id: r,
+                    user_id: u,
+                    role: role.map(str::to_string),
+                }
+                .to_msgpack()
+            );
+        }
+        for index in [1u64, 200, 70_000] {
+            assert_eq!(
+                realm_key_rotation_certificate(&a, T, &r, index, &[7; 40]),
+                realm::KeyRotationCertificate {
+                    author: a,
+                    timestamp: T,
+                    realm_id: r,
+                    key_index: index,
+                    key_canary: vec![7; 40],
+                }
+                .to_msgpack()
+            );
+            assert_eq!(
+                realm_name_certificate(&a, T, &r, index, &[8; 45]),
+                realm::NameCertificate {
+                    author: a,
+                    timestamp: T,
+                    realm_id: r,
+                    key_index: index,
+                    encrypted_name: vec![8; 45],
+                }
+                .to_msgpack()
+            );
+        }
+        let keys: Vec<[u8; 32]> = (0..20u8).map(|i| [i; 32]).collect();
+        for n in [1, 15, 16, 20] {
+            assert_eq!(
+                realm_keys_bundle(&a, T, &r, &keys[..n]),
+                *realm::KeysBundle {
+                    author: a,
+                    timestamp: T,
+                    realm_id: r,
+                    keys: keys[..n].iter().map(|k| Zeroizing::new(*k)).collect(),
+                }
+                .to_msgpack()
+            );
+        }
+        assert_eq!(
+            realm_keys_bundle_access(&[9; 32]),
+            *realm::KeysBundleAccess {
+                keys_bundle_key: Zeroizing::new([9; 32]),
+            }
+            .to_msgpack()
+        );
+        let header = ManifestHeader {
+            author: a,
+            timestamp: T,
+            id: r,
+            parent: r,
+            version: 70_000,
+            created: DateTime(1),
+            updated: T,
+        };
+        let parsec_header = manifest::ManifestHeader {
+            author: a,
+            timestamp: T,
+            id: r,
+            parent: r,
+            version: 70_000,
+            created: DateTime(1),
+            updated: T,
+        };
+        for n in [0usize, 3, 16, 40] {
+            let children: BTreeMap<String, Id> = (0..n)
+                .map(|i| (format!("child {i}"), [i as u8; 16]))
+                .collect();
+            let parsec_children: Vec<manifest::Child> = children
+                .iter()
+                .map(|(name, id)| manifest::Child {
+                    name: crate::parsec::entry_name::EntryName::parse(name).unwrap(),
+                    id: *id,
+                })
+                .collect();
+            let old = folder_manifest(&header, &children);
+            assert_eq!(
+                old,
+                manifest::FolderManifest {
+                    header: parsec_header.clone(),
+                    children: parsec_children,
+                    duplicate_names: vec![],
+                }
+                .to_msgpack()
+            );
+            assert_eq!(
+                old,
+                manifest::folder_manifest_msgpack(
+                    &parsec_header,
+                    children.iter().map(|(n, id)| (n.as_str(), id))
+                )
+            );
+        }
+        for n in [0usize, 1, 16, 17] {
+            let blocks: Vec<BlockAccess> = (0..n as u64)
+                .map(|i| BlockAccess {
+                    id: [i as u8; 16],
+                    offset: i * 524_288,
+                    size: 100 + i * 1000,
+                    digest: [i as u8; 32],
+                })
+                .collect();
+            let parsec_blocks: Vec<manifest::BlockAccess> = blocks
+                .iter()
+                .map(|b| manifest::BlockAccess {
+                    id: b.id,
+                    offset: b.offset,
+                    size: b.size,
+                    digest: b.digest,
+                })
+                .collect();
+            assert_eq!(
+                file_manifest(&header, 9_000_000_000, 524_288, &blocks),
+                manifest::FileManifest {
+                    header: parsec_header.clone(),
+                    size: 9_000_000_000,
+                    blocksize: 524_288,
+                    blocks: parsec_blocks,
+                }
+                .to_msgpack()
+            );
+        }
+    }
+}
