@@ -26,6 +26,8 @@ mod encode;
 mod pool;
 pub mod scenario;
 mod store;
+#[cfg(test)]
+mod tmp_snapshot;
 pub mod truth;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
