@@ -26,7 +26,7 @@ mod pool;
 pub mod scenario;
 mod store;
 #[cfg(test)]
-mod tmp_snapshot;
+mod tests;
 pub mod truth;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
