@@ -19,6 +19,9 @@ use crate::parsec::sequester::{
     AuthorityCertificate, RevokedServiceCertificate, ServiceCertificate,
 };
 
+/// A folder's children as the writer holds them: `(name, id)` in name order.
+type Children = Vec<(String, Id)>;
+
 fn blobs(db: &rusqlite::Connection, sql: &str) -> Vec<Vec<u8>> {
     let mut stmt = db.prepare(sql).unwrap();
     let rows = stmt.query_map([], |r| r.get(0)).unwrap();
@@ -67,7 +70,7 @@ fn writer_output_decodes_with_the_parsec_decoders() {
     let realm_id = w.realm_id;
     let keys = w.keys.clone();
     let authority_spki = w.authority.spki_der();
-    let mut expected_folders: HashMap<Id, (Id, u32, Vec<(String, Id)>)> = HashMap::new();
+    let mut expected_folders: HashMap<Id, (Id, u32, Children)> = HashMap::new();
     let mut expected_files: HashMap<Id, (Id, u32, u64, Vec<BlockAccess>)> = HashMap::new();
     for (id, e) in &w.entries {
         match &e.node {
