@@ -66,34 +66,23 @@ impl DeviceCertificate {
             })
             .field("purpose", |w| {
                 w.str(&self.purpose);
-            })
-            .field("author", |w| {
-                match &self.author {
-                    Some(a) => w.uuid(a),
-                    None => w.nil(),
-                };
-            })
-            .field("timestamp", |w| {
-                w.datetime(self.timestamp);
-            })
-            .field("user_id", |w| {
-                w.uuid(&self.user_id);
-            })
-            .field("device_id", |w| {
-                w.uuid(&self.device_id);
-            })
-            .field("device_label", |w| {
-                match &self.device_label {
-                    Some(l) => w.str(l),
-                    None => w.nil(),
-                };
-            })
-            .field("verify_key", |w| {
-                w.bin(&self.verify_key);
-            })
-            .field("algorithm", |w| {
-                w.str("ED25519");
             });
+        write_author_timestamp_user(&mut w, self.author.as_ref(), self.timestamp, &self.user_id);
+        w.field("device_id", |w| {
+            w.uuid(&self.device_id);
+        })
+        .field("device_label", |w| {
+            match &self.device_label {
+                Some(l) => w.str(l),
+                None => w.nil(),
+            };
+        })
+        .field("verify_key", |w| {
+            w.bin(&self.verify_key);
+        })
+        .field("algorithm", |w| {
+            w.str("ED25519");
+        });
         w.into_bytes()
     }
 
@@ -158,37 +147,25 @@ impl UserCertificate {
     /// Msgpack in Parsec's field order (before the envelope).
     pub fn to_msgpack(&self) -> Vec<u8> {
         let mut w = Writer::new();
-        w.map(8)
-            .field("type", |w| {
-                w.str(USER_CERTIFICATE);
-            })
-            .field("author", |w| {
-                match &self.author {
-                    Some(a) => w.uuid(a),
-                    None => w.nil(),
-                };
-            })
-            .field("timestamp", |w| {
-                w.datetime(self.timestamp);
-            })
-            .field("user_id", |w| {
-                w.uuid(&self.user_id);
-            })
-            .field("human_handle", |w| {
-                match &self.human_handle {
-                    Some((email, label)) => w.array(2).str(email).str(label),
-                    None => w.nil(),
-                };
-            })
-            .field("public_key", |w| {
-                w.bin(&self.public_key);
-            })
-            .field("algorithm", |w| {
-                w.str("X25519_XSALSA20_POLY1305");
-            })
-            .field("profile", |w| {
-                w.str(&self.profile);
-            });
+        w.map(8).field("type", |w| {
+            w.str(USER_CERTIFICATE);
+        });
+        write_author_timestamp_user(&mut w, self.author.as_ref(), self.timestamp, &self.user_id);
+        w.field("human_handle", |w| {
+            match &self.human_handle {
+                Some((email, label)) => w.array(2).str(email).str(label),
+                None => w.nil(),
+            };
+        })
+        .field("public_key", |w| {
+            w.bin(&self.public_key);
+        })
+        .field("algorithm", |w| {
+            w.str("X25519_XSALSA20_POLY1305");
+        })
+        .field("profile", |w| {
+            w.str(&self.profile);
+        });
         w.into_bytes()
     }
 
@@ -196,6 +173,27 @@ impl UserCertificate {
     pub fn encode(&self) -> Vec<u8> {
         envelope::wrap(&self.to_msgpack())
     }
+}
+
+/// `author` (nullable), `timestamp`, `user_id`: the run shared by user and device certificates.
+fn write_author_timestamp_user(
+    w: &mut Writer,
+    author: Option<&Id>,
+    timestamp: DateTime,
+    user_id: &Id,
+) {
+    w.field("author", |w| {
+        match author {
+            Some(a) => w.uuid(a),
+            None => w.nil(),
+        };
+    })
+    .field("timestamp", |w| {
+        w.datetime(timestamp);
+    })
+    .field("user_id", |w| {
+        w.uuid(user_id);
+    });
 }
 
 /// The `type` string of serialized data (envelope bytes), without decoding the rest.
