@@ -155,6 +155,22 @@ struct Written {
     path: PathBuf,
 }
 
+/// Writes the signed certificate (`--output` or a default name in the current directory) and
+/// records it in the organisation journal, if any.
+fn save_signed(
+    signed: sign::SignedCertificate,
+    s: &SigningArgs,
+    rec: &mut Recorder,
+    journal: Option<&mut (Journal, String)>,
+) -> anyhow::Result<Written> {
+    let base = std::env::current_dir()?;
+    let path = write_certificate(&signed, &base, s.output.as_deref(), &mut rec.entry)?;
+    if let Some((j, org)) = journal {
+        j.record(org, &signed.certificate)?;
+    }
+    Ok(Written { signed, path })
+}
+
 fn load_journal(args: &SigningArgs) -> anyhow::Result<Option<(Journal, String)>> {
     match &args.organization {
         None => Ok(None),
@@ -261,12 +277,7 @@ fn sign_service(args: &ServiceArgs, rec: &mut Recorder) -> anyhow::Result<Writte
         &policy,
         now,
     )?;
-    let base = std::env::current_dir()?;
-    let path = write_certificate(&signed, &base, s.output.as_deref(), &mut rec.entry)?;
-    if let Some((j, org)) = &mut journal {
-        j.record(org, &signed.certificate)?;
-    }
-    Ok(Written { signed, path })
+    save_signed(signed, s, rec, journal.as_mut())
 }
 
 fn sign_revocation(args: &RevokeArgs, rec: &mut Recorder) -> anyhow::Result<Written> {
@@ -342,12 +353,7 @@ fn sign_revocation(args: &RevokeArgs, rec: &mut Recorder) -> anyhow::Result<Writ
         &policy,
         now,
     )?;
-    let base = std::env::current_dir()?;
-    let path = write_certificate(&signed, &base, s.output.as_deref(), &mut rec.entry)?;
-    if let Some((j, org)) = &mut journal {
-        j.record(org, &signed.certificate)?;
-    }
-    Ok(Written { signed, path })
+    save_signed(signed, s, rec, journal.as_mut())
 }
 
 fn finish_signing(

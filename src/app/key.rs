@@ -17,6 +17,7 @@ use crate::token::uri::Pkcs11Uri;
 use crate::token::{self, KeyHandle, KeyInfo, KeySpec, MechanismPath, Role, TokenError};
 
 use super::ceremony::{recorded, CeremonyArgs, Recorder};
+use super::token::mechanism_paths;
 use super::{CommandResult, GlobalOpts};
 
 /// Environment variable holding the passphrase of an encrypted key file for `key import`.
@@ -208,21 +209,11 @@ fn print_key_text(
         }
     }
     if let Some(n) = negotiated {
-        let list = |v: &[MechanismPath]| {
-            if v.is_empty() {
-                "NONE".to_string()
-            } else {
-                v.iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" > ")
-            }
-        };
         if info.can_decrypt {
-            println!("decrypt via: {}", list(&n.decrypt));
+            println!("decrypt via: {}", mechanism_paths(&n.decrypt));
         }
         if info.can_sign {
-            println!("sign via:    {}", list(&n.sign));
+            println!("sign via:    {}", mechanism_paths(&n.sign));
         }
     }
 }

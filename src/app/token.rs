@@ -118,18 +118,8 @@ pub fn run(cmd: TokenCommand, global: &GlobalOpts) -> CommandResult {
                 "PIN:          {} (length {}..{})",
                 d.pin_state, d.min_pin_length, d.max_pin_length
             );
-            let paths = |v: &[crate::token::MechanismPath]| {
-                if v.is_empty() {
-                    "NONE".to_string()
-                } else {
-                    v.iter()
-                        .map(|p| p.to_string())
-                        .collect::<Vec<_>>()
-                        .join(" > ")
-                }
-            };
-            println!("decrypt:      {}", paths(&d.mechanisms.decrypt));
-            println!("sign:         {}", paths(&d.mechanisms.sign));
+            println!("decrypt:      {}", mechanism_paths(&d.mechanisms.decrypt));
+            println!("sign:         {}", mechanism_paths(&d.mechanisms.sign));
             for q in &d.quirks {
                 println!("quirk:        {q}");
             }
@@ -191,5 +181,17 @@ fn print_yubikeys(yubikeys: &Result<yubikey::CardListing, TokenError>) {
     }
     for u in &listing.unreadable {
         println!("  reader `{}`: {}", u.reader, u.error);
+    }
+}
+
+/// Mechanism paths in preference order, `a > b`, or `NONE`.
+pub(crate) fn mechanism_paths(v: &[crate::token::MechanismPath]) -> String {
+    if v.is_empty() {
+        "NONE".to_string()
+    } else {
+        v.iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(" > ")
     }
 }

@@ -806,6 +806,17 @@ impl Realm {
         } else {
             1
         };
+        self.children_at_with_threads(folder, t, threads)
+    }
+
+    /// [`Self::children_at`] with the children's manifests loaded (decrypted, signature checked)
+    /// on `threads` threads.
+    pub fn children_at_with_threads(
+        &self,
+        folder: &FolderManifest,
+        t: DateTime,
+        threads: usize,
+    ) -> Result<Vec<ChildEntry>, ExportError> {
         let versions = super::parallel::map(&folder.children, threads, |c| self.entry_at(&c.id, t));
         let mut out = Vec::with_capacity(folder.children.len());
         for (child, version) in folder.children.iter().zip(versions) {

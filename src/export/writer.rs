@@ -22,10 +22,11 @@
 //! X25519 sealed box (no reader of this tool can or should open them).
 
 pub mod content;
-mod encode;
 mod pool;
 pub mod scenario;
 mod store;
+#[cfg(test)]
+mod tests;
 pub mod truth;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -38,6 +39,7 @@ use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
 use rsa::traits::PublicKeyParts;
 use rsa::{Oaep, RsaPrivateKey, RsaPublicKey};
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 pub use content::{Content, Extent};
 pub use truth::{
@@ -49,10 +51,15 @@ use crate::crypto::symmetric::{
     derive_key, ed25519_public, ed25519_sign, secretbox_seal_with_nonce, CANARY_DERIVATION_ID,
     REALM_NAME_DERIVATION_ID,
 };
+use crate::parsec::device::{DeviceCertificate, Id, UserCertificate};
 use crate::parsec::envelope::wrap;
+use crate::parsec::manifest::{folder_manifest_msgpack, BlockAccess, FileManifest, ManifestHeader};
+use crate::parsec::realm::{
+    KeyRotationCertificate, KeysBundle, KeysBundleAccess, NameCertificate, RoleCertificate,
+};
+use crate::parsec::sequester::{self, AuthorityCertificate, RevokedServiceCertificate};
 use crate::parsec::DateTime;
 use crate::token::KeyHandle;
-use encode::{BlockAccess, Id, ManifestHeader};
 use pool::Pool;
 use store::{Done, Store};
 
@@ -428,22 +435,25 @@ impl ExportWriter {
                 .map_or_else(|| format!("user{i}"), |n| n.to_string());
             let user_public = self.key32();
             let author = (i > 0).then(|| self.actors[0].device_id);
-            let user_cert = encode::user_certificate(
-                author.as_ref(),
-                t,
-                &actor.user_id,
-                (&format!("{name}@example.com"), &name),
-                &user_public,
-                if i == 0 { "ADMIN" } else { "STANDARD" },
-            );
-            let device_cert = encode::device_certificate(
-                author.as_ref(),
-                t,
-                &actor.user_id,
-                &actor.device_id,
-                &format!("{name}'s machine"),
-                &ed25519_public(&actor.seed),
-            );
+            let user_cert = UserCertificate {
+                author,
+                timestamp: t,
+                user_id: actor.user_id,
+                human_handle: Some((format!("{name}@example.com"), name.clone())),
+                public_key: user_public,
+                profile: if i == 0 { "ADMIN" } else { "STANDARD" }.into(),
+            }
+            .to_msgpack();
+            let device_cert = DeviceCertificate {
+                purpose: "STANDARD".into(),
+                author,
+                timestamp: t,
+                user_id: actor.user_id,
+                device_id: actor.device_id,
+                device_label: Some(format!("{name}'s machine")),
+                verify_key: ed25519_public(&actor.seed),
+            }
+            .to_msgpack();
             let signer_seed = if i == 0 {
                 self.root_seed
             } else {
@@ -460,7 +470,11 @@ impl ExportWriter {
             self.actors.push(actor);
             if i == 0 {
                 let spki = self.authority.spki_der();
-                let cert = encode::authority_certificate(t0, &spki);
+                let cert = AuthorityCertificate {
+                    timestamp: t0,
+                    verify_key_der: spki,
+                }
+                .to_msgpack();
                 self.store.certificate(
                     "sequester_certificate",
                     &ed25519_sign(&self.root_seed, &wrap(&cert)),
@@ -470,24 +484,26 @@ impl ExportWriter {
         // Realm creation: owner role, then the other users as contributors.
         let t = self.tick();
         let owner = self.actors[0].device_id;
-        let cert = encode::realm_role_certificate(
-            &owner,
-            t,
-            &self.realm_id,
-            &self.actors[0].user_id,
-            Some("OWNER"),
-        );
+        let cert = RoleCertificate {
+            author: owner,
+            timestamp: t,
+            realm_id: self.realm_id,
+            user_id: self.actors[0].user_id,
+            role: Some("OWNER".into()),
+        }
+        .to_msgpack();
         let signed = self.sign_as(0, &cert);
         self.store.certificate("realm_certificate", &signed)?;
         for i in 1..self.actors.len() {
             let t = self.tick();
-            let cert = encode::realm_role_certificate(
-                &owner,
-                t,
-                &self.realm_id,
-                &self.actors[i].user_id,
-                Some("CONTRIBUTOR"),
-            );
+            let cert = RoleCertificate {
+                author: owner,
+                timestamp: t,
+                realm_id: self.realm_id,
+                user_id: self.actors[i].user_id,
+                role: Some("CONTRIBUTOR".into()),
+            }
+            .to_msgpack();
             let signed = self.sign_as(0, &cert);
             self.store.certificate("realm_certificate", &signed)?;
         }
@@ -520,7 +536,13 @@ impl ExportWriter {
         }
         let id = new_id(&mut self.rng);
         let t = self.tick();
-        let cert = encode::service_certificate(t, &id, label, spki_der);
+        let cert = sequester::ServiceCertificate {
+            timestamp: t,
+            service_id: sequester::ServiceId(id),
+            service_label: label.to_string(),
+            encryption_key_der: spki_der.to_vec(),
+        }
+        .to_msgpack();
         self.authority_certificate(&cert)?;
         self.services.push(Service {
             id,
@@ -558,7 +580,11 @@ impl ExportWriter {
     pub fn revoke_service(&mut self, id: ServiceId) -> Result<(), WriterError> {
         self.service_mut(id)?;
         let t = self.tick();
-        let cert = encode::revoked_service_certificate(t, &id.0);
+        let cert = RevokedServiceCertificate {
+            timestamp: t,
+            service_id: sequester::ServiceId(id.0),
+        }
+        .to_msgpack();
         self.authority_certificate(&cert)?;
         self.service_mut(id)?.revoked = Some(t);
         Ok(())
@@ -592,19 +618,34 @@ impl ExportWriter {
         let canary =
             secretbox_seal_with_nonce(&derive_key(&kd, &CANARY_DERIVATION_ID), &canary_nonce, b"");
         let owner = self.actors[0].device_id;
-        let cert =
-            encode::realm_key_rotation_certificate(&owner, t, &self.realm_id, index, &canary);
+        let cert = KeyRotationCertificate {
+            author: owner,
+            timestamp: t,
+            realm_id: self.realm_id,
+            key_index: index,
+            key_canary: canary,
+        }
+        .to_msgpack();
         let signed = self.sign_as(0, &cert);
         self.store.certificate("realm_certificate", &signed)?;
 
         let bundle_key = self.key32();
-        let bundle = encode::realm_keys_bundle(&owner, t, &self.realm_id, &self.keys);
+        let bundle = KeysBundle {
+            author: owner,
+            timestamp: t,
+            realm_id: self.realm_id,
+            keys: self.keys.iter().copied().map(Zeroizing::new).collect(),
+        }
+        .to_msgpack();
         let signed = self.sign_as(0, &bundle);
         let nonce = self.nonce();
         let sealed = secretbox_seal_with_nonce(&bundle_key, &nonce, &signed);
         self.store.keys_bundle(index, &sealed)?;
 
-        let access = wrap(&encode::realm_keys_bundle_access(&bundle_key));
+        let access = KeysBundleAccess {
+            keys_bundle_key: Zeroizing::new(bundle_key),
+        }
+        .encode();
         for i in 0..self.actors.len() {
             // Placeholder of the size of an X25519 sealed box (see the module documentation).
             let mut fake = vec![0u8; 48 + access.len()];
@@ -660,13 +701,14 @@ impl ExportWriter {
         let key = derive_key(&self.keys[index as usize - 1], &REALM_NAME_DERIVATION_ID);
         let nonce = self.nonce();
         let encrypted = secretbox_seal_with_nonce(&key, &nonce, name.as_bytes());
-        let cert = encode::realm_name_certificate(
-            &self.actors[0].device_id,
-            t,
-            &self.realm_id,
-            index,
-            &encrypted,
-        );
+        let cert = NameCertificate {
+            author: self.actors[0].device_id,
+            timestamp: t,
+            realm_id: self.realm_id,
+            key_index: index,
+            encrypted_name: encrypted,
+        }
+        .to_msgpack();
         let signed = self.sign_as(0, &cert);
         self.store.certificate("realm_certificate", &signed)?;
         self.realm_name = Some(name.to_string());
@@ -995,7 +1037,11 @@ impl ExportWriter {
                 updated: e.updated,
             };
             let msgpack = match &mut e.node {
-                Node::Folder(children) => encode::folder_manifest(&header, children),
+                // Names are kept as written (no NFC pass): the bytes are the writer's choice.
+                Node::Folder(children) => folder_manifest_msgpack(
+                    &header,
+                    children.iter().map(|(name, id)| (name.as_str(), id)),
+                ),
                 Node::File { size, blocks, .. } => {
                     let mut accesses = Vec::with_capacity(blocks.len());
                     for b in blocks.iter_mut() {
@@ -1011,7 +1057,13 @@ impl ExportWriter {
                             digest,
                         });
                     }
-                    encode::file_manifest(&header, *size, self.config.blocksize, &accesses)
+                    FileManifest {
+                        header,
+                        size: *size,
+                        blocksize: self.config.blocksize,
+                        blocks: accesses,
+                    }
+                    .to_msgpack()
                 }
             };
             if id == self.realm_id && e.version == 1 {

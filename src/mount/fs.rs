@@ -385,28 +385,8 @@ impl ExportFs {
         if folder.children.len() < 16 || self.opts.read_threads <= 1 {
             return self.realm.children_at(folder, t);
         }
-        let versions =
-            crate::export::parallel::map(&folder.children, self.opts.read_threads, |c| {
-                self.realm.entry_at(&c.id, t)
-            });
-        let mut out = Vec::with_capacity(folder.children.len());
-        for (child, version) in folder.children.iter().zip(versions) {
-            // Same rules as `children_at` (spec §5.4 step 9).
-            let Some(version) = version? else { continue };
-            if version
-                .manifest()
-                .is_some_and(|m| m.header().parent != folder.header.id)
-            {
-                continue;
-            }
-            out.push(ChildEntry {
-                name: child.name.clone(),
-                id: child.id,
-                version,
-            });
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        self.realm
+            .children_at_with_threads(folder, t, self.opts.read_threads)
     }
 
     fn open_file(&self, ino: u64) -> Result<Arc<Manifest>, Errno> {

@@ -11,6 +11,8 @@ pub type Id = [u8; 16];
 
 /// Type string of device certificates.
 pub const DEVICE_CERTIFICATE: &str = "device_certificate";
+/// Type string of user certificates.
+pub const USER_CERTIFICATE: &str = "user_certificate";
 
 /// A decoded `device_certificate`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,34 +66,23 @@ impl DeviceCertificate {
             })
             .field("purpose", |w| {
                 w.str(&self.purpose);
-            })
-            .field("author", |w| {
-                match &self.author {
-                    Some(a) => w.uuid(a),
-                    None => w.nil(),
-                };
-            })
-            .field("timestamp", |w| {
-                w.datetime(self.timestamp);
-            })
-            .field("user_id", |w| {
-                w.uuid(&self.user_id);
-            })
-            .field("device_id", |w| {
-                w.uuid(&self.device_id);
-            })
-            .field("device_label", |w| {
-                match &self.device_label {
-                    Some(l) => w.str(l),
-                    None => w.nil(),
-                };
-            })
-            .field("verify_key", |w| {
-                w.bin(&self.verify_key);
-            })
-            .field("algorithm", |w| {
-                w.str("ED25519");
             });
+        write_author_timestamp_user(&mut w, self.author.as_ref(), self.timestamp, &self.user_id);
+        w.field("device_id", |w| {
+            w.uuid(&self.device_id);
+        })
+        .field("device_label", |w| {
+            match &self.device_label {
+                Some(l) => w.str(l),
+                None => w.nil(),
+            };
+        })
+        .field("verify_key", |w| {
+            w.bin(&self.verify_key);
+        })
+        .field("algorithm", |w| {
+            w.str("ED25519");
+        });
         w.into_bytes()
     }
 
@@ -99,6 +90,110 @@ impl DeviceCertificate {
     pub fn encode(&self) -> Vec<u8> {
         envelope::wrap(&self.to_msgpack())
     }
+}
+
+/// A `user_certificate` (spec §3.4, "other common certificates").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserCertificate {
+    /// `None` = signed by the organization root key.
+    pub author: Option<Id>,
+    pub timestamp: DateTime,
+    pub user_id: Id,
+    /// `(email, label)`; `None` in the redacted variant.
+    pub human_handle: Option<(String, String)>,
+    /// X25519 public key of the user.
+    pub public_key: [u8; 32],
+    /// `ADMIN`, `STANDARD` or `OUTSIDER`.
+    pub profile: String,
+}
+
+impl UserCertificate {
+    /// Decodes the serialized (envelope) bytes, i.e. a signed blob after its 64-byte signature.
+    pub fn decode(serialized: &[u8]) -> Result<Self, FormatError> {
+        let raw = envelope::unwrap(serialized)?;
+        let value = msgpack::decode(&raw)?;
+        let map = Map::new(&value)?;
+        map.expect_type(USER_CERTIFICATE)?;
+        let algorithm = map.str("algorithm")?;
+        if algorithm != "X25519_XSALSA20_POLY1305" {
+            return Err(FormatError::BadField {
+                field: "algorithm",
+                reason: format!("unknown algorithm `{algorithm}`"),
+            });
+        }
+        let human_handle = match map.nullable("human_handle")? {
+            None => None,
+            Some(rmpv::Value::Array(items)) if items.len() == 2 => Some((
+                msgpack::as_str(&items[0], "human_handle")?.to_string(),
+                msgpack::as_str(&items[1], "human_handle")?.to_string(),
+            )),
+            Some(_) => {
+                return Err(FormatError::BadField {
+                    field: "human_handle",
+                    reason: "not nil or an array of 2 strings".into(),
+                })
+            }
+        };
+        Ok(UserCertificate {
+            author: map.nullable_uuid("author")?,
+            timestamp: map.datetime("timestamp")?,
+            user_id: map.uuid("user_id")?,
+            human_handle,
+            public_key: map.bin32("public_key")?,
+            profile: map.str("profile")?.to_string(),
+        })
+    }
+
+    /// Msgpack in Parsec's field order (before the envelope).
+    pub fn to_msgpack(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.map(8).field("type", |w| {
+            w.str(USER_CERTIFICATE);
+        });
+        write_author_timestamp_user(&mut w, self.author.as_ref(), self.timestamp, &self.user_id);
+        w.field("human_handle", |w| {
+            match &self.human_handle {
+                Some((email, label)) => w.array(2).str(email).str(label),
+                None => w.nil(),
+            };
+        })
+        .field("public_key", |w| {
+            w.bin(&self.public_key);
+        })
+        .field("algorithm", |w| {
+            w.str("X25519_XSALSA20_POLY1305");
+        })
+        .field("profile", |w| {
+            w.str(&self.profile);
+        });
+        w.into_bytes()
+    }
+
+    /// `0x00 || zstd(msgpack)`, ready to be signed.
+    pub fn encode(&self) -> Vec<u8> {
+        envelope::wrap(&self.to_msgpack())
+    }
+}
+
+/// `author` (nullable), `timestamp`, `user_id`: the run shared by user and device certificates.
+fn write_author_timestamp_user(
+    w: &mut Writer,
+    author: Option<&Id>,
+    timestamp: DateTime,
+    user_id: &Id,
+) {
+    w.field("author", |w| {
+        match author {
+            Some(a) => w.uuid(a),
+            None => w.nil(),
+        };
+    })
+    .field("timestamp", |w| {
+        w.datetime(timestamp);
+    })
+    .field("user_id", |w| {
+        w.uuid(user_id);
+    });
 }
 
 /// The `type` string of serialized data (envelope bytes), without decoding the rest.
@@ -126,5 +221,23 @@ mod tests {
         let decoded = DeviceCertificate::decode(&cert.encode()).unwrap();
         assert_eq!(decoded, cert);
         assert_eq!(type_of(&cert.encode()).unwrap(), DEVICE_CERTIFICATE);
+    }
+
+    #[test]
+    fn user_certificate_round_trip() {
+        let mut cert = UserCertificate {
+            author: Some([7; 16]),
+            timestamp: DateTime(947548800000000),
+            user_id: [1; 16],
+            human_handle: Some(("bob@example.com".into(), "bob".into())),
+            public_key: [3; 32],
+            profile: "STANDARD".into(),
+        };
+        assert_eq!(UserCertificate::decode(&cert.encode()).unwrap(), cert);
+        cert.human_handle = None;
+        cert.author = None;
+        assert_eq!(UserCertificate::decode(&cert.encode()).unwrap(), cert);
+        assert_eq!(type_of(&cert.encode()).unwrap(), USER_CERTIFICATE);
+        assert!(DeviceCertificate::decode(&cert.encode()).is_err());
     }
 }

@@ -257,17 +257,29 @@ impl FileManifest {
 
 impl FolderManifest {
     pub fn to_msgpack(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.map(9);
-        write_header(&mut w, FOLDER_MANIFEST, &self.header);
-        w.field("children", |w| {
-            w.map(self.children.len() as u32);
-            for c in &self.children {
-                w.str(c.name.as_str()).uuid(&c.id);
-            }
-        });
-        w.into_bytes()
+        folder_manifest_msgpack(
+            &self.header,
+            self.children.iter().map(|c| (c.name.as_str(), &c.id)),
+        )
     }
+}
+
+/// Folder manifest msgpack from raw `(name, id)` children, written as given (no NFC
+/// normalisation): the export writer keeps its names as plain strings.
+pub fn folder_manifest_msgpack<'a>(
+    header: &ManifestHeader,
+    children: impl ExactSizeIterator<Item = (&'a str, &'a Id)>,
+) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.map(9);
+    write_header(&mut w, FOLDER_MANIFEST, header);
+    w.field("children", |w| {
+        w.map(children.len() as u32);
+        for (name, id) in children {
+            w.str(name).uuid(id);
+        }
+    });
+    w.into_bytes()
 }
 
 fn write_header(w: &mut Writer, type_name: &str, h: &ManifestHeader) {

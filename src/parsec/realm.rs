@@ -35,6 +35,32 @@ fn decode_map(serialized: &[u8]) -> Result<rmpv::Value, FormatError> {
     msgpack::decode(&raw)
 }
 
+/// A writer holding the opening of a realm object: map of `fields` entries, then `type`,
+/// `author`, `timestamp`, `realm_id` (the order shared by spec §3.5-3.6).
+fn realm_writer(
+    fields: u32,
+    type_name: &str,
+    author: &Id,
+    timestamp: DateTime,
+    realm: &Id,
+) -> Writer {
+    let mut w = Writer::new();
+    w.map(fields)
+        .field("type", |w| {
+            w.str(type_name);
+        })
+        .field("author", |w| {
+            w.uuid(author);
+        })
+        .field("timestamp", |w| {
+            w.datetime(timestamp);
+        })
+        .field("realm_id", |w| {
+            w.uuid(realm);
+        });
+    w
+}
+
 /// `realm_key_rotation_certificate`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRotationCertificate {
@@ -74,32 +100,25 @@ impl KeyRotationCertificate {
     }
 
     pub fn to_msgpack(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.map(8)
-            .field("type", |w| {
-                w.str(REALM_KEY_ROTATION_CERTIFICATE);
-            })
-            .field("author", |w| {
-                w.uuid(&self.author);
-            })
-            .field("timestamp", |w| {
-                w.datetime(self.timestamp);
-            })
-            .field("realm_id", |w| {
-                w.uuid(&self.realm_id);
-            })
-            .field("key_index", |w| {
-                w.uint(self.key_index);
-            })
-            .field("encryption_algorithm", |w| {
-                w.str("BLAKE2_XSALSA20_POLY1305");
-            })
-            .field("hash_algorithm", |w| {
-                w.str("SHA256");
-            })
-            .field("key_canary", |w| {
-                w.bin(&self.key_canary);
-            });
+        let mut w = realm_writer(
+            8,
+            REALM_KEY_ROTATION_CERTIFICATE,
+            &self.author,
+            self.timestamp,
+            &self.realm_id,
+        );
+        w.field("key_index", |w| {
+            w.uint(self.key_index);
+        })
+        .field("encryption_algorithm", |w| {
+            w.str("BLAKE2_XSALSA20_POLY1305");
+        })
+        .field("hash_algorithm", |w| {
+            w.str("SHA256");
+        })
+        .field("key_canary", |w| {
+            w.bin(&self.key_canary);
+        });
         w.into_bytes()
     }
 
@@ -133,26 +152,19 @@ impl NameCertificate {
     }
 
     pub fn to_msgpack(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.map(6)
-            .field("type", |w| {
-                w.str(REALM_NAME_CERTIFICATE);
-            })
-            .field("author", |w| {
-                w.uuid(&self.author);
-            })
-            .field("timestamp", |w| {
-                w.datetime(self.timestamp);
-            })
-            .field("realm_id", |w| {
-                w.uuid(&self.realm_id);
-            })
-            .field("key_index", |w| {
-                w.uint(self.key_index);
-            })
-            .field("encrypted_name", |w| {
-                w.bin(&self.encrypted_name);
-            });
+        let mut w = realm_writer(
+            6,
+            REALM_NAME_CERTIFICATE,
+            &self.author,
+            self.timestamp,
+            &self.realm_id,
+        );
+        w.field("key_index", |w| {
+            w.uint(self.key_index);
+        })
+        .field("encrypted_name", |w| {
+            w.bin(&self.encrypted_name);
+        });
         w.into_bytes()
     }
 
@@ -186,29 +198,22 @@ impl RoleCertificate {
     }
 
     pub fn to_msgpack(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.map(6)
-            .field("type", |w| {
-                w.str(REALM_ROLE_CERTIFICATE);
-            })
-            .field("author", |w| {
-                w.uuid(&self.author);
-            })
-            .field("timestamp", |w| {
-                w.datetime(self.timestamp);
-            })
-            .field("realm_id", |w| {
-                w.uuid(&self.realm_id);
-            })
-            .field("user_id", |w| {
-                w.uuid(&self.user_id);
-            })
-            .field("role", |w| {
-                match &self.role {
-                    Some(r) => w.str(r),
-                    None => w.nil(),
-                };
-            });
+        let mut w = realm_writer(
+            6,
+            REALM_ROLE_CERTIFICATE,
+            &self.author,
+            self.timestamp,
+            &self.realm_id,
+        );
+        w.field("user_id", |w| {
+            w.uuid(&self.user_id);
+        })
+        .field("role", |w| {
+            match &self.role {
+                Some(r) => w.str(r),
+                None => w.nil(),
+            };
+        });
         w.into_bytes()
     }
 
@@ -298,26 +303,19 @@ impl KeysBundle {
     }
 
     pub fn to_msgpack(&self) -> Zeroizing<Vec<u8>> {
-        let mut w = Writer::new();
-        w.map(5)
-            .field("type", |w| {
-                w.str(REALM_KEYS_BUNDLE);
-            })
-            .field("author", |w| {
-                w.uuid(&self.author);
-            })
-            .field("timestamp", |w| {
-                w.datetime(self.timestamp);
-            })
-            .field("realm_id", |w| {
-                w.uuid(&self.realm_id);
-            })
-            .field("keys", |w| {
-                w.array(self.keys.len() as u32);
-                for k in &self.keys {
-                    w.bin(&k[..]);
-                }
-            });
+        let mut w = realm_writer(
+            5,
+            REALM_KEYS_BUNDLE,
+            &self.author,
+            self.timestamp,
+            &self.realm_id,
+        );
+        w.field("keys", |w| {
+            w.array(self.keys.len() as u32);
+            for k in &self.keys {
+                w.bin(&k[..]);
+            }
+        });
         Zeroizing::new(w.into_bytes())
     }
 
