@@ -246,7 +246,8 @@ pub fn extract(
                 .map_err(|e| io_err("cannot create", &local(folder), e))?;
         }
     }
-    let mut handles = Vec::with_capacity(plan.files.len());
+    // Files are created and closed here, and reopened per job by the workers: keeping one open
+    // handle per file hits the open-files limit (EMFILE) on exports with many files.
     let mut total = 0u64;
     for (path, v) in &plan.files {
         let file = v.file().expect("planned files are readable");
@@ -255,7 +256,6 @@ pub fn extract(
         f.set_len(file.size)
             .map_err(|e| io_err("cannot size", &p, e))?;
         total += file.size;
-        handles.push(f);
     }
     progress.start(total);
 
@@ -276,15 +276,23 @@ pub fn extract(
         if stop.load(Ordering::Relaxed) {
             return;
         }
+        let p = local(&plan.files[job.file].0);
+        let handle = match File::options().write(true).open(&p) {
+            Ok(f) => f,
+            Err(e) => {
+                *io_failure.lock().unwrap() = Some(io_err("cannot open", &p, e));
+                stop.store(true, Ordering::Relaxed);
+                return;
+            }
+        };
         for b in job.blocks {
             if failed.lock().unwrap()[job.file].is_some() {
                 return;
             }
             match realm.decrypt_block(b) {
                 Ok(data) => {
-                    if let Err(e) = handles[job.file].write_all_at(&data, b.offset) {
-                        *io_failure.lock().unwrap() =
-                            Some(io_err("cannot write", &local(&plan.files[job.file].0), e));
+                    if let Err(e) = handle.write_all_at(&data, b.offset) {
+                        *io_failure.lock().unwrap() = Some(io_err("cannot write", &p, e));
                         stop.store(true, Ordering::Relaxed);
                         return;
                     }
@@ -301,7 +309,6 @@ pub fn extract(
         return Err(e);
     }
     let failed = failed.into_inner().unwrap();
-    drop(handles);
 
     let mut report = ExtractReport {
         unreadable: plan.unreadable.clone(),
@@ -446,11 +453,16 @@ pub fn write_json_atomic(path: &Path, value: &impl serde::Serialize) -> Result<(
         .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(parent)
         .map_err(|e| io_err("cannot create a temporary file in", parent, e))?;
-    serde_json::to_writer_pretty(&mut tmp, value)
-        .map_err(|e| ExportError::Io(format!("cannot write {}: {e}", path.display())))?;
     use std::io::Write;
-    tmp.write_all(b"\n")
+    // Buffered: unbuffered, serde_json issues one write(2) per token (millions for a record of
+    // 100k files).
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+    serde_json::to_writer_pretty(&mut out, value)
+        .map_err(|e| ExportError::Io(format!("cannot write {}: {e}", path.display())))?;
+    out.write_all(b"\n")
+        .and_then(|_| out.flush())
         .map_err(|e| io_err("cannot write", path, e))?;
+    drop(out);
     tmp.as_file()
         .sync_all()
         .map_err(|e| io_err("cannot sync", path, e))?;
