@@ -82,35 +82,57 @@ struct Run {
     stderr: String,
 }
 
-/// Waits for `child` with `wait4` to get its resource usage (std's `wait` does not expose it).
-fn wait_rusage(child: &Child) -> (bool, libc::rusage) {
-    let mut status = 0;
-    // SAFETY: plain syscall on our own child; rusage is a POD filled by the kernel.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut ru) };
-    let ok = r > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    (ok, ru)
+/// Peak RSS is taken by GNU time (`/usr/bin/time -f %M`), which forks the measured command
+/// from its own small process: `ru_maxrss` of a direct child of this harness would include the
+/// harness's own RSS (the kernel keeps the pre-exec high-water mark of a vfork-ed child).
+const GNU_TIME: &str = "/usr/bin/time";
+
+/// Wraps `program args…` in GNU time writing the peak RSS (KiB) to `rss_file`.
+fn timed_command(program: &std::ffi::OsStr, rss_file: &Path) -> Command {
+    let mut c = Command::new(GNU_TIME);
+    c.arg("-f").arg("%M").arg("-o").arg(rss_file).arg(program);
+    c
 }
 
-/// Runs a command to completion, stdout discarded, stderr kept for error messages.
+fn read_rss_mib(rss_file: &Path) -> f64 {
+    fs::read_to_string(rss_file)
+        .ok()
+        .and_then(|s| s.lines().last().and_then(|l| l.trim().parse::<f64>().ok()))
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Runs a command to completion (built with [`timed_command`]), stdout discarded, stderr kept
+/// for error messages.
 fn run(cmd: &mut Command, work: &Path) -> Res<Run> {
     let err_path = work.join("last-stderr.txt");
     let err_file = fs::File::create(&err_path)?;
     let t0 = Instant::now();
-    let child = cmd
+    let status = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(err_file)
-        .spawn()?;
-    let (ok, ru) = wait_rusage(&child);
+        .status()?;
     let wall = t0.elapsed();
     let stderr = fs::read_to_string(&err_path).unwrap_or_default();
     Ok(Run {
         wall,
-        max_rss_mib: ru.ru_maxrss as f64 / 1024.0,
-        ok,
+        max_rss_mib: read_rss_mib(&work.join("last-rss.txt")),
+        ok: status.success(),
         stderr,
     })
+}
+
+/// `program args…` under GNU time (RSS to `work/last-rss.txt`).
+fn measured(
+    program: impl AsRef<std::ffi::OsStr>,
+    args: &[&std::ffi::OsStr],
+    work: &Path,
+) -> Command {
+    let _ = fs::remove_file(work.join("last-rss.txt"));
+    let mut c = timed_command(program.as_ref(), &work.join("last-rss.txt"));
+    c.args(args);
+    c
 }
 
 fn must(r: Run, what: &str) -> Res<Run> {
@@ -371,6 +393,7 @@ fn open_in_process(path: &Path, key_uri: &str) -> Res<Opened> {
 struct Mount {
     child: Child,
     point: PathBuf,
+    rss_file: PathBuf,
     ready: Duration,
 }
 
@@ -399,7 +422,7 @@ fn mount(a: &Args, export: &Path, name: &str) -> Res<Mount> {
     fs::create_dir_all(&point)?;
     let log = fs::File::create(a.work.join(format!("mount-{name}.log")))?;
     let t0 = Instant::now();
-    let mut child = Command::new(&a.cli)
+    let mut child = timed_command(a.cli.as_os_str(), &a.work.join(format!("mount-{name}.rss")))
         .arg("export")
         .arg("mount")
         .arg(export)
@@ -425,26 +448,36 @@ fn mount(a: &Args, export: &Path, name: &str) -> Res<Mount> {
     Ok(Mount {
         child,
         point,
+        rss_file: a.work.join(format!("mount-{name}.rss")),
         ready: t0.elapsed(),
     })
 }
 
 impl Mount {
-    /// SIGINT (clean unmount), then the mount process's peak RSS.
-    fn stop(self) -> Res<f64> {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
-        let (ok, ru) = wait_rusage(&self.child);
+    /// SIGINT to the mount process (clean unmount), then its peak RSS. GNU time ignores SIGINT
+    /// while it waits, so the signal goes to its child, the CLI.
+    fn stop(mut self) -> Res<f64> {
+        let time_pid = self.child.id();
+        let children = fs::read_to_string(format!("/proc/{time_pid}/task/{time_pid}/children"))
+            .unwrap_or_default();
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: signalling our own grandchild (the CLI under GNU time).
+            unsafe { libc::kill(pid, libc::SIGINT) };
+        }
+        let st = self.child.wait()?;
         if is_mounted(&self.point) {
             let _ = Command::new("fusermount3")
                 .arg("-u")
                 .arg(&self.point)
                 .status();
         }
-        if !ok {
-            eprintln!("note: export mount did not exit 0 after SIGINT");
+        if !st.success() {
+            eprintln!("note: export mount did not exit 0 after SIGINT ({st})");
         }
-        Ok(ru.ru_maxrss as f64 / 1024.0)
+        Ok(read_rss_mib(&self.rss_file))
     }
 }
 
@@ -453,13 +486,18 @@ fn parallel_sha256(dir: &Path, files: usize, work: &Path) -> Res<Run> {
     let per = (files / 32).clamp(1, 256).to_string();
     must(
         run(
-            Command::new("sh").args([
-                "-c",
-                "find \"$1\" -type f -print0 | xargs -0 -P8 -n \"$2\" sha256sum > /dev/null",
+            &mut measured(
                 "sh",
-                &dir.to_string_lossy(),
-                &per,
-            ]),
+                &[
+                    "-c".as_ref(),
+                    "find \"$1\" -type f -print0 | xargs -0 -P8 -n \"$2\" sha256sum > /dev/null"
+                        .as_ref(),
+                    "sh".as_ref(),
+                    dir.as_os_str(),
+                    per.as_ref(),
+                ],
+                work,
+            ),
             work,
         )?,
         "parallel sha256sum",
@@ -509,9 +547,8 @@ fn machine() -> String {
 }
 
 fn cli_cmd(a: &Args, args: &[&str]) -> Command {
-    let mut c = Command::new(&a.cli);
-    c.args(args);
-    c
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|s| s.as_ref()).collect();
+    measured(&a.cli, &args, &a.work)
 }
 
 fn main() {
@@ -689,7 +726,10 @@ fn real_main() -> Res<()> {
     let mount_ok = !a.skip_mount && mount_available(&a.cli);
     let ls_tree = |dir: &Path| -> Res<Run> {
         must(
-            run(Command::new("ls").arg("-R").arg(dir), &a.work)?,
+            run(
+                &mut measured("ls", &["-R".as_ref(), dir.as_os_str()], &a.work),
+                &a.work,
+            )?,
             "ls -R",
         )
     };
@@ -700,7 +740,11 @@ fn real_main() -> Res<()> {
         let (lpath, lsize) = largest.clone().ok_or("no file in the large export")?;
         let r = must(
             run(
-                Command::new("cat").arg(m.point.join(lpath.trim_start_matches('/'))),
+                &mut measured(
+                    "cat",
+                    &[m.point.join(lpath.trim_start_matches('/')).as_os_str()],
+                    &a.work,
+                ),
                 &a.work,
             )?,
             "cat through the mount",

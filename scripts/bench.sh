@@ -35,6 +35,11 @@ history_rotations="${BENCH_HISTORY_ROTATIONS:-20}"
 service_bits="${BENCH_SERVICE_BITS:-4096}"
 
 command -v softhsm2-util >/dev/null || { log "softhsm2-util missing: run scripts/test.sh first"; exit 1; }
+# GNU time measures the peak RSS of each command (see benches/export_bench.rs).
+if [[ ! -x /usr/bin/time ]]; then
+  log "installing GNU time"
+  apt-get install -y -qq --no-install-recommends time >/dev/null
+fi
 
 log "building (release)"
 cargo build --release --quiet --bin sequester-custody
