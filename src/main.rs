@@ -44,6 +44,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    restore_default_sigpipe();
     let cli = Cli::parse();
     let global = GlobalOpts {
         json: cli.json,
@@ -68,5 +69,14 @@ fn main() -> ExitCode {
             }
             ExitCode::from(1)
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so `println!` panics when stdout is closed early
+/// (`sequester-custody export ls … | head`). A command-line tool should simply stop, as `ls` does.
+fn restore_default_sigpipe() {
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is a valid handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -183,3 +183,62 @@ fn damaged_files_each_get_their_own_message() {
         assert_eq!(std::fs::read(&f).unwrap(), before, "{name}: file modified");
     }
 }
+
+#[test]
+fn raw_rows_from_an_export_show_all_three_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = fixture_rows();
+    let root = "c118b50c90876d8feac2ffe02d59c26f447064289091c1993d3aec170fd6a9c2";
+    let authority_key = sequester_custody::parsec::spki::RsaPublicKeyDer::from_pem(
+        &std::fs::read_to_string(fixture("sequester_authority.public.pem")).unwrap(),
+    )
+    .unwrap();
+    // Row 0: the authority certificate (Ed25519 by the root key).
+    let f = dir.path().join("row0.bin");
+    std::fs::write(&f, &rows[0]).unwrap();
+    let a = authority();
+    let out = run_cli(
+        &[
+            "--json",
+            "cert",
+            "show",
+            f.to_str().unwrap(),
+            "--root-verify-key",
+            root,
+            "--authority-public",
+            &a,
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["kind"], "authority");
+    assert_eq!(v["verified"], true);
+    assert_eq!(v["timestamp"], "2000-01-02T00:00:00Z");
+    assert_eq!(
+        v["authority_key"]["fingerprint"],
+        authority_key.fingerprint()
+    );
+    let out = run_cli(&["cert", "show", f.to_str().unwrap()], &[]);
+    assert!(stdout(&out).contains("NOT VERIFIED"), "{}", stdout(&out));
+    // A wrong root key is refused.
+    let wrong = "00".repeat(32).replacen("00", "01", 1);
+    let out = run_cli(
+        &[
+            "cert",
+            "show",
+            f.to_str().unwrap(),
+            "--root-verify-key",
+            &wrong,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    // Row 1: raw armored service certificate.
+    let f = dir.path().join("row1.bin");
+    std::fs::write(&f, &rows[1]).unwrap();
+    let out = show(&f, true, false);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("Sequester Service 1"));
+    assert!(stdout(&out).contains("VERIFIED with"));
+}

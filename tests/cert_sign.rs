@@ -429,7 +429,7 @@ fn journal_orders_timestamps_and_knows_services() {
     ]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(
-        stderr(&unknown).contains("is not among the services signed"),
+        stderr(&unknown).contains("is not among the known services"),
         "{}",
         stderr(&unknown)
     );
@@ -471,4 +471,177 @@ fn journal_orders_timestamps_and_knows_services() {
         "{}",
         stderr(&clobber)
     );
+}
+
+/// The published 1024-bit fixture authority key imported into SoftHSM (test only): refused by
+/// default, accepted with the hidden test allowance, and the token-signed revocation carries
+/// exactly the envelope Parsec wrote into the fixture (spec V4), verified by the fixture key.
+#[test]
+fn fixture_authority_key_on_softhsm_reproduces_the_parsec_envelope() {
+    let Some(hsm) = SoftHsm::new("fixture") else {
+        return;
+    };
+    hsm.import_with_softhsm_util(
+        &common::fixture("sequester_authority.private.pem"),
+        "fixture-auth",
+        "01",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("t.jsonl").display().to_string();
+    let out_file = dir.path().join("rev.pem").display().to_string();
+    let auth = hsm.key_uri("fixture-auth");
+    let fixture_pub = common::fixture("sequester_authority.public.pem")
+        .display()
+        .to_string();
+    let args = [
+        "cert",
+        "revoke",
+        "--authority",
+        auth.as_str(),
+        "--service-id",
+        "00000000000000000000000000000001",
+        "--timestamp",
+        "2000-01-16T00:00:00Z",
+        "--authority-public",
+        fixture_pub.as_str(),
+        "--transcript",
+        t.as_str(),
+        "-o",
+        out_file.as_str(),
+    ];
+    let refused = run_cli(&args, &hsm.env());
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains(
+            "refused: authority key: invalid RSA public key: key is 1024 bits; at least 2048"
+        ),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!Path::new(&out_file).exists());
+
+    let mut allowed = args.to_vec();
+    allowed.extend(["--insecure-min-bits", "1024"]);
+    let out = run_cli(&allowed, &hsm.env());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&out_file).unwrap();
+    let (_, body) = sequester_custody::parsec::cert_pem::decode(&text, None).unwrap();
+    let authority =
+        RsaPublicKeyDer::from_pem(&std::fs::read_to_string(&fixture_pub).unwrap()).unwrap();
+    let payload = sequester_custody::parsec::armor::verify_pss_armored(&authority, &body).unwrap();
+    assert_eq!(
+        hex::encode(payload),
+        "0028b52ffd0058950200840483a474797065d9257365717565737465725f7265766f6b65645f736572766963655f6365727469666963617465a974696d657374616d70d70100035e2efad68000aa6964d8020001020038a9c27ad519"
+    );
+}
+
+/// `--export`: the fixture export's sequester topic (verified with the token's authority key)
+/// decides which timestamps and revocations are acceptable; the export stays byte-identical.
+#[test]
+fn export_sequester_topic_guards_timestamps_and_revocations() {
+    let Some(hsm) = SoftHsm::new("topic") else {
+        return;
+    };
+    hsm.import_with_softhsm_util(
+        &common::fixture("sequester_authority.private.pem"),
+        "fixture-auth",
+        "01",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let export = common::fixture("sequestered_export.sqlite");
+    let before = common::file_sha256(&export);
+    let t = dir.path().join("t.jsonl").display().to_string();
+    let auth = hsm.key_uri("fixture-auth");
+    let export_s = export.display().to_string();
+    let revoke = |id: &str, ts: &str, out: &str| {
+        let out_path = dir.path().join(out).display().to_string();
+        let args = [
+            "cert",
+            "revoke",
+            "--authority",
+            &auth,
+            "--service-id",
+            id,
+            "--timestamp",
+            ts,
+            "--export",
+            &export_s,
+            "--transcript",
+            &t,
+            "--insecure-min-bits",
+            "1024",
+            "-o",
+            &out_path,
+        ];
+        run_cli(&args, &hsm.env())
+    };
+    // Service 1 is already revoked in the export.
+    let out = revoke(
+        "00000000000000000000000000000001",
+        "2001-01-01T00:00:00Z",
+        "a.pem",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("was already revoked at 2000-01-16T00:00:00Z"),
+        "{}",
+        stderr(&out)
+    );
+    // Service 3 is unknown to the organisation.
+    let out = revoke(
+        "00000000000000000000000000000003",
+        "2001-01-01T00:00:00Z",
+        "b.pem",
+    );
+    assert!(
+        stderr(&out).contains("is not among the known services of organisation `Org1`"),
+        "{}",
+        stderr(&out)
+    );
+    // Service 2 with a timestamp older than the topic: the server would refuse it.
+    let out = revoke(
+        "00000000000000000000000000000002",
+        "2000-01-03T00:00:00Z",
+        "c.pem",
+    );
+    assert!(stderr(&out).contains("is not after"), "{}", stderr(&out));
+    // Service 2, later timestamp: signed.
+    let out = revoke(
+        "00000000000000000000000000000002",
+        "2001-01-01T00:00:00Z",
+        "d.pem",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.path().join("d.pem").exists());
+    for f in ["a.pem", "b.pem", "c.pem"] {
+        assert!(!dir.path().join(f).exists(), "{f}");
+    }
+    // A wrong organisation name is refused.
+    let args = [
+        "cert",
+        "revoke",
+        "--authority",
+        &auth,
+        "--service-id",
+        "00000000000000000000000000000002",
+        "--export",
+        &export_s,
+        "--organization",
+        "Org9",
+        "--journal",
+        &dir.path().join("j.json").display().to_string(),
+        "--transcript",
+        &t,
+        "--insecure-min-bits",
+        "1024",
+        "-o",
+        &dir.path().join("e.pem").display().to_string(),
+    ];
+    let out = run_cli(&args, &hsm.env());
+    assert!(
+        stderr(&out).contains("is an export of `Org1`"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(common::file_sha256(&export), before);
 }

@@ -73,6 +73,12 @@ fn check(hsm: &SoftHsm, export: &Path, case: &Case) {
         before,
         "{args:?} modified the export"
     );
+    // Immutable mode: no journal, WAL or shared-memory file is ever created beside it.
+    for suffix in ["-journal", "-wal", "-shm"] {
+        let mut side = export.as_os_str().to_owned();
+        side.push(suffix);
+        assert!(!Path::new(&side).exists(), "{args:?} created {side:?}");
+    }
 }
 
 fn cmd(parts: &[&str]) -> Vec<String> {
@@ -212,6 +218,15 @@ fn file_level_errors() {
     }
 }
 
+/// (export, arguments, success, exit code, expected substrings).
+type ContentCase<'a> = (
+    &'a PathBuf,
+    Vec<String>,
+    bool,
+    Option<i32>,
+    Vec<&'static str>,
+);
+
 #[test]
 fn content_level_errors() {
     let Some(hsm) = SoftHsm::new("export-errors2") else {
@@ -302,7 +317,7 @@ fn content_level_errors() {
         ])
     };
     let verify = |f: &PathBuf| cmd(&["export", "verify", &p(f), "--key", &key]);
-    let cases: Vec<(&PathBuf, Vec<String>, bool, Option<i32>, Vec<&'static str>)> = vec![
+    let cases: Vec<ContentCase> = vec![
         (
             &vlob,
             ls(&vlob),

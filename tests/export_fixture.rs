@@ -62,8 +62,11 @@ fn at(day: u32) -> String {
     format!("2000-01-{day:02}T00:00:00Z")
 }
 
-/// (name, kind, readable, content) of `/` at T through `ls --json` + `cat`.
-fn tree_at(env: &Env, key: &str, t: &str) -> Result<Vec<(String, bool, Option<String>)>, String> {
+/// (path, readable, content) of one listed entry.
+type Listed = (String, bool, Option<String>);
+
+/// The entries of `/` at T through `ls --json` + `cat`.
+fn tree_at(env: &Env, key: &str, t: &str) -> Result<Vec<Listed>, String> {
     let out = env.run(&["--json", "ls", env.export(), "/", "--key", key, "--at", t]);
     if !out.status.success() {
         return Err(format!("{}{}", stdout(&out), stderr(&out)));
@@ -101,7 +104,7 @@ fn service1_sees_the_readme_timeline_with_one_token_operation() {
             content.map(str::to_string),
         )
     };
-    let expectations: [(String, Vec<(String, bool, Option<String>)>); 6] = [
+    let expectations: [(String, Vec<Listed>); 6] = [
         (at(10), vec![file("/bar.txt", Some("Hello v1"))]),
         (at(11), vec![file("/bar.txt", Some("Hello v1"))]),
         (at(12), vec![file("/bar2.txt", Some("Hello v1"))]),

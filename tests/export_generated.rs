@@ -587,3 +587,167 @@ fn failed_or_abandoned_write_leaves_no_file() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+// ---- through the product's reader (CLI `export …`) with the service key in SoftHSM2 ----
+
+/// A SoftHSM2 token holding `key` (imported as PKCS#8 PEM, the way test keys get there).
+fn token_with(key: &RsaPrivateKey, label: &str) -> Option<common::SoftHsm> {
+    use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+    let hsm = common::SoftHsm::new(label)?;
+    let pem = hsm.dir.path().join("svc.pem");
+    std::fs::write(&pem, key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
+    hsm.import_with_softhsm_util(&pem, "svc", "01");
+    std::fs::remove_file(&pem).unwrap();
+    Some(hsm)
+}
+
+fn cli_json(args: &[&str], env: &[(String, String)]) -> serde_json::Value {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(args);
+    let out = common::run_cli(&full, env);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn extraction_through_the_reader_and_softhsm_equals_the_writer_tree_at_every_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, truth, main, late) = mixed_export(dir.path());
+    let export_sha = common::file_sha256(&out);
+    let export = out.to_str().unwrap();
+    for (svc, key) in [(0usize, &main), (1, &late)] {
+        let Some(hsm) = token_with(key, &format!("gen-svc{svc}")) else {
+            return;
+        };
+        let uri = hsm.key_uri("svc");
+        let readable = truth.services[svc].readable_key_indexes();
+        for (i, cp) in truth.checkpoints.iter().enumerate() {
+            let dest = dir.path().join(format!("x-{svc}-{i}"));
+            let at = cp.at.to_rfc3339();
+            let args = [
+                "export",
+                "extract",
+                export,
+                dest.to_str().unwrap(),
+                "--key",
+                &uri,
+                "--at",
+                &at,
+            ];
+            let report = cli_json(&args, &hsm.env());
+            assert_eq!(common::file_sha256(&out), export_sha, "export modified");
+            let custody: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(dir.path().join(format!("x-{svc}-{i}.custody.json"))).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(custody["token_operations"], 1, "{report}");
+            let want = cp
+                .view_for(&readable)
+                .expect("root readable at every checkpoint");
+            let want_files: BTreeMap<String, (u64, String)> = want
+                .iter()
+                .filter(|e| e.readable && e.kind == EntryKind::File)
+                .map(|e| (e.path.clone(), (e.size, e.sha256.clone().unwrap())))
+                .collect();
+            let got_files: BTreeMap<String, (u64, String)> = custody["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| {
+                    (
+                        f["path"].as_str().unwrap().to_string(),
+                        (
+                            f["size"].as_u64().unwrap(),
+                            f["sha256"].as_str().unwrap().to_string(),
+                        ),
+                    )
+                })
+                .collect();
+            assert_eq!(got_files, want_files, "service {svc} files at {}", cp.label);
+            let want_unreadable: BTreeSet<String> = want
+                .iter()
+                .filter(|e| !e.readable)
+                .map(|e| e.path.clone())
+                .collect();
+            let got_unreadable: BTreeSet<String> = custody["unreadable"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["path"].as_str().unwrap().to_string())
+                .collect();
+            assert_eq!(
+                got_unreadable, want_unreadable,
+                "service {svc} unreadable at {}",
+                cp.label
+            );
+            // The bytes on disk are the bytes the writer stored.
+            for (path, (size, sha)) in &want_files {
+                let on_disk = dest.join(path.trim_start_matches('/'));
+                assert_eq!(std::fs::metadata(&on_disk).unwrap().len(), *size);
+                assert_eq!(&common::file_sha256(&on_disk), sha, "{path}");
+            }
+            // Every readable folder exists (empty ones included).
+            for e in want
+                .iter()
+                .filter(|e| e.readable && e.kind == EntryKind::Folder)
+            {
+                assert!(
+                    dest.join(e.path.trim_start_matches('/')).is_dir(),
+                    "{}",
+                    e.path
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_same_reader_code_path_opens_the_real_fixture_and_a_generated_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, truth, main, _) = mixed_export(dir.path());
+    let fixture = common::fixture("sequestered_export.sqlite");
+    let real = cli_json(&["export", "info", fixture.to_str().unwrap()], &[]);
+    let ours = cli_json(&["export", "info", out.to_str().unwrap()], &[]);
+    for v in [&real, &ours] {
+        assert_eq!(v["complete"], true);
+        assert_eq!(v["sequestered"], true);
+        assert!(
+            v["sequester_problems"].as_array().unwrap().is_empty(),
+            "{v}"
+        );
+    }
+    // Same tables, counted by the reader.
+    let tables = |v: &serde_json::Value| -> Vec<String> {
+        v["tables"].as_object().unwrap().keys().cloned().collect()
+    };
+    assert_eq!(tables(&real), tables(&ours));
+    assert_eq!(ours["latest_key_index"], 4);
+    assert_eq!(ours["sequester_services"].as_array().unwrap().len(), 3);
+    assert_eq!(ours["info"]["realm_id"].as_str().unwrap(), truth.realm_id);
+
+    // verify walks every signature and digest reachable with the main service key: all good.
+    let Some(hsm) = token_with(&main, "gen-verify") else {
+        return;
+    };
+    let out_v = common::run_cli(
+        &[
+            "export",
+            "verify",
+            out.to_str().unwrap(),
+            "--key",
+            &hsm.key_uri("svc"),
+        ],
+        &hsm.env(),
+    );
+    assert!(
+        out_v.status.success(),
+        "{}{}",
+        common::stdout(&out_v),
+        common::stderr(&out_v)
+    );
+}

@@ -8,7 +8,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 target="${SEQUESTER_KRYOPTIC_TARGET:-/var/tmp/sequester-kryoptic-target}"
 mkdir -p "$target"
 echo "building kryoptic PKCS#11 module in $target (first build takes several minutes)" >&2
-CARGO_TARGET_DIR="$target" cargo build --release --manifest-path "$here/Cargo.toml" 1>&2
+CARGO_TARGET_DIR="$target" cargo build --release --locked --manifest-path "$here/Cargo.toml" 1>&2
 module="$target/release/libkryoptic_pkcs11.so"
 if [ ! -f "$module" ]; then
     echo "kryoptic build produced no $module" >&2

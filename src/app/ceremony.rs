@@ -76,10 +76,16 @@ impl Recorder {
             .clone()
             .unwrap_or_else(|| PathBuf::from(transcript::DEFAULT_FILE));
         eprintln!("transcript: {}", path.display());
-        // Refuse to start on a broken chain: better now than after the token signed.
+        // Refuse to start on a broken chain or an unwritable file: better now than after the
+        // token signed.
         if path.exists() {
             transcript::verify(&path)?;
         }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot write the transcript {}", path.display()))?;
         let argv: Vec<String> = std::env::args().skip(1).collect();
         Ok(Self {
             transcript: Transcript::new(path),
@@ -105,6 +111,21 @@ impl Recorder {
         }
     }
 
+    /// Records any key used or created (role `authority`, `service`, …) and its token.
+    pub fn add_key(&mut self, role: &str, key: &dyn KeyHandle) {
+        self.entry.add_token(key.token());
+        if let Ok(k) = RsaPublicKeyDer::from_der(key.public_key_spki()) {
+            let info = key.info().ok();
+            self.entry.keys.push(KeyRecord {
+                role: role.into(),
+                uri: info.as_ref().map(|i| transcript::redact_args_one(&i.uri)),
+                label: info.map(|i| i.label),
+                bits: k.bits(),
+                fingerprint: k.fingerprint(),
+            });
+        }
+    }
+
     pub fn ok(&mut self) -> anyhow::Result<String> {
         self.entry.result = "ok".into();
         Ok(self.transcript.append(self.entry.clone())?)
@@ -113,6 +134,29 @@ impl Recorder {
     pub fn fail(&mut self, err: &anyhow::Error) -> anyhow::Result<String> {
         self.entry.result = format!("failed: {err:#}");
         Ok(self.transcript.append(self.entry.clone())?)
+    }
+}
+
+/// Runs `body` and appends its outcome (success or failure) to the transcript; returns the
+/// body's value and the new head digest. For commands that create or use a private key, e.g.
+/// `key generate`: `recorded("key generate", &args.ceremony, global, |rec| { …;
+/// rec.add_key("authority", key.as_ref()); rec.entry.add_output(path)?; Ok(value) })`.
+pub fn recorded<T>(
+    command: &str,
+    args: &CeremonyArgs,
+    global: &GlobalOpts,
+    body: impl FnOnce(&mut Recorder) -> anyhow::Result<T>,
+) -> anyhow::Result<(T, String)> {
+    let mut rec = Recorder::start(command, args, global)?;
+    match body(&mut rec) {
+        Ok(value) => {
+            let head = rec.ok()?;
+            Ok((value, head))
+        }
+        Err(e) => {
+            rec.fail(&e)?;
+            Err(e)
+        }
     }
 }
 
@@ -206,7 +250,7 @@ fn run_plan(args: RunArgs, global: &GlobalOpts) -> CommandResult {
         &TokenProvider,
         RunOptions {
             policy: SigningPolicy {
-                min_bits: args.insecure_min_bits.unwrap_or(MIN_SIGNING_BITS),
+                min_bits: args.insecure_min_bits.unwrap_or(MIN_SIGNING_BITS).max(1024),
                 allow_future: args.allow_future,
                 not_after: None,
             },

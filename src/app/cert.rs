@@ -12,6 +12,7 @@ use super::{CommandResult, GlobalOpts};
 use crate::ceremony::journal::Journal;
 use crate::ceremony::plan::write_certificate;
 use crate::ceremony::sign::{self, RevocationRequest, ServiceCertificateRequest, SigningPolicy};
+use crate::ceremony::topic::{self, SequesterTopic};
 use crate::ceremony::transcript::KeyRecord;
 use crate::ceremony::CeremonyError;
 use crate::parsec::sequester::{SequesterCertificate, ServiceId};
@@ -51,10 +52,15 @@ pub struct SigningArgs {
     /// signed timestamp and the services signed.
     #[arg(long)]
     pub organization: Option<String>,
+    /// A realm export of the organisation: its sequester topic (verified with the authority
+    /// key) gives the timestamp to exceed and, for revocations, the services that exist.
+    #[arg(long, value_name = "EXPORT.sqlite")]
+    pub export: Option<PathBuf>,
     /// Journal file (default: $XDG_STATE_HOME/sequester-custody/journal.json).
     #[arg(long, value_name = "FILE", requires = "organization")]
     pub journal: Option<PathBuf>,
-    /// TEST ONLY: accept keys down to this size (the published Parsec fixture keys are 1024-bit).
+    /// TEST ONLY: accept keys down to this size, never below 1024 (the published Parsec fixture
+    /// keys are 1024-bit).
     #[arg(long, hide = true)]
     pub insecure_min_bits: Option<usize>,
     #[command(flatten)]
@@ -101,9 +107,13 @@ pub struct RevokeArgs {
 pub struct ShowArgs {
     /// Certificate file (PEM).
     pub file: PathBuf,
-    /// Authority public key (PEM) to verify the signature with.
+    /// Authority public key (PEM) to verify the signature with (for an authority certificate:
+    /// to compare with the key it carries).
     #[arg(long, value_name = "FILE")]
     pub authority_public: Option<PathBuf>,
+    /// Organisation root verify key (64 hex digits) to verify a raw authority certificate.
+    #[arg(long, value_name = "HEX")]
+    pub root_verify_key: Option<String>,
 }
 
 pub fn run(cmd: CertCommand, global: &GlobalOpts) -> CommandResult {
@@ -122,7 +132,7 @@ fn read_public_key(path: &Path) -> anyhow::Result<RsaPublicKeyDer> {
 
 fn policy(args: &SigningArgs) -> SigningPolicy {
     SigningPolicy {
-        min_bits: args.insecure_min_bits.unwrap_or(MIN_SIGNING_BITS),
+        min_bits: args.insecure_min_bits.unwrap_or(MIN_SIGNING_BITS).max(1024),
         allow_future: args.allow_future,
         not_after: None,
     }
@@ -156,6 +166,31 @@ fn load_journal(args: &SigningArgs) -> anyhow::Result<Option<(Journal, String)>>
             Ok(Some((Journal::load(&path)?, org.clone())))
         }
     }
+}
+
+/// The sequester topic of `--export`, checked against `--organization`.
+fn load_topic(
+    args: &SigningArgs,
+    authority: &dyn crate::token::KeyHandle,
+    rec: &mut Recorder,
+) -> anyhow::Result<Option<SequesterTopic>> {
+    let Some(path) = &args.export else {
+        return Ok(None);
+    };
+    rec.entry.add_input(path)?;
+    let key = RsaPublicKeyDer::from_der(authority.public_key_spki())?;
+    let topic = SequesterTopic::from_export(path, &key)?;
+    if let Some(org) = &args.organization {
+        if *org != topic.organization {
+            return Err(CeremonyError::OrganizationMismatch(format!(
+                "--organization is `{org}` but {} is an export of `{}`",
+                path.display(),
+                topic.organization
+            ))
+            .into());
+        }
+    }
+    Ok(Some(topic))
 }
 
 fn sign_service(args: &ServiceArgs, rec: &mut Recorder) -> anyhow::Result<Written> {
@@ -216,6 +251,9 @@ fn sign_service(args: &ServiceArgs, rec: &mut Recorder) -> anyhow::Result<Writte
     sign::check_timestamp(request.timestamp.unwrap_or(now), now, &policy)?;
     let authority = open_key(&s.authority)?;
     rec.add_authority(authority.as_ref(), &s.authority);
+    if let Some(topic) = load_topic(s, authority.as_ref(), rec)? {
+        policy.not_after = topic::latest(policy.not_after.take(), Some(topic.not_after()));
+    }
     let signed = sign::sign_service_certificate(
         authority.as_ref(),
         expected.as_ref(),
@@ -277,11 +315,21 @@ fn sign_revocation(args: &RevokeArgs, rec: &mut Recorder) -> anyhow::Result<Writ
         }
         (None, None) => anyhow::bail!("give --service-id ID or --service-certificate FILE"),
     };
+    if journal.is_none() && args.service_certificate.is_none() && s.export.is_none() {
+        eprintln!(
+            "note: service {service_id} is not checked against a service certificate; give \
+             --service-certificate FILE, --export FILE or --organization ORG to tie it to a known service"
+        );
+    }
     if let Some((j, org)) = &journal {
         if args.service_certificate.is_none() {
             j.check_known_service(org, service_id)?;
         }
         policy.not_after = j.not_after(org);
+    }
+    if let Some(topic) = load_topic(s, authority.as_ref(), rec)? {
+        topic.check_revocable(service_id)?;
+        policy.not_after = topic::latest(policy.not_after.take(), Some(topic.not_after()));
     }
     let request = RevocationRequest {
         service_id,
@@ -351,17 +399,32 @@ fn print_summary_lines(s: &sign::CertificateSummary) {
 }
 
 fn show(args: ShowArgs, global: &GlobalOpts) -> CommandResult {
-    let text = std::fs::read(&args.file)
+    let data = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let text = String::from_utf8(text)
-        .map_err(|_| anyhow::anyhow!("{}: not a text (PEM) file", args.file.display()))?;
     let authority = args
         .authority_public
         .as_deref()
         .map(read_public_key)
         .transpose()?;
-    let shown = sign::read_certificate(&text, authority.as_ref())
+    let root = args
+        .root_verify_key
+        .as_deref()
+        .map(|h| -> anyhow::Result<[u8; 32]> {
+            hex::decode(h.trim())
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| anyhow::anyhow!("--root-verify-key: expected 64 hex digits"))
+        })
+        .transpose()?;
+    let any = sign::read_any_certificate(&data, authority.as_ref(), root.as_ref())
         .with_context(|| format!("{}", args.file.display()))?;
+    let shown = match any {
+        sign::AnyCertificate::Sequester(shown) => shown,
+        sign::AnyCertificate::Authority {
+            certificate,
+            verified,
+        } => return show_authority(&args, &certificate, verified, authority.is_some(), global),
+    };
     let (label, service_key) = match &shown.certificate {
         SequesterCertificate::Service(c) => {
             (Some(c.service_label.clone()), Some(c.encryption_key()))
@@ -414,6 +477,57 @@ fn show(args: ShowArgs, global: &GlobalOpts) -> CommandResult {
                 "  signature:      NOT VERIFIED ({}-byte signature; give --authority-public to verify)",
                 shown.signature_len
             ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show_authority(
+    args: &ShowArgs,
+    cert: &crate::parsec::sequester::AuthorityCertificate,
+    verified: bool,
+    matched_authority: bool,
+    global: &GlobalOpts,
+) -> CommandResult {
+    let key = cert.verify_key();
+    if global.json {
+        let value = json!({
+            "file": args.file.display().to_string(),
+            "kind": "authority",
+            "timestamp": cert.timestamp,
+            "timestamp_us": cert.timestamp.as_micros(),
+            "authority_key": match &key {
+                Ok(k) => json!({"fingerprint": k.fingerprint(), "bits": k.bits()}),
+                Err(e) => json!({"error": e.to_string()}),
+            },
+            "verified": verified,
+            "matches_authority_public": matched_authority,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("{}: sequester authority certificate", args.file.display());
+        println!(
+            "  timestamp:      {} ({} us)",
+            cert.timestamp,
+            cert.timestamp.as_micros()
+        );
+        match &key {
+            Ok(k) => println!(
+                "  authority key:  sha256 {} (RSA {}){}",
+                k.fingerprint(),
+                k.bits(),
+                if matched_authority {
+                    ", equal to --authority-public"
+                } else {
+                    ""
+                }
+            ),
+            Err(e) => println!("  authority key:  INVALID: {e}"),
+        }
+        if verified {
+            println!("  signature:      VERIFIED with the organisation root verify key");
+        } else {
+            println!("  signature:      NOT VERIFIED (give --root-verify-key to verify)");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -106,10 +106,13 @@ pub enum ExportCommand {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Mount the workspace read-only (FUSE) as it was at T; `/.history/<T>/` for other instants.
+    Mount(super::mount::MountArgs),
 }
 
 pub fn run(cmd: ExportCommand, global: &GlobalOpts) -> CommandResult {
     match cmd {
+        ExportCommand::Mount(args) => super::mount::run(args, global),
         ExportCommand::Info {
             file,
             allow_incomplete,
@@ -184,7 +187,9 @@ fn open(file: &std::path::Path, allow_incomplete: bool) -> anyhow::Result<Arc<Ex
 
 /// Opens the export, the token key, and runs the chain. Prints the context to stderr.
 fn unlock(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> anyhow::Result<Realm> {
+    let started = std::time::Instant::now();
     let export = open(file, args.allow_incomplete)?;
+    let opened = started.elapsed();
     let service_id = args
         .service_id
         .as_deref()
@@ -196,7 +201,17 @@ fn unlock(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> anyhow
         return Err(crate::export::ExportError::NotSequestered.into());
     }
     let key = crate::token::open_key(&args.key).context("opening the service key")?;
+    let key_opened = started.elapsed();
     let realm = export.unlock(key.as_ref(), &UnlockOptions { service_id })?;
+    if global.verbose > 0 && !global.json {
+        eprintln!(
+            "Timings: export opened in {:.1} ms, token key opened in {:.1} ms, chain verified and \
+             keys recovered in {:.1} ms",
+            opened.as_secs_f64() * 1e3,
+            (key_opened - opened).as_secs_f64() * 1e3,
+            (started.elapsed() - key_opened).as_secs_f64() * 1e3
+        );
+    }
     let r = realm.recovery();
     let service = realm.service();
     if !global.json {
@@ -928,8 +943,17 @@ fn extract_cmd(
         at: t,
         path: path.clone(),
         threads: threads.unwrap_or_else(parallel::default_threads),
+        cancel: Some(install_interrupt_flag()),
     };
-    let report = extract::extract(&realm, &dest, &options, &bar)?;
+    let report = match extract::extract(&realm, &dest, &options, &bar) {
+        Ok(r) => r,
+        Err(crate::export::ExportError::Interrupted) => {
+            bar.finish();
+            eprintln!("interrupted: nothing was written to {}", dest.display());
+            return Ok(ExitCode::from(130));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let service = realm.service();
     let record = CustodyRecord {
         tool: "sequester-custody".into(),
@@ -990,4 +1014,23 @@ fn extract_cmd(
         println!("Export SHA-256: {export_sha256}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    // Async-signal-safe: only an atomic store.
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// SIGINT / SIGTERM set a flag that the extraction polls, so that an interrupted run removes its
+/// temporary tree instead of leaving it behind.
+fn install_interrupt_flag() -> &'static std::sync::atomic::AtomicBool {
+    let handler = on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+    &INTERRUPTED
 }

@@ -16,6 +16,7 @@ use crate::token::pkcs11::{keygen, pem_key, Pkcs11Key};
 use crate::token::uri::Pkcs11Uri;
 use crate::token::{self, KeyHandle, KeyInfo, KeySpec, MechanismPath, Role, TokenError};
 
+use super::ceremony::{recorded, CeremonyArgs, Recorder};
 use super::{CommandResult, GlobalOpts};
 
 /// Environment variable holding the passphrase of an encrypted key file for `key import`.
@@ -43,6 +44,8 @@ pub enum KeyCommand {
         /// TEST TOKENS ONLY: allow keys smaller than 2048 bits.
         #[arg(long)]
         allow_insecure_test_size: bool,
+        #[command(flatten)]
+        ceremony: CeremonyArgs,
     },
     /// List the RSA private keys on a token.
     List {
@@ -57,6 +60,10 @@ pub enum KeyCommand {
         /// Also write the public key (SPKI PEM) to FILE.
         #[arg(long, value_name = "FILE")]
         public_out: Option<PathBuf>,
+        /// YubiKey keys: check the attestation chain up to this root (Yubico's PIV CA, PEM or
+        /// DER; a PEM file may add intermediates).
+        #[arg(long, value_name = "FILE")]
+        attestation_root: Option<PathBuf>,
     },
     /// Import a legacy openssl RSA private key (PKCS#8, PKCS#1 or encrypted PKCS#8 PEM) as a
     /// sensitive, non-extractable token key. The passphrase of an encrypted key comes from
@@ -81,6 +88,8 @@ pub enum KeyCommand {
         /// TEST TOKENS ONLY: allow keys smaller than 2048 bits (e.g. Parsec's fixture keys).
         #[arg(long)]
         allow_insecure_test_size: bool,
+        #[command(flatten)]
+        ceremony: CeremonyArgs,
     },
     /// Round trip through the token for the key's role (service: host OAEP encrypt, token
     /// decrypt; authority: token sign, host verify), with mechanism path and latency.
@@ -89,6 +98,8 @@ pub enum KeyCommand {
         /// Number of operations to time.
         #[arg(long, default_value_t = 1)]
         rounds: u32,
+        #[command(flatten)]
+        ceremony: CeremonyArgs,
     },
 }
 
@@ -117,7 +128,7 @@ struct TestReport {
 
 /// Writes `text` to `path` atomically (temp file in the same directory, then rename), refusing
 /// to replace an existing file.
-fn write_new_file(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(super) fn write_new_file(path: &Path, text: &str) -> anyhow::Result<()> {
     if path.exists() {
         bail!("{} already exists; not overwriting it", path.display());
     }
@@ -135,23 +146,32 @@ fn write_new_file(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 fn print_key(key: &Pkcs11Key, global: &GlobalOpts, public_out: Option<&Path>) -> CommandResult {
+    print_any_key(key, Some(key.negotiated()), global, public_out)
+}
+
+/// Shows any backend's key; `negotiated` is known for PKCS#11 keys.
+fn print_any_key(
+    key: &dyn KeyHandle,
+    negotiated: Option<crate::token::pkcs11::Negotiated>,
+    global: &GlobalOpts,
+    public_out: Option<&Path>,
+) -> CommandResult {
     let info = key.info()?;
     let pem = rsa_public::spki_pem(&info.spki_der);
     if let Some(path) = public_out {
         write_new_file(path, &pem)?;
     }
-    let negotiated = key.negotiated();
     if global.json {
         let shown = ShownKey {
             info: &info,
             public_key_pem: pem,
             token: key.token(),
-            mechanisms: Some(negotiated),
+            mechanisms: negotiated,
         };
         println!("{}", serde_json::to_string_pretty(&shown)?);
         return Ok(ExitCode::SUCCESS);
     }
-    print_key_text(&info, &key.token(), Some(&negotiated), global);
+    print_key_text(&info, &key.token(), negotiated.as_ref(), global);
     println!("{pem}");
     if let Some(path) = public_out {
         println!("public key written to {}", path.display());
@@ -245,25 +265,22 @@ pub fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
             token_uri,
             public_out,
             allow_insecure_test_size,
+            ceremony,
         } => {
-            if let Some(p) = &public_out {
-                if p.exists() {
-                    bail!("{} already exists; not overwriting it", p.display());
+            let (code, _head) = recorded("key generate", &ceremony, global, |rec| {
+                let spec = KeySpec {
+                    role,
+                    label,
+                    bits,
+                    allow_insecure_test_size,
+                };
+                let code = generate(rec, &spec, &token_uri, public_out.as_deref(), global)?;
+                if let Some(p) = &public_out {
+                    rec.entry.add_output(p)?;
                 }
-            }
-            let spec = KeySpec {
-                role,
-                label,
-                bits,
-                allow_insecure_test_size,
-            };
-            token::check_key_size(bits, allow_insecure_test_size)?;
-            let start = Instant::now();
-            let key = keygen::generate(&Pkcs11Uri::parse(&token_uri)?, &spec)?;
-            if global.verbose > 0 && !global.json {
-                eprintln!("generated in {:.0} ms", millis(start.elapsed()));
-            }
-            print_key(&key, global, public_out.as_deref())
+                Ok(code)
+            })?;
+            Ok(code)
         }
         KeyCommand::List { token_uri } => {
             let keys = token::list_keys(&token_uri)?;
@@ -289,9 +306,26 @@ pub fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
             }
             Ok(ExitCode::SUCCESS)
         }
-        KeyCommand::Show { uri, public_out } => {
-            let key = Pkcs11Key::open(&Pkcs11Uri::parse(&uri)?)?;
-            print_key(&key, global, public_out.as_deref())
+        KeyCommand::Show {
+            uri,
+            public_out,
+            attestation_root,
+        } => {
+            if uri.starts_with("yubikey:") {
+                return super::key_yubikey::show(
+                    &uri,
+                    attestation_root.as_deref(),
+                    global,
+                    public_out.as_deref(),
+                );
+            }
+            if uri.starts_with("pkcs11:") {
+                let key = Pkcs11Key::open(&Pkcs11Uri::parse(&uri)?)?;
+                print_key(&key, global, public_out.as_deref())
+            } else {
+                let key = token::open_key(&uri)?;
+                print_any_key(key.as_ref(), None, global, public_out.as_deref())
+            }
         }
         KeyCommand::Import {
             role,
@@ -301,103 +335,183 @@ pub fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
             passphrase_file,
             public_out,
             allow_insecure_test_size,
+            ceremony,
         } => {
-            if let Some(p) = &public_out {
-                if p.exists() {
-                    bail!("{} already exists; not overwriting it", p.display());
+            let (code, _head) = recorded("key import", &ceremony, global, |rec| {
+                let spec = KeySpec {
+                    role,
+                    label,
+                    bits: 0,
+                    allow_insecure_test_size,
+                };
+                let code = import(
+                    rec,
+                    &spec,
+                    &token_uri,
+                    &input,
+                    passphrase_file.as_deref(),
+                    public_out.as_deref(),
+                    global,
+                )?;
+                if let Some(p) = &public_out {
+                    rec.entry.add_output(p)?;
                 }
-            }
-            let token_uri = Pkcs11Uri::parse(&token_uri)?;
-            let text = Zeroizing::new(
-                std::fs::read_to_string(&input)
-                    .with_context(|| format!("cannot read {}", input.display()))?,
-            );
-            let host_key = pem_key::parse_private_key_pem(&text, || {
-                read_passphrase(passphrase_file.as_deref())
+                Ok(code)
             })?;
-            drop(text);
-            let spec = KeySpec {
-                role,
-                label,
-                bits: 0,
-                allow_insecure_test_size,
-            };
-            let key = keygen::import(&token_uri, &host_key, &spec)?;
-            drop(host_key);
-            print_key(&key, global, public_out.as_deref())
+            Ok(code)
         }
-        KeyCommand::Test { uri, rounds } => {
-            let rounds = rounds.max(1);
-            let key = token::open_key(&uri)?;
-            let info = key.info()?;
-            let public = rsa_public::parse_spki_der(key.public_key_spki())?;
-            let mut times = Vec::new();
-            let mut path = None;
-            let operation;
-            if info.can_decrypt {
-                operation = "decrypt";
-                for _ in 0..rounds {
-                    let mut secret = Zeroizing::new([0u8; 32]);
-                    OsRng.fill_bytes(&mut *secret);
-                    let block = public
-                        .encrypt(&mut OsRng, rsa::Oaep::new::<Sha256>(), &*secret)
-                        .context("host OAEP encryption")?;
-                    let start = Instant::now();
-                    let (plain, p) = key.decrypt_oaep_sha256(&block)?;
-                    times.push(start.elapsed());
-                    if plain.as_slice() != secret.as_slice() {
-                        bail!("round trip FAILED: the token decrypted a different value");
-                    }
-                    path = Some(p);
-                }
-            } else if info.can_sign {
-                operation = "sign";
-                for _ in 0..rounds {
-                    let mut message = vec![0u8; 64];
-                    OsRng.fill_bytes(&mut message);
-                    let start = Instant::now();
-                    let (sig, p) = key.sign_pss_sha256(&message)?;
-                    times.push(start.elapsed());
-                    public
-                        .verify(rsa::Pss::new::<Sha256>(), &Sha256::digest(&message), &sig)
-                        .map_err(|_| {
-                            anyhow::anyhow!(
-                                "round trip FAILED: signature does not verify on the host"
-                            )
-                        })?;
-                    path = Some(p);
-                }
-            } else {
-                bail!("the key allows neither signing nor decryption");
-            }
-            let path = path.expect("at least one round");
-            let ms: Vec<f64> = times.iter().map(|d| millis(*d)).collect();
-            let report = TestReport {
-                uri: info.uri.clone(),
-                role: info.role,
-                operation,
-                mechanism_path: path,
-                mechanism: path.to_string(),
-                rounds,
-                ok: true,
-                latency_ms_mean: ms.iter().sum::<f64>() / ms.len() as f64,
-                latency_ms_min: ms.iter().cloned().fold(f64::INFINITY, f64::min),
-                latency_ms_max: ms.iter().cloned().fold(0.0, f64::max),
-            };
-            if global.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!(
-                    "OK: {} round trip through the token ({} x {})",
-                    operation, rounds, info.label
-                );
-                println!("mechanism path: {}", report.mechanism);
-                println!(
-                    "latency: mean {:.1} ms (min {:.1}, max {:.1})",
-                    report.latency_ms_mean, report.latency_ms_min, report.latency_ms_max
-                );
-            }
-            Ok(ExitCode::SUCCESS)
+        KeyCommand::Test {
+            uri,
+            rounds,
+            ceremony,
+        } => {
+            let (code, _head) = recorded("key test", &ceremony, global, |rec| {
+                round_trip(rec, &uri, rounds, global)
+            })?;
+            Ok(code)
         }
     }
+}
+
+/// `key generate`: checks, generation on the token, output; records the new key.
+fn generate(
+    rec: &mut Recorder,
+    spec: &KeySpec,
+    token_uri: &str,
+    public_out: Option<&Path>,
+    global: &GlobalOpts,
+) -> CommandResult {
+    if let Some(p) = public_out {
+        if p.exists() {
+            bail!("{} already exists; not overwriting it", p.display());
+        }
+    }
+    token::check_key_size(spec.bits, spec.allow_insecure_test_size)?;
+    if token_uri.starts_with("yubikey:") {
+        return super::key_yubikey::generate(token_uri, spec, global, public_out);
+    }
+    let start = Instant::now();
+    if !token_uri.starts_with("pkcs11:") {
+        // Other backends through the generic dispatcher.
+        let key = token::generate_key(token_uri, spec)?;
+        rec.add_key(&spec.role.to_string(), key.as_ref());
+        return print_any_key(key.as_ref(), None, global, public_out);
+    }
+    let key = keygen::generate(&Pkcs11Uri::parse(token_uri)?, spec)?;
+    rec.add_key(&spec.role.to_string(), &key);
+    if global.verbose > 0 && !global.json {
+        eprintln!("generated in {:.0} ms", millis(start.elapsed()));
+    }
+    print_key(&key, global, public_out)
+}
+
+/// `key import`: reads the PEM (passphrase from file, env or prompt), creates the token object,
+/// zeroizes the host copy; records the imported key.
+fn import(
+    rec: &mut Recorder,
+    spec: &KeySpec,
+    token_uri: &str,
+    input: &Path,
+    passphrase_file: Option<&Path>,
+    public_out: Option<&Path>,
+    global: &GlobalOpts,
+) -> CommandResult {
+    if let Some(p) = public_out {
+        if p.exists() {
+            bail!("{} already exists; not overwriting it", p.display());
+        }
+    }
+    let token_uri = Pkcs11Uri::parse(token_uri)?;
+    let text = Zeroizing::new(
+        std::fs::read_to_string(input)
+            .with_context(|| format!("cannot read {}", input.display()))?,
+    );
+    // The digest identifies the file that was imported (and then, ideally, destroyed).
+    rec.entry.add_input(input)?;
+    let host_key = pem_key::parse_private_key_pem(&text, || read_passphrase(passphrase_file))?;
+    drop(text);
+    let key = keygen::import(&token_uri, &host_key, spec)?;
+    drop(host_key);
+    rec.add_key(&spec.role.to_string(), &key);
+    print_key(&key, global, public_out)
+}
+
+/// `key test`: a round trip through the token for the key's role.
+fn round_trip(rec: &mut Recorder, uri: &str, rounds: u32, global: &GlobalOpts) -> CommandResult {
+    let rounds = rounds.max(1);
+    let key = token::open_key(uri)?;
+    let info = key.info()?;
+    rec.add_key(
+        &info
+            .role
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "unknown".into()),
+        key.as_ref(),
+    );
+    let public = rsa_public::parse_spki_der(key.public_key_spki())?;
+    let mut times = Vec::new();
+    let mut path = None;
+    let operation;
+    if info.can_decrypt {
+        operation = "decrypt";
+        for _ in 0..rounds {
+            let mut secret = Zeroizing::new([0u8; 32]);
+            OsRng.fill_bytes(&mut *secret);
+            let block = public
+                .encrypt(&mut OsRng, rsa::Oaep::new::<Sha256>(), &*secret)
+                .context("host OAEP encryption")?;
+            let start = Instant::now();
+            let (plain, p) = key.decrypt_oaep_sha256(&block)?;
+            times.push(start.elapsed());
+            if plain.as_slice() != secret.as_slice() {
+                bail!("round trip FAILED: the token decrypted a different value");
+            }
+            path = Some(p);
+        }
+    } else if info.can_sign {
+        operation = "sign";
+        for _ in 0..rounds {
+            let mut message = vec![0u8; 64];
+            OsRng.fill_bytes(&mut message);
+            let start = Instant::now();
+            let (sig, p) = key.sign_pss_sha256(&message)?;
+            times.push(start.elapsed());
+            public
+                .verify(rsa::Pss::new::<Sha256>(), &Sha256::digest(&message), &sig)
+                .map_err(|_| {
+                    anyhow::anyhow!("round trip FAILED: signature does not verify on the host")
+                })?;
+            path = Some(p);
+        }
+    } else {
+        bail!("the key allows neither signing nor decryption");
+    }
+    let path = path.expect("at least one round");
+    let ms: Vec<f64> = times.iter().map(|d| millis(*d)).collect();
+    let report = TestReport {
+        uri: info.uri.clone(),
+        role: info.role,
+        operation,
+        mechanism_path: path,
+        mechanism: path.to_string(),
+        rounds,
+        ok: true,
+        latency_ms_mean: ms.iter().sum::<f64>() / ms.len() as f64,
+        latency_ms_min: ms.iter().cloned().fold(f64::INFINITY, f64::min),
+        latency_ms_max: ms.iter().cloned().fold(0.0, f64::max),
+    };
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "OK: {} round trip through the token ({} x {})",
+            operation, rounds, info.label
+        );
+        println!("mechanism path: {}", report.mechanism);
+        println!(
+            "latency: mean {:.1} ms (min {:.1}, max {:.1})",
+            report.latency_ms_mean, report.latency_ms_min, report.latency_ms_max
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

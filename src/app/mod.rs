@@ -7,6 +7,8 @@ pub mod cert;
 pub mod export;
 pub mod generate;
 pub mod key;
+mod key_yubikey;
+pub mod mount;
 pub mod token;
 
 use std::process::ExitCode;

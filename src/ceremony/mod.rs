@@ -8,6 +8,7 @@ pub mod files;
 pub mod journal;
 pub mod plan;
 pub mod sign;
+pub mod topic;
 pub mod transcript;
 
 use std::path::PathBuf;
@@ -50,8 +51,8 @@ pub enum CeremonyError {
     )]
     ServiceKeyIsAuthorityKey(String),
     #[error(
-        "refused: timestamp {timestamp} is not after {last}, the last sequester certificate signed \
-         for organisation `{organization}` (journal {journal}); the server would reject it"
+        "refused: timestamp {timestamp} is not after {last}, the last sequester certificate known \
+         for organisation `{organization}` (from {journal}); the server would reject it"
     )]
     NotAfterJournal {
         timestamp: DateTime,
@@ -60,14 +61,24 @@ pub enum CeremonyError {
         journal: PathBuf,
     },
     #[error(
-        "refused: service {service_id} is not among the services signed for organisation \
-         `{organization}` (journal {journal}); give its certificate with --service-certificate"
+        "refused: service {service_id} is not among the known services of organisation \
+         `{organization}` (from {journal}); give its certificate with --service-certificate"
     )]
     UnknownService {
         service_id: String,
         organization: String,
         journal: PathBuf,
     },
+    #[error(
+        "refused: service {service_id} was already revoked at {revoked} (according to {origin})"
+    )]
+    AlreadyRevoked {
+        service_id: String,
+        revoked: DateTime,
+        origin: PathBuf,
+    },
+    #[error("refused: {0}")]
+    OrganizationMismatch(String),
     #[error("the token's signature failed the self-check ({0}); nothing was written")]
     SelfCheck(String),
     #[error("{path}: {reason}")]

@@ -472,8 +472,16 @@ fn run_step(
                 entry.detail("provenance", info.provenance.verdict);
             }
             if let Some(p) = public_path {
-                files::write_atomic(&p, public.to_pem().as_bytes(), false)?;
-                entry.add_output(&p)?;
+                let written = files::write_atomic(&p, public.to_pem().as_bytes(), false)
+                    .and_then(|_| entry.add_output(&p));
+                if let Err(e) = written {
+                    return Err(CeremonyError::Plan(format!(
+                        "the key `{}` WAS generated on the token (sha256 {}), but its public key \
+                         could not be written: {e}",
+                        g.label,
+                        public.fingerprint()
+                    )));
+                }
                 outputs.push(p);
             }
             keys.insert(g.name.clone(), NamedKey { handle, public });

@@ -336,3 +336,77 @@ pub fn read_certificate(
         signature_len,
     })
 }
+
+/// Any of the three sequester certificate kinds, as `cert show` reads it.
+#[derive(Debug, Clone)]
+pub enum AnyCertificate {
+    /// A service or revocation certificate (PEM file, or the raw armored bytes).
+    Sequester(ShownCertificate),
+    /// A raw `sequester_authority_certificate` row (Ed25519 signature || envelope), e.g. taken
+    /// from a realm export. `verified` when checked with the organisation root verify key.
+    Authority {
+        certificate: sequester::AuthorityCertificate,
+        verified: bool,
+    },
+}
+
+/// Reads a certificate from file contents: Parsec PEM text, a raw RSA-armored certificate, or a
+/// raw Ed25519-signed authority certificate.
+pub fn read_any_certificate(
+    data: &[u8],
+    authority: Option<&RsaPublicKeyDer>,
+    root_verify_key: Option<&[u8; 32]>,
+) -> Result<AnyCertificate, CeremonyError> {
+    if data.starts_with(armor::PSS_SHA256.as_bytes()) {
+        let (certificate, signature_len) = match authority {
+            Some(a) => (sequester::decode_sequester_topic_row(a, data)?, a.k()),
+            None => {
+                let u = sequester::decode_unverified(data)?;
+                (u.certificate, u.signature_len)
+            }
+        };
+        let kind = match certificate {
+            SequesterCertificate::Service(_) => CertificateKind::Service,
+            SequesterCertificate::Revoked(_) => CertificateKind::Revocation,
+        };
+        return Ok(AnyCertificate::Sequester(ShownCertificate {
+            kind,
+            certificate,
+            verified_with: authority.cloned(),
+            signature_len,
+        }));
+    }
+    // Text goes to the PEM reader (and its messages); binary is a raw authority certificate.
+    if let Ok(text) = std::str::from_utf8(data) {
+        return read_certificate(text, authority).map(AnyCertificate::Sequester);
+    }
+    // Raw authority certificate: 64-byte Ed25519 signature, then the envelope.
+    let certificate = match root_verify_key {
+        Some(root) => sequester::AuthorityCertificate::verify_and_decode(root, data)?,
+        None => {
+            if data.len() < 64 {
+                return Err(crate::parsec::FormatError::Pem(
+                    "neither a Parsec certificate PEM file nor a raw certificate".into(),
+                )
+                .into());
+            }
+            sequester::AuthorityCertificate::decode(&data[64..]).map_err(|e| {
+                crate::parsec::FormatError::Pem(format!(
+                    "neither a Parsec certificate PEM file nor a raw certificate ({e})"
+                ))
+            })?
+        }
+    };
+    if let (Some(a), Ok(k)) = (authority, certificate.verify_key()) {
+        if a.der() != k.der() {
+            return Err(CeremonyError::AuthorityMismatch {
+                expected: a.fingerprint(),
+                found: k.fingerprint(),
+            });
+        }
+    }
+    Ok(AnyCertificate::Authority {
+        certificate,
+        verified: root_verify_key.is_some(),
+    })
+}

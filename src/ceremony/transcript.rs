@@ -183,16 +183,23 @@ impl Transcript {
     /// Appends one entry after checking the existing chain; returns the new head digest.
     /// The line is written with a single `write` on an `O_APPEND` descriptor and fsynced.
     pub fn append(&self, content: EntryContent) -> Result<String, CeremonyError> {
-        let report = if self.path.exists() {
-            verify(&self.path)?
-        } else {
-            ChainReport {
-                path: self.path.clone(),
-                entries: 0,
-                head: GENESIS.into(),
-                last_time: None,
-            }
-        };
+        use std::io::Read;
+        use std::os::unix::io::AsRawFd;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| self.err(e))?;
+        // An exclusive lock held from reading the head to writing the new line, so that two
+        // commands appending at once cannot fork the chain. Released when `file` is dropped.
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(self.err(std::io::Error::last_os_error()));
+        }
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).map_err(|e| self.err(e))?;
+        let report = verify_bytes(&self.path, &data)?;
         let now = DateTime::now();
         let entry = Entry {
             seq: report.entries + 1,
@@ -202,11 +209,6 @@ impl Transcript {
             prev: report.head,
         };
         let line = serde_json::to_string(&entry).map_err(|e| self.err(e))?;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| self.err(e))?;
         let mut bytes = line.clone().into_bytes();
         bytes.push(b'\n');
         file.write_all(&bytes)
@@ -225,12 +227,19 @@ impl Transcript {
 
 /// Checks every line's `prev` and `seq`; returns the head digest.
 pub fn verify(path: &Path) -> Result<ChainReport, CeremonyError> {
+    let data = std::fs::read(path).map_err(|e| CeremonyError::Transcript {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    verify_bytes(path, &data)
+}
+
+fn verify_bytes(path: &Path, data: &[u8]) -> Result<ChainReport, CeremonyError> {
     let err = |reason: String| CeremonyError::Transcript {
         path: path.to_path_buf(),
         reason,
     };
-    let data = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let text = std::str::from_utf8(&data).map_err(|_| err("not UTF-8".into()))?;
+    let text = std::str::from_utf8(data).map_err(|_| err("not UTF-8".into()))?;
     if !text.is_empty() && !text.ends_with('\n') {
         return Err(err(
             "the last line is incomplete (no final newline): the file was truncated".into(),
@@ -308,6 +317,23 @@ mod tests {
         // Truncated last line.
         std::fs::write(&path, &text[..text.len() - 5]).unwrap();
         assert!(verify(&path).unwrap_err().to_string().contains("truncated"));
+    }
+
+    #[test]
+    fn concurrent_appends_keep_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let path = path.clone();
+                s.spawn(move || {
+                    let mut c = EntryContent::new("x", &[], &[]);
+                    c.detail("i", i);
+                    Transcript::new(path).append(c).unwrap();
+                });
+            }
+        });
+        assert_eq!(verify(&path).unwrap().entries, 8);
     }
 
     #[test]

@@ -33,8 +33,7 @@ pub enum PaddingError {
 
 /// MGF1 with SHA-256 (RFC 8017 B.2.1), XORed into `out`.
 fn mgf1_sha256_xor(seed: &[u8], out: &mut [u8]) {
-    let mut counter: u32 = 0;
-    for chunk in out.chunks_mut(HASH_LEN) {
+    for (counter, chunk) in (0u32..).zip(out.chunks_mut(HASH_LEN)) {
         let mut h = Sha256::new();
         h.update(seed);
         h.update(counter.to_be_bytes());
@@ -43,7 +42,6 @@ fn mgf1_sha256_xor(seed: &[u8], out: &mut [u8]) {
             *o ^= *m;
         }
         block.zeroize();
-        counter += 1;
     }
 }
 
@@ -84,6 +82,14 @@ pub fn oaep_sha256_decode(em: &[u8]) -> Result<Zeroizing<Vec<u8>>, PaddingError>
     } else {
         Err(PaddingError::Decoding)
     }
+}
+
+/// [`oaep_sha256_decode`] of a raw RSA output that a driver may have returned without its leading
+/// zero bytes: left-pads to `k` (the modulus length in bytes) first. Any problem, including an
+/// output longer than `k`, is the same [`PaddingError::Decoding`].
+pub fn oaep_sha256_decode_raw(raw: &[u8], k: usize) -> Result<Zeroizing<Vec<u8>>, PaddingError> {
+    let em = Zeroizing::new(left_pad(raw, k).ok_or(PaddingError::Decoding)?);
+    oaep_sha256_decode(&em)
 }
 
 /// EMSA-PSS encoding (SHA-256, MGF1-SHA-256) of a message digest `m_hash` with the given salt,
@@ -271,6 +277,61 @@ mod tests {
             pss_sha256_encode(&d, &[0u8; 32], 512),
             Err(PaddingError::ModulusTooSmall(512))
         );
+    }
+
+    #[test]
+    fn oaep_decode_raw_accepts_stripped_leading_zeros() {
+        let key = key();
+        let public = key.to_public_key();
+        let block = public
+            .encrypt(&mut rand::thread_rng(), Oaep::new::<Sha256>(), &[3u8; 32])
+            .unwrap();
+        let em = raw_decrypt(&key, &block);
+        assert_eq!(em[0], 0);
+        let stripped = &em[1..];
+        assert_eq!(
+            &*oaep_sha256_decode_raw(stripped, em.len()).unwrap(),
+            &[3u8; 32]
+        );
+        let mut long = vec![1u8];
+        long.extend_from_slice(&em);
+        assert_eq!(
+            oaep_sha256_decode_raw(&long, em.len()),
+            Err(PaddingError::Decoding)
+        );
+    }
+
+    fn fixture_key(name: &str) -> RsaPrivateKey {
+        use rsa::pkcs8::DecodePrivateKey;
+        let path = format!(
+            "{}/../shared/fixtures/parsec/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        RsaPrivateKey::from_pkcs8_pem(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// Spec §10 V5: PSS with salt 32 x 0x5a over the revocation envelope, fixture authority key.
+    #[test]
+    fn pss_encoding_reproduces_spec_vector_v5() {
+        let key = fixture_key("sequester_authority.private.pem");
+        let message = hex::decode("0028b52ffd0058950200840483a474797065d9257365717565737465725f7265766f6b65645f736572766963655f6365727469666963617465a974696d657374616d70d70100035e2efad68000aa6964d8020001020038a9c27ad519").unwrap();
+        let digest: [u8; 32] = Sha256::digest(&message).into();
+        assert_eq!(
+            hex::encode(digest),
+            "2db06ed430b1246dd3de86738be6773c22e468400748569b0e1b88335e01d81f"
+        );
+        let em = pss_sha256_encode(&digest, &[0x5a; 32], key.n().bits()).unwrap();
+        let sig = raw_sign(&key, &em);
+        assert_eq!(hex::encode(sig), "2b38d106ddc6ba9decfc70e95dac9da3bbdf6a3e202a0a6f819d4a52c4c97f42d7a5f5ad95c8ff0a876d1ccc19eed943b5ba7f4b9842cfada54695743db447e8c9935793f570c727b02bac0651bc6ee8677c78a53daea8d636f69457bf2e4b1123ff0306bc2d629168645763714f1d9266b220a95e25e5706d27da2fbdd1b78f");
+    }
+
+    /// Spec §10 V6: the rsa_block to fixture service 1 decodes to the key 00 01 .. 1f.
+    #[test]
+    fn oaep_decoding_reproduces_spec_vector_v6() {
+        let key = fixture_key("sequester_service_1.00000000000000000000000000000001.private.pem");
+        let block = hex::decode("50118dfd50b269d27d0e303d2b4010091520593653e06419afa50be4ea431d1004555532337fe9816afaec9f6d93c148d8a998c6629706bff71dec60201ef97f372671ae76070d585310c240b254ca86cc7152ca410c800ff04bb5eced44406966dec1aa682c6d1997c2ed014503f27a6c89ac75761b1058d361e087946d65d9").unwrap();
+        let plain = oaep_sha256_decode(&raw_decrypt(&key, &block)).unwrap();
+        assert_eq!(plain.to_vec(), (0u8..32).collect::<Vec<u8>>());
     }
 
     #[test]

@@ -97,6 +97,11 @@ pub fn spki_modulus_bits(der: &[u8]) -> Result<usize, RsaPublicError> {
     Ok(parse_spki_der(der)?.n().bits())
 }
 
+/// Parsec's RSA block size k of a DER SPKI: `floor(modulus_bits / 8)` (spec conventions, §1.6).
+pub fn spki_block_len(der: &[u8]) -> Result<usize, RsaPublicError> {
+    Ok(spki_modulus_bits(der)? / 8)
+}
+
 /// PEM through the `rsa` crate (used by tests to check both encoders agree).
 pub fn spki_pem_via_rsa(key: &RsaPublicKey) -> Result<String, RsaPublicError> {
     key.to_public_key_pem(LineEnding::LF)
@@ -113,16 +118,14 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/../shared/fixtures/parsec/sequester_authority.public.pem"
         );
-        let Ok(text) = std::fs::read_to_string(path) else {
-            eprintln!("SKIPPED: fixtures not found");
-            return;
-        };
+        let text = std::fs::read_to_string(path).expect("../shared fixtures beside the repository");
         let key = parse_spki_pem(&text).unwrap();
         let der =
             spki_from_modulus_exponent(&key.n().to_bytes_be(), &key.e().to_bytes_be()).unwrap();
         assert_eq!(spki_pem(&der), text, "byte-identical to Parsec's PEM");
         assert_eq!(spki_pem_via_rsa(&key).unwrap(), text);
         assert_eq!(spki_modulus_bits(&der).unwrap(), 1024);
+        assert_eq!(spki_block_len(&der).unwrap(), 128);
         assert_eq!(spki_fingerprint(&der).len(), 64);
     }
 

@@ -30,6 +30,27 @@ pub struct Device {
     pub created: DateTime,
     #[serde(skip)]
     pub verify_key: [u8; 32],
+    /// The decompressed key, parsed once (point decompression is a visible cost per manifest).
+    #[serde(skip)]
+    pub parsed_verify_key: Option<ed25519_dalek::VerifyingKey>,
+}
+
+impl Device {
+    /// Verifies `signature(64) || message` with this device's key; returns the message.
+    pub fn verify<'a>(
+        &self,
+        signed: &'a [u8],
+    ) -> Result<&'a [u8], crate::crypto::symmetric::SymmetricError> {
+        use crate::crypto::symmetric::SymmetricError;
+        let key = self
+            .parsed_verify_key
+            .as_ref()
+            .ok_or(SymmetricError::BadVerifyKey)?;
+        let (signature, message) = ed25519_split(signed)?;
+        key.verify_strict(message, &signature)
+            .map_err(|_| SymmetricError::BadSignature)?;
+        Ok(message)
+    }
 }
 
 /// A user as its (verified) certificate names it.
@@ -126,6 +147,10 @@ pub fn verify_organization(root_verify_key: &[u8; 32], rows: &[(i64, Vec<u8>)]) 
                             label: d.device_label,
                             created: d.timestamp,
                             verify_key: d.verify_key,
+                            parsed_verify_key: ed25519_dalek::VerifyingKey::from_bytes(
+                                &d.verify_key,
+                            )
+                            .ok(),
                         },
                     );
                 }
@@ -401,17 +426,32 @@ fn open_bundle(
     Ok(bundle)
 }
 
+/// What the key recovery works from (steps 1-3 results and the service found in step 2).
+pub struct RecoveryContext<'a> {
+    pub source: &'a dyn BundleSource,
+    pub service_id: &'a Id,
+    pub realm_id: &'a Id,
+    pub certs: &'a RealmCertificates,
+    pub org: &'a Organization,
+    /// Key indexes for which the service has an access row.
+    pub access_key_indexes: Vec<u64>,
+}
+
 /// Steps 4-6 with the fixed loop: at most one token operation per access row actually needed.
+/// `k` is the token key's RSA block size.
 pub fn recover_keys(
-    source: &dyn BundleSource,
+    ctx: RecoveryContext,
     token_key: &dyn KeyHandle,
     k: usize,
-    service_id: &Id,
-    realm_id: &Id,
-    certs: &RealmCertificates,
-    org: &Organization,
-    access_key_indexes: Vec<u64>,
 ) -> Result<(RealmKeys, RecoveryReport), super::ExportError> {
+    let RecoveryContext {
+        source,
+        service_id,
+        realm_id,
+        certs,
+        org,
+        access_key_indexes,
+    } = ctx;
     let mut remaining: BTreeMap<u64, Vec<u8>> = certs
         .rotations
         .iter()

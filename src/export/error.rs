@@ -77,6 +77,8 @@ pub enum ExportError {
     BadPath(String),
     #[error("{0}")]
     Io(String),
+    #[error("interrupted; the partial output was removed")]
+    Interrupted,
 }
 
 impl ExportError {

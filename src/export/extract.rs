@@ -23,6 +23,14 @@ pub struct ExtractOptions {
     pub path: String,
     /// Worker threads decrypting blocks.
     pub threads: usize,
+    /// Set (e.g. by a SIGINT handler) to stop: the temporary tree is removed, nothing is left.
+    pub cancel: Option<&'static AtomicBool>,
+}
+
+impl ExtractOptions {
+    fn cancelled(&self) -> bool {
+        self.cancel.is_some_and(|c| c.load(Ordering::Relaxed))
+    }
 }
 
 /// One file written.
@@ -109,6 +117,15 @@ fn join(parent: &str, name: &str) -> String {
 /// Walks the tree at `at` below `path` (depth first, iterative). Unreadable folders are reported
 /// and not entered; files whose blocks need keys this service lacks are reported too.
 pub fn plan(realm: &Realm, path: &str, at: DateTime) -> Result<Plan, ExportError> {
+    plan_cancellable(realm, path, at, None)
+}
+
+fn plan_cancellable(
+    realm: &Realm,
+    path: &str,
+    at: DateTime,
+    cancel: Option<&AtomicBool>,
+) -> Result<Plan, ExportError> {
     let start = realm.resolve(path, at)?;
     let mut plan = Plan::default();
     let base_name = split_path(path)?.last().map(|s| s.to_string());
@@ -132,10 +149,27 @@ pub fn plan(realm: &Realm, path: &str, at: DateTime) -> Result<Plan, ExportError
         }
     }
     while let Some((dir_path, dir)) = stack.pop() {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(ExportError::Interrupted);
+        }
         let folder = dir.folder().expect("only readable folders are stacked");
         plan.folders.push((dir_path.clone(), folder.header.updated));
         for child in realm.children_at(folder, at)? {
             let child_path = join(&dir_path, child.name.as_str());
+            if folder.duplicate_names.contains(&child.name) {
+                // Two children with one name (after NFC): writing both would silently keep one.
+                plan.unreadable.push(UnreadableEntry {
+                    path: child_path,
+                    kind: "unknown",
+                    vlob_id: child.id,
+                    version: child.version.meta.version,
+                    needed_key_indexes: vec![],
+                    reason: "suspicious folder: several children have this name after NFC \
+                             normalisation; none is extracted (see `export verify`)"
+                        .into(),
+                });
+                continue;
+            }
             match child.version.manifest().map(|m| &**m) {
                 Some(Manifest::Folder(_)) => stack.push((child_path, child.version)),
                 Some(Manifest::File(_)) => {
@@ -185,6 +219,18 @@ fn classify_file(realm: &Realm, plan: &mut Plan, path: String, v: EntryVersion) 
 struct Job<'a> {
     file: usize,
     blocks: &'a [BlockAccess],
+    /// The job covers the whole file: its SHA-256 is computed on the fly, no re-read.
+    whole: bool,
+}
+
+/// Feeds `n` zero bytes (holes, tail) to a hasher.
+fn hash_zeros(hasher: &mut Sha256, mut n: u64) {
+    const ZEROS: [u8; 8192] = [0; 8192];
+    while n > 0 {
+        let take = n.min(ZEROS.len() as u64) as usize;
+        hasher.update(&ZEROS[..take]);
+        n -= take as u64;
+    }
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> ExportError {
@@ -233,7 +279,7 @@ pub fn extract(
             dest.display()
         )));
     }
-    let plan = plan(realm, &options.path, options.at)?;
+    let plan = plan_cancellable(realm, &options.path, options.at, options.cancel)?;
     let temp = temp_sibling(dest)?;
     let _ = fs::remove_dir_all(&temp);
     fs::create_dir(&temp).map_err(|e| io_err("cannot create", &temp, e))?;
@@ -246,10 +292,13 @@ pub fn extract(
                 .map_err(|e| io_err("cannot create", &local(folder), e))?;
         }
     }
-    // Files are created and closed here, and reopened per job by the workers: keeping one open
-    // handle per file hits the open-files limit (EMFILE) on exports with many files.
+    // Files are created (and sized) up front but not kept open: a tree may hold more files than
+    // the process may open at once. Workers open a file for each run of blocks.
     let mut total = 0u64;
     for (path, v) in &plan.files {
+        if options.cancelled() {
+            return Err(ExportError::Interrupted);
+        }
         let file = v.file().expect("planned files are readable");
         let p = local(path);
         let f = File::create(&p).map_err(|e| io_err("cannot create", &p, e))?;
@@ -262,37 +311,48 @@ pub fn extract(
     // Runs of up to 8 blocks: big files are split across workers, small files stay whole.
     let mut jobs = Vec::new();
     for (i, (_, v)) in plan.files.iter().enumerate() {
-        for chunk in v.file().expect("file").blocks.chunks(8) {
+        let blocks = &v.file().expect("file").blocks;
+        for chunk in blocks.chunks(8) {
             jobs.push(Job {
                 file: i,
                 blocks: chunk,
+                whole: blocks.len() <= 8,
             });
         }
     }
     let failed: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; plan.files.len()]);
+    let hashes: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; plan.files.len()]);
     let io_failure: Mutex<Option<ExportError>> = Mutex::new(None);
     let stop = AtomicBool::new(false);
     parallel::map(&jobs, options.threads, |job| {
-        if stop.load(Ordering::Relaxed) {
+        if stop.load(Ordering::Relaxed) || options.cancelled() {
             return;
         }
-        let p = local(&plan.files[job.file].0);
-        let handle = match File::options().write(true).open(&p) {
-            Ok(f) => f,
+        let target = local(&plan.files[job.file].0);
+        let handle = match File::options().write(true).open(&target) {
+            Ok(h) => h,
             Err(e) => {
-                *io_failure.lock().unwrap() = Some(io_err("cannot open", &p, e));
+                *io_failure.lock().unwrap() = Some(io_err("cannot open", &target, e));
                 stop.store(true, Ordering::Relaxed);
                 return;
             }
         };
+        let mut hasher = job.whole.then(Sha256::new);
+        let mut position = 0u64;
         for b in job.blocks {
             if failed.lock().unwrap()[job.file].is_some() {
                 return;
             }
             match realm.decrypt_block(b) {
                 Ok(data) => {
+                    if let Some(h) = hasher.as_mut() {
+                        hash_zeros(h, b.offset - position);
+                        h.update(&data[..]);
+                        position = b.offset + b.size;
+                    }
                     if let Err(e) = handle.write_all_at(&data, b.offset) {
-                        *io_failure.lock().unwrap() = Some(io_err("cannot write", &p, e));
+                        *io_failure.lock().unwrap() =
+                            Some(io_err("cannot write", &local(&plan.files[job.file].0), e));
                         stop.store(true, Ordering::Relaxed);
                         return;
                     }
@@ -304,9 +364,18 @@ pub fn extract(
                 }
             }
         }
+        if let Some(mut h) = hasher {
+            let size = plan.files[job.file].1.file().expect("file").size;
+            hash_zeros(&mut h, size - position);
+            hashes.lock().unwrap()[job.file] = Some(hex::encode(h.finalize()));
+        }
     });
+    let hashes = hashes.into_inner().unwrap();
     if let Some(e) = io_failure.into_inner().unwrap() {
         return Err(e);
+    }
+    if options.cancelled() {
+        return Err(ExportError::Interrupted);
     }
     let failed = failed.into_inner().unwrap();
 
@@ -337,7 +406,10 @@ pub fn extract(
             let (path, v) = &plan.files[i];
             let file = v.file().expect("file");
             let p = local(path);
-            let sha = hash_file(&p)?;
+            let sha = match &hashes[i] {
+                Some(h) => h.clone(),
+                None => hash_file(&p)?,
+            };
             let f = File::options()
                 .write(true)
                 .open(&p)
@@ -354,6 +426,9 @@ pub fn extract(
                 author: realm.describe_author(&v.meta.author),
             })
         });
+    if options.cancelled() {
+        return Err(ExportError::Interrupted);
+    }
     for h in hashed {
         let f = h?;
         report.bytes += f.size;
@@ -391,7 +466,12 @@ pub fn hash_file(path: &Path) -> Result<String, ExportError> {
     use std::io::Read;
     let mut f = File::open(path).map_err(|e| io_err("cannot open", path, e))?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    // Sized to the file: a fixed 1 MiB buffer per small file costs more than hashing it.
+    let len = f
+        .metadata()
+        .map_err(|e| io_err("cannot stat", path, e))?
+        .len();
+    let mut buf = vec![0u8; len.clamp(1, 1 << 20) as usize];
     loop {
         let n = f
             .read(&mut buf)
@@ -453,16 +533,11 @@ pub fn write_json_atomic(path: &Path, value: &impl serde::Serialize) -> Result<(
         .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(parent)
         .map_err(|e| io_err("cannot create a temporary file in", parent, e))?;
-    use std::io::Write;
-    // Buffered: unbuffered, serde_json issues one write(2) per token (millions for a record of
-    // 100k files).
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-    serde_json::to_writer_pretty(&mut out, value)
+    serde_json::to_writer_pretty(&mut tmp, value)
         .map_err(|e| ExportError::Io(format!("cannot write {}: {e}", path.display())))?;
-    out.write_all(b"\n")
-        .and_then(|_| out.flush())
+    use std::io::Write;
+    tmp.write_all(b"\n")
         .map_err(|e| io_err("cannot write", path, e))?;
-    drop(out);
     tmp.as_file()
         .sync_all()
         .map_err(|e| io_err("cannot sync", path, e))?;

@@ -21,7 +21,7 @@ use super::db::{ConnectionPool, ExportInfo};
 use super::error::ExportError;
 use super::sequester_topic::{self, SequesterService, SequesterTopic};
 use crate::crypto::sha256;
-use crate::crypto::symmetric::{derive_key, ed25519_verify, secretbox_open};
+use crate::crypto::symmetric::{derive_key, secretbox_open};
 use crate::parsec::device::Id;
 use crate::parsec::entry_name::EntryName;
 use crate::parsec::manifest::{BlockAccess, FileManifest, FolderManifest, Manifest};
@@ -316,14 +316,16 @@ impl ExportFile {
         access_key_indexes.sort_unstable();
         access_key_indexes.dedup();
         let (keys, report) = chain::recover_keys(
-            self.as_ref(),
+            chain::RecoveryContext {
+                source: self.as_ref(),
+                service_id: &service.service_id,
+                realm_id: &self.info.realm_id,
+                certs: &certs,
+                org: &org,
+                access_key_indexes,
+            },
             token_key,
             k,
-            &service.service_id,
-            &self.info.realm_id,
-            &certs,
-            &org,
-            access_key_indexes,
         )?;
         Ok(Realm {
             file: self.clone(),
@@ -495,6 +497,9 @@ pub struct Realm {
     manifests: LruCache<i64, Manifest>,
     blocks: LruCache<(Id, [u8; 32], u64), Zeroizing<Vec<u8>>>,
 }
+
+/// `block.key_index` and `block_data.data` (NULL when the data row is missing).
+type StoredBlock = (u64, Option<Vec<u8>>);
 
 const VERSION_COLUMNS: &str = "sequential_id, version, key_index, author, timestamp";
 
@@ -722,7 +727,7 @@ impl Realm {
             Ok(s) => s,
             Err(e) => return Ok(invalid(meta, format!("cannot decrypt: {e}"))),
         };
-        let serialized = match ed25519_verify(&device.verify_key, &signed) {
+        let serialized = match device.verify(&signed) {
             Ok(s) => s,
             Err(e) => return Ok(invalid(meta, format!("author signature: {e}"))),
         };
@@ -785,9 +790,16 @@ impl Realm {
         folder: &FolderManifest,
         t: DateTime,
     ) -> Result<Vec<ChildEntry>, ExportError> {
+        // Large folders: children are looked up and verified on all cores.
+        let threads = if folder.children.len() >= 32 {
+            super::parallel::default_threads()
+        } else {
+            1
+        };
+        let versions = super::parallel::map(&folder.children, threads, |c| self.entry_at(&c.id, t));
         let mut out = Vec::with_capacity(folder.children.len());
-        for child in &folder.children {
-            let Some(version) = self.entry_at(&child.id, t)? else {
+        for (child, version) in folder.children.iter().zip(versions) {
+            let Some(version) = version? else {
                 continue;
             };
             if let Some(m) = version.manifest() {
@@ -944,7 +956,7 @@ impl Realm {
     }
 
     /// `(block.key_index, block_data.data)` of a block; `None` if no row.
-    fn fetch_block(&self, id: &Id) -> Result<Option<(u64, Option<Vec<u8>>)>, String> {
+    fn fetch_block(&self, id: &Id) -> Result<Option<StoredBlock>, String> {
         let conn = self.file.pool.get().map_err(|e| e.to_string())?;
         let mut stmt = conn
             .prepare_cached(

@@ -233,3 +233,107 @@ fn realm_is_send_sync_and_reads_in_parallel() {
         assert_eq!(h.join().unwrap(), expected);
     }
 }
+
+#[test]
+fn extract_of_a_generated_export_with_multi_block_and_sparse_files() {
+    use crate::export::writer::content::Content;
+    use crate::export::writer::{ExportWriter, WriterConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("generated.sqlite");
+    let key = SoftwareKey::from_fixture(SERVICE1);
+    let config = WriterConfig {
+        blocksize: 512,
+        authority_bits: 1024,
+        ..WriterConfig::default()
+    };
+    let blocksize = config.blocksize;
+    let mut w = ExportWriter::create(&path, config).unwrap();
+    w.add_service("svc", key.public_key_spki()).unwrap();
+    w.rotate_key().unwrap();
+    let contents = [
+        (
+            "/big.bin",
+            Content::Random {
+                size: 40_000,
+                seed: 3,
+            },
+        ),
+        (
+            "/a/sparse.bin",
+            Content::Sparse {
+                size: 20_000,
+                seed: 4,
+                hole_every: 3,
+            },
+        ),
+        ("/a/b/small.txt", Content::bytes(b"small".to_vec())),
+        ("/a/b/empty", Content::bytes(Vec::new())),
+    ];
+    for (p, c) in &contents {
+        w.write_file(p, c.clone()).unwrap();
+    }
+    let at = w.checkpoint("all").unwrap();
+    w.finish().unwrap();
+
+    let file = ExportFile::open(&path, &OpenOptions::default()).unwrap();
+    let realm = file.unlock(&key, &UnlockOptions::default()).unwrap();
+    assert_eq!(realm.token_operations(), 1);
+    let dest = dir.path().join("out");
+    let options = extract::ExtractOptions {
+        at,
+        path: "/".into(),
+        threads: 2,
+        cancel: None,
+    };
+    let report = extract::extract(&realm, &dest, &options, &extract::NoProgress).unwrap();
+    assert!(report.unreadable.is_empty(), "{:?}", report.unreadable);
+    assert_eq!(report.files.len(), contents.len());
+    for (p, c) in &contents {
+        let expected = c.to_vec(blocksize);
+        let on_disk = std::fs::read(dest.join(p.trim_start_matches('/'))).unwrap();
+        assert_eq!(on_disk, expected, "{p}");
+        let recorded = report.files.iter().find(|f| f.path == *p).unwrap();
+        assert_eq!(recorded.sha256, crate::crypto::sha256_hex(&expected), "{p}");
+        // Random access across block boundaries without reading the whole file.
+        let v = realm.resolve(p, at).unwrap();
+        let f = v.file().unwrap();
+        for (offset, len) in [
+            (0u64, 1u64),
+            (500, 30),
+            (511, 2),
+            (1000, 5000),
+            (19_990, 100),
+        ] {
+            let got = realm.read_range(f, offset, len).unwrap();
+            let start = (offset as usize).min(expected.len());
+            let end = ((offset + len) as usize).min(expected.len());
+            assert_eq!(got, &expected[start..end], "{p} @{offset}+{len}");
+        }
+    }
+}
+
+#[test]
+fn open_and_unlock_never_read_manifests_or_blocks() {
+    // Every vlob and block payload is destroyed: opening and unlocking must still succeed and
+    // report no problem, proving they read neither (lazy open, constant in the export size).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lazy.sqlite");
+    std::fs::copy(fixture("sequestered_export.sqlite"), &path).unwrap();
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&path, perms).unwrap();
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("UPDATE vlob_atom SET blob = x'00'; UPDATE block_data SET data = x'00';")
+            .unwrap();
+    }
+    let file = ExportFile::open(&path, &OpenOptions::default()).unwrap();
+    let key = SoftwareKey::from_fixture(SERVICE1);
+    let realm = file.unlock(&key, &UnlockOptions::default()).unwrap();
+    assert!(realm.recovery().problems.is_empty());
+    assert_eq!(realm.recovery().obtained_key_indexes, vec![1, 2]);
+    // The damage shows only when content is read.
+    let root = realm.root_at(t(15)).unwrap().unwrap();
+    assert!(matches!(root.content, VersionContent::Invalid { .. }));
+}

@@ -129,7 +129,6 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
         Ok(())
     })?;
     flush(&mut page, &mut report)?;
-    drop(flush);
     report.entries = entries.len() as u64;
     report.folders = folders.len() as u64;
     report.files = files.len() as u64;

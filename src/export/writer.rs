@@ -513,7 +513,7 @@ impl ExportWriter {
         let public = RsaPublicKey::from_public_key_der(spki_der)
             .map_err(|e| WriterError::ServiceKey(format!("not an RSA SPKI DER: {e}")))?;
         let bits = public.n().bits();
-        if bits % 8 != 0 || bits > 4096 || bits < 1024 {
+        if bits % 8 != 0 || !(1024..=4096).contains(&bits) {
             return Err(WriterError::ServiceKey(format!(
                 "{bits}-bit modulus: Parsec needs a multiple of 8 between 1024 and 4096"
             )));
@@ -1143,6 +1143,16 @@ impl ExportWriter {
         );
         conn.close().map_err(|(_, e)| e)?;
         let tmp = self.tmp.take().expect("finish runs once");
+        // Temporary files are created 0600; an export is an ordinary readable file.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(
+                |source| WriterError::Io {
+                    path: self.path.clone(),
+                    source,
+                },
+            )?;
+        }
         tmp.persist(&self.path).map_err(|e| WriterError::Io {
             path: self.path.clone(),
             source: e.error,

@@ -1,8 +1,9 @@
 //! The token abstraction.
 //!
 //! Every backend (PKCS#11, YubiKey PIV) implements [`KeyHandle`] for one private key held on a
-//! token, and [`TokenBackend`] for listing and generating keys. Callers never see PKCS#11 or PIV
-//! types, and no method returns private key material: the private half never leaves the token.
+//! token; [`open_key`], [`generate_key`] and [`list_keys`] dispatch on the URI scheme. Callers
+//! never see PKCS#11 or PIV types, and no method returns private key material: the private half
+//! never leaves the token.
 //!
 //! Host-side padding (EME-OAEP decoding, EMSA-PSS encoding) for tokens that only do raw RSA lives
 //! in [`crate::crypto::rsa_padding`].
@@ -280,6 +281,8 @@ pub fn generate_key(token_uri: &str, spec: &KeySpec) -> Result<Box<dyn KeyHandle
     if token_uri.starts_with("pkcs11:") {
         let parsed = uri::Pkcs11Uri::parse(token_uri)?;
         Ok(Box::new(pkcs11::keygen::generate(&parsed, spec)?))
+    } else if token_uri.starts_with("yubikey:") {
+        yubikey::generate_key(token_uri, spec)
     } else {
         Err(TokenError::UnsupportedKey(format!(
             "key generation through this command needs a `pkcs11:` token URI, got `{}`",
@@ -290,6 +293,9 @@ pub fn generate_key(token_uri: &str, spec: &KeySpec) -> Result<Box<dyn KeyHandle
 
 /// Lists the RSA private keys on the token `token_uri` designates (logs in).
 pub fn list_keys(token_uri: &str) -> Result<Vec<KeyInfo>, TokenError> {
+    if token_uri.starts_with("yubikey:") {
+        return yubikey::list_keys(token_uri);
+    }
     let parsed = uri::Pkcs11Uri::parse(token_uri)?;
     let token = pkcs11::module::select_token(&parsed)?;
     let session = pkcs11::session::open_logged_in(&token, false, parsed.pin_source.as_deref())?;

@@ -1,10 +1,630 @@
-//! YubiKey PIV backend (issue 6). Stub until that issue lands: every `yubikey:` URI is refused.
+//! YubiKey PIV backend: `yubikey:serial=…;slot=9d` (issue 6).
+//!
+//! PIV only does raw RSA: signing sends an EMSA-PSS block encoded on the host, decryption
+//! returns the padded block, which the host decodes (constant-time EME-OAEP). Both paddings
+//! live in [`crate::crypto::rsa_padding`]. Keys are generated on the card; a self-signed
+//! certificate is written to the slot so the public key can be found again (and so OpenSC /
+//! ykcs11 expose the key over PKCS#11). Attestation (slot certificate signed by the card's f9
+//! key) is checked by [`attestation`].
+//!
+//! The PIN is verified when a key is opened and again right before every private-key
+//! operation, so keys with PIN policy `always` work and a second handle on the same card (whose
+//! release resets the card) cannot leave this one unauthenticated.
 
-use super::{KeyHandle, TokenError};
+pub mod attestation;
+mod card;
+pub mod uri;
 
-/// Opens the key a `yubikey:` URI designates.
+use std::path::Path;
+use std::sync::Mutex;
+
+use ::yubikey::{piv, PinPolicy, TouchPolicy};
+use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
+use rsa::traits::PublicKeyParts;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use super::{
+    KeyHandle, KeyInfo, KeySpec, MechanismPath, Provenance, ProvenanceVerdict, Role,
+    TokenDescription, TokenError,
+};
+use crate::crypto::rsa_padding;
+use card::Card;
+pub use card::MgmKeyKind;
+use uri::{PinPolicyOpt, TouchPolicyOpt, YubikeyUri};
+
+const BACKEND: &str = "yubikey";
+/// Subject CNs of the slot certificates this tool writes; they record the key's role.
+const AUTHORITY_CN: &str = "Parsec sequester authority key";
+const SERVICE_CN: &str = "Parsec sequester service key";
+
+fn backend_err(operation: &str, reason: impl ToString) -> TokenError {
+    TokenError::Backend {
+        backend: BACKEND,
+        operation: operation.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn slot_id(slot: u8) -> Result<piv::SlotId, TokenError> {
+    piv::SlotId::try_from(slot).map_err(|_| TokenError::BadUri {
+        uri: format!("yubikey:slot={slot:02x}"),
+        reason: "not a PIV key slot".into(),
+    })
+}
+
+fn algorithm_for_bits(bits: usize) -> Option<piv::AlgorithmId> {
+    match bits {
+        1024 => Some(piv::AlgorithmId::Rsa1024),
+        2048 => Some(piv::AlgorithmId::Rsa2048),
+        _ => None,
+    }
+}
+
+/// Normalises any RSA SPKI to rsaEncryption + NULL (spec §1.5) and returns it with its size.
+fn normalise_spki(der: &[u8]) -> Result<(Vec<u8>, usize), TokenError> {
+    let key = rsa::RsaPublicKey::from_public_key_der(der)
+        .map_err(|_| TokenError::UnsupportedKey("the slot does not hold an RSA key".into()))?;
+    let bits = key.n().bits();
+    let der = key
+        .to_public_key_der()
+        .map_err(|e| backend_err("encoding the public key", e))?
+        .into_vec();
+    Ok((der, bits))
+}
+
+fn role_from_subject(subject: Option<&str>, slot: u8) -> Option<Role> {
+    match subject {
+        Some(s) if s.contains(AUTHORITY_CN) => Some(Role::Authority),
+        Some(s) if s.contains(SERVICE_CN) => Some(Role::Service),
+        _ => uri::role_of_slot(slot),
+    }
+}
+
+/// One RSA key in a PIV slot.
+pub struct YubikeyKey {
+    card: Mutex<Card>,
+    serial: u32,
+    version: (u8, u8, u8),
+    reader: String,
+    slot: u8,
+    spki: Vec<u8>,
+    bits: usize,
+    role: Option<Role>,
+    label: String,
+    /// Kept (zeroized on drop) to re-verify right before each private-key operation.
+    pin: Option<Zeroizing<String>>,
+}
+
+impl YubikeyKey {
+    pub fn serial(&self) -> u32 {
+        self.serial
+    }
+    pub fn slot(&self) -> u8 {
+        self.slot
+    }
+    pub fn firmware(&self) -> (u8, u8, u8) {
+        self.version
+    }
+
+    fn k(&self) -> usize {
+        self.bits.div_ceil(8)
+    }
+
+    fn with_card<T>(
+        &self,
+        operation: &str,
+        f: impl FnOnce(&mut Card) -> Result<T, TokenError>,
+    ) -> Result<T, TokenError> {
+        let mut card = self
+            .card
+            .lock()
+            .map_err(|_| backend_err(operation, "card handle poisoned by an earlier panic"))?;
+        if let Some(pin) = &self.pin {
+            card::verify_pin(&mut card, pin)?;
+        }
+        f(&mut card)
+    }
+
+    fn algorithm(&self) -> Result<piv::AlgorithmId, TokenError> {
+        algorithm_for_bits(self.bits).ok_or_else(|| {
+            TokenError::UnsupportedKey(format!(
+                "RSA-{} in a PIV slot: this driver (yubikey crate 0.8) handles RSA 1024/2048 only",
+                self.bits
+            ))
+        })
+    }
+
+    fn check_role(&self, wanted: Role, operation: &str) -> Result<(), TokenError> {
+        match self.role {
+            Some(role) if role != wanted => Err(TokenError::NotPermitted {
+                operation: operation.into(),
+                reason: format!(
+                    "the key in slot {:02x} is a {role} key; a sequester key serves one role only",
+                    self.slot
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Fetches the slot attestation and the f9 certificate and checks them (`roots`: Yubico's
+    /// PIV CA and optionally intermediates, as DER).
+    pub fn attest(
+        &self,
+        roots: Option<&[Vec<u8>]>,
+    ) -> Result<attestation::AttestationReport, TokenError> {
+        let slot = slot_id(self.slot)?;
+        let mut card = self
+            .card
+            .lock()
+            .map_err(|_| backend_err("attestation", "card handle poisoned"))?;
+        let slot_cert = piv::attest(&mut card.yk, slot).map_err(|e| match e {
+            ::yubikey::Error::NotSupported | ::yubikey::Error::GenericError => {
+                TokenError::UnsupportedKey(format!(
+                    "YubiKey {} (firmware {}) returns no attestation for slot {:02x}: attestation \
+                     needs a genuine YubiKey 4.3+ and a key generated on it (imported keys and \
+                     emulated cards cannot be attested)",
+                    self.serial,
+                    card.version_string(),
+                    self.slot
+                ))
+            }
+            other => card::pcsc_error("attestation", &other),
+        })?;
+        let device_cert = ::yubikey::Certificate::read(&mut card.yk, piv::SlotId::Attestation)
+            .map_err(|e| backend_err("reading the f9 attestation certificate", e))?;
+        let device_der = der::Encode::to_der(&device_cert.cert)
+            .map_err(|e| backend_err("encoding the f9 certificate", e))?;
+        drop(card);
+        attestation::verify(
+            &slot_cert,
+            &device_der,
+            roots,
+            &attestation::Expected {
+                spki_der: &self.spki,
+                serial: Some(self.serial),
+                firmware: Some(self.version),
+                slot: self.slot,
+            },
+        )
+        .map_err(|e| backend_err("checking the attestation", e))
+    }
+}
+
+impl KeyHandle for YubikeyKey {
+    fn public_key_spki(&self) -> &[u8] {
+        &self.spki
+    }
+
+    fn sign_pss_sha256(&self, message: &[u8]) -> Result<(Vec<u8>, MechanismPath), TokenError> {
+        self.check_role(Role::Authority, "sign")?;
+        let algorithm = self.algorithm()?;
+        let m_hash = crate::crypto::sha256(message);
+        let em = rsa_padding::pss_sha256_encode_random_salt(&m_hash, self.bits)
+            .map_err(|e| TokenError::UnsupportedKey(e.to_string()))?;
+        let slot = slot_id(self.slot)?;
+        let raw = self.with_card("signing", |card| {
+            piv::sign_data(&mut card.yk, &em, algorithm, slot)
+                .map_err(|e| op_error(card, "signing", e))
+        })?;
+        let sig = rsa_padding::left_pad(&raw, self.k())
+            .ok_or_else(|| backend_err("signing", "the card returned more than k bytes"))?;
+        // A faulty RSA-CRT computation can leak the key through the signature: check it here.
+        let public = rsa::RsaPublicKey::from_public_key_der(&self.spki)
+            .map_err(|e| backend_err("signing", e))?;
+        public
+            .verify(
+                rsa::Pss::new_with_salt::<sha2::Sha256>(rsa_padding::PSS_SALT_LEN),
+                &m_hash,
+                &sig,
+            )
+            .map_err(|_| backend_err("signing", "the card's signature does not verify"))?;
+        Ok((sig, MechanismPath::RawRsaHostPss))
+    }
+
+    fn decrypt_oaep_sha256(
+        &self,
+        block: &[u8],
+    ) -> Result<(Zeroizing<Vec<u8>>, MechanismPath), TokenError> {
+        self.check_role(Role::Service, "decrypt")?;
+        let algorithm = self.algorithm()?;
+        if block.len() != self.k() {
+            return Err(TokenError::DecryptionFailed);
+        }
+        let slot = slot_id(self.slot)?;
+        let raw = self.with_card("decryption", |card| {
+            piv::decrypt_data(&mut card.yk, block, algorithm, slot)
+                .map(|buf| Zeroizing::new(buf.to_vec()))
+                .map_err(|e| op_error(card, "decryption", e))
+        })?;
+        let em = Zeroizing::new(
+            rsa_padding::left_pad(&raw, self.k()).ok_or(TokenError::DecryptionFailed)?,
+        );
+        let message =
+            rsa_padding::oaep_sha256_decode(&em).map_err(|_| TokenError::DecryptionFailed)?;
+        Ok((message, MechanismPath::RawRsaHostOaep))
+    }
+
+    fn provenance(&self) -> Result<Provenance, TokenError> {
+        let mut evidence =
+            vec!["PIV has no command to read a private key out of a slot".to_string()];
+        let verdict = match self.attest(None) {
+            Ok(report) if report.generated_on_device => {
+                evidence.push(report.summary());
+                ProvenanceVerdict::GeneratedOnToken
+            }
+            Ok(report) => {
+                evidence.push(report.summary());
+                ProvenanceVerdict::Unknown
+            }
+            Err(e) => {
+                evidence.push(format!("attestation unavailable: {e}"));
+                ProvenanceVerdict::Unknown
+            }
+        };
+        Ok(Provenance {
+            local: (verdict == ProvenanceVerdict::GeneratedOnToken).then_some(true),
+            never_extractable: Some(true),
+            always_sensitive: Some(true),
+            extractable: Some(false),
+            sensitive: Some(true),
+            verdict,
+            evidence,
+        })
+    }
+
+    fn token(&self) -> TokenDescription {
+        TokenDescription {
+            backend: BACKEND.into(),
+            manufacturer: "Yubico".into(),
+            model: format!(
+                "YubiKey PIV, firmware {}.{}.{} (reader `{}`)",
+                self.version.0, self.version.1, self.version.2, self.reader
+            ),
+            serial: self.serial.to_string(),
+            label: format!("YubiKey {}", self.serial),
+        }
+    }
+
+    fn info(&self) -> Result<KeyInfo, TokenError> {
+        Ok(KeyInfo {
+            uri: YubikeyUri::key_uri(self.serial, self.slot),
+            label: self.label.clone(),
+            id: format!("{:02x}", self.slot),
+            role: self.role,
+            bits: self.bits,
+            spki_der: self.spki.clone(),
+            fingerprint: crate::crypto::sha256_hex(&self.spki),
+            can_sign: self.role != Some(Role::Service),
+            can_decrypt: self.role != Some(Role::Authority),
+            provenance: self.provenance()?,
+        })
+    }
+}
+
+/// Errors of a private-key operation: PIN state, card gone, or card refusal.
+fn op_error(card: &Card, operation: &str, err: ::yubikey::Error) -> TokenError {
+    match err {
+        ::yubikey::Error::AuthenticationError => TokenError::NotPermitted {
+            operation: operation.into(),
+            reason: format!(
+                "YubiKey {} refused: the PIN is not verified or the touch was not given in time",
+                card.serial
+            ),
+        },
+        e @ ::yubikey::Error::PcscError { .. } => card::pcsc_error(operation, &e),
+        other => backend_err(operation, other),
+    }
+}
+
+/// Opens the key a `yubikey:` URI designates and verifies the PIN (from `pin-source`,
+/// `SEQUESTER_CUSTODY_PIN` or a prompt). A wrong PIN is reported with the retries left.
 pub fn open_key(uri: &str) -> Result<Box<dyn KeyHandle>, TokenError> {
-    Err(TokenError::UnsupportedKey(format!(
-        "the YubiKey PIV backend is not available in this build (`{uri}`)"
+    Ok(Box::new(open_yubikey_key(uri, true)?))
+}
+
+/// [`open_key`] returning the concrete type (attestation, serial); `with_pin = false` opens
+/// for reading only (public key, attestation).
+pub fn open_yubikey_key(uri: &str, with_pin: bool) -> Result<YubikeyKey, TokenError> {
+    let parsed = YubikeyUri::parse(uri)?;
+    let slot = parsed.slot.ok_or_else(|| TokenError::BadUri {
+        uri: uri.to_string(),
+        reason: "a key URI needs `slot=` (9c authority, 9d service, 82..95 more services)".into(),
+    })?;
+    let mut card = card::open(parsed.serial)?;
+    let (spki, subject) =
+        card::read_slot_public_key(&mut card, slot_id(slot)?)?.ok_or_else(|| {
+            TokenError::NoSuchKey(format!(
+            "slot {slot:02x} of YubiKey {} holds no key certificate (keys generated by this tool \
+             carry one; generate with `key generate --token yubikey:serial={}`)",
+            card.serial, card.serial
+        ))
+        })?;
+    let (spki, bits) = normalise_spki(&spki)?;
+    let pin = if with_pin {
+        let (pin, _origin) = super::pin::resolve_pin(parsed.pin_source.as_deref(), &card.label())?;
+        card::verify_pin(&mut card, &pin)?;
+        Some(pin)
+    } else {
+        None
+    };
+    Ok(YubikeyKey {
+        serial: card.serial,
+        version: card.version,
+        reader: card.reader.clone(),
+        slot,
+        role: role_from_subject(subject.as_deref(), slot),
+        label: subject.unwrap_or_else(|| format!("PIV slot {slot:02x}")),
+        spki,
+        bits,
+        pin,
+        card: Mutex::new(card),
+    })
+}
+
+/// Checks that a YubiKey can generate `bits`-bit RSA with this driver; explains why not.
+pub fn check_generation_size(
+    bits: usize,
+    firmware: (u8, u8, u8),
+) -> Result<piv::AlgorithmId, TokenError> {
+    if let Some(alg) = algorithm_for_bits(bits) {
+        return Ok(alg);
+    }
+    let v = format!("{}.{}.{}", firmware.0, firmware.1, firmware.2);
+    if matches!(bits, 3072 | 4096) {
+        if firmware < (5, 7, 0) {
+            return Err(TokenError::Refused(format!(
+                "RSA-{bits} needs YubiKey firmware 5.7 or later; this card runs {v}: use \
+                 `--bits 2048` (PIV on this card does RSA 1024/2048 only)"
+            )));
+        }
+        return Err(TokenError::Refused(format!(
+            "RSA-{bits}: firmware {v} supports it, but this build's YubiKey driver (yubikey \
+             crate 0.8) generates RSA 1024/2048 only: use `--bits 2048`, or reach the card \
+             through PKCS#11 (Yubico ykcs11) with a `pkcs11:` URI"
+        )));
+    }
+    Err(TokenError::Refused(format!(
+        "RSA-{bits} is not a PIV key size"
     )))
+}
+
+/// What a key generation produced, besides the handle.
+pub struct Generated {
+    pub key: YubikeyKey,
+    pub mgm_key: MgmKeyKind,
+    pub pin_policy: PinPolicyOpt,
+    pub touch_policy: TouchPolicyOpt,
+}
+
+/// Generates `spec` on the card `token_uri` designates (`yubikey:serial=…[;slot=…]` with
+/// optional `pin-policy`, `touch-policy`, `mgm-key-source`). Slot by role unless given:
+/// authority 9c, service 9d (further services: give a retired slot 82..95). Refuses to
+/// overwrite a slot that already holds a key.
+pub fn generate(token_uri: &str, spec: &KeySpec) -> Result<Generated, TokenError> {
+    let parsed = YubikeyUri::parse(token_uri)?;
+    super::check_key_size(spec.bits, spec.allow_insecure_test_size)?;
+    let slot = parsed.slot.unwrap_or_else(|| uri::default_slot(spec.role));
+    if slot == 0x9e {
+        return Err(TokenError::Refused(
+            "slot 9e (card authentication) never asks for the PIN: not for sequester keys".into(),
+        ));
+    }
+    let slot_id = slot_id(slot)?;
+    let mut card = card::open(parsed.serial)?;
+    let algorithm = check_generation_size(spec.bits, card.version)?;
+    if card::read_slot_public_key(&mut card, slot_id)?.is_some() {
+        return Err(TokenError::Refused(format!(
+            "slot {slot:02x} of YubiKey {} already holds a key; refusing to overwrite it (choose \
+             another slot with `slot=`, e.g. a retired slot 82..95 for a further service key)",
+            card.serial
+        )));
+    }
+    let (pin, _origin) = super::pin::resolve_pin(parsed.pin_source.as_deref(), &card.label())?;
+    card::verify_pin(&mut card, &pin)?;
+    let mgm_key = card::authenticate_admin(&mut card, parsed.mgm_key_source.as_deref())?;
+
+    // PIN once: an export reads many access rows in one session; `always` would ask per row.
+    // Touch never: batch decryption of an export would need one touch per row.
+    let pin_policy = parsed.pin_policy.unwrap_or(PinPolicyOpt::Once);
+    let touch_policy = parsed.touch_policy.unwrap_or(TouchPolicyOpt::Never);
+    let spki = piv::generate(
+        &mut card.yk,
+        slot_id,
+        algorithm,
+        match pin_policy {
+            PinPolicyOpt::Never => PinPolicy::Never,
+            PinPolicyOpt::Once => PinPolicy::Once,
+            PinPolicyOpt::Always => PinPolicy::Always,
+        },
+        match touch_policy {
+            TouchPolicyOpt::Never => TouchPolicy::Never,
+            TouchPolicyOpt::Always => TouchPolicy::Always,
+            TouchPolicyOpt::Cached => TouchPolicy::Cached,
+        },
+    )
+    .map_err(|e| match e {
+        ::yubikey::Error::AlgorithmError => TokenError::Refused(format!(
+            "YubiKey {} refused RSA-{} with pin-policy/touch-policy as given",
+            card.serial, spec.bits
+        )),
+        other => op_error(&card, "key generation", other),
+    })?;
+    let spki_der = der::Encode::to_der(&spki).map_err(|e| backend_err("key generation", e))?;
+    let (spki_der, bits) = normalise_spki(&spki_der)?;
+
+    // Right before the signature, as PIN policy `always` (and slot 9c on some cards) demands.
+    card::verify_pin(&mut card, &pin)?;
+    if touch_policy != TouchPolicyOpt::Never {
+        eprintln!(
+            "Touch the YubiKey {} now (its slot certificate is being signed)",
+            card.serial
+        );
+    }
+    let cn = match spec.role {
+        Role::Authority => AUTHORITY_CN,
+        Role::Service => SERVICE_CN,
+    };
+    let subject = format!(
+        "CN={cn},OU={},O=sequester-custody",
+        sanitize_rdn(&spec.label)
+    );
+    write_slot_certificate(&mut card, slot_id, &subject, &spki_der, bits)?;
+
+    let key = YubikeyKey {
+        serial: card.serial,
+        version: card.version,
+        reader: card.reader.clone(),
+        slot,
+        spki: spki_der,
+        bits,
+        role: Some(spec.role),
+        label: subject,
+        pin: Some(pin),
+        card: Mutex::new(card),
+    };
+    Ok(Generated {
+        key,
+        mgm_key,
+        pin_policy,
+        touch_policy,
+    })
+}
+
+/// [`generate`] for the generic `key generate` path.
+pub fn generate_key(token_uri: &str, spec: &KeySpec) -> Result<Box<dyn KeyHandle>, TokenError> {
+    Ok(Box::new(generate(token_uri, spec)?.key))
+}
+
+fn sanitize_rdn(label: &str) -> String {
+    let clean: String = label
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || " -_.".contains(*c))
+        .take(64)
+        .collect();
+    if clean.is_empty() {
+        "unlabelled".into()
+    } else {
+        clean
+    }
+}
+
+/// A self-signed certificate (PKCS#1 v1.5 SHA-256, signed by the slot key) recording the key
+/// and its role, stored in the slot's certificate object.
+fn write_slot_certificate(
+    card: &mut Card,
+    slot: piv::SlotId,
+    subject: &str,
+    spki_der: &[u8],
+    bits: usize,
+) -> Result<(), TokenError> {
+    use std::str::FromStr;
+    use x509_cert::{name::Name, serial_number::SerialNumber, time::Validity};
+    let err = |e: &dyn std::fmt::Display| backend_err("writing the slot certificate", e);
+    let name = Name::from_str(subject).map_err(|e| err(&e))?;
+    let spki = <x509_cert::spki::SubjectPublicKeyInfoOwned as der::Decode>::from_der(spki_der)
+        .map_err(|e| err(&e))?;
+    let mut serial = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut serial);
+    serial[0] &= 0x7f;
+    serial[0] |= 0x01;
+    let serial = SerialNumber::new(&serial).map_err(|e| err(&e))?;
+    let validity = Validity::from_now(std::time::Duration::from_secs(20 * 365 * 86_400))
+        .map_err(|e| err(&e))?;
+    let result = match bits {
+        2048 => ::yubikey::Certificate::generate_self_signed::<
+            _,
+            ::yubikey::certificate::yubikey_signer::YubiRsa<
+                ::yubikey::certificate::yubikey_signer::Rsa2048,
+            >,
+        >(&mut card.yk, slot, serial, validity, name, spki, |_| Ok(())),
+        1024 => ::yubikey::Certificate::generate_self_signed::<
+            _,
+            ::yubikey::certificate::yubikey_signer::YubiRsa<
+                ::yubikey::certificate::yubikey_signer::Rsa1024,
+            >,
+        >(&mut card.yk, slot, serial, validity, name, spki, |_| Ok(())),
+        other => return Err(err(&format!("no certificate signer for RSA-{other}"))),
+    };
+    result
+        .map(|_| ())
+        .map_err(|e| op_error(card, "writing the slot certificate", e))
+}
+
+/// Lists the RSA keys on the card `token_uri` designates (no PIN needed).
+pub fn list_keys(token_uri: &str) -> Result<Vec<KeyInfo>, TokenError> {
+    let parsed = YubikeyUri::parse(token_uri)?;
+    let mut card = card::open(parsed.serial)?;
+    let mut out = Vec::new();
+    let slots: Vec<u8> = [0x9a, 0x9c, 0x9d, 0x9e]
+        .into_iter()
+        .chain(0x82..=0x95)
+        .collect();
+    for slot in slots {
+        let Some((spki, subject)) = card::read_slot_public_key(&mut card, slot_id(slot)?)? else {
+            continue;
+        };
+        let Ok((spki, bits)) = normalise_spki(&spki) else {
+            continue; // EC keys are not sequester keys
+        };
+        let role = role_from_subject(subject.as_deref(), slot);
+        out.push(KeyInfo {
+            uri: YubikeyUri::key_uri(card.serial, slot),
+            label: subject.unwrap_or_else(|| format!("PIV slot {slot:02x}")),
+            id: format!("{slot:02x}"),
+            role,
+            bits,
+            fingerprint: crate::crypto::sha256_hex(&spki),
+            spki_der: spki,
+            can_sign: role != Some(Role::Service),
+            can_decrypt: role != Some(Role::Authority),
+            provenance: Provenance {
+                local: None,
+                never_extractable: Some(true),
+                always_sensitive: Some(true),
+                extractable: Some(false),
+                sensitive: Some(true),
+                verdict: ProvenanceVerdict::Unknown,
+                evidence: vec!["not attested in a listing; use `key show`".into()],
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// `key show` for a YubiKey key: the attestation report, with the chain checked to the roots
+/// in `attestation_root` (PEM or DER; Yubico's PIV CA and intermediates) when given.
+pub fn attestation_report(
+    key_uri: &str,
+    attestation_root: Option<&Path>,
+) -> Result<attestation::AttestationReport, TokenError> {
+    let roots = attestation_root
+        .map(attestation::load_roots)
+        .transpose()
+        .map_err(|e| TokenError::Refused(e.to_string()))?;
+    let key = open_yubikey_key(key_uri, false)?;
+    key.attest(roots.as_deref())
+}
+
+/// Card facts for `token list`/`token show`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CardInfo {
+    pub serial: u32,
+    pub firmware: String,
+    pub reader: String,
+    pub pin_retries: u8,
+}
+
+/// Serial, firmware, reader and PIN retries of the card `token_uri` designates.
+pub fn card_info(token_uri: &str) -> Result<CardInfo, TokenError> {
+    let parsed = YubikeyUri::parse(token_uri)?;
+    let mut card = card::open(parsed.serial)?;
+    let pin_retries = card::pin_retries(&mut card)?;
+    Ok(CardInfo {
+        serial: card.serial,
+        firmware: card.version_string(),
+        reader: card.reader.clone(),
+        pin_retries,
+    })
 }

@@ -133,6 +133,16 @@ impl SoftHsm {
         vec![
             ("SOFTHSM2_CONF".into(), self.conf.display().to_string()),
             ("SEQUESTER_CUSTODY_PIN".into(), USER_PIN.into()),
+            // Key commands append to a ceremony transcript: keep it with the token, not in the
+            // repository (an explicit --transcript still wins).
+            (
+                "SEQUESTER_CUSTODY_TRANSCRIPT".into(),
+                self.dir
+                    .path()
+                    .join("transcript.jsonl")
+                    .display()
+                    .to_string(),
+            ),
         ]
     }
 
@@ -160,9 +170,12 @@ pub fn cli() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sequester-custody"))
 }
 
-/// Runs the CLI with extra environment, returns the output.
+/// Runs the CLI with extra environment, returns the output. The child has no controlling
+/// terminal (its own session), so a PIN or passphrase prompt fails instead of waiting for a
+/// developer's keyboard.
 pub fn run_cli(args: &[&str], env: &[(String, String)]) -> Output {
     let mut cmd = cli();
+    detach_from_terminal(&mut cmd);
     cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
@@ -182,4 +195,407 @@ pub fn stderr(out: &Output) -> String {
 pub fn file_sha256(path: &Path) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// User PIN of kryoptic test tokens (kryoptic requires at least 8 characters).
+pub const KRYOPTIC_USER_PIN: &str = "87654321";
+
+/// The kryoptic module built by `softhsm-fixtures/kryoptic/setup.sh` (`KRYOPTIC_MODULE`).
+pub fn kryoptic_module() -> Option<PathBuf> {
+    std::env::var_os("KRYOPTIC_MODULE")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+}
+
+/// A fresh kryoptic token (its own sqlite database and `KRYOPTIC_CONF`).
+pub struct Kryoptic {
+    pub dir: tempfile::TempDir,
+    pub conf: PathBuf,
+    pub label: String,
+    pub module: PathBuf,
+}
+
+impl Kryoptic {
+    pub fn new(label: &str) -> Option<Kryoptic> {
+        Kryoptic::with_tokens(&[label])
+    }
+
+    /// One slot per label (labels may repeat, e.g. for "two tokens match" tests); the first
+    /// label is this fixture's `label`.
+    pub fn with_tokens(labels: &[&str]) -> Option<Kryoptic> {
+        let module = kryoptic_module();
+        if !available(
+            "kryoptic (KRYOPTIC_MODULE from softhsm-fixtures/kryoptic/setup.sh)",
+            module.is_some(),
+        ) {
+            return None;
+        }
+        let module = module.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("kryoptic.conf");
+        let mut text = String::new();
+        for (i, _) in labels.iter().enumerate() {
+            text.push_str(&format!(
+                "[[slots]]\nslot = {}\ndbtype = \"sqlite\"\ndbargs = \"{}\"\n\n",
+                10 + i,
+                dir.path().join(format!("token{i}.sql")).display()
+            ));
+        }
+        std::fs::write(&conf, text).unwrap();
+        let k = Kryoptic {
+            dir,
+            conf,
+            label: labels[0].to_string(),
+            module,
+        };
+        for (i, label) in labels.iter().enumerate() {
+            k.pkcs11_tool(&[
+                "--slot",
+                &(10 + i).to_string(),
+                "--init-token",
+                "--label",
+                label,
+                "--so-pin",
+                SO_PIN,
+            ]);
+            k.pkcs11_tool(&[
+                "--slot",
+                &(10 + i).to_string(),
+                "--login",
+                "--login-type",
+                "so",
+                "--so-pin",
+                SO_PIN,
+                "--init-pin",
+                "--pin",
+                KRYOPTIC_USER_PIN,
+            ]);
+        }
+        Some(k)
+    }
+
+    fn pkcs11_tool(&self, args: &[&str]) {
+        let out = Command::new("pkcs11-tool")
+            .env("KRYOPTIC_CONF", &self.conf)
+            .arg("--module")
+            .arg(&self.module)
+            .args(args)
+            .output()
+            .expect("pkcs11-tool (apt package opensc)");
+        assert!(out.status.success(), "pkcs11-tool {args:?}: {out:?}");
+    }
+
+    /// Environment for a subprocess that should see this token (PIN included).
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("KRYOPTIC_CONF".into(), self.conf.display().to_string()),
+            ("SEQUESTER_CUSTODY_PIN".into(), KRYOPTIC_USER_PIN.into()),
+            (
+                "SEQUESTER_CUSTODY_TRANSCRIPT".into(),
+                self.dir
+                    .path()
+                    .join("transcript.jsonl")
+                    .display()
+                    .to_string(),
+            ),
+        ]
+    }
+
+    pub fn key_uri(&self, object: &str) -> String {
+        format!(
+            "pkcs11:token={};object={};type=private?module-path={}",
+            self.label,
+            object,
+            self.module.display()
+        )
+    }
+
+    pub fn token_uri(&self) -> String {
+        format!(
+            "pkcs11:token={}?module-path={}",
+            self.label,
+            self.module.display()
+        )
+    }
+}
+
+/// Either kind of test token, for tests that run against both.
+pub enum TestToken {
+    SoftHsm(SoftHsm),
+    Kryoptic(Kryoptic),
+}
+
+impl TestToken {
+    /// The two real tokens the suite runs against, each freshly created (skipped ones omitted).
+    pub fn both(label: &str) -> Vec<TestToken> {
+        let mut v = Vec::new();
+        if let Some(s) = SoftHsm::new(label) {
+            v.push(TestToken::SoftHsm(s));
+        }
+        if let Some(k) = Kryoptic::new(label) {
+            v.push(TestToken::Kryoptic(k));
+        }
+        v
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            TestToken::SoftHsm(_) => "softhsm2",
+            TestToken::Kryoptic(_) => "kryoptic",
+        }
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        match self {
+            TestToken::SoftHsm(t) => t.env(),
+            TestToken::Kryoptic(t) => t.env(),
+        }
+    }
+
+    pub fn key_uri(&self, object: &str) -> String {
+        match self {
+            TestToken::SoftHsm(t) => t.key_uri(object),
+            TestToken::Kryoptic(t) => t.key_uri(object),
+        }
+    }
+
+    pub fn token_uri(&self) -> String {
+        match self {
+            TestToken::SoftHsm(t) => t.token_uri(),
+            TestToken::Kryoptic(t) => t.token_uri(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        match self {
+            TestToken::SoftHsm(t) => t.dir.path(),
+            TestToken::Kryoptic(t) => t.dir.path(),
+        }
+    }
+
+    pub fn module(&self) -> &Path {
+        match self {
+            TestToken::SoftHsm(t) => &t.module,
+            TestToken::Kryoptic(t) => &t.module,
+        }
+    }
+
+    pub fn user_pin(&self) -> &'static str {
+        match self {
+            TestToken::SoftHsm(_) => USER_PIN,
+            TestToken::Kryoptic(_) => KRYOPTIC_USER_PIN,
+        }
+    }
+}
+
+/// Set in the child process of [`run_isolated`].
+pub const ISOLATED_ENV: &str = "SEQUESTER_TEST_ISOLATED";
+
+/// Runs the `#[ignore]`d test `name` of the current test binary in a child process with `env`.
+/// PKCS#11 modules read their configuration (SOFTHSM2_CONF, KRYOPTIC_CONF) once per process, so
+/// in-process token work runs in a child to keep one fresh token per test.
+pub fn run_isolated(name: &str, env: &[(String, String)]) {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args([
+            name,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ISOLATED_ENV, "1")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    let text = format!("{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "isolated test {name} failed:\n{text}"
+    );
+}
+
+/// True in the child process of [`run_isolated`]; the `#[ignore]`d inner tests return early
+/// otherwise.
+pub fn in_isolated_child() -> bool {
+    std::env::var_os(ISOLATED_ENV).is_some()
+}
+
+/// Asserts a CLI run failed cleanly: non-zero exit, no panic, stderr containing `needle`.
+pub fn assert_clean_failure(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {err}"
+    );
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(
+        err.contains(needle),
+        "stderr does not contain `{needle}`:\n{err}"
+    );
+}
+
+/// Environment for [`check_private_key_locked_down`] in a child process.
+pub fn locked_down_env(
+    t: &TestToken,
+    token_label: &str,
+    key_label: &str,
+    role: &str,
+) -> Vec<(String, String)> {
+    let mut env = t.env();
+    env.push(("INNER_MODULE".into(), t.module().display().to_string()));
+    env.push(("INNER_LABEL".into(), key_label.into()));
+    env.push(("INNER_TOKEN".into(), token_label.into()));
+    env.push(("INNER_ROLE".into(), role.into()));
+    env
+}
+
+/// Directly through PKCS#11 (not through the tool): the private key's secret attributes are
+/// unreadable, C_WrapKey is refused, CKA_EXTRACTABLE cannot be set to true, and the usage flags
+/// are the role's.
+///
+/// Reads INNER_MODULE, INNER_TOKEN, INNER_LABEL, INNER_ROLE and SEQUESTER_CUSTODY_PIN; runs in
+/// the child process of [`run_isolated`] (it initialises the module in-process).
+pub fn check_private_key_locked_down() {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::error::{Error as CkError, RvError};
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    let module = std::env::var("INNER_MODULE").unwrap();
+    let label = std::env::var("INNER_LABEL").unwrap();
+    let token = std::env::var("INNER_TOKEN").unwrap();
+    let role = std::env::var("INNER_ROLE").unwrap();
+    let pin = std::env::var("SEQUESTER_CUSTODY_PIN").unwrap();
+    let ctx = Pkcs11::new(module).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = ctx
+        .get_slots_with_initialized_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label() == token)
+        .unwrap();
+    let session = ctx.open_rw_session(slot).unwrap();
+    session
+        .login(UserType::User, Some(&AuthPin::new(pin.into())))
+        .unwrap();
+    let keys = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(KeyType::RSA),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    let key = keys[0];
+
+    // Secret components: reported as sensitive (get_attributes would silently drop them).
+    let info = session
+        .get_attribute_info(
+            key,
+            &[
+                AttributeType::PrivateExponent,
+                AttributeType::Prime1,
+                AttributeType::Prime2,
+                AttributeType::Coefficient,
+            ],
+        )
+        .unwrap();
+    for i in &info {
+        assert!(
+            matches!(i, AttributeInfo::Sensitive | AttributeInfo::Unavailable),
+            "secret attribute readable: {info:?}"
+        );
+    }
+    let got = session
+        .get_attributes(key, &[AttributeType::PrivateExponent])
+        .unwrap();
+    assert!(got.is_empty(), "CKA_PRIVATE_EXPONENT was returned");
+
+    // Usage flags: authority = sign only, service = decrypt only.
+    let flags = session
+        .get_attributes(
+            key,
+            &[
+                AttributeType::Sign,
+                AttributeType::Decrypt,
+                AttributeType::Unwrap,
+                AttributeType::Token,
+                AttributeType::Private,
+            ],
+        )
+        .unwrap();
+    let want_sign = role == "authority";
+    for a in &flags {
+        match a {
+            Attribute::Sign(b) => assert_eq!(*b, want_sign, "CKA_SIGN"),
+            Attribute::Decrypt(b) => assert_eq!(*b, !want_sign, "CKA_DECRYPT"),
+            Attribute::Unwrap(b) => assert!(!*b, "CKA_UNWRAP"),
+            Attribute::Token(b) => assert!(*b, "CKA_TOKEN"),
+            Attribute::Private(b) => assert!(*b, "CKA_PRIVATE"),
+            _ => {}
+        }
+    }
+    assert_eq!(flags.len(), 5, "{flags:?}");
+
+    // C_WrapKey with a fresh AES wrapping key is refused.
+    let wrapping = session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ValueLen(32.into()),
+                Attribute::Wrap(true),
+                Attribute::Encrypt(true),
+            ],
+        )
+        .unwrap();
+    let mut refusals = 0;
+    for mech in [Mechanism::AesKeyWrapPad, Mechanism::AesCbcPad([7u8; 16])] {
+        let wrapped = session.wrap_key(&mech, wrapping, key);
+        eprintln!("wrap with {mech:?}: {wrapped:?}");
+        match wrapped {
+            Err(CkError::Pkcs11(
+                RvError::KeyUnextractable | RvError::KeyFunctionNotPermitted,
+                _,
+            )) => refusals += 1,
+            // A token that does not implement this wrap mechanism proves nothing either way.
+            Err(CkError::Pkcs11(RvError::MechanismInvalid, _)) => {}
+            other => panic!("C_WrapKey of the private key with {mech:?}: {other:?}"),
+        }
+    }
+    assert!(refusals >= 1, "no wrap mechanism was even tried on the key");
+
+    // CKA_EXTRACTABLE cannot go back to true.
+    let set = session.update_attributes(key, &[Attribute::Extractable(true)]);
+    assert!(
+        matches!(
+            set,
+            Err(CkError::Pkcs11(
+                RvError::AttributeReadOnly
+                    | RvError::ActionProhibited
+                    | RvError::AttributeValueInvalid,
+                _
+            ))
+        ),
+        "setting CKA_EXTRACTABLE=true: {set:?}"
+    );
+    let still = session
+        .get_attributes(key, &[AttributeType::Extractable])
+        .unwrap();
+    assert!(matches!(still[..], [Attribute::Extractable(false)]));
+}
+
+/// Starts `cmd` in a new session without a controlling terminal (no `/dev/tty` to prompt on).
+pub fn detach_from_terminal(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe and only affects the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
 }

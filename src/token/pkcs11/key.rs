@@ -33,6 +33,8 @@ pub struct Pkcs11Key {
     id: Vec<u8>,
     spki_der: Vec<u8>,
     public: rsa::RsaPublicKey,
+    /// Big-endian modulus, exactly k bytes.
+    modulus: Vec<u8>,
     can_sign: bool,
     can_decrypt: bool,
 }
@@ -240,6 +242,8 @@ impl Pkcs11Key {
             .map_err(|e| TokenError::UnsupportedKey(e.to_string()))?;
         let can_sign = read_bool(&session, handle, AttributeType::Sign).unwrap_or(false);
         let can_decrypt = read_bool(&session, handle, AttributeType::Decrypt).unwrap_or(false);
+        let modulus =
+            rsa_padding::left_pad(&public.n().to_bytes_be(), public.size()).unwrap_or_default();
         Ok(Pkcs11Key {
             token,
             session: Mutex::new(session),
@@ -248,6 +252,7 @@ impl Pkcs11Key {
             id,
             spki_der,
             public,
+            modulus,
             can_sign,
             can_decrypt,
         })
@@ -346,6 +351,52 @@ impl Pkcs11Key {
         }
     }
 
+    /// CKM_RSA_X_509 decryption with a k-byte output buffer and no length query (see
+    /// [`super::module::RawFunctions`]); cryptoki's two-call path when the table is unavailable.
+    fn raw_rsa_decrypt(
+        &self,
+        session: &Session,
+        block: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CkError> {
+        use cryptoki::context::Function;
+        use cryptoki::error::Rv;
+        let Some(raw) = &self.token.module.raw else {
+            return Ok(Zeroizing::new(session.decrypt(
+                &Mechanism::RsaX509,
+                self.handle,
+                block,
+            )?));
+        };
+        let mut mechanism = cryptoki_sys::CK_MECHANISM {
+            mechanism: cryptoki_sys::CKM_RSA_X_509,
+            pParameter: std::ptr::null_mut(),
+            ulParameterLen: 0,
+        };
+        let mut out = Zeroizing::new(vec![0u8; block.len()]);
+        let mut out_len = out.len() as cryptoki_sys::CK_ULONG;
+        let mut input = block.to_vec();
+        // SAFETY: valid session and object handles of this module; buffers outlive the calls
+        // and their lengths are passed alongside.
+        unsafe {
+            Rv::from((raw.decrypt_init)(
+                session.handle(),
+                &mut mechanism,
+                self.handle.handle(),
+            ))
+            .into_result(Function::DecryptInit)?;
+            Rv::from((raw.decrypt)(
+                session.handle(),
+                input.as_mut_ptr(),
+                input.len() as cryptoki_sys::CK_ULONG,
+                out.as_mut_ptr(),
+                &mut out_len,
+            ))
+            .into_result(Function::Decrypt)?;
+        }
+        out.truncate(out_len as usize);
+        Ok(out)
+    }
+
     fn decrypt_with(
         &self,
         path: MechanismPath,
@@ -363,12 +414,9 @@ impl Pkcs11Key {
                 Ok(Ok(Zeroizing::new(out)))
             }
             MechanismPath::RawRsaHostOaep => {
-                let raw =
-                    Zeroizing::new(session.decrypt(&Mechanism::RsaX509, self.handle, block)?);
-                let em = Zeroizing::new(
-                    rsa_padding::left_pad(&raw, block.len()).ok_or(CkError::InvalidValue)?,
-                );
-                Ok(rsa_padding::oaep_sha256_decode(&em).map_err(|_| TokenError::DecryptionFailed))
+                let raw = self.raw_rsa_decrypt(&session, block)?;
+                Ok(rsa_padding::oaep_sha256_decode_raw(&raw, block.len())
+                    .map_err(|_| TokenError::DecryptionFailed))
             }
             _ => Err(CkError::NotSupported),
         }
@@ -451,6 +499,11 @@ impl KeyHandle for Pkcs11Key {
                 block.len()
             )));
         }
+        // c >= n can never be a ciphertext; some tokens answer it with CKR_GENERAL_ERROR, so
+        // reject it here (n is public: this check reveals nothing).
+        if block >= self.modulus.as_slice() {
+            return Err(TokenError::DecryptionFailed);
+        }
         let paths = self.negotiated().decrypt;
         if paths.is_empty() {
             return Err(TokenError::UnsupportedKey(
@@ -467,12 +520,17 @@ impl KeyHandle for Pkcs11Key {
                     last_refusal = Some(e);
                 }
                 // Every failure of the operation itself is the same error: no padding oracle.
+                // Tokens differ in how they report a bad block (kryoptic: CKR_DEVICE_ERROR,
+                // SoftHSM: CKR_ENCRYPTED_DATA_INVALID or CKR_GENERAL_ERROR).
                 Err(CkError::Pkcs11(
                     RvError::EncryptedDataInvalid
                     | RvError::EncryptedDataLenRange
                     | RvError::DataInvalid
-                    | RvError::DataLenRange,
-                    _,
+                    | RvError::DataLenRange
+                    | RvError::DeviceError
+                    | RvError::GeneralError
+                    | RvError::FunctionFailed,
+                    cryptoki::context::Function::Decrypt,
                 ))
                 | Err(CkError::InvalidValue) => return Err(TokenError::DecryptionFailed),
                 Err(e) => return Err(ck_error("C_Decrypt", e)),

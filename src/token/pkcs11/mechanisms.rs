@@ -10,7 +10,6 @@ use std::sync::{Mutex, OnceLock};
 use cryptoki::mechanism::MechanismType;
 use serde::Serialize;
 
-use super::super::profile::MechanismPreferences;
 use super::super::MechanismPath;
 use super::module::TokenRef;
 
@@ -73,7 +72,7 @@ pub fn negotiate(token: &TokenRef, key_bits: usize) -> Negotiated {
         .profile
         .as_ref()
         .map(|p| p.mechanisms.clone())
-        .unwrap_or_else(MechanismPreferences::default);
+        .unwrap_or_default();
     let negotiated = Negotiated {
         decrypt: prefs
             .decrypt

@@ -23,6 +23,51 @@ pub struct Module {
     pub path: PathBuf,
     pub ctx: Pkcs11,
     pub profile: Option<Profile>,
+    /// The module's function list, for the one call cryptoki cannot make (see [`RawFunctions`]).
+    pub raw: Option<RawFunctions>,
+}
+
+/// `C_DecryptInit` / `C_Decrypt` taken from the module's own function list. cryptoki's
+/// `Session::decrypt` always asks the output length first (`pData = NULL`), which kryoptic 1.5.4
+/// answers with CKR_GENERAL_ERROR for CKM_RSA_X_509; raw RSA output is exactly k bytes, so the
+/// fallback path calls `C_Decrypt` once with a k-byte buffer instead.
+pub struct RawFunctions {
+    // Keeps the dlopen reference alive (same library instance as cryptoki's: same state).
+    _lib: cryptoki_sys::Pkcs11,
+    pub decrypt_init: unsafe extern "C" fn(
+        cryptoki_sys::CK_SESSION_HANDLE,
+        *mut cryptoki_sys::CK_MECHANISM,
+        cryptoki_sys::CK_OBJECT_HANDLE,
+    ) -> cryptoki_sys::CK_RV,
+    pub decrypt: unsafe extern "C" fn(
+        cryptoki_sys::CK_SESSION_HANDLE,
+        *mut u8,
+        cryptoki_sys::CK_ULONG,
+        *mut u8,
+        *mut cryptoki_sys::CK_ULONG,
+    ) -> cryptoki_sys::CK_RV,
+}
+
+fn load_raw_functions(path: &Path) -> Option<RawFunctions> {
+    // SAFETY: the same module cryptoki already loaded and initialised; dlopen returns the same
+    // instance, and C_GetFunctionList only fills in a pointer to a static table.
+    unsafe {
+        let lib = cryptoki_sys::Pkcs11::new(path).ok()?;
+        let mut list: *mut cryptoki_sys::CK_FUNCTION_LIST = std::ptr::null_mut();
+        if lib.C_GetFunctionList.is_err()
+            || lib.C_GetFunctionList(&mut list) != cryptoki_sys::CKR_OK
+            || list.is_null()
+        {
+            return None;
+        }
+        let decrypt_init = (*list).C_DecryptInit?;
+        let decrypt = (*list).C_Decrypt?;
+        Some(RawFunctions {
+            _lib: lib,
+            decrypt_init,
+            decrypt,
+        })
+    }
 }
 
 impl std::fmt::Debug for Module {
@@ -63,6 +108,7 @@ pub fn load_module(path: &Path) -> Result<Arc<Module>, TokenError> {
         }
     }
     let module = Arc::new(Module {
+        raw: load_raw_functions(&key),
         profile: profile::profile_for_module(&key),
         path: key.clone(),
         ctx,
@@ -168,14 +214,15 @@ pub fn describe(info: &TokenInfo) -> TokenDescription {
 }
 
 fn matches(uri: &Pkcs11Uri, slot: Slot, d: &TokenDescription) -> bool {
-    uri.token.as_ref().is_none_or(|t| *t == d.label)
-        && uri.serial.as_ref().is_none_or(|s| *s == d.serial)
-        && uri
-            .manufacturer
-            .as_ref()
-            .is_none_or(|m| *m == d.manufacturer)
-        && uri.model.as_ref().is_none_or(|m| *m == d.model)
-        && uri.slot_id.is_none_or(|id| id == slot.id())
+    // `Option::is_none_or` needs Rust 1.82; the crate supports 1.80.
+    fn ok<T: PartialEq<U>, U: ?Sized>(want: &Option<T>, have: &U) -> bool {
+        want.as_ref().map_or(true, |w| w == have)
+    }
+    ok(&uri.token, d.label.as_str())
+        && ok(&uri.serial, d.serial.as_str())
+        && ok(&uri.manufacturer, d.manufacturer.as_str())
+        && ok(&uri.model, d.model.as_str())
+        && ok(&uri.slot_id, &slot.id())
 }
 
 /// Selects exactly one initialised token matching the URI's token attributes.

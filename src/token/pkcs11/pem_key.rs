@@ -19,12 +19,16 @@ pub fn parse_private_key_pem(
     passphrase: impl FnOnce() -> Result<Zeroizing<String>, TokenError>,
 ) -> Result<RsaPrivateKey, TokenError> {
     let doc = pem::parse(text).map_err(|e| bad(format!("not a PEM private key: {e}")))?;
-    let der = Zeroizing::new(doc.contents().to_vec());
-    match doc.tag() {
+    let tag = doc.tag().to_string();
+    let legacy_encrypted =
+        doc.headers().get("Proc-Type").is_some() || doc.headers().get("DEK-Info").is_some();
+    // Take the DER out of the PEM object so that it is zeroized when dropped.
+    let der = Zeroizing::new(doc.into_contents());
+    match tag.as_str() {
         "PRIVATE KEY" => RsaPrivateKey::from_pkcs8_der(&der)
             .map_err(|e| bad(format!("PKCS#8 key is not a valid RSA key: {e}"))),
         "RSA PRIVATE KEY" => {
-            if doc.headers().get("Proc-Type").is_some() || doc.headers().get("DEK-Info").is_some() {
+            if legacy_encrypted {
                 return Err(bad(
                     "legacy encrypted PEM (Proc-Type/DEK-Info) is not supported: convert it with \
                      `openssl pkcs8 -topk8 -v2 aes-256-cbc` first",

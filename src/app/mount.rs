@@ -1,0 +1,144 @@
+//! `export mount FILE MOUNTPOINT --key URI [--at T]`: recovers the realm keys through the token
+//! (one operation), then serves the workspace read-only with FUSE in the foreground until
+//! Ctrl-C / SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+
+use super::export::KeyArgs;
+use super::{CommandResult, GlobalOpts};
+use crate::export::{parse_id, ExportFile, OpenOptions, UnlockOptions};
+use crate::mount::{self, Ended, FsOptions, MountOptions};
+use crate::parsec::DateTime;
+
+#[derive(Debug, clap::Args)]
+pub struct MountArgs {
+    /// The realm export (opened read-only; never modified).
+    pub file: PathBuf,
+    /// An existing, empty directory.
+    pub mountpoint: PathBuf,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Time of interest shown at the mount root (RFC 3339); default: the snapshot time. Any
+    /// other instant is under `/.history/<RFC3339>/`.
+    #[arg(long)]
+    pub at: Option<String>,
+    /// FUSE request threads (default: 2 x cores, at least 4).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+pub fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
+    // Checked before the token: a bad mount point must not cost a PIN entry.
+    mount::check_mount_point(&args.mountpoint)?;
+    let export = ExportFile::open(
+        &args.file,
+        &OpenOptions {
+            allow_incomplete: args.key.allow_incomplete,
+        },
+    )?;
+    if !export.info().is_complete() {
+        eprintln!(
+            "WARNING: {} is a PARTIAL export (not done: {}); what follows may be missing data",
+            args.file.display(),
+            export.info().missing_parts().join(", ")
+        );
+    }
+    if export.sequester_topic()?.is_none() {
+        return Err(crate::export::ExportError::NotSequestered.into());
+    }
+    let service_id = args
+        .key
+        .service_id
+        .as_deref()
+        .map(parse_id)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let realm = {
+        let key = crate::token::open_key(&args.key.key).context("opening the service key")?;
+        export.unlock(key.as_ref(), &UnlockOptions { service_id })?
+        // The token session closes here: the mount never needs the token again.
+    };
+    let snapshot = realm.snapshot();
+    let at = match &args.at {
+        None => snapshot,
+        Some(s) => {
+            let t = DateTime::parse_rfc3339(s).map_err(anyhow::Error::msg)?;
+            if t > snapshot {
+                bail!(
+                    "--at {t} is after the export's snapshot time {snapshot}: the export knows \
+                     nothing after it"
+                );
+            }
+            t
+        }
+    };
+    let r = realm.recovery();
+    eprintln!(
+        "Service `{}` ({}); token operations: {}; realm keys obtained: {:?} of {}",
+        realm.service().label,
+        hex::encode(realm.service().service_id),
+        r.token_operations,
+        r.obtained_key_indexes,
+        realm.latest_key_index()
+    );
+    if r.obtained_key_indexes.is_empty() {
+        eprintln!(
+            "NOTHING IS READABLE with this key: every entry will show as unreadable (EACCES)."
+        );
+    } else if !r.missing_key_indexes.is_empty() {
+        eprintln!(
+            "Note: data encrypted with key index(es) {:?} is not readable by this service; such \
+             entries appear with mode 0000 and opening them fails with EACCES (logged here).",
+            r.missing_key_indexes
+        );
+    }
+    let name = realm.realm_name_at(at).to_string();
+    let realm_id = hex::encode(realm.realm_id());
+    let cores = crate::export::parallel::default_threads();
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let opts = MountOptions {
+        fs: FsOptions {
+            at,
+            uid,
+            gid,
+            read_threads: cores,
+            readahead_blocks: 4,
+        },
+        threads: args.threads.unwrap_or((cores * 2).max(4)),
+        fs_name: format!("sequester-custody:{realm_id}"),
+    };
+    let mountpoint = args.mountpoint.clone();
+    let json = global.json;
+    let ended = mount::run_foreground(Arc::new(realm), &args.mountpoint, opts, || {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"mounted": mountpoint, "realm_name": name,
+                    "realm_id": realm_id, "at": at, "history": format!("{}/{}",
+                    mountpoint.display(), mount::HISTORY_NAME)})
+            );
+        } else {
+            println!(
+                "Mounted {name} ({realm_id}) as of {at} at {}; Ctrl-C to unmount",
+                mountpoint.display()
+            );
+            println!(
+                "Other instants: {}/{}/<RFC 3339 time>/",
+                mountpoint.display(),
+                mount::HISTORY_NAME
+            );
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    })?;
+    match ended {
+        Ended::Signal(_) => eprintln!("Unmounted {}", args.mountpoint.display()),
+        Ended::External => eprintln!("{} was unmounted from outside", args.mountpoint.display()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
