@@ -269,6 +269,10 @@ fn thr_ratio(v: f64, b: &Baselines) -> String {
 /// Throughput per CPU-second of the tool against the baseline's: what the shared machine's load
 /// cannot skew (the wall-clock ratio is what the targets are stated in).
 fn cpu_ratio(bytes: u64, cpu_seconds: f64, b: &Baselines) -> String {
+    // /proc CPU times tick at 10 ms: shorter operations cannot be normalised.
+    if !(cpu_seconds >= 0.05) {
+        return "; per CPU-second n/a (too short)".into();
+    }
     let base = b.bytes as f64 / b.decrypt_cpu;
     format!(
         "; per CPU-second {:.2}× decrypt",
@@ -299,7 +303,10 @@ struct Baselines {
 }
 
 /// Every block of the tree at the snapshot (the blocks `extract` decrypts).
-fn planned_blocks(realm: &Realm) -> Res<(Vec<BlockAccess>, Vec<(String, u64)>)> {
+/// `(path, size)` of a planned file.
+type PlannedFile = (String, u64);
+
+fn planned_blocks(realm: &Realm) -> Res<(Vec<BlockAccess>, Vec<PlannedFile>)> {
     let plan = extract::plan(realm, "/", realm.snapshot())?;
     let mut blocks = Vec::new();
     let mut files = Vec::new();

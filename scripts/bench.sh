@@ -22,6 +22,7 @@ cache="${SEQUESTER_BENCH_CACHE:-/var/tmp/sequester-bench}"
 log() { echo "[bench.sh] $*" >&2; }
 
 if [[ -n "${BENCH_TINY:-}" ]]; then
+  cache="$cache/tiny"  # its own cache: never replaces the full-size exports
   : "${BENCH_LARGE_SIZE:=24M}" "${BENCH_SMALL_FILES:=2000}" "${BENCH_SMALL_FOLDERS:=60}"
   : "${BENCH_HISTORY_FILES:=40}" "${BENCH_HISTORY_VERSIONS:=10}" "${BENCH_HISTORY_ROTATIONS:=4}"
   : "${BENCH_SERVICE_BITS:=2048}"
@@ -80,6 +81,10 @@ generate() { # name, generate-export arguments...
     log "generating $name export ($*) -> $out"
     # generate-export writes a temporary sibling and renames it: no half-written cache entry.
     "$cli" generate-export "$out" --service-pubkey "$token_dir/service.pub.pem" "$@" >&2
+    # Older versions of this export (other writer or parameters) are stale: drop them.
+    for old in "$cache/$name"-*.sqlite; do
+      [[ "$old" == "$out" ]] || rm -f "$old"
+    done
   fi
   echo "$out"
 }
