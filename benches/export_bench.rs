@@ -270,7 +270,7 @@ fn thr_ratio(v: f64, b: &Baselines) -> String {
 /// cannot skew (the wall-clock ratio is what the targets are stated in).
 fn cpu_ratio(bytes: u64, cpu_seconds: f64, b: &Baselines) -> String {
     // /proc CPU times tick at 10 ms: shorter operations cannot be normalised.
-    if !(cpu_seconds >= 0.05) {
+    if cpu_seconds.is_nan() || cpu_seconds < 0.05 {
         return "; per CPU-second n/a (too short)".into();
     }
     let base = b.bytes as f64 / b.decrypt_cpu;
