@@ -27,6 +27,8 @@ if [[ -n "${BENCH_TINY:-}" ]]; then
   : "${BENCH_HISTORY_FILES:=40}" "${BENCH_HISTORY_VERSIONS:=10}" "${BENCH_HISTORY_ROTATIONS:=4}"
   : "${BENCH_SERVICE_BITS:=2048}"
 fi
+mkdir -p "$cache"
+cache="$(cd "$cache" && pwd)"
 large_size="${BENCH_LARGE_SIZE:-1G}"
 small_files="${BENCH_SMALL_FILES:-100000}"
 small_folders="${BENCH_SMALL_FOLDERS:-3000}"
@@ -60,9 +62,10 @@ if [[ ! -s "$token_dir/service.pub.pem" ]]; then
   rm -rf "$token_dir"
   mkdir -p "$token_dir"
   eval "$(bash softhsm-fixtures/softhsm-token.sh "$label" "$token_dir")"
-  "$cli" key generate --role service --label bench-service --bits "$service_bits" \
-    --token "pkcs11:token=$label?module-path=$module" \
-    --public-out "$token_dir/service.pub.pem.tmp" >&2
+  # Run inside the token directory: `key generate` appends to a key transcript in the cwd.
+  (cd "$token_dir" && "$cli" key generate --role service --label bench-service \
+    --bits "$service_bits" --token "pkcs11:token=$label?module-path=$module" \
+    --public-out "$token_dir/service.pub.pem.tmp" >&2)
   mv "$token_dir/service.pub.pem.tmp" "$token_dir/service.pub.pem"
 fi
 export SOFTHSM2_CONF="$token_dir/softhsm2.conf"
