@@ -32,6 +32,7 @@ pub struct MountArgs {
 }
 
 pub fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
+    limit_malloc_arenas();
     // Checked before the token: a bad mount point must not cost a PIN entry.
     mount::check_mount_point(&args.mountpoint)?;
     let export = ExportFile::open(
@@ -141,4 +142,17 @@ pub fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
         Ended::External => eprintln!("{} was unmounted from outside", args.mountpoint.display()),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Caps glibc's malloc arenas at the number of cores. By default glibc gives up to 8 arenas per
+/// core to the FUSE, read-ahead and parallel-read threads, and each keeps the 512 KiB block
+/// buffers it freed: with 8 parallel readers on a 1 GiB export the mount's peak RSS was 195–205
+/// MiB with default arenas and 110 MiB with 2, at the same throughput (docs/performance.md).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let arenas = crate::export::parallel::default_threads().max(2);
+        // SAFETY: mallopt only sets an allocator tunable; called before the mount's threads exist.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas.min(64) as libc::c_int) };
+    }
 }

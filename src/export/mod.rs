@@ -17,6 +17,7 @@ pub mod chain;
 pub mod db;
 mod error;
 pub mod extract;
+mod inflight;
 pub mod parallel;
 mod reader;
 pub mod sequester_topic;

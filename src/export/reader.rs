@@ -19,6 +19,7 @@ use super::chain::{
 };
 use super::db::{ConnectionPool, ExportInfo};
 use super::error::ExportError;
+use super::inflight::SingleFlight;
 use super::sequester_topic::{self, SequesterService, SequesterTopic};
 use crate::crypto::sha256;
 use crate::crypto::symmetric::{derive_key, secretbox_open};
@@ -349,6 +350,7 @@ impl ExportFile {
             token_key_fingerprint: crate::crypto::sha256_hex(&token_spki),
             manifests: LruCache::new(limits.manifest_bytes),
             blocks: LruCache::new(limits.block_bytes),
+            blocks_in_flight: SingleFlight::default(),
         })
     }
 }
@@ -506,6 +508,7 @@ pub struct Realm {
     token_key_fingerprint: String,
     manifests: LruCache<i64, Manifest>,
     blocks: LruCache<(Id, [u8; 32], u64), Zeroizing<Vec<u8>>>,
+    blocks_in_flight: SingleFlight<(Id, [u8; 32], u64), Result<BlockData, BlockError>>,
 }
 
 /// `block.key_index` and `block_data.data` (NULL when the data row is missing).
@@ -952,9 +955,24 @@ impl Realm {
         if let Some(b) = self.blocks.get(&cache_key) {
             return Ok(b);
         }
-        let data = Arc::new(self.decrypt_block(access)?);
-        self.blocks.insert(cache_key, data.clone(), data.len());
-        Ok(data)
+        // One decryption per block even when several readers ask for it at once.
+        self.blocks_in_flight.run(
+            cache_key,
+            || {
+                if let Some(b) = self.blocks.get(&cache_key) {
+                    return Ok(b);
+                }
+                let data = Arc::new(self.decrypt_block(access)?);
+                self.blocks.insert(cache_key, data.clone(), data.len());
+                Ok(data)
+            },
+            || {
+                Err(BlockError::Storage {
+                    id: hex::encode(access.id),
+                    reason: "the thread reading this block failed".into(),
+                })
+            },
+        )
     }
 
     /// Like [`Self::read_block`] without touching the cache (bulk extraction).
