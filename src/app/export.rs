@@ -991,9 +991,21 @@ fn extract_cmd(
     };
     // The export's own SHA-256 (for the record) is computed alongside the extraction: one more
     // core's worth of work that would otherwise come first.
+    // It stops as soon as the extraction is interrupted or fails (no wait for a full pass).
+    let extraction_over = std::sync::atomic::AtomicBool::new(false);
     let (extracted, hashed) = std::thread::scope(|scope| {
-        let hasher = scope.spawn(|| extract::export_sha256(&realm));
-        let extracted = extract::extract(&realm, &dest, &options, &bar);
+        let interrupted = options.cancel;
+        let stop = &extraction_over;
+        let realm = &realm;
+        let hasher = scope.spawn(move || {
+            let mut flags = vec![stop];
+            flags.extend(interrupted);
+            extract::export_sha256_unless(realm, &flags)
+        });
+        let extracted = extract::extract(realm, &dest, &options, &bar);
+        if extracted.is_err() {
+            extraction_over.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         (extracted, hasher.join())
     });
     let report = match extracted {
@@ -1007,6 +1019,13 @@ fn extract_cmd(
     };
     let (export_sha256, export_size) = match hashed {
         Ok(Ok(h)) => h,
+        Ok(Err(crate::export::ExportError::Interrupted)) => {
+            // Ctrl-C after the extraction, while the export was still being hashed.
+            let _ = std::fs::remove_dir_all(&dest);
+            bar.finish();
+            eprintln!("interrupted: nothing was written to {}", dest.display());
+            return Ok(ExitCode::from(130));
+        }
         Ok(Err(e)) => {
             let _ = std::fs::remove_dir_all(&dest);
             return Err(e.into());

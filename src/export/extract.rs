@@ -463,6 +463,12 @@ fn to_system_time(t: DateTime) -> std::time::SystemTime {
 
 /// SHA-256 of a file, hex, streaming.
 pub fn hash_file(path: &Path) -> Result<String, ExportError> {
+    hash_file_unless(path, &[])
+}
+
+/// [`hash_file`] that gives up with [`ExportError::Interrupted`] as soon as one of `stop` is set
+/// (checked every MiB: a 100 GB export must not delay Ctrl-C or an early failure).
+pub fn hash_file_unless(path: &Path, stop: &[&AtomicBool]) -> Result<String, ExportError> {
     use std::io::Read;
     let mut f = File::open(path).map_err(|e| io_err("cannot open", path, e))?;
     let mut hasher = Sha256::new();
@@ -480,6 +486,9 @@ pub fn hash_file(path: &Path) -> Result<String, ExportError> {
             break;
         }
         hasher.update(&buf[..n]);
+        if stop.iter().any(|s| s.load(Ordering::Relaxed)) {
+            return Err(ExportError::Interrupted);
+        }
     }
     Ok(hex::encode(hasher.finalize()))
 }
@@ -553,11 +562,20 @@ pub fn write_json_atomic(path: &Path, value: &impl serde::Serialize) -> Result<(
 
 /// Streaming SHA-256 of the export file (for the custody record).
 pub fn export_sha256(realm: &Realm) -> Result<(String, u64), ExportError> {
+    export_sha256_unless(realm, &[])
+}
+
+/// [`export_sha256`], abandoned ([`ExportError::Interrupted`]) as soon as one of `stop` is set:
+/// run alongside an extraction, it stops when the extraction is cancelled or fails.
+pub fn export_sha256_unless(
+    realm: &Realm,
+    stop: &[&AtomicBool],
+) -> Result<(String, u64), ExportError> {
     let path = realm.file().path();
     let size = fs::metadata(path)
         .map_err(|e| io_err("cannot stat", path, e))?
         .len();
-    Ok((hash_file(path)?, size))
+    Ok((hash_file_unless(path, stop)?, size))
 }
 
 /// Shared handle type for callers that keep a realm around.
@@ -566,4 +584,29 @@ pub type SharedRealm = Arc<Realm>;
 /// Reads a whole readable file at T into memory (for `cat` of small files and tests).
 pub fn read_whole_file(realm: &Realm, file: &FileManifest) -> Result<Vec<u8>, super::BlockError> {
     realm.read_range_with(file, 0, file.size, parallel::default_threads())
+}
+
+#[cfg(test)]
+mod hash_tests {
+    use super::*;
+
+    #[test]
+    fn hashing_stops_when_a_stop_flag_is_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, vec![7u8; 3 << 20]).unwrap();
+        let (go, stop) = (AtomicBool::new(false), AtomicBool::new(true));
+        assert_eq!(
+            hash_file_unless(&path, &[&go]).unwrap(),
+            hash_file(&path).unwrap()
+        );
+        assert_eq!(
+            hash_file(&path).unwrap(),
+            crate::crypto::sha256_hex(&[7u8; 3 << 20])
+        );
+        assert!(matches!(
+            hash_file_unless(&path, &[&go, &stop]),
+            Err(ExportError::Interrupted)
+        ));
+    }
 }
