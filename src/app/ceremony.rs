@@ -57,11 +57,6 @@ pub struct CeremonyArgs {
     pub operators: Vec<String>,
 }
 
-/// Opens a private key on a token by URI (PKCS#11 backend of the token layer).
-pub fn open_key(uri: &str) -> Result<Box<dyn KeyHandle>, TokenError> {
-    crate::token::open_key(uri)
-}
-
 /// Builds one transcript entry while a command runs, and appends it at the end (success or
 /// failure). Announces the transcript location on stderr.
 pub struct Recorder {
@@ -192,7 +187,7 @@ struct TokenProvider;
 
 impl KeyProvider for TokenProvider {
     fn open_key(&self, uri: &str) -> Result<Box<dyn KeyHandle>, TokenError> {
-        open_key(uri)
+        crate::token::open_key(uri)
     }
 
     fn generate_key(

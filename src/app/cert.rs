@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::json;
 
-use super::ceremony::{open_key, CeremonyArgs, Recorder};
+use super::ceremony::{CeremonyArgs, Recorder};
 use super::{CommandResult, GlobalOpts};
 use crate::ceremony::journal::Journal;
 use crate::ceremony::plan::write_certificate;
@@ -18,6 +18,7 @@ use crate::ceremony::CeremonyError;
 use crate::parsec::sequester::{SequesterCertificate, ServiceId};
 use crate::parsec::spki::{RsaPublicKeyDer, MIN_SIGNING_BITS};
 use crate::parsec::DateTime;
+use crate::token::open_key;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum CertCommand {

@@ -1,6 +1,5 @@
 //! `key` commands: generate, list, show, import, test.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -127,23 +126,13 @@ struct TestReport {
     latency_ms_max: f64,
 }
 
-/// Writes `text` to `path` atomically (temp file in the same directory, then rename), refusing
-/// to replace an existing file.
+/// Writes `text` to a new file at `path` atomically (refuses to replace an existing file).
 pub(super) fn write_new_file(path: &Path, text: &str) -> anyhow::Result<()> {
-    if path.exists() {
-        bail!("{} already exists; not overwriting it", path.display());
-    }
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
-    tmp.write_all(text.as_bytes())?;
-    tmp.as_file().sync_all()?;
-    tmp.persist_noclobber(path)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error))?;
-    Ok(())
+    Ok(crate::ceremony::files::write_atomic(
+        path,
+        text.as_bytes(),
+        false,
+    )?)
 }
 
 fn print_key(key: &Pkcs11Key, global: &GlobalOpts, public_out: Option<&Path>) -> CommandResult {
