@@ -38,6 +38,9 @@ enum Command {
     /// Read a realm export: info, verify, ls, cat, history, timeline, extract, mount.
     #[command(subcommand)]
     Export(app::export::ExportCommand),
+    /// Organisation trust anchors: pin, list and unpin root verify keys.
+    #[command(subcommand)]
+    Org(app::org::OrgCommand),
     /// Write a synthetic realm export (tests, benchmarks, demo).
     #[command(name = "generate-export", hide = true)]
     GenerateExport(app::generate::GenerateArgs),
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Cert(cmd) => app::cert::run(cmd, &global),
         Command::Ceremony(cmd) => app::ceremony::run(cmd, &global),
         Command::Export(cmd) => app::export::run(cmd, &global),
+        Command::Org(cmd) => app::org::run(cmd, &global),
         Command::GenerateExport(args) => app::generate::run(args, &global),
     };
     match result {
@@ -67,7 +71,11 @@ fn main() -> ExitCode {
                 eprintln!("  caused by: {cause}");
                 source = cause.source();
             }
-            ExitCode::from(1)
+            // A trust-anchor mismatch has its own documented exit code (docs/investigation.md).
+            ExitCode::from(
+                err.downcast_ref::<sequester_custody::export::anchor::AnchorError>()
+                    .map_or(1, |e| e.exit_code()),
+            )
         }
     }
 }

@@ -13,6 +13,8 @@ use serde_json::Value;
 const SERVICE1: &str = "sequester_service_1.00000000000000000000000000000001.private.pem";
 const SERVICE2: &str = "sequester_service_2.00000000000000000000000000000002.private.pem";
 const SERVICE3: &str = "sequester_service_3.00000000000000000000000000000003.private.pem";
+/// `info.root_verify_key` of the fixture (organisation `Org1`), hex: the test anchor.
+const FIXTURE_ROOT_KEY: &str = "c118b50c90876d8feac2ffe02d59c26f447064289091c1993d3aec170fd6a9c2";
 const EXPORT_SHA256: &str = "db1cd159724b448569b9697f7a4ab21d6b770da78bb78dcaaf340d452c528ecf";
 
 struct Env {
@@ -206,10 +208,30 @@ fn service1_history_timeline_verify_and_extract() {
     });
     assert!(renamed, "{tl}");
 
+    // Without an anchor: consistent but NOT ANCHORED (exit 3), never a bare OK.
     let out = env.run(&["verify", env.export(), "--key", &key]);
+    assert_eq!(out.status.code(), Some(3), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("NOT ANCHORED"), "{}", stdout(&out));
+    // Anchored by the fixture organisation's root key (from the fixture's documentation).
+    let out = env.run(&[
+        "verify",
+        env.export(),
+        "--key",
+        &key,
+        "--root-key",
+        FIXTURE_ROOT_KEY,
+    ]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    let v = env.json(&["verify", env.export(), "--key", &key]);
+    let v = env.json(&[
+        "verify",
+        env.export(),
+        "--key",
+        &key,
+        "--root-key",
+        FIXTURE_ROOT_KEY,
+    ]);
     assert_eq!(v["ok"], true);
+    assert_eq!(v["anchored"], true);
     assert_eq!(v["report"]["readable_versions"], 4);
     assert_eq!(v["report"]["unreadable_versions"], 2);
     assert_eq!(v["report"]["blocks_checked"], 2);

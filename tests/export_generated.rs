@@ -741,6 +741,8 @@ fn the_same_reader_code_path_opens_the_real_fixture_and_a_generated_export() {
             out.to_str().unwrap(),
             "--key",
             &hsm.key_uri("svc"),
+            "--root-key",
+            &truth.root_verify_key,
         ],
         &hsm.env(),
     );

@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use super::{CommandResult, GlobalOpts};
+use crate::export::anchor::{self, AnchorInputs, TrustReport};
 use crate::export::extract::{self, CustodyRecord, ExtractOptions, Progress};
 use crate::export::{
     parallel, parse_id, timeline, verify, ChildEntry, EntryVersion, ExportFile, OpenOptions, Realm,
@@ -19,6 +20,56 @@ use crate::export::{
 };
 use crate::parsec::manifest::Manifest;
 use crate::parsec::DateTime;
+
+/// The trust anchor (shared by every export command and `mount`): what the export's root key must
+/// match. A pin recorded with `org pin` for the export's organisation is used as well.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AnchorArgs {
+    /// The organisation address as Parsec shows it (`parsec3://HOST/ORG?p=…`), obtained from the
+    /// organisation out of band: the export must be of that organisation and root key.
+    #[arg(long, value_name = "ADDR")]
+    pub org: Option<String>,
+    /// The organisation's root verify key, 64 hex digits, obtained out of band.
+    #[arg(long, value_name = "HEX64")]
+    pub root_key: Option<String>,
+    /// Pin file (default: pins.json beside the ceremony journal,
+    /// $XDG_STATE_HOME/sequester-custody/pins.json).
+    #[arg(long, value_name = "FILE", env = "SEQUESTER_CUSTODY_PINS")]
+    pub pins: Option<PathBuf>,
+}
+
+impl AnchorArgs {
+    pub fn pin_path(&self) -> PathBuf {
+        self.pins.clone().unwrap_or_else(anchor::default_pin_path)
+    }
+}
+
+/// Checks the export against the anchors (before any token operation) and shows the verdict on
+/// stderr. A mismatch is an [`anchor::AnchorError`], which the binary turns into exit code 4.
+pub(crate) fn check_anchor(
+    export: &ExportFile,
+    args: &AnchorArgs,
+    global: &GlobalOpts,
+) -> anyhow::Result<TrustReport> {
+    let inputs = AnchorInputs {
+        org: args
+            .org
+            .as_deref()
+            .map(anchor::OrganizationAddr::parse)
+            .transpose()?,
+        root_key: args
+            .root_key
+            .as_deref()
+            .map(anchor::parse_root_key)
+            .transpose()?,
+    };
+    let pins = anchor::PinStore::load(&args.pin_path())?;
+    let report = anchor::check(export.info(), &inputs, &pins)?;
+    if !global.json {
+        eprintln!("{}", report.summary());
+    }
+    Ok(report)
+}
 
 /// Arguments shared by every command that reads content.
 #[derive(Debug, clap::Args)]
@@ -32,6 +83,8 @@ pub struct KeyArgs {
     /// Read an export whose `*_done` flags are not all set.
     #[arg(long)]
     pub allow_incomplete: bool,
+    #[command(flatten)]
+    pub anchor: AnchorArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -42,9 +95,12 @@ pub enum ExportCommand {
         file: PathBuf,
         #[arg(long)]
         allow_incomplete: bool,
+        #[command(flatten)]
+        anchor: AnchorArgs,
     },
     /// Verify every signature and block digest reachable with the key; exit 0 only if nothing is
-    /// wrong.
+    /// wrong AND the root key is anchored (pin, --org or --root-key); 2 = problems found, 3 =
+    /// consistent but not anchored, 4 = the anchor does not match.
     Verify {
         file: PathBuf,
         #[command(flatten)]
@@ -116,7 +172,8 @@ pub fn run(cmd: ExportCommand, global: &GlobalOpts) -> CommandResult {
         ExportCommand::Info {
             file,
             allow_incomplete,
-        } => info(&file, allow_incomplete, global),
+            anchor,
+        } => info(&file, allow_incomplete, &anchor, global),
         ExportCommand::Verify { file, key } => verify_cmd(&file, &key, global),
         ExportCommand::Ls {
             file,
@@ -185,10 +242,16 @@ fn open(file: &std::path::Path, allow_incomplete: bool) -> anyhow::Result<Arc<Ex
     Ok(export)
 }
 
-/// Opens the export, the token key, and runs the chain. Prints the context to stderr.
-fn unlock(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> anyhow::Result<Realm> {
+/// Opens the export, checks its anchor, opens the token key and runs the chain. Prints the
+/// context to stderr.
+fn unlock(
+    file: &std::path::Path,
+    args: &KeyArgs,
+    global: &GlobalOpts,
+) -> anyhow::Result<(Realm, TrustReport)> {
     let started = std::time::Instant::now();
     let export = open(file, args.allow_incomplete)?;
+    let trust = check_anchor(&export, &args.anchor, global)?;
     let opened = started.elapsed();
     let service_id = args
         .service_id
@@ -245,7 +308,7 @@ fn unlock(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> anyhow
             );
         }
     }
-    Ok(realm)
+    Ok((realm, trust))
 }
 
 fn nothing_readable_message(realm: &Realm) -> String {
@@ -297,8 +360,9 @@ fn service_json(realm: &Realm) -> Value {
     })
 }
 
-fn context_json(realm: &Realm, at: DateTime) -> Value {
+fn context_json(realm: &Realm, trust: &TrustReport, at: DateTime) -> Value {
     json!({
+        "trust": trust,
         "export": realm.file().display_path(),
         "complete": realm.info().is_complete(),
         "organization_id": realm.info().organization_id,
@@ -312,8 +376,14 @@ fn context_json(realm: &Realm, at: DateTime) -> Value {
 
 // ---------------------------------------------------------------- info
 
-fn info(file: &std::path::Path, allow_incomplete: bool, global: &GlobalOpts) -> CommandResult {
+fn info(
+    file: &std::path::Path,
+    allow_incomplete: bool,
+    anchor_args: &AnchorArgs,
+    global: &GlobalOpts,
+) -> CommandResult {
     let export = open(file, allow_incomplete)?;
+    let trust = check_anchor(&export, anchor_args, global)?;
     let i = export.info();
     let counts = export.table_counts()?;
     // A broken authority certificate is reported, not fatal: the rest of `info` still helps.
@@ -363,6 +433,7 @@ fn info(file: &std::path::Path, allow_incomplete: bool, global: &GlobalOpts) -> 
         print_json(&json!({
             "file": file.display().to_string(),
             "file_size": file_size,
+            "trust": trust,
             "info": i,
             "complete": i.is_complete(),
             "sequestered": topic.is_some() || topic_error.is_some(),
@@ -388,6 +459,24 @@ fn info(file: &std::path::Path, allow_incomplete: bool, global: &GlobalOpts) -> 
     let mut o = std::io::stdout().lock();
     writeln!(o, "File:          {} ({file_size} bytes)", file.display())?;
     writeln!(o, "Organization:  {}", i.organization_id)?;
+    writeln!(
+        o,
+        "Root key:      SHA-256 {} ({})",
+        trust.root_key_fingerprint,
+        if trust.anchored {
+            format!(
+                "ANCHORED: matches {}",
+                trust
+                    .anchored_by
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            )
+        } else {
+            "NOT ANCHORED: no pin, --org or --root-key".to_string()
+        }
+    )?;
     writeln!(o, "Realm ID:      {}", hex::encode(i.realm_id))?;
     writeln!(o, "Snapshot:      {}", i.snapshot_timestamp)?;
     if let Some((from, to)) = range {
@@ -580,7 +669,7 @@ fn ls(
     recursive: bool,
     global: &GlobalOpts,
 ) -> CommandResult {
-    let realm = unlock(file, args, global)?;
+    let (realm, trust) = unlock(file, args, global)?;
     let t = parse_at(&realm, at)?;
     let path = normalize(path);
     let start = match realm.resolve(&path, t) {
@@ -634,7 +723,7 @@ fn ls(
     } else {
         // The path itself is unreadable or invalid: say so, exit non-zero.
         if global.json {
-            print_json(&json!({"context": context_json(&realm, t), "path": path,
+            print_json(&json!({"context": context_json(&realm, &trust, t), "path": path,
                                "entry": entry_json(&realm, &path, &start)}))?;
         } else {
             println!("{}", entry_line(&realm, &path, &start, long));
@@ -648,7 +737,7 @@ fn ls(
     }
     if global.json {
         print_json(&json!({
-            "context": context_json(&realm, t),
+            "context": context_json(&realm, &trust, t),
             "path": path,
             "entries": listed.iter().map(|(p, v)| entry_json(&realm, p, v)).collect::<Vec<_>>(),
             "unreadable_entries": unreadable,
@@ -687,7 +776,7 @@ fn cat(
     at: Option<&str>,
     global: &GlobalOpts,
 ) -> CommandResult {
-    let realm = unlock(file, args, global)?;
+    let (realm, trust) = unlock(file, args, global)?;
     let t = parse_at(&realm, at)?;
     let path = normalize(path);
     let v = realm.resolve(&path, t)?;
@@ -715,7 +804,7 @@ fn cat(
             .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
         use base64::Engine;
         print_json(&json!({
-            "context": context_json(&realm, t),
+            "context": context_json(&realm, &trust, t),
             "entry": entry_json(&realm, &path, &v),
             "sha256": crate::crypto::sha256_hex(&data),
             "content_base64": base64::engine::general_purpose::STANDARD.encode(&data),
@@ -747,7 +836,7 @@ fn history(
     at: Option<&str>,
     global: &GlobalOpts,
 ) -> CommandResult {
-    let realm = unlock(file, args, global)?;
+    let (realm, trust) = unlock(file, args, global)?;
     let t = parse_at(&realm, at)?;
     let (id, shown) = if let Some(hex_id) = path.strip_prefix("id:") {
         (
@@ -761,7 +850,7 @@ fn history(
     let versions = realm.versions(&id)?;
     if global.json {
         print_json(&json!({
-            "context": context_json(&realm, t),
+            "context": context_json(&realm, &trust, t),
             "path": shown,
             "id": hex::encode(id),
             "versions": versions.iter().map(|v| {
@@ -809,10 +898,10 @@ fn history(
 // ---------------------------------------------------------------- timeline
 
 fn timeline_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> CommandResult {
-    let realm = unlock(file, args, global)?;
+    let (realm, trust) = unlock(file, args, global)?;
     let events = timeline::timeline(&realm)?;
     if global.json {
-        print_json(&json!({"context": context_json(&realm, realm.snapshot()), "events": events}))?;
+        print_json(&json!({"context": context_json(&realm, &trust, realm.snapshot()), "events": events}))?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut o = std::io::stdout().lock();
@@ -839,13 +928,24 @@ fn timeline_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> 
 // ---------------------------------------------------------------- verify
 
 fn verify_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> CommandResult {
-    let realm = unlock(file, args, global)?;
+    let (realm, trust) = unlock(file, args, global)?;
     let report = verify::verify(&realm, parallel::default_threads())?;
-    let ok = report.ok();
+    // Problems outrank the missing anchor: exit 2 whether anchored or not.
+    let consistent = report.ok();
+    let (result, code) = match (consistent, trust.anchored) {
+        (false, _) => ("problems", 2),
+        (true, false) => ("not_anchored", anchor::EXIT_NOT_ANCHORED),
+        (true, true) => ("ok", 0),
+    };
     if global.json {
-        print_json(
-            &json!({"context": context_json(&realm, realm.snapshot()), "ok": ok, "report": report}),
-        )?;
+        print_json(&json!({
+            "context": context_json(&realm, &trust, realm.snapshot()),
+            "ok": code == 0,
+            "consistent": consistent,
+            "anchored": trust.anchored,
+            "result": result,
+            "report": report,
+        }))?;
     } else {
         let mut o = std::io::stdout().lock();
         writeln!(
@@ -873,11 +973,27 @@ fn verify_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> Co
             report.blocks_checked, report.block_bytes_checked, report.blocks_unreadable
         )?;
         writeln!(o, "Token operations: {}", realm.token_operations())?;
-        if ok {
+        if consistent && trust.anchored {
             writeln!(
                 o,
-                "Result:    OK — every signature and digest reachable with this key verifies"
+                "Result:    OK — every signature and digest reachable with this key verifies, \
+                 from the root key anchored by {}",
+                trust
+                    .anchored_by
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
             )?;
+        } else if consistent {
+            writeln!(
+                o,
+                "Result:    NOT ANCHORED — internally consistent (every signature and digest \
+                 reachable with this key verifies against the root key the export carries), but \
+                 nothing ties that root key to the organisation: a forged export would look the \
+                 same."
+            )?;
+            writeln!(o, "           {}", trust.how_to_pin())?;
         } else {
             writeln!(o, "Result:    {} PROBLEM(S)", report.problems.len())?;
             for p in &report.problems {
@@ -903,12 +1019,11 @@ fn verify_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> Co
                 }
             }
         }
+        if !consistent && !trust.anchored {
+            writeln!(o, "Also NOT ANCHORED: {}", trust.how_to_pin())?;
+        }
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    Ok(ExitCode::from(code))
 }
 
 // ---------------------------------------------------------------- extract
@@ -968,7 +1083,7 @@ fn extract_cmd(
             record_path.display()
         );
     }
-    let realm = unlock(file, args, global)?;
+    let (realm, trust) = unlock(file, args, global)?;
     let t = parse_at(&realm, at)?;
     let path = normalize(path);
     let bar = if !global.json && std::io::stderr().is_terminal() {
@@ -1055,6 +1170,7 @@ fn extract_cmd(
         service_label: service.label.clone(),
         service_revoked: service.revoked,
         key_fingerprint_sha256: realm.token_key_fingerprint().to_string(),
+        trust_anchor: trust.clone(),
         token: realm.token().clone(),
         token_operations: realm.token_operations(),
         realm_key_indexes_obtained: realm.recovery().obtained_key_indexes.clone(),

@@ -9,6 +9,7 @@ pub mod generate;
 pub mod key;
 mod key_yubikey;
 pub mod mount;
+pub mod org;
 pub mod token;
 
 use std::process::ExitCode;

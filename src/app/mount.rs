@@ -48,6 +48,7 @@ pub fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
             export.info().missing_parts().join(", ")
         );
     }
+    let trust = super::export::check_anchor(&export, &args.key.anchor, global)?;
     if export.sequester_topic()?.is_none() {
         return Err(crate::export::ExportError::NotSequestered.into());
     }
@@ -119,7 +120,7 @@ pub fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
         if json {
             println!(
                 "{}",
-                serde_json::json!({"mounted": mountpoint, "realm_name": name,
+                serde_json::json!({"mounted": mountpoint, "realm_name": name, "trust": trust,
                     "realm_id": realm_id, "at": at, "history": format!("{}/{}",
                     mountpoint.display(), mount::HISTORY_NAME)})
             );

@@ -61,6 +61,8 @@ pub struct User {
     pub email: Option<String>,
     pub name: Option<String>,
     pub profile: Option<String>,
+    /// Timestamp of the user certificate.
+    pub created: DateTime,
     pub revoked: Option<DateTime>,
 }
 
@@ -88,7 +90,36 @@ impl Organization {
             None => format!("{who} (device {})", hex::encode(device_id)),
         }
     }
+
+    /// The device `device_id` if it could sign at `t`: it exists, was certified at or before `t`
+    /// and its user was not revoked at or before `t` (a revoked user's devices are all revoked:
+    /// Parsec 3 has no per-device revocation). Otherwise why not.
+    pub fn device_at(&self, device_id: &Id, t: DateTime) -> Result<&Device, String> {
+        let device = self
+            .devices
+            .get(device_id)
+            .ok_or_else(|| format!("non existent author device {}", hex::encode(device_id)))?;
+        if device.created > t {
+            return Err(format!(
+                "author device {} was certified at {}, after this was signed ({t})",
+                self.describe_device(device_id),
+                device.created
+            ));
+        }
+        if let Some(revoked) = self.users.get(&device.user_id).and_then(|u| u.revoked) {
+            if revoked <= t {
+                return Err(format!(
+                    "signed at {t} by {}, whose user was revoked at {revoked}",
+                    self.describe_device(device_id)
+                ));
+            }
+        }
+        Ok(device)
+    }
 }
+
+/// Realm roles that may write manifests (Parsec: a READER or a user without role cannot).
+pub const WRITING_ROLES: [&str; 3] = ["OWNER", "MANAGER", "CONTRIBUTOR"];
 
 fn decode_any(serialized: &[u8]) -> Option<rmpv::Value> {
     msgpack::decode(&envelope::unwrap(serialized).ok()?).ok()
@@ -119,6 +150,25 @@ pub fn verify_organization(root_verify_key: &[u8; 32], rows: &[(i64, Vec<u8>)]) 
                 continue;
             }
         };
+        let timestamp = match map.datetime("timestamp") {
+            Ok(t) => t,
+            Err(e) => {
+                org.problems
+                    .push(format!("common certificate row {row} ({type_name}): {e}"));
+                continue;
+            }
+        };
+        if let Some(a) = author {
+            // Same rule as for manifests: the author device must exist and be usable at the
+            // certificate's timestamp.
+            if let Err(reason) = org.device_at(&a, timestamp) {
+                if org.devices.contains_key(&a) {
+                    org.problems
+                        .push(format!("common certificate row {row} ({type_name}): {reason}"));
+                    continue;
+                }
+            }
+        }
         let signer = match author {
             None => Some(*root_verify_key),
             Some(a) => org.devices.get(&a).map(|d| d.verify_key),
@@ -138,6 +188,17 @@ pub fn verify_organization(root_verify_key: &[u8; 32], rows: &[(i64, Vec<u8>)]) 
         }
         match type_name.as_str() {
             DEVICE_CERTIFICATE => match DeviceCertificate::decode(serialized) {
+                Ok(d) if org.devices.contains_key(&d.device_id) => org.problems.push(format!(
+                    "common certificate row {row}: a second device_certificate for device {} \
+                     (already certified): ignored, the first one is kept",
+                    hex::encode(d.device_id)
+                )),
+                Ok(d) if !org.users.contains_key(&d.user_id) => org.problems.push(format!(
+                    "common certificate row {row}: device_certificate of device {} names unknown \
+                     user {}: ignored",
+                    hex::encode(d.device_id),
+                    hex::encode(d.user_id)
+                )),
                 Ok(d) => {
                     org.devices.insert(
                         d.device_id,
@@ -160,8 +221,18 @@ pub fn verify_organization(root_verify_key: &[u8; 32], rows: &[(i64, Vec<u8>)]) 
             },
             "user_certificate" => {
                 let Ok(user_id) = map.uuid("user_id") else {
+                    org.problems
+                        .push(format!("common certificate row {row}: user_certificate without user_id"));
                     continue;
                 };
+                if org.users.contains_key(&user_id) {
+                    org.problems.push(format!(
+                        "common certificate row {row}: a second user_certificate for user {} \
+                         (already certified): ignored, the first one is kept",
+                        hex::encode(user_id)
+                    ));
+                    continue;
+                }
                 let (email, name) = match map.get("human_handle") {
                     Some(rmpv::Value::Array(items)) if items.len() == 2 => (
                         items[0].as_str().map(str::to_string),
@@ -176,21 +247,40 @@ pub fn verify_organization(root_verify_key: &[u8; 32], rows: &[(i64, Vec<u8>)]) 
                         email,
                         name,
                         profile: map.str("profile").ok().map(str::to_string),
+                        created: timestamp,
                         revoked: None,
                     },
                 );
             }
             "revoked_user_certificate" => {
-                if let (Ok(user_id), Ok(ts)) = (map.uuid("user_id"), map.datetime("timestamp")) {
-                    if let Some(u) = org.users.get_mut(&user_id) {
-                        u.revoked = Some(ts);
-                    }
+                let Ok(user_id) = map.uuid("user_id") else {
+                    org.problems.push(format!(
+                        "common certificate row {row}: revoked_user_certificate without user_id"
+                    ));
+                    continue;
+                };
+                match org.users.get_mut(&user_id) {
+                    None => org.problems.push(format!(
+                        "common certificate row {row}: revocation of unknown user {}",
+                        hex::encode(user_id)
+                    )),
+                    Some(u) if u.revoked.is_some() => org.problems.push(format!(
+                        "common certificate row {row}: a second revoked_user_certificate for user \
+                         {}: ignored, the first revocation ({}) is kept",
+                        hex::encode(user_id),
+                        u.revoked.unwrap_or_default()
+                    )),
+                    Some(u) => u.revoked = Some(timestamp),
                 }
             }
             "user_update_certificate" => {
                 if let (Ok(user_id), Ok(p)) = (map.uuid("user_id"), map.str("new_profile")) {
-                    if let Some(u) = org.users.get_mut(&user_id) {
-                        u.profile = Some(p.to_string());
+                    match org.users.get_mut(&user_id) {
+                        Some(u) => u.profile = Some(p.to_string()),
+                        None => org.problems.push(format!(
+                            "common certificate row {row}: profile update of unknown user {}",
+                            hex::encode(user_id)
+                        )),
                     }
                 }
             }
@@ -222,6 +312,63 @@ pub struct RealmCertificates {
     pub problems: Vec<String>,
 }
 
+impl RealmCertificates {
+    /// The realm role of `user_id` at `t`: the latest accepted role certificate at or before `t`
+    /// (`None`: no role, never given or removed).
+    pub fn role_at(&self, user_id: &Id, t: DateTime) -> Option<&str> {
+        let mut best: Option<&RoleCertificate> = None;
+        for c in self.roles.iter().filter(|c| c.user_id == *user_id) {
+            if c.timestamp <= t && best.is_none_or(|b| c.timestamp >= b.timestamp) {
+                best = Some(c);
+            }
+        }
+        best.and_then(|c| c.role.as_deref())
+    }
+
+    /// Whether the author of a role certificate could give that role at that time: the first
+    /// certificate of a realm is its creator making itself OWNER; afterwards an OWNER may give
+    /// or remove any role, a MANAGER only CONTRIBUTOR/READER to users who are not OWNER/MANAGER.
+    fn check_role_grant(&self, author: &Device, c: &RoleCertificate) -> Result<(), String> {
+        let new_role = c.role.as_deref();
+        if self.roles.is_empty() {
+            return if c.user_id == author.user_id && new_role == Some("OWNER") {
+                Ok(())
+            } else {
+                Err("the first role certificate of a realm must be its creator making itself \
+                     OWNER"
+                    .into())
+            };
+        }
+        let author_role = self.role_at(&author.user_id, c.timestamp);
+        let target_role = self.role_at(&c.user_id, c.timestamp);
+        match author_role {
+            Some("OWNER") => Ok(()),
+            Some("MANAGER")
+                if matches!(new_role, None | Some("CONTRIBUTOR") | Some("READER"))
+                    && !matches!(target_role, Some("OWNER") | Some("MANAGER")) =>
+            {
+                Ok(())
+            }
+            other => Err(format!(
+                "its author's user had role {} in the realm at {}, which cannot give this role",
+                other.unwrap_or("none"),
+                c.timestamp
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+impl RealmCertificates {
+    pub(crate) fn check_role_grant_for_tests(
+        &self,
+        author: &Device,
+        c: &RoleCertificate,
+    ) -> Result<(), String> {
+        self.check_role_grant(author, c)
+    }
+}
+
 /// Step 3 over `realm_certificate` rows in `_id` order.
 pub fn verify_realm_certificates(
     realm_id: &Id,
@@ -249,12 +396,21 @@ pub fn verify_realm_certificates(
             ));
             continue;
         };
-        let Some(device) = org.devices.get(&author) else {
-            out.problems.push(format!(
-                "realm certificate row {row} ({type_name}): unknown author device {}",
-                hex::encode(author)
-            ));
-            continue;
+        let timestamp = match map.datetime("timestamp") {
+            Ok(t) => t,
+            Err(e) => {
+                out.problems
+                    .push(format!("realm certificate row {row} ({type_name}): {e}"));
+                continue;
+            }
+        };
+        let device = match org.device_at(&author, timestamp) {
+            Ok(d) => d,
+            Err(reason) => {
+                out.problems
+                    .push(format!("realm certificate row {row} ({type_name}): {reason}"));
+                continue;
+            }
         };
         if ed25519_verify(&device.verify_key, blob).is_err() {
             out.problems.push(format!(
@@ -267,6 +423,11 @@ pub fn verify_realm_certificates(
             REALM_KEY_ROTATION_CERTIFICATE => match KeyRotationCertificate::decode(serialized) {
                 Ok(c) if realm_mismatch(&c.realm_id) => out.problems.push(format!(
                     "realm certificate row {row}: key rotation for another realm"
+                )),
+                Ok(c) if out.rotations.contains_key(&c.key_index) => out.problems.push(format!(
+                    "realm certificate row {row}: a second key rotation certificate for key index \
+                     {}: ignored, the first one is kept",
+                    c.key_index
                 )),
                 Ok(c) => {
                     out.latest_key_index = c.key_index;
@@ -293,11 +454,22 @@ pub fn verify_realm_certificates(
                     .problems
                     .push(format!("realm certificate row {row}: {e}")),
             },
-            REALM_ROLE_CERTIFICATE => {
-                if let Ok(c) = RoleCertificate::decode(serialized) {
-                    out.roles.push(c);
-                }
-            }
+            REALM_ROLE_CERTIFICATE => match RoleCertificate::decode(serialized) {
+                Ok(c) if realm_mismatch(&c.realm_id) => out.problems.push(format!(
+                    "realm certificate row {row}: role for another realm"
+                )),
+                Ok(c) => match out.check_role_grant(device, &c) {
+                    Ok(()) => out.roles.push(c),
+                    Err(reason) => out.problems.push(format!(
+                        "realm certificate row {row} (role {} for user {}): {reason}: ignored",
+                        c.role.as_deref().unwrap_or("none"),
+                        hex::encode(c.user_id)
+                    )),
+                },
+                Err(e) => out
+                    .problems
+                    .push(format!("realm certificate row {row}: {e}")),
+            },
             _ => {}
         }
     }

@@ -506,6 +506,8 @@ pub struct CustodyRecord {
     #[serde(serialize_with = "super::ser_id")]
     pub realm_id: [u8; 16],
     pub realm_name: String,
+    /// The root verify key, its fingerprint and whether (and by what) it was anchored.
+    pub trust_anchor: super::anchor::TrustReport,
     pub snapshot_timestamp: DateTime,
     pub export_complete: bool,
     pub time_of_interest: DateTime,

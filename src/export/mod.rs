@@ -13,6 +13,7 @@
 //! Partial readability is a state, not an error: see [`VersionContent::Unreadable`].
 
 mod cache;
+pub mod anchor;
 pub mod chain;
 pub mod db;
 mod error;

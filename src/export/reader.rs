@@ -388,8 +388,9 @@ impl BundleSource for ExportFile {
     }
 }
 
-/// The `vlob_atom` row of one manifest version (no content).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// The `vlob_atom` row of one manifest version (no content). Its whole identity keys the
+/// manifest cache: a row that differs in any column is verified on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct VersionMeta {
     #[serde(serialize_with = "super::ser_id")]
     pub vlob_id: Id,
@@ -506,7 +507,7 @@ pub struct Realm {
     report: RecoveryReport,
     token: TokenDescription,
     token_key_fingerprint: String,
-    manifests: LruCache<i64, Manifest>,
+    manifests: LruCache<VersionMeta, Manifest>,
     blocks: LruCache<(Id, [u8; 32], u64), Zeroizing<Vec<u8>>>,
     blocks_in_flight: SingleFlight<(Id, [u8; 32], u64), Result<BlockData, BlockError>>,
 }
@@ -717,16 +718,34 @@ impl Realm {
                 content: VersionContent::Unreadable { key_index },
             });
         };
-        if let Some(m) = self.manifests.get(&meta.sequential_id) {
+        // Who wrote it, checked on every call (a cache hit included): the author device must
+        // exist at the version's timestamp, its user not be revoked by then, and hold a writing
+        // role in the realm at that instant.
+        let device = match self.org.device_at(&meta.author, meta.timestamp) {
+            Ok(d) => d,
+            Err(reason) => return Ok(invalid(meta, reason)),
+        };
+        let role = self.certs.role_at(&device.user_id, meta.timestamp);
+        if !role.is_some_and(|r| chain::WRITING_ROLES.contains(&r)) {
+            let reason = format!(
+                "written at {} by {}, whose user {} in this realm at that time",
+                meta.timestamp,
+                self.org.describe_device(&meta.author),
+                match role {
+                    Some(r) => format!("had role {r}, which cannot write"),
+                    None => "had no role".to_string(),
+                }
+            );
+            return Ok(invalid(meta, reason));
+        }
+        // Only the decryption and decoding of this exact row are cached: they depend on nothing
+        // but the row, which is immutable in a read-only export.
+        if let Some(m) = self.manifests.get(&meta) {
             return Ok(EntryVersion {
                 meta,
                 content: VersionContent::Readable(m),
             });
         }
-        let Some(device) = self.org.devices.get(&meta.author) else {
-            let reason = format!("non existent author device {}", hex::encode(meta.author));
-            return Ok(invalid(meta, reason));
-        };
         let blob: Vec<u8> = {
             let conn = self.file.pool.get()?;
             let mut stmt = conn
@@ -753,7 +772,7 @@ impl Realm {
         }
         let manifest = Arc::new(manifest);
         self.manifests
-            .insert(meta.sequential_id, manifest.clone(), blob.len().max(64));
+            .insert(meta.clone(), manifest.clone(), blob.len().max(64));
         Ok(EntryVersion {
             meta,
             content: VersionContent::Readable(manifest),

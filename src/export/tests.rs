@@ -337,3 +337,187 @@ fn open_and_unlock_never_read_manifests_or_blocks() {
     let root = realm.root_at(t(15)).unwrap().unwrap();
     assert!(matches!(root.content, VersionContent::Invalid { .. }));
 }
+
+// ---- issue 10 item 4: verification like a careful Parsec client ----
+
+/// A generated export (real SQLite) read with the fixture's service 1 key: alice (owner) writes
+/// `/bob.txt` and `/carol.txt`, bob (contributor) overwrites `/bob.txt`; then `tamper` runs
+/// (certificate events, overwrites), and the last sync is the snapshot.
+fn careful_client_export(
+    dir: &std::path::Path,
+    tamper: impl FnOnce(&mut crate::export::writer::ExportWriter),
+) -> (Realm, DateTime) {
+    use crate::export::writer::content::Content;
+    use crate::export::writer::{ExportWriter, WriterConfig};
+    let path = dir.join("careful.sqlite");
+    let key = SoftwareKey::from_fixture(SERVICE1);
+    let config = WriterConfig {
+        blocksize: 512,
+        authority_bits: 1024,
+        users: 3,
+        ..WriterConfig::default()
+    };
+    let mut w = ExportWriter::create(&path, config).unwrap();
+    w.add_service("svc", key.public_key_spki()).unwrap();
+    w.rotate_key().unwrap();
+    w.write_file("/bob.txt", Content::bytes(b"by alice".to_vec()))
+        .unwrap();
+    w.write_file("/carol.txt", Content::bytes(b"by alice".to_vec()))
+        .unwrap();
+    w.sync().unwrap();
+    w.set_author(1);
+    w.write_file("/bob.txt", Content::bytes(b"by bob".to_vec()))
+        .unwrap();
+    let before = w.checkpoint("before").unwrap();
+    tamper(&mut w);
+    w.sync().unwrap();
+    w.finish().unwrap();
+    let file = ExportFile::open(&path, &OpenOptions::default()).unwrap();
+    (file.unlock(&key, &UnlockOptions::default()).unwrap(), before)
+}
+
+fn invalid_reason(realm: &Realm, path: &str) -> Option<String> {
+    match realm.resolve(path, realm.snapshot()).unwrap().content {
+        VersionContent::Invalid { reason } => Some(reason),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_manifest_by_a_revoked_user_after_revocation_is_invalid() {
+    use crate::export::writer::content::Content;
+    let dir = tempfile::tempdir().unwrap();
+    let (realm, before) = careful_client_export(dir.path(), |w| {
+        w.revoke_user(1).unwrap();
+        w.set_author(1);
+        w.write_file("/bob.txt", Content::bytes(b"after revocation".to_vec()))
+            .unwrap();
+    });
+    let reason = invalid_reason(&realm, "/bob.txt").expect("post-revocation version invalid");
+    assert!(reason.contains("revoked"), "{reason}");
+    // Not replaced by the older version, and the version written before revocation still reads.
+    let old = realm.resolve("/bob.txt", before).unwrap();
+    let f = old.file().expect("pre-revocation version readable");
+    assert_eq!(realm.read_range(f, 0, f.size).unwrap(), b"by bob");
+    let report = verify::verify(&realm, 2).unwrap();
+    assert_eq!(report.invalid_versions, 1, "{:?}", report.problems);
+    assert!(report
+        .problems
+        .iter()
+        .any(|p| p.kind == "manifest" && p.reason.contains("revoked")));
+}
+
+#[test]
+fn a_reader_role_author_or_a_user_without_role_cannot_write() {
+    use crate::export::writer::content::Content;
+    let dir = tempfile::tempdir().unwrap();
+    let (realm, _) = careful_client_export(dir.path(), |w| {
+        w.set_realm_role(2, Some("READER")).unwrap();
+        w.set_realm_role(1, None).unwrap();
+        w.set_author(2);
+        w.write_file("/carol.txt", Content::bytes(b"by a reader".to_vec()))
+            .unwrap();
+        w.sync().unwrap();
+        w.set_author(1);
+        w.write_file("/bob.txt", Content::bytes(b"by a non-member".to_vec()))
+            .unwrap();
+    });
+    let carol = invalid_reason(&realm, "/carol.txt").expect("READER's version invalid");
+    assert!(carol.contains("had role READER, which cannot write"), "{carol}");
+    let bob = invalid_reason(&realm, "/bob.txt").expect("non-member's version invalid");
+    assert!(bob.contains("had no role"), "{bob}");
+    let report = verify::verify(&realm, 2).unwrap();
+    assert_eq!(report.invalid_versions, 2, "{:?}", report.problems);
+    // The role certificates themselves were accepted (signed by the owner).
+    assert!(report.problems.iter().all(|p| p.kind == "manifest"));
+}
+
+#[test]
+fn a_role_given_by_a_non_owner_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (realm, _) = careful_client_export(dir.path(), |_| {});
+    // Bob (CONTRIBUTOR) cannot give roles: a certificate he signs is a reported problem.
+    let certs = realm.realm_certificates();
+    assert!(certs.problems.is_empty(), "{:?}", certs.problems);
+    let org = realm.organization();
+    let bob = org
+        .devices
+        .values()
+        .find(|d| d.label.as_deref() == Some("bob's machine"))
+        .unwrap()
+        .clone();
+    let grant = crate::parsec::realm::RoleCertificate {
+        author: bob.device_id,
+        timestamp: realm.snapshot(),
+        realm_id: realm.realm_id(),
+        user_id: bob.user_id,
+        role: Some("OWNER".into()),
+    };
+    let mut copy = certs.clone();
+    let before = copy.roles.len();
+    assert!(copy.check_role_grant_for_tests(&bob, &grant).is_err());
+    assert_eq!(copy.roles.len(), before);
+    copy.roles.clear();
+    // The first certificate must be the creator making itself OWNER.
+    let mut self_owner = grant.clone();
+    self_owner.role = Some("OWNER".into());
+    assert!(copy.check_role_grant_for_tests(&bob, &self_owner).is_ok());
+    self_owner.role = Some("CONTRIBUTOR".into());
+    assert!(copy.check_role_grant_for_tests(&bob, &self_owner).is_err());
+}
+
+#[test]
+fn a_second_certificate_with_a_known_id_is_reported_not_a_replacement() {
+    let dir = tempfile::tempdir().unwrap();
+    let (realm, _) = careful_client_export(dir.path(), |w| {
+        w.duplicate_device_certificate(1).unwrap();
+    });
+    let problems = &realm.organization().problems;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("a second device_certificate")),
+        "{problems:?}"
+    );
+    // Bob's genuine version still verifies with the first key (a replacement would break it).
+    let v = realm.resolve("/bob.txt", realm.snapshot()).unwrap();
+    let f = v.file().expect("bob's genuine version readable");
+    assert_eq!(realm.read_range(f, 0, f.size).unwrap(), b"by bob");
+    let report = verify::verify(&realm, 2).unwrap();
+    assert!(!report.ok());
+    assert_eq!(report.invalid_versions, 0);
+}
+
+#[test]
+fn the_manifest_cache_is_keyed_by_the_whole_row_and_a_hit_skips_no_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (realm, _) = careful_client_export(dir.path(), |_| {});
+    let v = realm.resolve("/bob.txt", realm.snapshot()).unwrap();
+    assert!(v.file().is_some());
+    let cached = v.meta.clone();
+    // Same sequential_id (the old cache key), any other column changed: never a cache hit.
+    let mut other_id = cached.clone();
+    other_id.vlob_id = realm.realm_id();
+    let mut other_version = cached.clone();
+    other_version.version += 7;
+    let mut other_time = cached.clone();
+    other_time.timestamp = DateTime(cached.timestamp.0 + 1);
+    let alice = realm
+        .organization()
+        .devices
+        .values()
+        .find(|d| d.label.as_deref() == Some("alice's machine"))
+        .unwrap()
+        .device_id;
+    let mut other_author = cached.clone();
+    other_author.author = alice;
+    for meta in [other_id, other_version, other_time, other_author] {
+        let loaded = realm.load_version(meta.clone()).unwrap();
+        assert!(
+            matches!(loaded.content, VersionContent::Invalid { .. }),
+            "{meta:?} was accepted"
+        );
+    }
+    // The genuine row still hits.
+    assert!(realm.load_version(cached).unwrap().file().is_some());
+}

@@ -166,6 +166,9 @@ pub struct WriterConfig {
     pub tick_micros: i64,
     /// Size of the generated authority key when no signer is given.
     pub authority_bits: usize,
+    /// Seeds the organisation root key alone, everything else staying as `seed` makes it: the
+    /// same tree, devices and services under another root key (a forged export, issue 10).
+    pub root_key_seed: Option<u64>,
 }
 
 impl Default for WriterConfig {
@@ -181,6 +184,7 @@ impl Default for WriterConfig {
             start: DateTime(1_704_067_200_000_000),
             tick_micros: 60_000_000,
             authority_bits: 2048,
+            root_key_seed: None,
         }
     }
 }
@@ -341,6 +345,9 @@ impl ExportWriter {
         let mut rng = StdRng::seed_from_u64(config.seed);
         let mut root_seed = [0u8; 32];
         rng.fill_bytes(&mut root_seed);
+        if let Some(forged) = config.root_key_seed {
+            StdRng::seed_from_u64(content::mix(forged, 0x500f)).fill_bytes(&mut root_seed);
+        }
         let realm_id = new_id(&mut rng);
         let mut w = ExportWriter {
             store,
@@ -390,6 +397,85 @@ impl ExportWriter {
     /// The current key index (0 before the first rotation).
     pub fn key_index(&self) -> u64 {
         self.keys.len() as u64
+    }
+
+    /// The organisation root verify key (`info.root_verify_key`).
+    pub fn root_verify_key(&self) -> [u8; 32] {
+        ed25519_public(&self.root_seed)
+    }
+
+    /// Revokes `user` (a `revoked_user_certificate` signed by the owner's device), now.
+    /// Its devices can still be made to author changes (see [`Self::set_author`]): what a
+    /// server that ignores revocation would store.
+    pub fn revoke_user(&mut self, user: usize) -> Result<DateTime, WriterError> {
+        let t = self.tick();
+        let user_id = self.user(user)?.user_id;
+        let mut w = crate::parsec::msgpack::Writer::new();
+        w.map(4)
+            .field("type", |w| {
+                w.str("revoked_user_certificate");
+            })
+            .field("author", |w| {
+                w.uuid(&self.actors[0].device_id);
+            })
+            .field("timestamp", |w| {
+                w.datetime(t);
+            })
+            .field("user_id", |w| {
+                w.uuid(&user_id);
+            });
+        let signed = self.sign_as(0, &w.into_bytes());
+        self.store.certificate("common_certificate", &signed)?;
+        Ok(t)
+    }
+
+    /// Gives `user` a realm role (`None` removes it), signed by the owner's device, now.
+    pub fn set_realm_role(
+        &mut self,
+        user: usize,
+        role: Option<&str>,
+    ) -> Result<DateTime, WriterError> {
+        let t = self.tick();
+        let cert = RoleCertificate {
+            author: self.actors[0].device_id,
+            timestamp: t,
+            realm_id: self.realm_id,
+            user_id: self.user(user)?.user_id,
+            role: role.map(str::to_string),
+        }
+        .to_msgpack();
+        let signed = self.sign_as(0, &cert);
+        self.store.certificate("realm_certificate", &signed)?;
+        Ok(t)
+    }
+
+    /// Writes a second `device_certificate` for `user`'s device ID with another verify key
+    /// (signed by the owner's device): a reader that let it replace the first would reject that
+    /// device's genuine manifests, or accept ones signed with the new key.
+    pub fn duplicate_device_certificate(&mut self, user: usize) -> Result<[u8; 32], WriterError> {
+        let t = self.tick();
+        let actor = self.user(user)?;
+        let (user_id, device_id) = (actor.user_id, actor.device_id);
+        let seed = self.key32();
+        let cert = DeviceCertificate {
+            purpose: "STANDARD".into(),
+            author: Some(self.actors[0].device_id),
+            timestamp: t,
+            user_id,
+            device_id,
+            device_label: Some("impostor".into()),
+            verify_key: ed25519_public(&seed),
+        }
+        .to_msgpack();
+        let signed = self.sign_as(0, &cert);
+        self.store.certificate("common_certificate", &signed)?;
+        Ok(seed)
+    }
+
+    fn user(&self, user: usize) -> Result<&Actor, WriterError> {
+        self.actors
+            .get(user)
+            .ok_or_else(|| WriterError::Config(format!("no user {user}")))
     }
 
     /// Which user (index into the configured users) authors the next changes.
@@ -1223,6 +1309,7 @@ impl ExportWriter {
             .collect();
         Ok(GroundTruth {
             organization_id: self.config.organization_id.clone(),
+            root_verify_key: hex::encode(ed25519_public(&self.root_seed)),
             realm_id: hex::encode(self.realm_id),
             realm_name: self.realm_name.clone(),
             snapshot,

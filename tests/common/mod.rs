@@ -187,6 +187,16 @@ pub fn run_cli(args: &[&str], env: &[(String, String)]) -> Output {
             dir.join(format!("{}.jsonl", std::process::id())),
         );
     }
+    // Pins (organisation trust anchors) of the developer's machine must not leak into tests.
+    if !env.iter().any(|(k, _)| k == "SEQUESTER_CUSTODY_PINS") {
+        cmd.env(
+            "SEQUESTER_CUSTODY_PINS",
+            std::env::temp_dir().join(format!(
+                "sequester-custody-test-pins-{}.json",
+                std::process::id()
+            )),
+        );
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }

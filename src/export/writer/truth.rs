@@ -32,6 +32,9 @@ fn de_opt_dt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<DateTime>,
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GroundTruth {
     pub organization_id: String,
+    /// The organisation root verify key, 64 hex digits.
+    #[serde(default)]
+    pub root_verify_key: String,
     /// 32 hex digits.
     pub realm_id: String,
     /// The last realm name (none if never named).
