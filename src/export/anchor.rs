@@ -464,7 +464,7 @@ pub fn check(
 mod tests {
     use super::*;
 
-    const KEY_HEX: &str = "1ac0f1aa7a087b900bc51475d760bc14f3836539ad977d15788ba54d0f8b3c8a";
+    const KEY_HEX: &str = "1ac0f1aa7a087b900bd71475d760bc14f3836539ad977d15788ba54d0f8b3c8a";
 
     #[test]
     fn spec_examples_parse_and_round_trip() {

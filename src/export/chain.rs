@@ -264,11 +264,13 @@ pub fn verify_organization(root_verify_key: &[u8; 32], rows: &[(i64, Vec<u8>)]) 
                         "common certificate row {row}: revocation of unknown user {}",
                         hex::encode(user_id)
                     )),
-                    Some(u) if u.revoked.is_some() => org.problems.push(format!(
+                    Some(User {
+                        revoked: Some(first),
+                        ..
+                    }) => org.problems.push(format!(
                         "common certificate row {row}: a second revoked_user_certificate for user \
-                         {}: ignored, the first revocation ({}) is kept",
-                        hex::encode(user_id),
-                        u.revoked.unwrap_or_default()
+                         {}: ignored, the first revocation ({first}) is kept",
+                        hex::encode(user_id)
                     )),
                     Some(u) => u.revoked = Some(timestamp),
                 }
