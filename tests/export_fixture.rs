@@ -210,7 +210,13 @@ fn service1_history_timeline_verify_and_extract() {
 
     // Without an anchor: consistent but NOT ANCHORED (exit 3), never a bare OK.
     let out = env.run(&["verify", env.export(), "--key", &key]);
-    assert_eq!(out.status.code(), Some(3), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     assert!(stdout(&out).contains("NOT ANCHORED"), "{}", stdout(&out));
     // Anchored by the fixture organisation's root key (from the fixture's documentation).
     let out = env.run(&[

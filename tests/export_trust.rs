@@ -192,7 +192,14 @@ fn a_forged_export_is_refused_when_anchored_and_not_anchored_when_nothing_is_pin
         vec!["export", "verify", forged, "--key", no_token],
         vec!["export", "ls", forged, "-R", "--key", no_token],
         vec!["export", "cat", forged, "/report.txt", "--key", no_token],
-        vec!["export", "history", forged, "/report.txt", "--key", no_token],
+        vec![
+            "export",
+            "history",
+            forged,
+            "/report.txt",
+            "--key",
+            no_token,
+        ],
         vec!["export", "timeline", forged, "--key", no_token],
         vec![
             "export",
@@ -216,7 +223,10 @@ fn a_forged_export_is_refused_when_anchored_and_not_anchored_when_nothing_is_pin
         let err = stderr(&out);
         assert_eq!(code(&out), 4, "{args:?}: {}", both(&out));
         assert!(err.contains("REFUSED"), "{args:?}: {err}");
-        assert!(err.contains(&forged_fp) && err.contains(&genuine_fp), "{err}");
+        assert!(
+            err.contains(&forged_fp) && err.contains(&genuine_fp),
+            "{err}"
+        );
         assert!(stdout(&out).is_empty(), "{args:?}: {}", stdout(&out));
     }
     assert!(!dest.exists());
@@ -363,7 +373,10 @@ fn revoked_and_reader_authors_are_flagged_by_verify_ls_and_extract() {
     let text = both(&out);
     assert_eq!(code(&out), 2, "{text}");
     assert!(text.contains("whose user was revoked"), "{text}");
-    assert!(text.contains("had role READER, which cannot write"), "{text}");
+    assert!(
+        text.contains("had role READER, which cannot write"),
+        "{text}"
+    );
 
     let out = anchored(&["--json", "export", "ls", export, "/"]);
     assert!(out.status.success(), "{}", both(&out));
@@ -390,8 +403,7 @@ fn revoked_and_reader_authors_are_flagged_by_verify_ls_and_extract() {
     assert!(!dest.join("bob.txt").exists(), "invalid version written");
     assert!(!dest.join("carol.txt").exists(), "invalid version written");
     let record: Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("x.custody.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(dir.path().join("x.custody.json")).unwrap()).unwrap();
     let unreadable: Vec<&str> = record["unreadable"]
         .as_array()
         .unwrap()

@@ -723,8 +723,10 @@ fn ls(
     } else {
         // The path itself is unreadable or invalid: say so, exit non-zero.
         if global.json {
-            print_json(&json!({"context": context_json(&realm, &trust, t), "path": path,
-                               "entry": entry_json(&realm, &path, &start)}))?;
+            print_json(
+                &json!({"context": context_json(&realm, &trust, t), "path": path,
+                               "entry": entry_json(&realm, &path, &start)}),
+            )?;
         } else {
             println!("{}", entry_line(&realm, &path, &start, long));
         }
@@ -901,7 +903,9 @@ fn timeline_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> 
     let (realm, trust) = unlock(file, args, global)?;
     let events = timeline::timeline(&realm)?;
     if global.json {
-        print_json(&json!({"context": context_json(&realm, &trust, realm.snapshot()), "events": events}))?;
+        print_json(
+            &json!({"context": context_json(&realm, &trust, realm.snapshot()), "events": events}),
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut o = std::io::stdout().lock();

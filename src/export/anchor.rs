@@ -504,12 +504,21 @@ mod tests {
             (format!("parsec3:///Org1?p={p}"), "empty host"),
             (format!("parsec3://h:99999/Org1?p={p}"), "port"),
             (format!("parsec3://h/Org 1?p={p}"), "organisation ID"),
-            (format!("parsec3://h/{}?p={p}", "O".repeat(33)), "organisation ID"),
+            (
+                format!("parsec3://h/{}?p={p}", "O".repeat(33)),
+                "organisation ID",
+            ),
             (format!("parsec3://h/Org1?p={p}&p={p}"), "twice"),
-            (format!("parsec3://h/Org1?a=claim_user&p={p}"), "action address"),
+            (
+                format!("parsec3://h/Org1?a=claim_user&p={p}"),
+                "action address",
+            ),
             // Padded / standard alphabet / truncated / a bare 32-byte key (no c4 20 prefix).
             (format!("parsec3://h/Org1?p={p}=="), "base64url"),
-            ("parsec3://h/Org1?p=xCAawPGqegh7kAvXFHXXYLwU84NlOa2XfRV4i6VND4s8".to_string(), "bytes"),
+            (
+                "parsec3://h/Org1?p=xCAawPGqegh7kAvXFHXXYLwU84NlOa2XfRV4i6VND4s8".to_string(),
+                "bytes",
+            ),
             (
                 format!(
                     "parsec3://h/Org1?p={}",
@@ -579,14 +588,21 @@ mod tests {
         assert_eq!(e.exit_code(), EXIT_ANCHOR_MISMATCH);
         // The same forged key under another organisation ID is not anchored; the genuine key
         // under another ID is a mismatch.
-        assert!(!check(&info("Other", forged), &none, &pins).unwrap().anchored);
+        assert!(
+            !check(&info("Other", forged), &none, &pins)
+                .unwrap()
+                .anchored
+        );
         assert!(check(&info("Other", good), &none, &pins).is_err());
         let with_key = AnchorInputs {
             root_key: Some(good),
             ..Default::default()
         };
         let r = check(&info("Org", good), &with_key, &pins).unwrap();
-        assert_eq!(r.anchored_by, vec![AnchorSource::RootKey, AnchorSource::Pin]);
+        assert_eq!(
+            r.anchored_by,
+            vec![AnchorSource::RootKey, AnchorSource::Pin]
+        );
         let with_org = AnchorInputs {
             org: Some(OrganizationAddr {
                 organization_id: "Org2".into(),
@@ -606,6 +622,9 @@ mod tests {
             Err(AnchorError::AlreadyPinned { .. })
         ));
         pins.unpin("Org").unwrap();
-        assert!(PinStore::load(pins.path()).unwrap().organizations.is_empty());
+        assert!(PinStore::load(pins.path())
+            .unwrap()
+            .organizations
+            .is_empty());
     }
 }

@@ -163,8 +163,9 @@ pub fn verify_organization(root_verify_key: &[u8; 32], rows: &[(i64, Vec<u8>)]) 
             // certificate's timestamp.
             if let Err(reason) = org.device_at(&a, timestamp) {
                 if org.devices.contains_key(&a) {
-                    org.problems
-                        .push(format!("common certificate row {row} ({type_name}): {reason}"));
+                    org.problems.push(format!(
+                        "common certificate row {row} ({type_name}): {reason}"
+                    ));
                     continue;
                 }
             }
@@ -221,8 +222,9 @@ pub fn verify_organization(root_verify_key: &[u8; 32], rows: &[(i64, Vec<u8>)]) 
             },
             "user_certificate" => {
                 let Ok(user_id) = map.uuid("user_id") else {
-                    org.problems
-                        .push(format!("common certificate row {row}: user_certificate without user_id"));
+                    org.problems.push(format!(
+                        "common certificate row {row}: user_certificate without user_id"
+                    ));
                     continue;
                 };
                 if org.users.contains_key(&user_id) {
@@ -320,29 +322,48 @@ impl RealmCertificates {
     pub fn role_at(&self, user_id: &Id, t: DateTime) -> Option<&str> {
         let mut best: Option<&RoleCertificate> = None;
         for c in self.roles.iter().filter(|c| c.user_id == *user_id) {
-            if c.timestamp <= t && best.is_none_or(|b| c.timestamp >= b.timestamp) {
+            if c.timestamp <= t && best.map_or(true, |b| c.timestamp >= b.timestamp) {
                 best = Some(c);
             }
         }
         best.and_then(|c| c.role.as_deref())
     }
 
-    /// Whether the author of a role certificate could give that role at that time: the first
-    /// certificate of a realm is its creator making itself OWNER; afterwards an OWNER may give
-    /// or remove any role, a MANAGER only CONTRIBUTOR/READER to users who are not OWNER/MANAGER.
-    fn check_role_grant(&self, author: &Device, c: &RoleCertificate) -> Result<(), String> {
+    /// Whether the author of a role certificate could give that role at that time (the Parsec
+    /// server's rules): the first certificate of a realm is its creator making itself OWNER;
+    /// afterwards an OWNER may give or remove any role, a MANAGER only CONTRIBUTOR/READER to
+    /// users who are not OWNER/MANAGER; a role is never given to a revoked user; and a user may
+    /// promote itself to OWNER only when no active user is OWNER and none has a higher role.
+    fn check_role_grant(
+        &self,
+        org: &Organization,
+        author: &Device,
+        c: &RoleCertificate,
+    ) -> Result<(), String> {
         let new_role = c.role.as_deref();
+        let Some(recipient) = org.users.get(&c.user_id) else {
+            return Err("it names an unknown user".into());
+        };
+        if new_role.is_some() && recipient.revoked.is_some_and(|r| r <= c.timestamp) {
+            return Err("its user was revoked by then".into());
+        }
         if self.roles.is_empty() {
             return if c.user_id == author.user_id && new_role == Some("OWNER") {
                 Ok(())
             } else {
-                Err("the first role certificate of a realm must be its creator making itself \
+                Err(
+                    "the first role certificate of a realm must be its creator making itself \
                      OWNER"
-                    .into())
+                        .into(),
+                )
             };
         }
         let author_role = self.role_at(&author.user_id, c.timestamp);
         let target_role = self.role_at(&c.user_id, c.timestamp);
+        if c.user_id == author.user_id && new_role == Some("OWNER") && author_role != Some("OWNER")
+        {
+            return self.check_self_promotion(org, author_role, c.timestamp);
+        }
         match author_role {
             Some("OWNER") => Ok(()),
             Some("MANAGER")
@@ -360,14 +381,59 @@ impl RealmCertificates {
     }
 }
 
+/// Parsec's order of realm roles (OWNER highest).
+fn role_rank(role: Option<&str>) -> u8 {
+    match role {
+        Some("OWNER") => 4,
+        Some("MANAGER") => 3,
+        Some("CONTRIBUTOR") => 2,
+        Some("READER") => 1,
+        _ => 0,
+    }
+}
+
+impl RealmCertificates {
+    /// Self-promotion to OWNER (a realm whose owners were all revoked): allowed when no user
+    /// active at `t` is OWNER and the author's role is the highest role of an active user.
+    fn check_self_promotion(
+        &self,
+        org: &Organization,
+        author_role: Option<&str>,
+        t: DateTime,
+    ) -> Result<(), String> {
+        let mut highest = 0;
+        for user in org.users.values() {
+            if user.revoked.is_some_and(|r| r <= t) {
+                continue;
+            }
+            let role = self.role_at(&user.user_id, t);
+            if role == Some("OWNER") {
+                return Err(format!(
+                    "a self-promotion to OWNER while an active user was OWNER at {t}"
+                ));
+            }
+            highest = highest.max(role_rank(role));
+        }
+        if author_role.is_none() || role_rank(author_role) < highest {
+            return Err(format!(
+                "a self-promotion to OWNER by a user whose role ({}) was not the highest active \
+                 role at {t}",
+                author_role.unwrap_or("none")
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 impl RealmCertificates {
     pub(crate) fn check_role_grant_for_tests(
         &self,
+        org: &Organization,
         author: &Device,
         c: &RoleCertificate,
     ) -> Result<(), String> {
-        self.check_role_grant(author, c)
+        self.check_role_grant(org, author, c)
     }
 }
 
@@ -409,8 +475,9 @@ pub fn verify_realm_certificates(
         let device = match org.device_at(&author, timestamp) {
             Ok(d) => d,
             Err(reason) => {
-                out.problems
-                    .push(format!("realm certificate row {row} ({type_name}): {reason}"));
+                out.problems.push(format!(
+                    "realm certificate row {row} ({type_name}): {reason}"
+                ));
                 continue;
             }
         };
@@ -460,7 +527,7 @@ pub fn verify_realm_certificates(
                 Ok(c) if realm_mismatch(&c.realm_id) => out.problems.push(format!(
                     "realm certificate row {row}: role for another realm"
                 )),
-                Ok(c) => match out.check_role_grant(device, &c) {
+                Ok(c) => match out.check_role_grant(org, device, &c) {
                     Ok(()) => out.roles.push(c),
                     Err(reason) => out.problems.push(format!(
                         "realm certificate row {row} (role {} for user {}): {reason}: ignored",

@@ -12,8 +12,8 @@
 //!
 //! Partial readability is a state, not an error: see [`VersionContent::Unreadable`].
 
-mod cache;
 pub mod anchor;
+mod cache;
 pub mod chain;
 pub mod db;
 mod error;

@@ -373,7 +373,10 @@ fn careful_client_export(
     w.sync().unwrap();
     w.finish().unwrap();
     let file = ExportFile::open(&path, &OpenOptions::default()).unwrap();
-    (file.unlock(&key, &UnlockOptions::default()).unwrap(), before)
+    (
+        file.unlock(&key, &UnlockOptions::default()).unwrap(),
+        before,
+    )
 }
 
 fn invalid_reason(realm: &Realm, path: &str) -> Option<String> {
@@ -423,7 +426,10 @@ fn a_reader_role_author_or_a_user_without_role_cannot_write() {
             .unwrap();
     });
     let carol = invalid_reason(&realm, "/carol.txt").expect("READER's version invalid");
-    assert!(carol.contains("had role READER, which cannot write"), "{carol}");
+    assert!(
+        carol.contains("had role READER, which cannot write"),
+        "{carol}"
+    );
     let bob = invalid_reason(&realm, "/bob.txt").expect("non-member's version invalid");
     assert!(bob.contains("had no role"), "{bob}");
     let report = verify::verify(&realm, 2).unwrap();
@@ -455,15 +461,67 @@ fn a_role_given_by_a_non_owner_is_ignored() {
     };
     let mut copy = certs.clone();
     let before = copy.roles.len();
-    assert!(copy.check_role_grant_for_tests(&bob, &grant).is_err());
+    assert!(copy.check_role_grant_for_tests(org, &bob, &grant).is_err());
     assert_eq!(copy.roles.len(), before);
     copy.roles.clear();
     // The first certificate must be the creator making itself OWNER.
     let mut self_owner = grant.clone();
     self_owner.role = Some("OWNER".into());
-    assert!(copy.check_role_grant_for_tests(&bob, &self_owner).is_ok());
+    assert!(copy
+        .check_role_grant_for_tests(org, &bob, &self_owner)
+        .is_ok());
     self_owner.role = Some("CONTRIBUTOR".into());
-    assert!(copy.check_role_grant_for_tests(&bob, &self_owner).is_err());
+    assert!(copy
+        .check_role_grant_for_tests(org, &bob, &self_owner)
+        .is_err());
+}
+
+#[test]
+fn self_promotion_to_owner_only_when_no_active_owner_and_highest_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let (realm, _) = careful_client_export(dir.path(), |w| {
+        // Alice (the only OWNER) revoked: bob and carol are CONTRIBUTORs, carol then READER.
+        w.set_realm_role(2, Some("READER")).unwrap();
+        w.revoke_user(0).unwrap();
+    });
+    let org = realm.organization();
+    let device = |label: &str| {
+        org.devices
+            .values()
+            .find(|d| d.label.as_deref() == Some(label))
+            .unwrap()
+            .clone()
+    };
+    let (bob, carol) = (device("bob's machine"), device("carol's machine"));
+    let promote = |who: &Device| crate::parsec::realm::RoleCertificate {
+        author: who.device_id,
+        timestamp: realm.snapshot(),
+        realm_id: realm.realm_id(),
+        user_id: who.user_id,
+        role: Some("OWNER".into()),
+    };
+    let certs = realm.realm_certificates();
+    assert!(certs.problems.is_empty(), "{:?}", certs.problems);
+    // Bob holds the highest active role (CONTRIBUTOR): allowed; carol (READER) is not.
+    certs
+        .check_role_grant_for_tests(org, &bob, &promote(&bob))
+        .unwrap();
+    let err = certs
+        .check_role_grant_for_tests(org, &carol, &promote(&carol))
+        .unwrap_err();
+    assert!(err.contains("not the highest"), "{err}");
+    // While alice was active (before her revocation), nobody could self-promote.
+    let mut early = promote(&bob);
+    let alice_revoked = org
+        .users
+        .values()
+        .find_map(|u| u.revoked)
+        .expect("alice revoked");
+    early.timestamp = DateTime(alice_revoked.0 - 1);
+    let err = certs
+        .check_role_grant_for_tests(org, &bob, &early)
+        .unwrap_err();
+    assert!(err.contains("an active user was OWNER"), "{err}");
 }
 
 #[test]
