@@ -2,7 +2,7 @@
 //! the data of the chain-of-custody record.
 
 use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use super::reader::{split_path, EntryVersion, Realm, VersionContent};
+use super::walk::{join, Walk, WalkStep, MAX_DEPTH};
 use super::{parallel, ExportError};
 use crate::parsec::manifest::{BlockAccess, FileManifest, Manifest};
 use crate::parsec::DateTime;
@@ -25,7 +26,16 @@ pub struct ExtractOptions {
     pub threads: usize,
     /// Set (e.g. by a SIGINT handler) to stop: the temporary tree is removed, nothing is left.
     pub cancel: Option<&'static AtomicBool>,
+    /// Mode of created files (before the umask): [`PRIVATE_FILE_MODE`] unless widened.
+    pub file_mode: u32,
+    /// Mode of created folders (before the umask): [`PRIVATE_DIR_MODE`] unless widened.
+    pub dir_mode: u32,
 }
+
+/// Extracted files are readable by their owner only (evidence hygiene).
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+/// Extracted folders are open to their owner only.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
 
 impl ExtractOptions {
     fn cancelled(&self) -> bool {
@@ -106,14 +116,6 @@ fn unreadable_entry(path: &str, v: &EntryVersion) -> UnreadableEntry {
     }
 }
 
-fn join(parent: &str, name: &str) -> String {
-    if parent == "/" {
-        format!("/{name}")
-    } else {
-        format!("{parent}/{name}")
-    }
-}
-
 /// Walks the tree at `at` below `path` (depth first, iterative). Unreadable folders are reported
 /// and not entered; files whose blocks need keys this service lacks are reported too.
 pub fn plan(realm: &Realm, path: &str, at: DateTime) -> Result<Plan, ExportError> {
@@ -148,37 +150,34 @@ fn plan_cancellable(
             })
         }
     }
-    while let Some((dir_path, dir)) = stack.pop() {
+    let Some((_, start)) = stack.pop() else {
+        return Ok(plan);
+    };
+    plan.folders.push((
+        "/".into(),
+        start.folder().expect("a readable folder").header.updated,
+    ));
+    let mut walk = Walk::new(realm, at, "/", start, MAX_DEPTH);
+    while let Some(step) = walk.next_step()? {
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(ExportError::Interrupted);
         }
-        let folder = dir.folder().expect("only readable folders are stacked");
-        plan.folders.push((dir_path.clone(), folder.header.updated));
-        for child in realm.children_at(folder, at)? {
-            let child_path = join(&dir_path, child.name.as_str());
-            if folder.duplicate_names.contains(&child.name) {
-                // Two children with one name (after NFC): writing both would silently keep one.
-                plan.unreadable.push(UnreadableEntry {
-                    path: child_path,
-                    kind: "unknown",
-                    vlob_id: child.id,
-                    version: child.version.meta.version,
-                    needed_key_indexes: vec![],
-                    reason: "suspicious folder: several children have this name after NFC \
-                             normalisation; none is extracted (see `export verify`)"
-                        .into(),
-                });
-                continue;
-            }
-            match child.version.manifest().map(|m| &**m) {
-                Some(Manifest::Folder(_)) => stack.push((child_path, child.version)),
-                Some(Manifest::File(_)) => {
-                    classify_file(realm, &mut plan, child_path, child.version)
-                }
+        match step {
+            WalkStep::Problem(p) => plan.unreadable.push(UnreadableEntry {
+                path: p.path,
+                kind: "unknown",
+                vlob_id: p.id,
+                version: p.version.unwrap_or(0),
+                needed_key_indexes: vec![],
+                reason: p.reason,
+            }),
+            WalkStep::Entry(e) => match e.child.version.manifest().map(|m| &**m) {
+                Some(Manifest::Folder(f)) => plan.folders.push((e.path, f.header.updated)),
+                Some(Manifest::File(_)) => classify_file(realm, &mut plan, e.path, e.child.version),
                 None => plan
                     .unreadable
-                    .push(unreadable_entry(&child_path, &child.version)),
-            }
+                    .push(unreadable_entry(&e.path, &e.child.version)),
+            },
         }
     }
     plan.folders.sort();
@@ -282,13 +281,18 @@ pub fn extract(
     let plan = plan_cancellable(realm, &options.path, options.at, options.cancel)?;
     let temp = temp_sibling(dest)?;
     let _ = fs::remove_dir_all(&temp);
-    fs::create_dir(&temp).map_err(|e| io_err("cannot create", &temp, e))?;
+    // Evidence is private by default: created with the requested modes (umask still applies),
+    // never chmod-ed after, so no window where it is readable by others.
+    let mut dirs = fs::DirBuilder::new();
+    dirs.recursive(true).mode(options.dir_mode);
+    dirs.create(&temp)
+        .map_err(|e| io_err("cannot create", &temp, e))?;
     let mut guard = TempGuard(Some(temp.clone()));
     let local = |p: &str| temp.join(p.trim_start_matches('/'));
 
     for (folder, _) in &plan.folders {
         if folder != "/" {
-            fs::create_dir_all(local(folder))
+            dirs.create(local(folder))
                 .map_err(|e| io_err("cannot create", &local(folder), e))?;
         }
     }
@@ -301,7 +305,12 @@ pub fn extract(
         }
         let file = v.file().expect("planned files are readable");
         let p = local(path);
-        let f = File::create(&p).map_err(|e| io_err("cannot create", &p, e))?;
+        let f = File::options()
+            .write(true)
+            .create_new(true)
+            .mode(options.file_mode)
+            .open(&p)
+            .map_err(|e| io_err("cannot create", &p, e))?;
         f.set_len(file.size)
             .map_err(|e| io_err("cannot size", &p, e))?;
         total += file.size;

@@ -786,6 +786,10 @@ impl Realm {
             (Manifest::Folder(f), false) if f.header.parent == f.header.id => {
                 Err("a non-root folder is its own parent".into())
             }
+            (Manifest::File(f), _) => match super::walk::file_size_problem(f) {
+                Some(reason) => Err(reason),
+                None => Ok(()),
+            },
             _ => Ok(()),
         }
     }
@@ -890,12 +894,14 @@ impl Realm {
     }
 
     /// The path of entry `id` at `t`, walking parents up to the root; `None` if some ancestor is
-    /// unreadable, absent or inconsistent.
+    /// unreadable, absent or inconsistent, or the entry is deeper than
+    /// [`super::walk::MAX_DEPTH`] (so a `parent` cycle costs at most that many steps). An entry
+    /// listed under several names gets the first in name order, as the walks show it.
     pub fn path_of(&self, id: &Id, t: DateTime) -> Result<Option<String>, ExportError> {
         let root = self.realm_id();
         let mut names = Vec::new();
         let mut current = *id;
-        for _ in 0..4096 {
+        for _ in 0..=super::walk::MAX_DEPTH + 1 {
             if current == root {
                 names.reverse();
                 return Ok(Some(format!("/{}", names.join("/"))));
@@ -913,10 +919,16 @@ impl Realm {
             let Some(folder) = parent.folder() else {
                 return Ok(None);
             };
-            let Some(child) = folder.children.iter().find(|c| c.id == current) else {
+            let Some(name) = folder
+                .children
+                .iter()
+                .filter(|c| c.id == current)
+                .map(|c| &c.name)
+                .min()
+            else {
                 return Ok(None);
             };
-            names.push(child.name.to_string());
+            names.push(name.to_string());
             current = parent_id;
         }
         Ok(None)
