@@ -213,11 +213,15 @@ pub fn file_size_problem(file: &FileManifest) -> Option<String> {
     None
 }
 
+/// A child to show, or one the rules hide (with why).
+type Screened = Result<ChildEntry, (ChildEntry, WalkRule, String)>;
+
 struct Frame {
     id: Id,
     path: String,
     depth: usize,
-    children: std::vec::IntoIter<ChildEntry>,
+    /// In name order, hidden children where they would have been.
+    children: std::vec::IntoIter<Screened>,
 }
 
 /// Depth-first walk of the tree at `t` below one folder, children in name order, applying the
@@ -232,7 +236,7 @@ pub struct Walk<'r> {
     seen: HashMap<Id, String>,
     /// A folder just shown, expanded at the next step (pre-order).
     pending: Option<(Id, String, usize, EntryVersion)>,
-    /// Problems found while screening a folder, returned before its entries.
+    /// A problem about the entry just returned (too deep), returned next.
     queued: std::collections::VecDeque<WalkStep>,
 }
 
@@ -280,20 +284,19 @@ impl<'r> Walk<'r> {
         // subtree is done).
         let (shown, problems) =
             screen_children(folder, &self.root_id, children, |c| self.is_ancestor(c));
-        for (c, rule, reason) in problems {
-            self.queued.push_back(WalkStep::Problem(WalkProblem {
-                path: join(&path, c.name.as_str()),
-                id: c.id,
-                version: Some(c.version.meta.version),
-                rule,
-                reason,
-            }));
+        let mut items: Vec<Screened> = shown.into_iter().map(Ok).collect();
+        items.extend(problems.into_iter().map(Err));
+        fn name(i: &Screened) -> &EntryName {
+            match i {
+                Ok(c) | Err((c, _, _)) => &c.name,
+            }
         }
+        items.sort_by(|a, b| name(a).cmp(name(b)));
         self.stack.push(Frame {
             id,
             path,
             depth,
-            children: shown.into_iter(),
+            children: items.into_iter(),
         });
         Ok(())
     }
@@ -311,9 +314,21 @@ impl<'r> Walk<'r> {
             let Some(frame) = self.stack.last_mut() else {
                 return Ok(None);
             };
-            let Some(child) = frame.children.next() else {
+            let Some(item) = frame.children.next() else {
                 self.stack.pop();
                 continue;
+            };
+            let child = match item {
+                Ok(c) => c,
+                Err((c, rule, reason)) => {
+                    return Ok(Some(WalkStep::Problem(WalkProblem {
+                        path: join(&frame.path, c.name.as_str()),
+                        id: c.id,
+                        version: Some(c.version.meta.version),
+                        rule,
+                        reason,
+                    })))
+                }
             };
             let path = join(&frame.path, child.name.as_str());
             let depth = frame.depth + 1;
