@@ -94,7 +94,8 @@ impl Progress for NoProgress {}
 /// The tree at T, planned before anything is written.
 #[derive(Default)]
 pub struct Plan {
-    pub folders: Vec<(String, DateTime)>,
+    /// Path, modification time, entry ID and version of each folder.
+    pub folders: Vec<(String, DateTime, [u8; 16], u32)>,
     pub files: Vec<(String, EntryVersion)>,
     pub unreadable: Vec<UnreadableEntry>,
 }
@@ -131,14 +132,13 @@ fn plan_cancellable(
     let start = realm.resolve(path, at)?;
     let mut plan = Plan::default();
     let base_name = split_path(path)?.last().map(|s| s.to_string());
-    let mut stack: Vec<(String, EntryVersion)> = Vec::new();
-    match (&start.content, start.manifest().map(|m| &**m)) {
+    let updated = match (&start.content, start.manifest().map(|m| &**m)) {
         (VersionContent::Readable(_), Some(Manifest::File(_))) => {
             let name = base_name.unwrap_or_default();
             classify_file(realm, &mut plan, join("/", &name), start);
             return Ok(plan);
         }
-        (VersionContent::Readable(_), _) => stack.push(("/".into(), start)),
+        (VersionContent::Readable(_), Some(Manifest::Folder(f))) => f.header.updated,
         _ => {
             return Err(ExportError::Unreadable {
                 path: if path.is_empty() {
@@ -149,14 +149,9 @@ fn plan_cancellable(
                 reason: start.problem().unwrap_or_default(),
             })
         }
-    }
-    let Some((_, start)) = stack.pop() else {
-        return Ok(plan);
     };
-    plan.folders.push((
-        "/".into(),
-        start.folder().expect("a readable folder").header.updated,
-    ));
+    plan.folders
+        .push(("/".into(), updated, start.meta.vlob_id, start.meta.version));
     let mut walk = Walk::new(realm, at, "/", start, MAX_DEPTH);
     while let Some(step) = walk.next_step()? {
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
@@ -172,7 +167,12 @@ fn plan_cancellable(
                 reason: p.reason,
             }),
             WalkStep::Entry(e) => match e.child.version.manifest().map(|m| &**m) {
-                Some(Manifest::Folder(f)) => plan.folders.push((e.path, f.header.updated)),
+                Some(Manifest::Folder(f)) => plan.folders.push((
+                    e.path,
+                    f.header.updated,
+                    e.child.id,
+                    e.child.version.meta.version,
+                )),
                 Some(Manifest::File(_)) => classify_file(realm, &mut plan, e.path, e.child.version),
                 None => plan
                     .unreadable
@@ -210,6 +210,45 @@ fn classify_file(realm: &Realm, plan: &mut Plan, path: String, v: EntryVersion) 
             version: v.meta.version,
             needed_key_indexes: missing,
             reason,
+        });
+    }
+}
+
+/// Entries whose path under the temporary directory (`base_len` bytes) would exceed PATH_MAX are
+/// reported instead of failing the whole extraction (deep trees of long names are legal in
+/// Parsec). Their descendants have longer paths, so they go too.
+fn leave_out_overlong_paths(plan: &mut Plan, base_len: usize) {
+    let limit = (libc::PATH_MAX as usize).saturating_sub(base_len + 2);
+    let reason = |len: usize| {
+        format!(
+            "its path is {len} bytes long: too long to write here (PATH_MAX {}); read it with \
+             `export cat` or the mount",
+            libc::PATH_MAX
+        )
+    };
+    let mut too_long = Vec::new();
+    plan.folders.retain(|(path, _, id, version)| {
+        if path.len() <= limit {
+            return true;
+        }
+        too_long.push((path.clone(), "folder", *id, *version));
+        false
+    });
+    plan.files.retain(|(path, v)| {
+        if path.len() <= limit {
+            return true;
+        }
+        too_long.push((path.clone(), "file", v.meta.vlob_id, v.meta.version));
+        false
+    });
+    for (path, kind, vlob_id, version) in too_long {
+        plan.unreadable.push(UnreadableEntry {
+            reason: reason(path.len()),
+            path,
+            kind,
+            vlob_id,
+            version,
+            needed_key_indexes: vec![],
         });
     }
 }
@@ -278,8 +317,9 @@ pub fn extract(
             dest.display()
         )));
     }
-    let plan = plan_cancellable(realm, &options.path, options.at, options.cancel)?;
+    let mut plan = plan_cancellable(realm, &options.path, options.at, options.cancel)?;
     let temp = temp_sibling(dest)?;
+    leave_out_overlong_paths(&mut plan, temp.as_os_str().len());
     let _ = fs::remove_dir_all(&temp);
     // Evidence is private by default: created with the requested modes (umask still applies),
     // never chmod-ed after, so no window where it is readable by others.
@@ -290,7 +330,7 @@ pub fn extract(
     let mut guard = TempGuard(Some(temp.clone()));
     let local = |p: &str| temp.join(p.trim_start_matches('/'));
 
-    for (folder, _) in &plan.folders {
+    for (folder, ..) in &plan.folders {
         if folder != "/" {
             dirs.create(local(folder))
                 .map_err(|e| io_err("cannot create", &local(folder), e))?;
@@ -447,14 +487,14 @@ pub fn extract(
     report.unreadable.sort_by(|a, b| a.path.cmp(&b.path));
     // Folder mtimes last (creating children changed them), deepest first.
     let mut folders = plan.folders.clone();
-    folders.sort_by_key(|(p, _)| std::cmp::Reverse(p.matches('/').count()));
-    for (folder, updated) in &folders {
+    folders.sort_by_key(|(p, ..)| std::cmp::Reverse(p.matches('/').count()));
+    for (folder, updated, ..) in &folders {
         let p = local(folder);
         let f = File::open(&p).map_err(|e| io_err("cannot open", &p, e))?;
         f.set_modified(to_system_time(*updated))
             .map_err(|e| io_err("cannot set mtime of", &p, e))?;
     }
-    report.folders = plan.folders.iter().map(|(p, _)| p.clone()).collect();
+    report.folders = plan.folders.iter().map(|(p, ..)| p.clone()).collect();
     fs::rename(&temp, dest).map_err(|e| io_err("cannot rename the finished tree to", dest, e))?;
     guard.0 = None;
     progress.finish();

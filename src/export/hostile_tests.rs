@@ -172,6 +172,14 @@ fn a_root_listing_itself_is_a_cycle_reported_once_and_everything_else_is_extract
     );
     let r = realm.clone();
     within(30, "timeline", move || timeline::timeline(&r).unwrap());
+    // A path through the cycle does not resolve either.
+    let t = realm.snapshot();
+    assert!(realm.resolve("/good/a.txt", t).is_ok());
+    let err = realm
+        .resolve("/loop/good/a.txt", t)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cycle"), "{err}");
 }
 
 /// Nine folder levels, each listing the next under eight names (every link valid): 8^9 paths
@@ -219,6 +227,10 @@ fn an_eight_way_fan_out_nine_levels_deep_is_walked_once_per_folder() {
         .join("l1-0/l2-0/l3-0/l4-0/l5-0/l6-0/l7-0/l8-0/l9-0")
         .is_dir());
     assert!(!dest.join("l1-1").exists());
+    // Only the name shown resolves.
+    let t = realm.snapshot();
+    assert!(realm.resolve("/l1-0/l2-0", t).is_ok());
+    assert!(realm.resolve("/l1-0/l2-5", t).is_err());
     let r = realm.clone();
     let v = within(30, "verify", move || verify::verify(&r, 2).unwrap());
     let listed_twice = v
@@ -476,4 +488,38 @@ fn time_is_bounded_even_at_other_instants() {
         n += 1;
     }
     assert_eq!(n, 6);
+}
+
+#[test]
+fn paths_too_long_to_write_are_reported_and_the_rest_is_extracted() {
+    // 20 levels of 250-byte names: legal in Parsec, 5000 bytes of path.
+    let h = hostile(|w, root, mut children, _| {
+        let ids: Vec<Id> = (0..20).map(|_| w.new_entry_id()).collect();
+        let name = |k: usize| format!("{k:02}{}", "n".repeat(248));
+        children.push((name(0), ids[0]));
+        for k in 0..20 {
+            let parent = if k == 0 { root } else { ids[k - 1] };
+            let listed = if k + 1 < 20 {
+                vec![(name(k + 1), ids[k + 1])]
+            } else {
+                vec![]
+            };
+            w.forge_manifest(ids[k], parent, ForgedManifest::Folder(listed))
+                .unwrap();
+        }
+        w.forge_manifest(root, root, ForgedManifest::Folder(children))
+            .unwrap();
+    });
+    let realm = h.unlock();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("out");
+    let report = extract_all(&realm, &dest);
+    assert_good_tree_extracted(&dest, &report);
+    let too_long: Vec<_> = report
+        .unreadable
+        .iter()
+        .filter(|u| u.reason.contains("too long to write"))
+        .collect();
+    assert!(!too_long.is_empty() && too_long.len() < 20, "{:?}", report.unreadable);
+    assert!(too_long.iter().all(|u| u.kind == "folder" && u.vlob_id != [0; 16]));
 }

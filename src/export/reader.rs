@@ -853,6 +853,16 @@ impl Realm {
         })?;
         let mut current = root;
         let mut walked = String::new();
+        // The walk rules (cycles, one name per entry, depth) apply to paths typed by the user
+        // too: a path the listings do not show does not resolve.
+        let root_id = self.realm_id();
+        let mut lineage: Vec<Id> = vec![root_id];
+        if components.len() > super::walk::MAX_DEPTH + 1 {
+            return Err(ExportError::NoSuchPath(format!(
+                "{path} (deeper than {} levels)",
+                super::walk::MAX_DEPTH
+            )));
+        }
         for name in components {
             let folder = match &current.content {
                 VersionContent::Readable(m) => match &**m {
@@ -878,6 +888,16 @@ impl Realm {
             };
             walked.push('/');
             walked.push_str(name);
+            if let Some((_, reason)) =
+                super::walk::screen_child(folder, &root_id, &child.name, &child.id, |id| {
+                    lineage.contains(id)
+                })
+            {
+                return Err(ExportError::NoSuchPath(format!(
+                    "{walked} (at {t}): {reason}"
+                )));
+            }
+            lineage.push(child.id);
             let version = self.entry_at(&child.id, t)?;
             let version = match version {
                 Some(v) => v,
