@@ -520,6 +520,12 @@ fn paths_too_long_to_write_are_reported_and_the_rest_is_extracted() {
         .iter()
         .filter(|u| u.reason.contains("too long to write"))
         .collect();
-    assert!(!too_long.is_empty() && too_long.len() < 20, "{:?}", report.unreadable);
-    assert!(too_long.iter().all(|u| u.kind == "folder" && u.vlob_id != [0; 16]));
+    assert!(
+        !too_long.is_empty() && too_long.len() < 20,
+        "{:?}",
+        report.unreadable
+    );
+    assert!(too_long
+        .iter()
+        .all(|u| u.kind == "folder" && u.vlob_id != [0; 16]));
 }

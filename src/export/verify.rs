@@ -75,9 +75,17 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
     let mut flush = |page: &mut Vec<VersionMeta>,
                      report: &mut VerifyReport|
      -> Result<(), ExportError> {
-        let loaded = parallel::map(page, threads, |m| realm.load_version(m.clone()));
-        for v in loaded {
-            let v = v?;
+        let loaded = parallel::try_map(page, threads, |m| realm.load_version(m.clone()));
+        for (meta, v) in page.iter().zip(loaded) {
+            let v = match v {
+                Ok(v) => v?,
+                Err(reason) => {
+                    report.versions += 1;
+                    report.invalid_versions += 1;
+                    report.problems.push(manifest_problem(realm, meta, reason));
+                    continue;
+                }
+            };
             report.versions += 1;
             entries.insert(v.meta.vlob_id);
             match &v.content {
@@ -149,10 +157,16 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
     report.files = files.len() as u64;
 
     for chunk in blocks.chunks(PAGE) {
-        let results = parallel::map(chunk, threads, |(b, _)| {
+        let results = parallel::try_map(chunk, threads, |(b, _)| {
             realm.decrypt_block(b).map(|d| d.len() as u64)
         });
-        for ((_, meta), r) in chunk.iter().zip(results) {
+        for ((b, meta), r) in chunk.iter().zip(results) {
+            let r = r.unwrap_or_else(|reason| {
+                Err(super::BlockError::Storage {
+                    id: hex::encode(b.id),
+                    reason,
+                })
+            });
             match r {
                 Ok(n) => {
                     report.blocks_checked += 1;
