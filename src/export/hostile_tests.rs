@@ -287,7 +287,7 @@ fn folders_nested_deeper_than_the_limit_are_shown_but_not_entered() {
 }
 
 #[test]
-fn a_child_naming_another_parent_is_skipped_and_a_name_collision_hides_both() {
+fn an_entry_in_two_folders_is_reported_a_stale_parent_skipped_and_nfc_twins_hidden() {
     let h = hostile(|w, _root, children, _| {
         let docs = children[0].1;
         let good = children[1].1;
@@ -337,6 +337,7 @@ fn a_child_naming_another_parent_is_skipped_and_a_name_collision_hides_both() {
     assert_eq!(
         got,
         vec![
+            ("/docs/alias".to_string(), WalkRule::DuplicateId),
             ("/docs/\u{e9}".to_string(), WalkRule::NameCollision),
             ("/docs/\u{e9}".to_string(), WalkRule::NameCollision),
         ]
@@ -346,7 +347,10 @@ fn a_child_naming_another_parent_is_skipped_and_a_name_collision_hides_both() {
     let report = extract_all(&realm, &dest);
     assert_good_tree_extracted(&dest, &report);
     assert!(!dest.join("docs/alias").exists());
+    // `stray` names `docs`, which does not list it: a stale link, skipped without a report.
     assert!(!dest.join("good/stray").exists());
+    assert!(!report.unreadable.iter().any(|u| u.path.contains("stray")));
+    assert!(report.unreadable.iter().any(|u| u.path == "/docs/alias"));
 }
 
 #[test]

@@ -824,25 +824,42 @@ impl Realm {
         t: DateTime,
         threads: usize,
     ) -> Result<Vec<ChildEntry>, ExportError> {
+        Ok(self.children_and_strays_at(folder, t, threads)?.0)
+    }
+
+    /// [`Self::children_at_with_threads`], also returning the "strays": readable children
+    /// skipped because their manifest names another parent (for the walks, which report one
+    /// listed in two folders).
+    pub fn children_and_strays_at(
+        &self,
+        folder: &FolderManifest,
+        t: DateTime,
+        threads: usize,
+    ) -> Result<(Vec<ChildEntry>, Vec<ChildEntry>), ExportError> {
         let versions = super::parallel::map(&folder.children, threads, |c| self.entry_at(&c.id, t));
         let mut out = Vec::with_capacity(folder.children.len());
+        let mut strays = Vec::new();
         for (child, version) in folder.children.iter().zip(versions) {
             let Some(version) = version? else {
                 continue;
             };
-            if let Some(m) = version.manifest() {
-                if m.header().parent != folder.header.id {
-                    continue;
-                }
-            }
-            out.push(ChildEntry {
+            let stray = version
+                .manifest()
+                .is_some_and(|m| m.header().parent != folder.header.id);
+            let entry = ChildEntry {
                 name: child.name.clone(),
                 id: child.id,
                 version,
-            });
+            };
+            if stray {
+                strays.push(entry);
+            } else {
+                out.push(entry);
+            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        strays.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((out, strays))
     }
 
     /// Resolves a `/`-separated path at `t`. `""` or `"/"` is the root.

@@ -8,7 +8,8 @@
 //! - A folder never lists the root, itself or one of its ancestors (a cycle); such a child is a
 //!   per-entry problem and is not followed.
 //! - One entry ID is shown once per walk: listed again (under another name, or in another
-//!   folder), it is a per-entry problem and not shown or expanded again. So each folder is
+//!   folder than the one its `parent` names, while that folder lists it too), it is a per-entry
+//!   problem and not shown or expanded again. So each folder is
 //!   expanded at most once per instant, whatever the fan-out of names.
 //! - At most [`MAX_DEPTH`] folder levels below the walk's start are entered; a deeper folder is
 //!   shown but not entered, with a per-entry problem.
@@ -279,13 +280,23 @@ impl<'r> Walk<'r> {
         let Some(folder) = version.folder() else {
             return Ok(());
         };
-        let children = self.realm.children_at(folder, self.t)?;
+        let threads = if folder.children.len() >= 32 {
+            super::parallel::default_threads()
+        } else {
+            1
+        };
+        let (children, strays) = self.realm.children_and_strays_at(folder, self.t, threads)?;
         // The stack holds exactly this folder's ancestors (a frame is popped only once its
         // subtree is done).
         let (shown, problems) =
             screen_children(folder, &self.root_id, children, |c| self.is_ancestor(c));
         let mut items: Vec<Screened> = shown.into_iter().map(Ok).collect();
         items.extend(problems.into_iter().map(Err));
+        for stray in strays {
+            if let Some(reason) = self.listed_by_its_parent(&stray)? {
+                items.push(Err((stray, WalkRule::DuplicateId, reason)));
+            }
+        }
         fn name(i: &Screened) -> &EntryName {
             match i {
                 Ok(c) | Err((c, _, _)) => &c.name,
@@ -299,6 +310,31 @@ impl<'r> Walk<'r> {
             children: items.into_iter(),
         });
         Ok(())
+    }
+
+    /// A child skipped here because its manifest names another parent: when that parent lists
+    /// it too at T, the entry is in two folders (reported); otherwise the link is only stale (a
+    /// move between two uploads) and the spec's silent skip applies.
+    fn listed_by_its_parent(&self, stray: &ChildEntry) -> Result<Option<String>, ExportError> {
+        let Some(parent) = stray.version.manifest().map(|m| m.header().parent) else {
+            return Ok(None);
+        };
+        let listed = self
+            .realm
+            .entry_at(&parent, self.t)?
+            .and_then(|v| {
+                v.folder()
+                    .map(|f| f.children.iter().any(|c| c.id == stray.id))
+            })
+            .unwrap_or(false);
+        Ok(listed.then(|| {
+            format!(
+                "entry {} is also listed in folder {}, which its manifest names as its parent; \
+                 shown there only",
+                hex::encode(stray.id),
+                hex::encode(parent)
+            )
+        }))
     }
 
     /// The next entry or problem; `None` when the walk is over.
