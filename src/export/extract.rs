@@ -38,6 +38,18 @@ pub const PRIVATE_FILE_MODE: u32 = 0o600;
 pub const PRIVATE_DIR_MODE: u32 = 0o700;
 
 impl ExtractOptions {
+    /// The tree (or sub-tree `path`) at `at`, on all cores, private modes, not cancellable.
+    pub fn new(at: DateTime, path: &str) -> Self {
+        ExtractOptions {
+            at,
+            path: path.to_string(),
+            threads: parallel::default_threads(),
+            cancel: None,
+            file_mode: PRIVATE_FILE_MODE,
+            dir_mode: PRIVATE_DIR_MODE,
+        }
+    }
+
     fn cancelled(&self) -> bool {
         self.cancel.is_some_and(|c| c.load(Ordering::Relaxed))
     }
@@ -373,7 +385,8 @@ pub fn extract(
     let hashes: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; plan.files.len()]);
     let io_failure: Mutex<Option<ExportError>> = Mutex::new(None);
     let stop = AtomicBool::new(false);
-    parallel::map(&jobs, options.threads, |job| {
+    // A panic in one job (a bug, or input no check foresaw) fails that file only.
+    let outcomes = parallel::try_map(&jobs, options.threads, |job| {
         if stop.load(Ordering::Relaxed) || options.cancelled() {
             return;
         }
@@ -419,14 +432,19 @@ pub fn extract(
             hashes.lock().unwrap()[job.file] = Some(hex::encode(h.finalize()));
         }
     });
-    let hashes = hashes.into_inner().unwrap();
-    if let Some(e) = io_failure.into_inner().unwrap() {
+    for (job, outcome) in jobs.iter().zip(outcomes) {
+        if let Err(reason) = outcome {
+            failed.lock().unwrap_or_else(|p| p.into_inner())[job.file] = Some(reason);
+        }
+    }
+    let hashes = hashes.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Some(e) = io_failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
     if options.cancelled() {
         return Err(ExportError::Interrupted);
     }
-    let failed = failed.into_inner().unwrap();
+    let failed = failed.into_inner().unwrap_or_else(|p| p.into_inner());
 
     let mut report = ExtractReport {
         unreadable: plan.unreadable.clone(),
