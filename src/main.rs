@@ -48,6 +48,9 @@ enum Command {
 
 fn main() -> ExitCode {
     restore_default_sigpipe();
+    if let Err(e) = app::forbid_core_dumps() {
+        eprintln!("warning: cannot disable core dumps: {e}");
+    }
     let cli = Cli::parse();
     let global = GlobalOpts {
         json: cli.json,

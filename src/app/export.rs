@@ -14,8 +14,9 @@ use serde_json::{json, Value};
 use super::{CommandResult, GlobalOpts};
 use crate::export::anchor::{self, AnchorInputs, TrustReport};
 use crate::export::extract::{self, CustodyRecord, ExtractOptions, Progress};
+use crate::export::walk::{self, Walk, WalkProblem, WalkStep};
 use crate::export::{
-    parallel, parse_id, timeline, verify, ChildEntry, EntryVersion, ExportFile, OpenOptions, Realm,
+    parallel, parse_id, terminal, timeline, verify, EntryVersion, ExportFile, OpenOptions, Realm,
     UnlockOptions, VersionContent,
 };
 use crate::parsec::manifest::Manifest;
@@ -66,9 +67,23 @@ pub(crate) fn check_anchor(
     let pins = anchor::PinStore::load(&args.pin_path())?;
     let report = anchor::check(export.info(), &inputs, &pins)?;
     if !global.json {
-        eprintln!("{}", report.summary());
+        eprintln!("{}", terminal::escape(&report.summary()));
     }
     Ok(report)
+}
+
+/// `writeln!` of one line with attacker-chosen text (names, labels) escaped for a terminal.
+macro_rules! safe_line {
+    ($o:expr, $($arg:tt)*) => {
+        writeln!($o, "{}", terminal::escape(&format!($($arg)*)))
+    };
+}
+
+/// `println!` of one escaped line (see [`safe_line`]).
+macro_rules! safe_println {
+    ($($arg:tt)*) => {
+        println!("{}", terminal::escape(&format!($($arg)*)))
+    };
 }
 
 /// Arguments shared by every command that reads content.
@@ -161,6 +176,10 @@ pub enum ExportCommand {
         /// Worker threads decrypting blocks (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// Create files and folders with the usual modes (0666/0777 minus the umask) instead of
+        /// owner-only 0600/0700.
+        #[arg(long)]
+        mode_from_umask: bool,
     },
     /// Mount the workspace read-only (FUSE) as it was at T; `/.history/<T>/` for other instants.
     Mount(super::mount::MountArgs),
@@ -211,6 +230,7 @@ pub fn run(cmd: ExportCommand, global: &GlobalOpts) -> CommandResult {
             key,
             at,
             threads,
+            mode_from_umask,
         } => extract_cmd(
             &file,
             &dest,
@@ -218,6 +238,7 @@ pub fn run(cmd: ExportCommand, global: &GlobalOpts) -> CommandResult {
             &key,
             at.as_deref(),
             threads,
+            mode_from_umask,
             global,
         ),
     }
@@ -647,14 +668,6 @@ fn entry_line(realm: &Realm, name: &str, v: &EntryVersion, long: bool) -> String
     )
 }
 
-fn join_path(parent: &str, name: &str) -> String {
-    if parent == "/" || parent.is_empty() {
-        format!("/{name}")
-    } else {
-        format!("{}/{name}", parent.trim_end_matches('/'))
-    }
-}
-
 fn normalize(path: &str) -> String {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     format!("/{}", parts.join("/"))
@@ -686,39 +699,27 @@ fn ls(
         Err(e) => return Err(e.into()),
     };
     let mut listed: Vec<(String, EntryVersion)> = Vec::new();
-    let mut unreadable = 0usize;
-    if let Some(folder) = start.folder() {
-        // Depth-first, children in name order.
-        let mut order: Vec<(String, EntryVersion)> = Vec::new();
-        fn walk(
-            realm: &Realm,
-            t: DateTime,
-            dir: &str,
-            children: Vec<ChildEntry>,
-            recursive: bool,
-            out: &mut Vec<(String, EntryVersion)>,
-        ) -> anyhow::Result<()> {
-            for c in children {
-                let p = join_path(dir, c.name.as_str());
-                let sub = if recursive {
-                    c.version
-                        .folder()
-                        .map(|f| realm.children_at(f, t))
-                        .transpose()?
-                } else {
-                    None
-                };
-                out.push((p.clone(), c.version));
-                if let Some(sub) = sub {
-                    walk(realm, t, &p, sub, recursive, out)?;
+    let mut problems: Vec<WalkProblem> = Vec::new();
+    // Text output keeps the walk's order: problems are shown where the entry was listed.
+    let mut order: Vec<Result<usize, usize>> = Vec::new();
+    if start.folder().is_some() {
+        // Depth-first, children in name order, through the shared walk rules.
+        let depth = if recursive { walk::MAX_DEPTH } else { 0 };
+        let mut walk = Walk::new(&realm, t, &path, start, depth);
+        while let Some(step) = walk.next_step()? {
+            match step {
+                WalkStep::Entry(e) => {
+                    order.push(Ok(listed.len()));
+                    listed.push((e.path, e.child.version));
+                }
+                WalkStep::Problem(p) => {
+                    order.push(Err(problems.len()));
+                    problems.push(p);
                 }
             }
-            Ok(())
         }
-        let children = realm.children_at(folder, t)?;
-        walk(&realm, t, &path, children, recursive, &mut order)?;
-        listed = order;
     } else if start.manifest().is_some() {
+        order.push(Ok(0));
         listed.push((path.clone(), start.clone()));
     } else {
         // The path itself is unreadable or invalid: say so, exit non-zero.
@@ -728,37 +729,55 @@ fn ls(
                                "entry": entry_json(&realm, &path, &start)}),
             )?;
         } else {
-            println!("{}", entry_line(&realm, &path, &start, long));
+            println!(
+                "{}",
+                terminal::escape(&entry_line(&realm, &path, &start, long))
+            );
         }
         return Ok(ExitCode::from(2));
     }
-    for (_, v) in &listed {
-        if v.manifest().is_none() {
-            unreadable += 1;
-        }
-    }
+    let unreadable = listed
+        .iter()
+        .filter(|(_, v)| v.manifest().is_none())
+        .count();
     if global.json {
         print_json(&json!({
             "context": context_json(&realm, &trust, t),
             "path": path,
             "entries": listed.iter().map(|(p, v)| entry_json(&realm, p, v)).collect::<Vec<_>>(),
             "unreadable_entries": unreadable,
+            "problems": problems.iter().map(problem_json).collect::<Vec<_>>(),
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!(
-        "Workspace `{}` ({}) as of {t}",
-        realm.realm_name_at(t),
-        hex::encode(realm.realm_id())
+        "{}",
+        terminal::escape(&format!(
+            "Workspace `{}` ({}) as of {t}",
+            realm.realm_name_at(t),
+            hex::encode(realm.realm_id())
+        ))
     );
-    let mut o = std::io::stdout().lock();
-    for (p, v) in &listed {
-        let shown = if recursive {
-            p.clone()
+    let shown = |p: &str| -> String {
+        if recursive {
+            p.to_string()
         } else {
             p.rsplit('/').next().unwrap_or(p).to_string()
+        }
+    };
+    let mut o = std::io::stdout().lock();
+    for line in &order {
+        let text = match line {
+            Ok(i) => {
+                let (p, v) = &listed[*i];
+                entry_line(&realm, &shown(p), v, long)
+            }
+            Err(i) => {
+                let p = &problems[*i];
+                format!("{}  [NOT SHOWN: {}]", shown(&p.path), p.reason)
+            }
         };
-        writeln!(o, "{}", entry_line(&realm, &shown, v, long))?;
+        writeln!(o, "{}", terminal::escape(&text))?;
     }
     if unreadable > 0 {
         eprintln!(
@@ -766,7 +785,28 @@ fn ls(
             if unreadable == 1 { "y is" } else { "ies are" }
         );
     }
+    if !problems.is_empty() {
+        eprintln!(
+            "{} listed entr{} NOT SHOWN: the export's tree structure is inconsistent (see above)",
+            problems.len(),
+            if problems.len() == 1 {
+                "y is"
+            } else {
+                "ies are"
+            }
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn problem_json(p: &WalkProblem) -> Value {
+    json!({
+        "path": p.path,
+        "id": hex::encode(p.id),
+        "version": p.version,
+        "rule": p.rule,
+        "reason": p.reason,
+    })
 }
 
 // ---------------------------------------------------------------- cat
@@ -865,7 +905,7 @@ fn history(
         return Ok(ExitCode::SUCCESS);
     }
     let mut o = std::io::stdout().lock();
-    writeln!(o, "History of {shown} (entry {}):", hex::encode(id))?;
+    safe_line!(o, "History of {shown} (entry {}):", hex::encode(id))?;
     for v in &versions {
         let size = match v.manifest().map(|m| &**m) {
             Some(Manifest::File(f)) => format!("{} bytes", f.size),
@@ -876,7 +916,7 @@ fn history(
             .path_of(&v.meta.vlob_id, v.meta.timestamp)?
             .map(|p| format!(" as {p}"))
             .unwrap_or_default();
-        writeln!(
+        safe_line!(
             o,
             "  v{:<4} {}  key {:<3} {:<14} by {}{}{}",
             v.meta.version,
@@ -910,7 +950,7 @@ fn timeline_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> 
     }
     let mut o = std::io::stdout().lock();
     for e in &events {
-        writeln!(
+        safe_line!(
             o,
             "{}  {:<20} {}{}{}",
             e.timestamp,
@@ -952,12 +992,14 @@ fn verify_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> Co
         }))?;
     } else {
         let mut o = std::io::stdout().lock();
-        writeln!(
+        safe_line!(
             o,
             "Entries:   {} ({} folders, {} files seen readable)",
-            report.entries, report.folders, report.files
+            report.entries,
+            report.folders,
+            report.files
         )?;
-        writeln!(
+        safe_line!(
             o,
             "Versions:  {} ({} readable and verified, {} unreadable by this service, {} invalid)",
             report.versions,
@@ -966,19 +1008,21 @@ fn verify_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> Co
             report.invalid_versions
         )?;
         for (k, n) in &report.unreadable_versions_by_key_index {
-            writeln!(
+            safe_line!(
                 o,
                 "           {n} version(s) need key index {k}, which this service was never given"
             )?;
         }
-        writeln!(
+        safe_line!(
             o,
             "Blocks:    {} verified ({} bytes), {} unreadable by this service",
-            report.blocks_checked, report.block_bytes_checked, report.blocks_unreadable
+            report.blocks_checked,
+            report.block_bytes_checked,
+            report.blocks_unreadable
         )?;
-        writeln!(o, "Token operations: {}", realm.token_operations())?;
+        safe_line!(o, "Token operations: {}", realm.token_operations())?;
         if consistent && trust.anchored {
-            writeln!(
+            safe_line!(
                 o,
                 "Result:    OK — every signature and digest reachable with this key verifies, \
                  from the root key anchored by {}",
@@ -997,9 +1041,9 @@ fn verify_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> Co
                  nothing ties that root key to the organisation: a forged export would look the \
                  same."
             )?;
-            writeln!(o, "           {}", trust.how_to_pin())?;
+            safe_line!(o, "           {}", trust.how_to_pin())?;
         } else {
-            writeln!(o, "Result:    {} PROBLEM(S)", report.problems.len())?;
+            safe_line!(o, "Result:    {} PROBLEM(S)", report.problems.len())?;
             for p in &report.problems {
                 let location = match (&p.path, &p.entry_id) {
                     (Some(path), Some(id)) => format!("{path} (entry {id})"),
@@ -1017,14 +1061,14 @@ fn verify_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> Co
                         .unwrap_or_default(),
                 );
                 if details.is_empty() {
-                    writeln!(o, "  [{}] {}", p.kind, p.reason)?;
+                    safe_line!(o, "  [{}] {}", p.kind, p.reason)?;
                 } else {
-                    writeln!(o, "  [{}] {details}: {}", p.kind, p.reason)?;
+                    safe_line!(o, "  [{}] {details}: {}", p.kind, p.reason)?;
                 }
             }
         }
         if !consistent && !trust.anchored {
-            writeln!(o, "Also NOT ANCHORED: {}", trust.how_to_pin())?;
+            safe_line!(o, "Also NOT ANCHORED: {}", trust.how_to_pin())?;
         }
     }
     Ok(ExitCode::from(code))
@@ -1061,6 +1105,7 @@ fn custody_path(dest: &std::path::Path) -> PathBuf {
     dest.with_file_name(name)
 }
 
+#[allow(clippy::too_many_arguments)] // one parameter per CLI option
 fn extract_cmd(
     file: &std::path::Path,
     dest: &std::path::Path,
@@ -1068,6 +1113,7 @@ fn extract_cmd(
     args: &KeyArgs,
     at: Option<&str>,
     threads: Option<usize>,
+    mode_from_umask: bool,
     global: &GlobalOpts,
 ) -> CommandResult {
     let dest = dest.to_path_buf();
@@ -1107,6 +1153,16 @@ fn extract_cmd(
         path: path.clone(),
         threads: threads.unwrap_or_else(parallel::default_threads),
         cancel: Some(install_interrupt_flag()),
+        file_mode: if mode_from_umask {
+            0o666
+        } else {
+            extract::PRIVATE_FILE_MODE
+        },
+        dir_mode: if mode_from_umask {
+            0o777
+        } else {
+            extract::PRIVATE_DIR_MODE
+        },
     };
     // The export's own SHA-256 (for the record) is computed alongside the extraction: one more
     // core's worth of work that would otherwise come first.
@@ -1197,7 +1253,7 @@ fn extract_cmd(
             "record": record,
         }))?;
     } else {
-        println!(
+        safe_println!(
             "Extracted {} file(s), {} folder(s), {} bytes of `{}` as of {t} to {}",
             report.files.len(),
             report.folders.len(),
@@ -1206,13 +1262,13 @@ fn extract_cmd(
             dest.display()
         );
         if !report.unreadable.is_empty() {
-            println!("{} entr(y/ies) NOT extracted:", report.unreadable.len());
+            safe_println!("{} entr(y/ies) NOT extracted:", report.unreadable.len());
             for u in &report.unreadable {
-                println!("  {} ({}, v{}): {}", u.path, u.kind, u.version, u.reason);
+                safe_println!("  {} ({}, v{}): {}", u.path, u.kind, u.version, u.reason);
             }
         }
-        println!("Custody record: {}", record_path.display());
-        println!("Export SHA-256: {export_sha256}");
+        safe_println!("Custody record: {}", record_path.display());
+        safe_println!("Export SHA-256: {export_sha256}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -125,8 +125,10 @@ pub fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
                     mountpoint.display(), mount::HISTORY_NAME)})
             );
         } else {
+            // The workspace name is the export's: escaped for the terminal.
             println!(
-                "Mounted {name} ({realm_id}) as of {at} at {}; Ctrl-C to unmount",
+                "Mounted {} ({realm_id}) as of {at} at {}; Ctrl-C to unmount",
+                crate::export::terminal::escape(&name),
                 mountpoint.display()
             );
             println!(

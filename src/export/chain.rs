@@ -710,7 +710,16 @@ pub fn recover_keys(
     while let Some((&i, _)) = remaining.last_key_value() {
         let mut bundle_keys: Option<KeysBundle> = None;
         if report.access_key_indexes.contains(&i) {
-            for access in source.access_rows(service_id, i)? {
+            // At most one token operation per keys bundle: a crafted export with many access
+            // rows for one index must not make the token work once per row.
+            let rows = source.access_rows(service_id, i)?;
+            if rows.len() > 1 {
+                report.problems.push(format!(
+                    "{} access rows for key index {i}: only the first is tried",
+                    rows.len()
+                ));
+            }
+            for access in rows.into_iter().take(1) {
                 let bundle_key = match open_access(
                     token_key,
                     k,

@@ -2,7 +2,7 @@
 //! the data of the chain-of-custody record.
 
 use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use super::reader::{split_path, EntryVersion, Realm, VersionContent};
+use super::walk::{join, Walk, WalkStep, MAX_DEPTH};
 use super::{parallel, ExportError};
 use crate::parsec::manifest::{BlockAccess, FileManifest, Manifest};
 use crate::parsec::DateTime;
@@ -25,9 +26,30 @@ pub struct ExtractOptions {
     pub threads: usize,
     /// Set (e.g. by a SIGINT handler) to stop: the temporary tree is removed, nothing is left.
     pub cancel: Option<&'static AtomicBool>,
+    /// Mode of created files (before the umask): [`PRIVATE_FILE_MODE`] unless widened.
+    pub file_mode: u32,
+    /// Mode of created folders (before the umask): [`PRIVATE_DIR_MODE`] unless widened.
+    pub dir_mode: u32,
 }
 
+/// Extracted files are readable by their owner only (evidence hygiene).
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+/// Extracted folders are open to their owner only.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
 impl ExtractOptions {
+    /// The tree (or sub-tree `path`) at `at`, on all cores, private modes, not cancellable.
+    pub fn new(at: DateTime, path: &str) -> Self {
+        ExtractOptions {
+            at,
+            path: path.to_string(),
+            threads: parallel::default_threads(),
+            cancel: None,
+            file_mode: PRIVATE_FILE_MODE,
+            dir_mode: PRIVATE_DIR_MODE,
+        }
+    }
+
     fn cancelled(&self) -> bool {
         self.cancel.is_some_and(|c| c.load(Ordering::Relaxed))
     }
@@ -84,7 +106,8 @@ impl Progress for NoProgress {}
 /// The tree at T, planned before anything is written.
 #[derive(Default)]
 pub struct Plan {
-    pub folders: Vec<(String, DateTime)>,
+    /// Path, modification time, entry ID and version of each folder.
+    pub folders: Vec<(String, DateTime, [u8; 16], u32)>,
     pub files: Vec<(String, EntryVersion)>,
     pub unreadable: Vec<UnreadableEntry>,
 }
@@ -106,14 +129,6 @@ fn unreadable_entry(path: &str, v: &EntryVersion) -> UnreadableEntry {
     }
 }
 
-fn join(parent: &str, name: &str) -> String {
-    if parent == "/" {
-        format!("/{name}")
-    } else {
-        format!("{parent}/{name}")
-    }
-}
-
 /// Walks the tree at `at` below `path` (depth first, iterative). Unreadable folders are reported
 /// and not entered; files whose blocks need keys this service lacks are reported too.
 pub fn plan(realm: &Realm, path: &str, at: DateTime) -> Result<Plan, ExportError> {
@@ -129,14 +144,13 @@ fn plan_cancellable(
     let start = realm.resolve(path, at)?;
     let mut plan = Plan::default();
     let base_name = split_path(path)?.last().map(|s| s.to_string());
-    let mut stack: Vec<(String, EntryVersion)> = Vec::new();
-    match (&start.content, start.manifest().map(|m| &**m)) {
+    let updated = match (&start.content, start.manifest().map(|m| &**m)) {
         (VersionContent::Readable(_), Some(Manifest::File(_))) => {
             let name = base_name.unwrap_or_default();
             classify_file(realm, &mut plan, join("/", &name), start);
             return Ok(plan);
         }
-        (VersionContent::Readable(_), _) => stack.push(("/".into(), start)),
+        (VersionContent::Readable(_), Some(Manifest::Folder(f))) => f.header.updated,
         _ => {
             return Err(ExportError::Unreadable {
                 path: if path.is_empty() {
@@ -147,38 +161,35 @@ fn plan_cancellable(
                 reason: start.problem().unwrap_or_default(),
             })
         }
-    }
-    while let Some((dir_path, dir)) = stack.pop() {
+    };
+    plan.folders
+        .push(("/".into(), updated, start.meta.vlob_id, start.meta.version));
+    let mut walk = Walk::new(realm, at, "/", start, MAX_DEPTH);
+    while let Some(step) = walk.next_step()? {
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(ExportError::Interrupted);
         }
-        let folder = dir.folder().expect("only readable folders are stacked");
-        plan.folders.push((dir_path.clone(), folder.header.updated));
-        for child in realm.children_at(folder, at)? {
-            let child_path = join(&dir_path, child.name.as_str());
-            if folder.duplicate_names.contains(&child.name) {
-                // Two children with one name (after NFC): writing both would silently keep one.
-                plan.unreadable.push(UnreadableEntry {
-                    path: child_path,
-                    kind: "unknown",
-                    vlob_id: child.id,
-                    version: child.version.meta.version,
-                    needed_key_indexes: vec![],
-                    reason: "suspicious folder: several children have this name after NFC \
-                             normalisation; none is extracted (see `export verify`)"
-                        .into(),
-                });
-                continue;
-            }
-            match child.version.manifest().map(|m| &**m) {
-                Some(Manifest::Folder(_)) => stack.push((child_path, child.version)),
-                Some(Manifest::File(_)) => {
-                    classify_file(realm, &mut plan, child_path, child.version)
-                }
+        match step {
+            WalkStep::Problem(p) => plan.unreadable.push(UnreadableEntry {
+                path: p.path,
+                kind: "unknown",
+                vlob_id: p.id,
+                version: p.version.unwrap_or(0),
+                needed_key_indexes: vec![],
+                reason: p.reason,
+            }),
+            WalkStep::Entry(e) => match e.child.version.manifest().map(|m| &**m) {
+                Some(Manifest::Folder(f)) => plan.folders.push((
+                    e.path,
+                    f.header.updated,
+                    e.child.id,
+                    e.child.version.meta.version,
+                )),
+                Some(Manifest::File(_)) => classify_file(realm, &mut plan, e.path, e.child.version),
                 None => plan
                     .unreadable
-                    .push(unreadable_entry(&child_path, &child.version)),
-            }
+                    .push(unreadable_entry(&e.path, &e.child.version)),
+            },
         }
     }
     plan.folders.sort();
@@ -211,6 +222,45 @@ fn classify_file(realm: &Realm, plan: &mut Plan, path: String, v: EntryVersion) 
             version: v.meta.version,
             needed_key_indexes: missing,
             reason,
+        });
+    }
+}
+
+/// Entries whose path under the temporary directory (`base_len` bytes) would exceed PATH_MAX are
+/// reported instead of failing the whole extraction (deep trees of long names are legal in
+/// Parsec). Their descendants have longer paths, so they go too.
+fn leave_out_overlong_paths(plan: &mut Plan, base_len: usize) {
+    let limit = (libc::PATH_MAX as usize).saturating_sub(base_len + 2);
+    let reason = |len: usize| {
+        format!(
+            "its path is {len} bytes long: too long to write here (PATH_MAX {}); read it with \
+             `export cat` or the mount",
+            libc::PATH_MAX
+        )
+    };
+    let mut too_long = Vec::new();
+    plan.folders.retain(|(path, _, id, version)| {
+        if path.len() <= limit {
+            return true;
+        }
+        too_long.push((path.clone(), "folder", *id, *version));
+        false
+    });
+    plan.files.retain(|(path, v)| {
+        if path.len() <= limit {
+            return true;
+        }
+        too_long.push((path.clone(), "file", v.meta.vlob_id, v.meta.version));
+        false
+    });
+    for (path, kind, vlob_id, version) in too_long {
+        plan.unreadable.push(UnreadableEntry {
+            reason: reason(path.len()),
+            path,
+            kind,
+            vlob_id,
+            version,
+            needed_key_indexes: vec![],
         });
     }
 }
@@ -279,16 +329,22 @@ pub fn extract(
             dest.display()
         )));
     }
-    let plan = plan_cancellable(realm, &options.path, options.at, options.cancel)?;
+    let mut plan = plan_cancellable(realm, &options.path, options.at, options.cancel)?;
     let temp = temp_sibling(dest)?;
+    leave_out_overlong_paths(&mut plan, temp.as_os_str().len());
     let _ = fs::remove_dir_all(&temp);
-    fs::create_dir(&temp).map_err(|e| io_err("cannot create", &temp, e))?;
+    // Evidence is private by default: created with the requested modes (umask still applies),
+    // never chmod-ed after, so no window where it is readable by others.
+    let mut dirs = fs::DirBuilder::new();
+    dirs.recursive(true).mode(options.dir_mode);
+    dirs.create(&temp)
+        .map_err(|e| io_err("cannot create", &temp, e))?;
     let mut guard = TempGuard(Some(temp.clone()));
     let local = |p: &str| temp.join(p.trim_start_matches('/'));
 
-    for (folder, _) in &plan.folders {
+    for (folder, ..) in &plan.folders {
         if folder != "/" {
-            fs::create_dir_all(local(folder))
+            dirs.create(local(folder))
                 .map_err(|e| io_err("cannot create", &local(folder), e))?;
         }
     }
@@ -301,7 +357,12 @@ pub fn extract(
         }
         let file = v.file().expect("planned files are readable");
         let p = local(path);
-        let f = File::create(&p).map_err(|e| io_err("cannot create", &p, e))?;
+        let f = File::options()
+            .write(true)
+            .create_new(true)
+            .mode(options.file_mode)
+            .open(&p)
+            .map_err(|e| io_err("cannot create", &p, e))?;
         f.set_len(file.size)
             .map_err(|e| io_err("cannot size", &p, e))?;
         total += file.size;
@@ -324,7 +385,8 @@ pub fn extract(
     let hashes: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; plan.files.len()]);
     let io_failure: Mutex<Option<ExportError>> = Mutex::new(None);
     let stop = AtomicBool::new(false);
-    parallel::map(&jobs, options.threads, |job| {
+    // A panic in one job (a bug, or input no check foresaw) fails that file only.
+    let outcomes = parallel::try_map(&jobs, options.threads, |job| {
         if stop.load(Ordering::Relaxed) || options.cancelled() {
             return;
         }
@@ -370,14 +432,19 @@ pub fn extract(
             hashes.lock().unwrap()[job.file] = Some(hex::encode(h.finalize()));
         }
     });
-    let hashes = hashes.into_inner().unwrap();
-    if let Some(e) = io_failure.into_inner().unwrap() {
+    for (job, outcome) in jobs.iter().zip(outcomes) {
+        if let Err(reason) = outcome {
+            failed.lock().unwrap_or_else(|p| p.into_inner())[job.file] = Some(reason);
+        }
+    }
+    let hashes = hashes.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Some(e) = io_failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
     if options.cancelled() {
         return Err(ExportError::Interrupted);
     }
-    let failed = failed.into_inner().unwrap();
+    let failed = failed.into_inner().unwrap_or_else(|p| p.into_inner());
 
     let mut report = ExtractReport {
         unreadable: plan.unreadable.clone(),
@@ -438,14 +505,14 @@ pub fn extract(
     report.unreadable.sort_by(|a, b| a.path.cmp(&b.path));
     // Folder mtimes last (creating children changed them), deepest first.
     let mut folders = plan.folders.clone();
-    folders.sort_by_key(|(p, _)| std::cmp::Reverse(p.matches('/').count()));
-    for (folder, updated) in &folders {
+    folders.sort_by_key(|(p, ..)| std::cmp::Reverse(p.matches('/').count()));
+    for (folder, updated, ..) in &folders {
         let p = local(folder);
         let f = File::open(&p).map_err(|e| io_err("cannot open", &p, e))?;
         f.set_modified(to_system_time(*updated))
             .map_err(|e| io_err("cannot set mtime of", &p, e))?;
     }
-    report.folders = plan.folders.iter().map(|(p, _)| p.clone()).collect();
+    report.folders = plan.folders.iter().map(|(p, ..)| p.clone()).collect();
     fs::rename(&temp, dest).map_err(|e| io_err("cannot rename the finished tree to", dest, e))?;
     guard.0 = None;
     progress.finish();

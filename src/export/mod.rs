@@ -22,8 +22,10 @@ mod inflight;
 pub mod parallel;
 mod reader;
 pub mod sequester_topic;
+pub mod terminal;
 pub mod timeline;
 pub mod verify;
+pub mod walk;
 pub mod writer;
 
 pub use cache::LruCache;
@@ -55,5 +57,7 @@ pub fn parse_id(s: &str) -> Result<[u8; 16], String> {
         .map_err(|_| format!("`{s}` is not a 16-byte (32 hex digit) ID"))
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;

@@ -39,6 +39,26 @@ pub fn map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + 
         .collect()
 }
 
+/// [`map`] where a panic while processing one item (a bug, or input no check foresaw) becomes
+/// that item's `Err(message)` instead of taking the worker thread and the command down: callers
+/// report it as a per-entry problem and go on with the rest.
+pub fn try_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<Result<R, String>> {
+    map(items, threads, |item| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(item))).map_err(|payload| {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            format!("internal error while checking this item (please report): {what}")
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -48,5 +68,17 @@ mod tests {
             super::map(&v, 4, |x| x * 2),
             (0..100).map(|x| x * 2).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn a_panicking_item_is_an_error_and_the_others_complete() {
+        let v: Vec<u32> = (0..50).collect();
+        let out = super::try_map(&v, 4, |x| {
+            assert!(*x != 7, "item seven");
+            x + 1
+        });
+        assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 49);
+        assert!(out[7].as_ref().unwrap_err().contains("item seven"));
+        assert_eq!(out[8], Ok(9));
     }
 }

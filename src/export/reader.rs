@@ -805,6 +805,10 @@ impl Realm {
             (Manifest::Folder(f), false) if f.header.parent == f.header.id => {
                 Err("a non-root folder is its own parent".into())
             }
+            (Manifest::File(f), _) => match super::walk::file_size_problem(f) {
+                Some(reason) => Err(reason),
+                None => Ok(()),
+            },
             _ => Ok(()),
         }
     }
@@ -839,25 +843,42 @@ impl Realm {
         t: DateTime,
         threads: usize,
     ) -> Result<Vec<ChildEntry>, ExportError> {
+        Ok(self.children_and_strays_at(folder, t, threads)?.0)
+    }
+
+    /// [`Self::children_at_with_threads`], also returning the "strays": readable children
+    /// skipped because their manifest names another parent (for the walks, which report one
+    /// listed in two folders).
+    pub fn children_and_strays_at(
+        &self,
+        folder: &FolderManifest,
+        t: DateTime,
+        threads: usize,
+    ) -> Result<(Vec<ChildEntry>, Vec<ChildEntry>), ExportError> {
         let versions = super::parallel::map(&folder.children, threads, |c| self.entry_at(&c.id, t));
         let mut out = Vec::with_capacity(folder.children.len());
+        let mut strays = Vec::new();
         for (child, version) in folder.children.iter().zip(versions) {
             let Some(version) = version? else {
                 continue;
             };
-            if let Some(m) = version.manifest() {
-                if m.header().parent != folder.header.id {
-                    continue;
-                }
-            }
-            out.push(ChildEntry {
+            let stray = version
+                .manifest()
+                .is_some_and(|m| m.header().parent != folder.header.id);
+            let entry = ChildEntry {
                 name: child.name.clone(),
                 id: child.id,
                 version,
-            });
+            };
+            if stray {
+                strays.push(entry);
+            } else {
+                out.push(entry);
+            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        strays.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((out, strays))
     }
 
     /// Resolves a `/`-separated path at `t`. `""` or `"/"` is the root.
@@ -868,6 +889,16 @@ impl Realm {
         })?;
         let mut current = root;
         let mut walked = String::new();
+        // The walk rules (cycles, one name per entry, depth) apply to paths typed by the user
+        // too: a path the listings do not show does not resolve.
+        let root_id = self.realm_id();
+        let mut lineage: Vec<Id> = vec![root_id];
+        if components.len() > super::walk::MAX_DEPTH + 1 {
+            return Err(ExportError::NoSuchPath(format!(
+                "{path} (deeper than {} levels)",
+                super::walk::MAX_DEPTH
+            )));
+        }
         for name in components {
             let folder = match &current.content {
                 VersionContent::Readable(m) => match &**m {
@@ -893,6 +924,16 @@ impl Realm {
             };
             walked.push('/');
             walked.push_str(name);
+            if let Some((_, reason)) =
+                super::walk::screen_child(folder, &root_id, &child.name, &child.id, |id| {
+                    lineage.contains(id)
+                })
+            {
+                return Err(ExportError::NoSuchPath(format!(
+                    "{walked} (at {t}): {reason}"
+                )));
+            }
+            lineage.push(child.id);
             let version = self.entry_at(&child.id, t)?;
             let version = match version {
                 Some(v) => v,
@@ -909,12 +950,14 @@ impl Realm {
     }
 
     /// The path of entry `id` at `t`, walking parents up to the root; `None` if some ancestor is
-    /// unreadable, absent or inconsistent.
+    /// unreadable, absent or inconsistent, or the entry is deeper than
+    /// [`super::walk::MAX_DEPTH`] (so a `parent` cycle costs at most that many steps). An entry
+    /// listed under several names gets the first in name order, as the walks show it.
     pub fn path_of(&self, id: &Id, t: DateTime) -> Result<Option<String>, ExportError> {
         let root = self.realm_id();
         let mut names = Vec::new();
         let mut current = *id;
-        for _ in 0..4096 {
+        for _ in 0..=super::walk::MAX_DEPTH + 1 {
             if current == root {
                 names.reverse();
                 return Ok(Some(format!("/{}", names.join("/"))));
@@ -932,10 +975,16 @@ impl Realm {
             let Some(folder) = parent.folder() else {
                 return Ok(None);
             };
-            let Some(child) = folder.children.iter().find(|c| c.id == current) else {
+            let Some(name) = folder
+                .children
+                .iter()
+                .filter(|c| c.id == current)
+                .map(|c| &c.name)
+                .min()
+            else {
                 return Ok(None);
             };
-            names.push(child.name.to_string());
+            names.push(name.to_string());
             current = parent_id;
         }
         Ok(None)

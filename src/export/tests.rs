@@ -284,6 +284,8 @@ fn extract_of_a_generated_export_with_multi_block_and_sparse_files() {
         path: "/".into(),
         threads: 2,
         cancel: None,
+        file_mode: extract::PRIVATE_FILE_MODE,
+        dir_mode: extract::PRIVATE_DIR_MODE,
     };
     let report = extract::extract(&realm, &dest, &options, &extract::NoProgress).unwrap();
     assert!(report.unreadable.is_empty(), "{:?}", report.unreadable);

@@ -1,17 +1,20 @@
 //! `verify`: walks every manifest version and every block reachable by this service, checks every
 //! signature and digest, and lists every problem with where it is.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::reader::{Realm, VersionContent, VersionMeta};
+use super::walk::{folder_version_problems, MAX_DEPTH};
 use super::{parallel, ExportError};
+use crate::parsec::device::Id;
 use crate::parsec::manifest::{BlockAccess, Manifest};
 use crate::parsec::DateTime;
 
 /// One problem found.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Problem {
-    /// `certificate`, `keys`, `manifest` or `block`.
+    /// `certificate`, `keys`, `manifest`, `structure` (cycles, one entry under several names,
+    /// nesting too deep; see [`super::walk`]) or `block`.
     pub kind: &'static str,
     pub entry_id: Option<String>,
     pub path: Option<String>,
@@ -67,13 +70,22 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
     let mut files = HashSet::new();
     let mut blocks: Vec<(BlockAccess, VersionMeta)> = Vec::new();
     let mut seen_blocks = HashSet::new();
+    let mut folder_parents: HashMap<Id, (Id, VersionMeta)> = HashMap::new();
     let mut page: Vec<VersionMeta> = Vec::with_capacity(PAGE);
     let mut flush = |page: &mut Vec<VersionMeta>,
                      report: &mut VerifyReport|
      -> Result<(), ExportError> {
-        let loaded = parallel::map(page, threads, |m| realm.load_version(m.clone()));
-        for v in loaded {
-            let v = v?;
+        let loaded = parallel::try_map(page, threads, |m| realm.load_version(m.clone()));
+        for (meta, v) in page.iter().zip(loaded) {
+            let v = match v {
+                Ok(v) => v?,
+                Err(reason) => {
+                    report.versions += 1;
+                    report.invalid_versions += 1;
+                    report.problems.push(manifest_problem(realm, meta, reason));
+                    continue;
+                }
+            };
             report.versions += 1;
             entries.insert(v.meta.vlob_id);
             match &v.content {
@@ -82,6 +94,16 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
                     match &**m {
                         Manifest::Folder(f) => {
                             folders.insert(v.meta.vlob_id);
+                            if v.meta.vlob_id != realm.realm_id() {
+                                // Versions come in time order: the latest one wins.
+                                folder_parents
+                                    .insert(v.meta.vlob_id, (f.header.parent, v.meta.clone()));
+                            }
+                            for reason in folder_version_problems(f, &realm.realm_id()) {
+                                let mut p = manifest_problem(realm, &v.meta, reason);
+                                p.kind = "structure";
+                                report.problems.push(p);
+                            }
                             if !f.duplicate_names.is_empty() {
                                 report.problems.push(manifest_problem(
                                     realm,
@@ -129,15 +151,22 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
         Ok(())
     })?;
     flush(&mut page, &mut report)?;
+    report.problems.extend(too_deep(realm, &folder_parents));
     report.entries = entries.len() as u64;
     report.folders = folders.len() as u64;
     report.files = files.len() as u64;
 
     for chunk in blocks.chunks(PAGE) {
-        let results = parallel::map(chunk, threads, |(b, _)| {
+        let results = parallel::try_map(chunk, threads, |(b, _)| {
             realm.decrypt_block(b).map(|d| d.len() as u64)
         });
-        for ((_, meta), r) in chunk.iter().zip(results) {
+        for ((b, meta), r) in chunk.iter().zip(results) {
+            let r = r.unwrap_or_else(|reason| {
+                Err(super::BlockError::Storage {
+                    id: hex::encode(b.id),
+                    reason,
+                })
+            });
             match r {
                 Ok(n) => {
                     report.blocks_checked += 1;
@@ -153,6 +182,61 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
         }
     }
     Ok(report)
+}
+
+/// Folders nested more than [`MAX_DEPTH`] levels deep, following the `parent` of each folder's
+/// latest version (no second pass over the manifests). Cycles and one entry under several names
+/// are found version by version.
+fn too_deep(realm: &Realm, parents: &HashMap<Id, (Id, VersionMeta)>) -> Vec<Problem> {
+    let root = realm.realm_id();
+    let mut depth: HashMap<Id, usize> = HashMap::new();
+    depth.insert(root, 0);
+    let mut out = Vec::new();
+    for start in parents.keys() {
+        // Climb until a known depth (the root is 0), an orphan or a cycle; then fill in the chain.
+        let mut chain: Vec<Id> = Vec::new();
+        let mut on_chain: HashSet<Id> = HashSet::new();
+        let mut cur = *start;
+        let base = loop {
+            if let Some(d) = depth.get(&cur) {
+                break Some(*d);
+            }
+            if !on_chain.insert(cur) {
+                break None;
+            }
+            chain.push(cur);
+            match parents.get(&cur) {
+                Some((parent, _)) => cur = *parent,
+                None => break None,
+            }
+        };
+        let Some(base) = base else {
+            // Orphan or cycle: no depth.
+            for id in chain {
+                depth.entry(id).or_insert(usize::MAX);
+            }
+            continue;
+        };
+        for (i, id) in chain.iter().rev().enumerate() {
+            depth.insert(*id, base.saturating_add(i + 1));
+        }
+    }
+    for (id, (_, meta)) in parents {
+        if depth.get(id) == Some(&(MAX_DEPTH + 1)) {
+            let mut p = manifest_problem(
+                realm,
+                meta,
+                format!(
+                    "folder nested more than {MAX_DEPTH} levels deep: listings and extraction \
+                     do not enter it"
+                ),
+            );
+            p.kind = "structure";
+            out.push(p);
+        }
+    }
+    out.sort_by(|a, b| a.entry_id.cmp(&b.entry_id));
+    out
 }
 
 fn simple(kind: &'static str, reason: &str) -> Problem {

@@ -22,6 +22,7 @@
 //! X25519 sealed box (no reader of this tool can or should open them).
 
 pub mod content;
+pub mod forge;
 mod pool;
 pub mod scenario;
 mod store;
@@ -283,6 +284,8 @@ pub struct ExportWriter {
     next_ticket: u64,
     stats: WriteStats,
     started: Instant,
+    /// Last version of entries that exist only through [`forge`] uploads.
+    forged_versions: HashMap<Id, u32>,
 }
 
 impl ExportWriter {
@@ -374,6 +377,7 @@ impl ExportWriter {
             next_ticket: 0,
             stats: WriteStats::default(),
             started: Instant::now(),
+            forged_versions: HashMap::new(),
             config,
         };
         w.bootstrap()?;

@@ -20,7 +20,8 @@ use fuser::{
 
 use super::inodes::{Inodes, Node, HISTORY_INO, HISTORY_PLACEHOLDER_BASE, ROOT_INO};
 use super::prefetch::Prefetcher;
-use crate::export::{BlockError, ChildEntry, EntryVersion, Realm, VersionContent};
+use crate::export::walk::{screen_child, screen_children, MAX_DEPTH};
+use crate::export::{terminal, BlockError, ChildEntry, EntryVersion, Realm, VersionContent};
 use crate::parsec::manifest::{FileManifest, Manifest};
 use crate::parsec::DateTime;
 
@@ -66,7 +67,8 @@ pub struct ExportFs {
 
 /// Logs one line on stderr (the mount runs in the foreground; the investigator sees it).
 pub fn log(msg: &str) {
-    eprintln!("[{}] mount: {msg}", DateTime::now());
+    // Paths and reasons hold attacker-chosen names: escaped for the terminal.
+    eprintln!("[{}] mount: {}", DateTime::now(), terminal::escape(msg));
 }
 
 fn system_time(t: DateTime) -> SystemTime {
@@ -304,6 +306,17 @@ impl ExportFs {
             .iter()
             .find(|c| c.name.as_str() == name)
             .ok_or(Errno::ENOENT)?;
+        let lineage = self.inodes().lineage(parent, MAX_DEPTH + 1);
+        if lineage.len() > MAX_DEPTH + 1 {
+            return Err(self.too_deep(parent));
+        }
+        let root_id = self.realm.realm_id();
+        if let Some((_, reason)) = screen_child(folder, &root_id, &child.name, &child.id, |id| {
+            lineage.contains(id)
+        }) {
+            log(&format!("ENOENT {}/{name}: {reason}", self.path_of(parent)));
+            return Err(Errno::ENOENT);
+        }
         let v = match self.realm.entry_at(&child.id, t) {
             Ok(Some(v)) => v,
             Ok(None) => return Err(Errno::ENOENT),
@@ -349,10 +362,25 @@ impl ExportFs {
             }
             _ => return Err(self.refuse(ino, &v)),
         };
+        let lineage = self.inodes().lineage(ino, MAX_DEPTH + 1);
+        if lineage.len() > MAX_DEPTH + 1 {
+            return Err(self.too_deep(ino));
+        }
         let children = self.children(folder, t).map_err(|e| {
             log(&format!("EIO {}: listing failed: {e}", self.path_of(ino)));
             Errno::EIO
         })?;
+        // The shared structure rules (export::walk): no cycle, one name per entry.
+        let root_id = self.realm.realm_id();
+        let (children, hidden) =
+            screen_children(folder, &root_id, children, |id| lineage.contains(id));
+        for (c, _, reason) in &hidden {
+            log(&format!(
+                "not shown {}/{}: {reason}",
+                self.path_of(ino).trim_end_matches('/'),
+                c.name
+            ));
+        }
         let mut items = Vec::with_capacity(children.len() + 1);
         {
             let mut inodes = self.inodes();
@@ -387,6 +415,35 @@ impl ExportFs {
         }
         self.realm
             .children_at_with_threads(folder, t, self.opts.read_threads)
+    }
+
+    /// Runs one request's work; a panic (a bug, or input no check foresaw) becomes EIO for this
+    /// request instead of killing the FUSE thread and leaving the caller waiting for ever.
+    fn guarded<T>(
+        &self,
+        ino: u64,
+        what: &str,
+        work: impl FnOnce() -> Result<T, Errno>,
+    ) -> Result<T, Errno> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+            Ok(r) => r,
+            Err(_) => {
+                log(&format!(
+                    "EIO {}: internal error while {what}; the mount goes on",
+                    self.path_of(ino)
+                ));
+                Err(Errno::EIO)
+            }
+        }
+    }
+
+    /// A folder deeper than [`MAX_DEPTH`] is not listed (as in every other traversal).
+    fn too_deep(&self, ino: u64) -> Errno {
+        log(&format!(
+            "EIO {}: folder nested more than {MAX_DEPTH} levels deep; not listed",
+            self.path_of(ino)
+        ));
+        Errno::EIO
     }
 
     fn open_file(&self, ino: u64) -> Result<Arc<Manifest>, Errno> {
@@ -448,7 +505,9 @@ fn erofs_entry(reply: ReplyEntry) {
 
 impl Filesystem for ExportFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.lookup_child(parent.0, name) {
+        match self.guarded(parent.0, "looking up a name", || {
+            self.lookup_child(parent.0, name)
+        }) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -458,8 +517,10 @@ impl Filesystem for ExportFs {
         if ino.0 == HISTORY_INO {
             return reply.attr(&TTL, &self.history_attr());
         }
-        match self.version(ino.0) {
-            Ok((_, _, v)) => reply.attr(&TTL, &self.attr(ino.0, &v)),
+        match self.guarded(ino.0, "reading attributes", || {
+            self.version(ino.0).map(|(_, _, v)| self.attr(ino.0, &v))
+        }) {
+            Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
         }
     }
@@ -468,7 +529,7 @@ impl Filesystem for ExportFs {
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(Errno::EROFS);
         }
-        match self.open_file(ino.0) {
+        match self.guarded(ino.0, "opening", || self.open_file(ino.0)) {
             Ok(m) => {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
                 self.files
@@ -508,7 +569,9 @@ impl Filesystem for ExportFs {
         let Manifest::File(file) = &*manifest else {
             return reply.error(Errno::EISDIR);
         };
-        match self.read_file(ino.0, file, offset, size) {
+        match self.guarded(ino.0, "reading", || {
+            self.read_file(ino.0, file, offset, size)
+        }) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(e),
         }
@@ -576,7 +639,7 @@ impl Filesystem for ExportFs {
             .flatten();
         let items = match items {
             Some(i) => i,
-            None => match self.list(ino.0) {
+            None => match self.guarded(ino.0, "listing", || self.list(ino.0)) {
                 Ok(i) => {
                     let i = Arc::new(i);
                     if let Some(slot) = self

@@ -90,6 +90,21 @@ impl Inodes {
         v
     }
 
+    /// The entry IDs of `ino` and its ancestors up to its view's root (bounded: at most
+    /// `limit` + 1 IDs). The number of IDs minus one is the depth of `ino` below the root.
+    pub fn lineage(&self, mut ino: u64, limit: usize) -> Vec<Id> {
+        let mut ids = Vec::new();
+        while ids.len() <= limit {
+            let Some(node) = self.get(ino) else { break };
+            ids.push(node.id);
+            if node.parent == ino || node.parent == HISTORY_INO {
+                break;
+            }
+            ino = node.parent;
+        }
+        ids
+    }
+
     /// A readable path for log lines: `/a/b` or `/.history/<T>/a/b`.
     pub fn path_of(&self, mut ino: u64) -> String {
         let mut names = Vec::new();

@@ -1,0 +1,448 @@
+//! The structure rules of a tree at one instant (issue 10 item 2), in one place, used by every
+//! traversal: `ls -R`, `extract`, `verify`, `timeline`/`history` paths, and the mount's listings
+//! and lookups.
+//!
+//! Rules (spec §5.4 step 9, plus what a hostile export needs):
+//! - A child must exist at T and name the listing folder as its `parent` (spec: otherwise an
+//!   "invalid child", skipped).
+//! - A folder never lists the root, itself or one of its ancestors (a cycle); such a child is a
+//!   per-entry problem and is not followed.
+//! - One entry ID is shown once per walk: listed again (under another name, or in another
+//!   folder than the one its `parent` names, while that folder lists it too), it is a per-entry
+//!   problem and not shown or expanded again. So each folder is
+//!   expanded at most once per instant, whatever the fan-out of names.
+//! - At most [`MAX_DEPTH`] folder levels below the walk's start are entered; a deeper folder is
+//!   shown but not entered, with a per-entry problem.
+//! - A file's declared size must fit its blocks ([`file_size_problem`]).
+//!
+//! Traversals are iterative (an explicit stack): no recursion whose depth the input controls.
+
+use std::collections::HashMap;
+
+use super::reader::{ChildEntry, EntryVersion, Realm};
+use super::ExportError;
+use crate::parsec::device::Id;
+use crate::parsec::entry_name::EntryName;
+use crate::parsec::manifest::{FileManifest, FolderManifest};
+use crate::parsec::DateTime;
+
+/// Folder levels below the workspace root that traversals enter. Parsec sets no limit; a real
+/// workspace is a few dozen levels deep at most, and paths deeper than this would not fit
+/// PATH_MAX (4096 bytes) once written out anyway.
+pub const MAX_DEPTH: usize = 128;
+
+/// Largest declared file size accepted (1 TiB).
+pub const MAX_FILE_SIZE: u64 = 1 << 40;
+
+/// Why a child is not shown (or, for [`WalkRule::TooDeep`], shown but not entered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WalkRule {
+    /// The child is the root, the listing folder itself or one of its ancestors.
+    Cycle,
+    /// The child's entry ID was already listed under another name or in another folder.
+    DuplicateId,
+    /// The folder is deeper than [`MAX_DEPTH`]: not entered.
+    TooDeep,
+    /// Several children of the folder have this name after NFC normalisation (spec §3.7):
+    /// none of them is shown, rather than a guess.
+    NameCollision,
+}
+
+/// A per-entry problem found while walking.
+#[derive(Debug, Clone)]
+pub struct WalkProblem {
+    /// Where the entry was listed.
+    pub path: String,
+    pub id: Id,
+    pub version: Option<u32>,
+    pub rule: WalkRule,
+    pub reason: String,
+}
+
+/// A child that passed the rules, at `path`, `depth` folder levels below the walk's start.
+#[derive(Debug, Clone)]
+pub struct WalkEntry {
+    pub path: String,
+    pub depth: usize,
+    pub child: ChildEntry,
+}
+
+/// One step of a [`Walk`].
+#[derive(Debug, Clone)]
+pub enum WalkStep {
+    Entry(WalkEntry),
+    Problem(WalkProblem),
+}
+
+/// Joins a folder path and a child name (`/` + `a` = `/a`).
+pub fn join(parent: &str, name: &str) -> String {
+    if parent == "/" || parent.is_empty() {
+        format!("/{name}")
+    } else {
+        format!("{}/{name}", parent.trim_end_matches('/'))
+    }
+}
+
+/// The per-folder part of the rules, shared by [`Walk`] and the mount: splits the children of
+/// one folder (as returned by [`Realm::children_at`], sorted by name) into those to show and the
+/// problems. `is_ancestor` says whether an ID is the folder's ancestor (the root included).
+/// A child ID listed under several names is shown under the first name only.
+pub fn screen_children(
+    folder: &FolderManifest,
+    root_id: &Id,
+    children: Vec<ChildEntry>,
+    is_ancestor: impl Fn(&Id) -> bool,
+) -> (Vec<ChildEntry>, Vec<(ChildEntry, WalkRule, String)>) {
+    let folder_id = &folder.header.id;
+    let mut shown: Vec<ChildEntry> = Vec::with_capacity(children.len());
+    let mut first_name: HashMap<Id, usize> = HashMap::new();
+    let mut problems = Vec::new();
+    for c in children {
+        if folder.duplicate_names.contains(&c.name) {
+            let reason = "suspicious folder: several children have this name after NFC \
+                          normalisation; none is shown (see `export verify`)"
+                .to_string();
+            problems.push((c, WalkRule::NameCollision, reason));
+            continue;
+        }
+        if c.id == *root_id || c.id == *folder_id || is_ancestor(&c.id) {
+            let what = if c.id == *root_id {
+                "the workspace root"
+            } else if c.id == *folder_id {
+                "this folder itself"
+            } else {
+                "an ancestor of this folder"
+            };
+            let reason = format!(
+                "cycle: the folder lists {what} (entry {}) as a child; not followed",
+                hex::encode(c.id)
+            );
+            problems.push((c, WalkRule::Cycle, reason));
+            continue;
+        }
+        if let Some(&i) = first_name.get(&c.id) {
+            let reason = format!(
+                "entry {} is listed again under the name `{}` of the same folder; shown once, \
+                 as `{}`",
+                hex::encode(c.id),
+                c.name,
+                shown[i].name
+            );
+            problems.push((c, WalkRule::DuplicateId, reason));
+            continue;
+        }
+        first_name.insert(c.id, shown.len());
+        shown.push(c);
+    }
+    (shown, problems)
+}
+
+/// Problems of one folder manifest version that need no walk (for `verify`, which checks every
+/// version): it lists the root or itself, or one child ID under several names.
+pub fn folder_version_problems(folder: &FolderManifest, root_id: &Id) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut names: HashMap<Id, Vec<&str>> = HashMap::new();
+    for c in &folder.children {
+        if c.id == *root_id || c.id == folder.header.id {
+            out.push(format!(
+                "cycle: child `{}` is {} (entry {})",
+                c.name,
+                if c.id == *root_id {
+                    "the workspace root"
+                } else {
+                    "the folder itself"
+                },
+                hex::encode(c.id)
+            ));
+        }
+        names.entry(c.id).or_default().push(c.name.as_str());
+    }
+    let mut dups: Vec<(Id, Vec<&str>)> = names.into_iter().filter(|(_, n)| n.len() > 1).collect();
+    dups.sort();
+    for (id, mut n) in dups {
+        n.sort_unstable();
+        out.push(format!(
+            "entry {} is listed under {} names: {:?}",
+            hex::encode(id),
+            n.len(),
+            n
+        ));
+    }
+    out
+}
+
+/// Why a file's declared size is not acceptable for its blocks, or `None`.
+///
+/// Rule (spec §3.7 allows gaps and a tail of zeros): blocks sorted, non-overlapping, inside the
+/// size (checked when the manifest is decoded), the size at most [`MAX_FILE_SIZE`], and the bytes
+/// not covered by any block (holes and tail, which read as zeros) at most as many as the bytes
+/// the blocks hold. A file of zeros declared without blocks would otherwise cost hashing or
+/// writing any size the attacker chooses for a few bytes of manifest.
+pub fn file_size_problem(file: &FileManifest) -> Option<String> {
+    if file.size > MAX_FILE_SIZE {
+        return Some(format!(
+            "declared size {} bytes exceeds the {} byte maximum",
+            file.size, MAX_FILE_SIZE
+        ));
+    }
+    let in_blocks: u64 = file
+        .blocks
+        .iter()
+        .fold(0u64, |sum, b| sum.saturating_add(b.size));
+    let end = file
+        .blocks
+        .iter()
+        .map(|b| b.offset.saturating_add(b.size))
+        .max()
+        .unwrap_or(0);
+    if end > file.size {
+        return Some(format!(
+            "blocks reach byte {end}, beyond the declared size {}",
+            file.size
+        ));
+    }
+    let zeros = file.size - in_blocks.min(file.size);
+    if zeros > in_blocks {
+        return Some(format!(
+            "declared size {} bytes is absurd for its {} block(s) holding {in_blocks} bytes: \
+             {zeros} bytes would be zeros (holes and tail may not exceed the block data)",
+            file.size,
+            file.blocks.len()
+        ));
+    }
+    None
+}
+
+/// A child to show, or one the rules hide (with why).
+type Screened = Result<ChildEntry, (ChildEntry, WalkRule, String)>;
+
+struct Frame {
+    id: Id,
+    path: String,
+    depth: usize,
+    /// In name order, hidden children where they would have been.
+    children: std::vec::IntoIter<Screened>,
+}
+
+/// Depth-first walk of the tree at `t` below one folder, children in name order, applying the
+/// rules of this module. Iterate with [`Walk::next_step`].
+pub struct Walk<'r> {
+    realm: &'r Realm,
+    t: DateTime,
+    root_id: Id,
+    max_depth: usize,
+    stack: Vec<Frame>,
+    /// Entry ID -> the path it was first shown at.
+    seen: HashMap<Id, String>,
+    /// A folder just shown, expanded at the next step (pre-order).
+    pending: Option<(Id, String, usize, EntryVersion)>,
+    /// A problem about the entry just returned (too deep), returned next.
+    queued: std::collections::VecDeque<WalkStep>,
+}
+
+impl<'r> Walk<'r> {
+    /// Walks below `start` (a readable folder version) shown at `path`. `max_depth` is the
+    /// number of folder levels below `start` to enter (capped at [`MAX_DEPTH`]); 0 lists only
+    /// `start`'s children.
+    pub fn new(
+        realm: &'r Realm,
+        t: DateTime,
+        path: &str,
+        start: EntryVersion,
+        max_depth: usize,
+    ) -> Self {
+        let mut seen = HashMap::new();
+        seen.insert(start.meta.vlob_id, path.to_string());
+        Walk {
+            realm,
+            t,
+            root_id: realm.realm_id(),
+            max_depth: max_depth.min(MAX_DEPTH),
+            stack: Vec::new(),
+            seen,
+            pending: Some((start.meta.vlob_id, path.to_string(), 0, start)),
+            queued: Default::default(),
+        }
+    }
+
+    fn is_ancestor(&self, id: &Id) -> bool {
+        self.stack.iter().any(|f| f.id == *id)
+    }
+
+    fn expand(
+        &mut self,
+        id: Id,
+        path: String,
+        depth: usize,
+        version: EntryVersion,
+    ) -> Result<(), ExportError> {
+        let Some(folder) = version.folder() else {
+            return Ok(());
+        };
+        let threads = if folder.children.len() >= 32 {
+            super::parallel::default_threads()
+        } else {
+            1
+        };
+        let (children, strays) = self.realm.children_and_strays_at(folder, self.t, threads)?;
+        // The stack holds exactly this folder's ancestors (a frame is popped only once its
+        // subtree is done).
+        let (shown, problems) =
+            screen_children(folder, &self.root_id, children, |c| self.is_ancestor(c));
+        let mut items: Vec<Screened> = shown.into_iter().map(Ok).collect();
+        items.extend(problems.into_iter().map(Err));
+        for stray in strays {
+            if let Some(reason) = self.listed_by_its_parent(&stray)? {
+                items.push(Err((stray, WalkRule::DuplicateId, reason)));
+            }
+        }
+        fn name(i: &Screened) -> &EntryName {
+            match i {
+                Ok(c) | Err((c, _, _)) => &c.name,
+            }
+        }
+        items.sort_by(|a, b| name(a).cmp(name(b)));
+        self.stack.push(Frame {
+            id,
+            path,
+            depth,
+            children: items.into_iter(),
+        });
+        Ok(())
+    }
+
+    /// A child skipped here because its manifest names another parent: when that parent lists
+    /// it too at T, the entry is in two folders (reported); otherwise the link is only stale (a
+    /// move between two uploads) and the spec's silent skip applies.
+    fn listed_by_its_parent(&self, stray: &ChildEntry) -> Result<Option<String>, ExportError> {
+        let Some(parent) = stray.version.manifest().map(|m| m.header().parent) else {
+            return Ok(None);
+        };
+        let listed = self
+            .realm
+            .entry_at(&parent, self.t)?
+            .and_then(|v| {
+                v.folder()
+                    .map(|f| f.children.iter().any(|c| c.id == stray.id))
+            })
+            .unwrap_or(false);
+        Ok(listed.then(|| {
+            format!(
+                "entry {} is also listed in folder {}, which its manifest names as its parent; \
+                 shown there only",
+                hex::encode(stray.id),
+                hex::encode(parent)
+            )
+        }))
+    }
+
+    /// The next entry or problem; `None` when the walk is over.
+    pub fn next_step(&mut self) -> Result<Option<WalkStep>, ExportError> {
+        loop {
+            if let Some(step) = self.queued.pop_front() {
+                return Ok(Some(step));
+            }
+            if let Some((id, path, depth, version)) = self.pending.take() {
+                self.expand(id, path, depth, version)?;
+                continue;
+            }
+            let Some(frame) = self.stack.last_mut() else {
+                return Ok(None);
+            };
+            let Some(item) = frame.children.next() else {
+                self.stack.pop();
+                continue;
+            };
+            let child = match item {
+                Ok(c) => c,
+                Err((c, rule, reason)) => {
+                    return Ok(Some(WalkStep::Problem(WalkProblem {
+                        path: join(&frame.path, c.name.as_str()),
+                        id: c.id,
+                        version: Some(c.version.meta.version),
+                        rule,
+                        reason,
+                    })))
+                }
+            };
+            let path = join(&frame.path, child.name.as_str());
+            let depth = frame.depth + 1;
+            if let Some(first) = self.seen.get(&child.id) {
+                let reason = format!(
+                    "entry {} is already shown as {first}: one entry listed under several \
+                     names or folders is shown once",
+                    hex::encode(child.id)
+                );
+                return Ok(Some(WalkStep::Problem(WalkProblem {
+                    path,
+                    id: child.id,
+                    version: Some(child.version.meta.version),
+                    rule: WalkRule::DuplicateId,
+                    reason,
+                })));
+            }
+            self.seen.insert(child.id, path.clone());
+            if child.version.folder().is_some() {
+                if depth <= self.max_depth {
+                    self.pending = Some((child.id, path.clone(), depth, child.version.clone()));
+                } else if self.max_depth == MAX_DEPTH {
+                    self.queued.push_back(WalkStep::Problem(WalkProblem {
+                        path: path.clone(),
+                        id: child.id,
+                        version: Some(child.version.meta.version),
+                        rule: WalkRule::TooDeep,
+                        reason: format!(
+                            "folder nested more than {MAX_DEPTH} levels deep: its content is \
+                             not listed"
+                        ),
+                    }));
+                }
+            }
+            return Ok(Some(WalkStep::Entry(WalkEntry { path, depth, child })));
+        }
+    }
+}
+
+/// [`screen_children`] for one child looked up by name (the mount's `lookup`), without loading
+/// the other children: `None` when the child named `name` (entry `id`) of `folder` is shown.
+/// Same rules and same choice among several names of one entry (the first in name order).
+pub fn screen_child(
+    folder: &FolderManifest,
+    root_id: &Id,
+    name: &EntryName,
+    id: &Id,
+    is_ancestor: impl Fn(&Id) -> bool,
+) -> Option<(WalkRule, String)> {
+    if folder.duplicate_names.contains(name) {
+        return Some((
+            WalkRule::NameCollision,
+            "several children have this name after NFC normalisation".into(),
+        ));
+    }
+    if id == root_id || *id == folder.header.id || is_ancestor(id) {
+        return Some((
+            WalkRule::Cycle,
+            format!(
+                "cycle: the folder lists the root, itself or an ancestor (entry {})",
+                hex::encode(id)
+            ),
+        ));
+    }
+    if let Some(first) = folder
+        .children
+        .iter()
+        .filter(|c| c.id == *id && c.name < *name)
+        .map(|c| &c.name)
+        .min()
+    {
+        return Some((
+            WalkRule::DuplicateId,
+            format!(
+                "entry {} is listed again under the name `{name}`; shown once, as `{first}`",
+                hex::encode(id)
+            ),
+        ));
+    }
+    None
+}
