@@ -247,6 +247,8 @@ class Realm:
             alice.signing_key), initial_name_or_fail=True), A.realm_rename.Rep), "realm_rename")
         self.legit: dict[str, str] = {}  # path -> sha256
         self.hostile: list[dict] = []
+        # (vlob id, device id): `vlob_atom.author` rewritten in the export afterwards
+        self.author_patches: list[tuple[bytes, bytes]] = []
 
     def share(self, name: str, role: RealmRole | None, ts: int | None = None) -> None:
         alice = self.org.dev("alice")
@@ -476,50 +478,49 @@ def case_zstd_bomb(r: Realm) -> None:
     r.hostile_entry("/bomb", f"manifest inflating to {BOMB_ENTRIES} msgpack entries ({len(data)} bytes stored)")
 
 
-def future_timestamp(r: Realm) -> int:
-    """A client timestamp well ahead of the realm's certificates, yet inside the server's ballpark
-    (at most ~300 s ahead of its clock)."""
-    ts = max(now_us() + 200_000_000, r.clock.last + 30_000_000)
-    if ts > now_us() + 280_000_000:
-        raise RuntimeError("client clock too far ahead for the server ballpark")
-    return ts
-
-
 def case_revoked_author(r: Realm) -> None:
-    """dave (CONTRIBUTOR) uploads a manifest timestamped 200 s ahead, then alice revokes him with a
-    revocation dated before it: the stored manifest was written after its author's revocation."""
+    """dave (CONTRIBUTOR) is revoked, then a manifest signed by dave's device and timestamped after
+    the revocation is stored. The server refuses dave's own upload after revocation (and refuses
+    a revocation dated before dave's last upload), so alice's device uploads it and the export's
+    `vlob_atom.author` is set to dave's device afterwards: what a hostile server admin can hand over."""
     root = r.realm_id.bytes
     r.share("dave", RealmRole.CONTRIBUTOR)
     kids = r.legit_tree()
     content = b"written by a revoked device\n"
     blocks = r.blocks_for(content, "dave")
-    future = future_timestamp(r)
-    fid = new_id()
-    m = r.header("file_manifest", fid, root, r.org.dev("dave"), future)
-    m.update(size=len(content), blocksize=BLOCKSIZE, blocks=blocks)
-    r.upload(fid, dump_v0(m), "dave", ts=future)
     r.org.revoke_user("dave", r.clock.tick())
-    r.clock.last = max(r.clock.last, future)
+    fid = new_id()
+    ts = r.clock.tick()
+    dave = r.org.dev("dave")
+    m = r.header("file_manifest", fid, root, dave, ts)
+    m.update(size=len(content), blocksize=BLOCKSIZE, blocks=blocks)
+    r.upload(fid, dump_v0(m), "alice", signer=dave.signing_key, ts=ts)
+    r.author_patches.append((fid, dave.device_id.bytes))
     kids["by-revoked.txt"] = fid
     r.root(kids)
     r.hostile_entry("/by-revoked.txt", "written by dave's device after dave was revoked")
 
 
 def case_reader_author(r: Realm) -> None:
-    """carol (CONTRIBUTOR) uploads a manifest timestamped 200 s ahead, then alice makes her READER
-    with a role certificate dated before it: at the manifest's timestamp its author was a reader."""
+    """carol writes as CONTRIBUTOR, is made READER, then a manifest signed by carol's device and
+    timestamped after that is stored (uploaded by alice's device, `vlob_atom.author` set to carol's
+    device afterwards: the server itself refuses both orders)."""
     root = r.realm_id.bytes
     r.share("carol", RealmRole.CONTRIBUTOR)
     kids = r.legit_tree()
+    before = b"written by carol while CONTRIBUTOR\n"
+    kids["by-carol-contributor.txt"] = r.file(new_id(), root, before, author="carol")
+    r.legit["/by-carol-contributor.txt"] = hashlib.sha256(before).hexdigest()
     content = b"written by a reader\n"
     blocks = r.blocks_for(content, "carol")
-    future = future_timestamp(r)
-    fid = new_id()
-    m = r.header("file_manifest", fid, root, r.org.dev("carol"), future)
-    m.update(size=len(content), blocksize=BLOCKSIZE, blocks=blocks)
-    r.upload(fid, dump_v0(m), "carol", ts=future)
     r.share("carol", RealmRole.READER)
-    r.clock.last = max(r.clock.last, future)
+    carol = r.org.dev("carol")
+    fid = new_id()
+    ts = r.clock.tick()
+    m = r.header("file_manifest", fid, root, carol, ts)
+    m.update(size=len(content), blocksize=BLOCKSIZE, blocks=blocks)
+    r.upload(fid, dump_v0(m), "alice", signer=carol.signing_key, ts=ts)
+    r.author_patches.append((fid, carol.device_id.bytes))
     kids["by-reader.txt"] = fid
     r.root(kids)
     r.hostile_entry("/by-reader.txt", "written by carol while her realm role was READER")
@@ -662,7 +663,6 @@ REALM_CASES = {
     "missing_block": case_missing_block,
     "id_mismatch": case_id_mismatch,
     "unknown_device": case_unknown_device,
-    # last: they move the client clock ~200 s ahead of the server's
     "revoked_author": case_revoked_author,
     "reader_author": case_reader_author,
 }
@@ -821,6 +821,12 @@ def main() -> int:
             if p.returncode != 0 or not dst.exists():
                 raise RuntimeError(f"export_realm {case} failed:\n{output.decode(errors='replace')}")
             r = realms[case]
+            if r.author_patches:
+                con = sqlite3.connect(dst)
+                for vid, dev in r.author_patches:
+                    con.execute("UPDATE vlob_atom SET author = ? WHERE vlob_id = ?", (dev, vid))
+                con.commit()
+                con.close()
             rows.append({"name": case, "export": str(dst), "root_verify_key": org.root_verify_key.encode().hex(),
                          "realm_id": r.realm_id.hex, "legit": r.legit, "hostile": r.hostile, "damage": False,
                          "whole_export_damaged": False})
