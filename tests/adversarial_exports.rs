@@ -259,6 +259,12 @@ const EXPECTATIONS: &[Expect] = &[
         problem: &["decompress", "zstd", "too large", "limit", "size", "signature"],
         ..damage("cert_bomb", Report::EntryOrWhole, false)
     },
+    // The baseline tree under a fresh root key, naming the genuine organisation, checked with the
+    // genuine root key: refused (the trust anchor).
+    Expect {
+        problem: &["root", "anchor", "pin", "fingerprint", "mismatch"],
+        ..damage("forged_root", Report::Whole, false)
+    },
     Expect {
         problem: &["schema", "view", "trigger"],
         info_fails: true,
@@ -498,7 +504,7 @@ impl Ctx {
         if sub[0] != "info" {
             c.args(["--key", &self.key]);
         }
-        if self.root_key_flag {
+        if self.root_key_flag && !root_key.is_empty() {
             c.args(["--root-key", root_key]);
         }
         for (k, v) in &self.env {
@@ -657,6 +663,20 @@ fn run_case(ctx: &Ctx, case: &Case, exp: &Expect, sandbox: &Path) -> Vec<String>
                     }
                 }
             }
+        }
+    }
+
+    // Without any anchor, verify never says a bare OK: "not anchored", its own exit code.
+    if ctx.root_key_flag && (case.name == "baseline" || case.name == "forged_root") {
+        let r = run_bounded(ctx.cmd(&work, &["verify"], export, "", false), COMMAND_TIMEOUT);
+        f.extend(r.generic_failures("verify (no root key)"));
+        let text = format!("{}{}", r.stdout(), r.stderr()).to_lowercase();
+        if r.code == Some(0) || !text.contains("not anchored") {
+            f.push(format!(
+                "verify (no root key, nothing pinned): exit {:?}, `not anchored` not said {}",
+                r.code,
+                tail(&text)
+            ));
         }
     }
 

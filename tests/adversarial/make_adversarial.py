@@ -830,6 +830,37 @@ def main() -> int:
             rows.append({"name": case, "export": str(dst), "root_verify_key": org.root_verify_key.encode().hex(),
                          "realm_id": r.realm_id.hex, "legit": r.legit, "hostile": r.hostile, "damage": False,
                          "whole_export_damaged": False})
+        # forged: the same kind of tree under a fresh root key, with the genuine authority and
+        # service; checked against the genuine organisation's root key
+        forged_org = Org(server, Path(args.fixtures))
+        forged_org.bootstrap()
+        forged_org.register_service(pg.url, workdir)
+        forged_org.create_user("bob")
+        forged = Realm(forged_org, "forged_root")
+        forged.share("bob", RealmRole.CONTRIBUTOR)
+        case_baseline(forged)
+        dst = out / "forged_root.sqlite"
+        if dst.exists():
+            dst.unlink()
+        snapshot_us = max(forged_org.clock.last, now_us()) + 1000
+        shift = max(0, math.ceil((snapshot_us - now_us()) / 1e6 + EXPORT_LATE_OFFSET_S + 10))
+        cp = subprocess.run([*faketime_prefix(shift), parsec_python(), "-m", "parsec", "export_realm", "--organization",
+                             forged_org.org_id, "--realm", forged.realm_id.hex, "--snapshot-timestamp",
+                             us_to_dt(snapshot_us).to_rfc3339(), "--db", pg.url, "--blockstore", "POSTGRESQL", str(dst)],
+                            cwd=NEUTRAL_CWD, env=env, capture_output=True, text=True)
+        if cp.returncode != 0:
+            raise RuntimeError(f"export_realm forged_root failed:\n{cp.stdout}\n{cp.stderr}")
+        # the forger names the genuine organisation (the server would not create a second one)
+        con = sqlite3.connect(dst)
+        con.execute("UPDATE info SET organization_id = ?", (org.org_id,))
+        con.commit()
+        con.close()
+        rows.append({"name": "forged_root", "export": str(dst), "root_verify_key": org.root_verify_key.encode().hex(),
+                     "export_root_verify_key": forged_org.root_verify_key.encode().hex(),
+                     "realm_id": forged.realm_id.hex, "legit": forged.legit,
+                     "hostile": [{"path": None, "what": "signed under a fresh root key, not the organisation's"}],
+                     "damage": False, "whole_export_damaged": True})
+        forged_org.rpc.close()
         base = out / "baseline.sqlite"
         rows += damage_cases(base, out, realms["baseline"].legit, org.root_verify_key.encode().hex())
         for row in rows:
