@@ -342,6 +342,17 @@ class Realm:
     def root(self, children: dict, extra: dict | None = None) -> None:
         r = self.realm_id.bytes
         self.folder(r, r, children, extra=extra)
+        self.root_children = children
+
+    def hostile_rows(self) -> list[dict]:
+        """Hostile entries with the vlob ID of those listed in the root (what `verify` reports)."""
+        kids = getattr(self, "root_children", {})
+        out = []
+        for h in self.hostile:
+            name = h["path"][1:]
+            vid = kids.get(name) if "/" not in name else None
+            out.append({**h, "id": vid.hex() if vid else None})
+        return out
 
     def hostile_entry(self, path: str, what: str) -> None:
         self.hostile.append({"path": path, "what": what})
@@ -828,7 +839,7 @@ def main() -> int:
                 con.commit()
                 con.close()
             rows.append({"name": case, "export": str(dst), "root_verify_key": org.root_verify_key.encode().hex(),
-                         "realm_id": r.realm_id.hex, "legit": r.legit, "hostile": r.hostile, "damage": False,
+                         "realm_id": r.realm_id.hex, "legit": r.legit, "hostile": r.hostile_rows(), "damage": False,
                          "whole_export_damaged": False})
         # forged: the same kind of tree under a fresh root key, with the genuine authority and
         # service; checked against the genuine organisation's root key
