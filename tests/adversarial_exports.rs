@@ -15,7 +15,7 @@
 //!
 //! Problem texts are matched loosely: any of a few lower-case substrings, searched in the
 //! problem kinds and reasons of `--json` output or in stderr (documented in
-//! `docs/investigation.md`, "Hostile exports").
+//! `docs/adversarial-suite.md`).
 
 mod common;
 mod mount_support;
@@ -141,7 +141,14 @@ const EXPECTATIONS: &[Expect] = &[
     row(
         "fanout_8pow9",
         Report::PerEntry,
-        &["duplicate", "limit", "too many", "already", "more than once"],
+        &[
+            "duplicate",
+            "listed under",
+            "limit",
+            "too many",
+            "already",
+            "more than once",
+        ],
     ),
     Expect {
         per_entry_paths: true,
@@ -173,7 +180,11 @@ const EXPECTATIONS: &[Expect] = &[
     Expect {
         per_entry_paths: true,
         not_extracted: &["/by-revoked.txt"],
-        ..row("revoked_author", Report::PerEntry, &["revoked", "revocation"])
+        ..row(
+            "revoked_author",
+            Report::PerEntry,
+            &["revoked", "revocation"],
+        )
     },
     Expect {
         per_entry_paths: true,
@@ -184,7 +195,11 @@ const EXPECTATIONS: &[Expect] = &[
             &["role", "reader", "not allowed", "writ"],
         )
     },
-    row("duplicate_ids", Report::PerEntry, &["duplicate"]),
+    row(
+        "duplicate_ids",
+        Report::PerEntry,
+        &["duplicate", "listed under", "more than once"],
+    ),
     row(
         "bad_names",
         Report::PerEntry,
@@ -213,7 +228,13 @@ const EXPECTATIONS: &[Expect] = &[
         ..row(
             "missing_block",
             Report::PerEntry,
-            &["missing", "not found", "absent", "not in the export", "block"],
+            &[
+                "missing",
+                "not found",
+                "absent",
+                "not in the export",
+                "block",
+            ],
         )
     },
     Expect {
@@ -259,7 +280,15 @@ const EXPECTATIONS: &[Expect] = &[
     damage("flip_block_data", Report::EntryOrWhole, false),
     damage("flip_raw_pages", Report::EntryOrWhole, false),
     Expect {
-        problem: &["decompress", "zstd", "too large", "limit", "size", "signature", "undecodable"],
+        problem: &[
+            "decompress",
+            "zstd",
+            "too large",
+            "limit",
+            "size",
+            "signature",
+            "undecodable",
+        ],
         ..damage("cert_bomb", Report::EntryOrWhole, false)
     },
     // The baseline tree under a fresh root key, naming the genuine organisation, checked with the
@@ -297,7 +326,9 @@ impl Run {
     fn generic_failures(&self, what: &str) -> Vec<String> {
         let mut f = Vec::new();
         if self.timed_out {
-            f.push(format!("{what}: still running after {COMMAND_TIMEOUT:?} (killed)"));
+            f.push(format!(
+                "{what}: still running after {COMMAND_TIMEOUT:?} (killed)"
+            ));
         }
         if let Some(s) = self.signal.filter(|_| !self.timed_out) {
             f.push(format!(
@@ -320,12 +351,7 @@ impl Run {
 
 fn tail(s: &str) -> String {
     let s = s.trim();
-    let start = s
-        .char_indices()
-        .rev()
-        .nth(400)
-        .map(|(i, _)| i)
-        .unwrap_or(0);
+    let start = s.char_indices().rev().nth(400).map(|(i, _)| i).unwrap_or(0);
     format!("[{}]", s[start..].replace('\n', " | "))
 }
 
@@ -394,6 +420,8 @@ fn wait_bounded(pid: i32, timeout: Duration) -> (i32, libc::rusage, bool) {
     }
 }
 
+// The child is reaped by `wait4` in [`wait_bounded`], which also gives its rusage.
+#[allow(clippy::zombie_processes)]
 fn run_bounded(mut cmd: Command, timeout: Duration) -> Run {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -403,16 +431,16 @@ fn run_bounded(mut cmd: Command, timeout: Duration) -> Run {
     let out = drain(child.stdout.take().unwrap(), 8 << 20);
     let err = drain(child.stderr.take().unwrap(), 1 << 20);
     let (status, ru, timed_out) = wait_bounded(child.id() as i32, timeout);
-    finish(status, ru, timed_out, out.join().unwrap(), err.join().unwrap())
+    finish(
+        status,
+        ru,
+        timed_out,
+        out.join().unwrap(),
+        err.join().unwrap(),
+    )
 }
 
-fn finish(
-    status: i32,
-    ru: libc::rusage,
-    timed_out: bool,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-) -> Run {
+fn finish(status: i32, ru: libc::rusage, timed_out: bool, stdout: Vec<u8>, stderr: Vec<u8>) -> Run {
     Run {
         code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
         signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
@@ -439,7 +467,8 @@ fn generate(out: &Path) -> (Value, Vec<Case>) {
     let py = std::env::var_os("PARSEC_ORACLE_PY")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp/parsec-oracle-venv/bin/python"));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/adversarial/make_adversarial.py");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/adversarial/make_adversarial.py");
     let shared = common::shared_dir();
     let t = Instant::now();
     let o = Command::new(&py)
@@ -458,7 +487,10 @@ fn generate(out: &Path) -> (Value, Vec<Case>) {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    eprintln!("hostile exports generated in {:.1}s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "hostile exports generated in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
     let summary: Value =
         serde_json::from_slice(&std::fs::read(out.join("cases.json")).unwrap()).unwrap();
     let cases = summary["cases"]
@@ -560,7 +592,8 @@ fn verify_problems(v: &Value) -> Vec<(String, String)> {
 fn control_chars(s: &[u8]) -> bool {
     let text = String::from_utf8_lossy(s);
     text.chars().any(|c| {
-        (c.is_control() && c != '\n' && c != '\t') || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
     })
 }
 
@@ -608,20 +641,32 @@ fn run_case(ctx: &Ctx, case: &Case, exp: &Expect, sandbox: &Path) -> Vec<String>
     }
 
     // ---- info (no key)
-    let r = run_bounded(ctx.cmd(&work, &["info"], export, &case.root_key, true), COMMAND_TIMEOUT);
+    let r = run_bounded(
+        ctx.cmd(&work, &["info"], export, &case.root_key, true),
+        COMMAND_TIMEOUT,
+    );
     f.extend(r.generic_failures("info"));
     if exp.info_fails && r.code == Some(0) {
         f.push("info: accepted an export that must be refused".into());
     }
     if exp.info_fails && r.code.is_some_and(|c| c != 0) && !contains_any(&r.stderr(), exp.problem) {
-        f.push(format!("info: error does not say what is wrong {}", tail(&r.stderr())));
+        f.push(format!(
+            "info: error does not say what is wrong {}",
+            tail(&r.stderr())
+        ));
     }
     if !exp.info_fails && exp.report == Report::Clean && r.code != Some(0) {
-        f.push(format!("info: failed on a sound export {}", tail(&r.stderr())));
+        f.push(format!(
+            "info: failed on a sound export {}",
+            tail(&r.stderr())
+        ));
     }
 
     // ---- verify
-    let r = run_bounded(ctx.cmd(&work, &["verify"], export, &case.root_key, true), COMMAND_TIMEOUT);
+    let r = run_bounded(
+        ctx.cmd(&work, &["verify"], export, &case.root_key, true),
+        COMMAND_TIMEOUT,
+    );
     f.extend(r.generic_failures("verify"));
     if !r.timed_out {
         let json: Value = serde_json::from_slice(&r.stdout).unwrap_or(Value::Null);
@@ -679,7 +724,10 @@ fn run_case(ctx: &Ctx, case: &Case, exp: &Expect, sandbox: &Path) -> Vec<String>
 
     // Without any anchor, verify never says a bare OK: "not anchored", its own exit code.
     if ctx.root_key_flag && (case.name == "baseline" || case.name == "forged_root") {
-        let r = run_bounded(ctx.cmd(&work, &["verify"], export, "", false), COMMAND_TIMEOUT);
+        let r = run_bounded(
+            ctx.cmd(&work, &["verify"], export, "", false),
+            COMMAND_TIMEOUT,
+        );
         f.extend(r.generic_failures("verify (no root key)"));
         let text = format!("{}{}", r.stdout(), r.stderr()).to_lowercase();
         if r.code == Some(0) || !text.contains("not anchored") {
@@ -693,7 +741,13 @@ fn run_case(ctx: &Ctx, case: &Case, exp: &Expect, sandbox: &Path) -> Vec<String>
 
     // ---- ls -R /
     let r = run_bounded(
-        ctx.cmd(&work, &["ls", "/", "-R", "-l"], export, &case.root_key, true),
+        ctx.cmd(
+            &work,
+            &["ls", "/", "-R", "-l"],
+            export,
+            &case.root_key,
+            true,
+        ),
         COMMAND_TIMEOUT,
     );
     f.extend(r.generic_failures("ls -R"));
@@ -701,7 +755,11 @@ fn run_case(ctx: &Ctx, case: &Case, exp: &Expect, sandbox: &Path) -> Vec<String>
         let json: Value = serde_json::from_slice(&r.stdout).unwrap_or(Value::Null);
         if r.code.is_some_and(|c| c != 0) {
             if !whole_ok {
-                f.push(format!("ls -R: failed (exit {:?}) {}", r.code, tail(&r.stderr())));
+                f.push(format!(
+                    "ls -R: failed (exit {:?}) {}",
+                    r.code,
+                    tail(&r.stderr())
+                ));
             } else if !contains_any(&(r.stdout() + &r.stderr()), exp.problem) {
                 f.push(format!(
                     "ls -R: unclear error {}",
@@ -721,18 +779,32 @@ fn run_case(ctx: &Ctx, case: &Case, exp: &Expect, sandbox: &Path) -> Vec<String>
         }
     }
     if case.name == "bad_names" {
-        for (what, sub) in [("ls -R (text)", &["ls", "/", "-R", "-l"][..]), ("verify (text)", &["verify"][..])] {
-            let r = run_bounded(ctx.cmd(&work, sub, export, &case.root_key, false), COMMAND_TIMEOUT);
+        for (what, sub) in [
+            ("ls -R (text)", &["ls", "/", "-R", "-l"][..]),
+            ("verify (text)", &["verify"][..]),
+        ] {
+            let r = run_bounded(
+                ctx.cmd(&work, sub, export, &case.root_key, false),
+                COMMAND_TIMEOUT,
+            );
             f.extend(r.generic_failures(what));
             if control_chars(&r.stdout) || control_chars(&r.stderr) {
-                f.push(format!("{what}: raw control characters from entry names reach the terminal"));
+                f.push(format!(
+                    "{what}: raw control characters from entry names reach the terminal"
+                ));
             }
         }
     }
 
     // ---- extract
     let r = run_bounded(
-        ctx.cmd(&work, &["extract", dest.to_str().unwrap()], export, &case.root_key, true),
+        ctx.cmd(
+            &work,
+            &["extract", dest.to_str().unwrap()],
+            export,
+            &case.root_key,
+            true,
+        ),
         COMMAND_TIMEOUT,
     );
     f.extend(r.generic_failures("extract"));
@@ -776,7 +848,9 @@ fn run_case(ctx: &Ctx, case: &Case, exp: &Expect, sandbox: &Path) -> Vec<String>
             }
             for p in exp.not_extracted {
                 if dest.join(p.trim_start_matches('/')).exists() {
-                    f.push(format!("extract: {p} extracted although it does not verify"));
+                    f.push(format!(
+                        "extract: {p} extracted although it does not verify"
+                    ));
                 }
             }
             let rec: Value = std::fs::read(&record)
@@ -795,7 +869,9 @@ fn run_case(ctx: &Ctx, case: &Case, exp: &Expect, sandbox: &Path) -> Vec<String>
                 Report::PerEntry | Report::EntryOrWhole | Report::Whole if reported == 0 => {
                     f.push("extract: succeeded and the custody record reports no problem".into())
                 }
-                Report::Whole => f.push("extract: succeeded on an export that must be refused".into()),
+                Report::Whole => {
+                    f.push("extract: succeeded on an export that must be refused".into())
+                }
                 _ => {}
             }
         }
@@ -834,11 +910,19 @@ fn run_case(ctx: &Ctx, case: &Case, exp: &Expect, sandbox: &Path) -> Vec<String>
     f
 }
 
+// The mount process is reaped by `wait4` in [`wait_bounded`] (its rusage is the point).
+#[allow(clippy::zombie_processes)]
 fn mount_case(ctx: &Ctx, case: &Case, exp: &Expect, work: &Path, whole_ok: bool) -> Vec<String> {
     let mut f = Vec::new();
     let mnt = work.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let mut cmd = ctx.cmd(work, &["mount", mnt.to_str().unwrap()], &case.export, &case.root_key, false);
+    let mut cmd = ctx.cmd(
+        work,
+        &["mount", mnt.to_str().unwrap()],
+        &case.export,
+        &case.root_key,
+        false,
+    );
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -871,13 +955,21 @@ fn mount_case(ctx: &Ctx, case: &Case, exp: &Expect, work: &Path, whole_ok: bool)
             let mut c = Command::new("sha256sum");
             c.arg(mnt.join(p.trim_start_matches('/')));
             let r = run_bounded(c, COMMAND_TIMEOUT);
-            let got = r.stdout().split_whitespace().next().unwrap_or("").to_string();
+            let got = r
+                .stdout()
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string();
             if r.timed_out {
                 f.push(format!("mount: reading {p} hangs"));
             } else if r.code == Some(0) && &got != sha {
                 f.push(format!("mount: {p} read with WRONG content"));
             } else if r.code != Some(0) && exp.legit_required {
-                f.push(format!("mount: legitimate {p} unreadable {}", tail(&r.stderr())));
+                f.push(format!(
+                    "mount: legitimate {p} unreadable {}",
+                    tail(&r.stderr())
+                ));
             }
         }
         for p in exp.not_extracted {
@@ -893,16 +985,31 @@ fn mount_case(ctx: &Ctx, case: &Case, exp: &Expect, work: &Path, whole_ok: bool)
         // SAFETY: signalling our own child.
         unsafe { libc::kill(pid, libc::SIGTERM) };
     }
-    let (status, ru, timed_out) = wait_bounded(pid, if mounted { Duration::from_secs(10) } else { COMMAND_TIMEOUT });
+    let (status, ru, timed_out) = wait_bounded(
+        pid,
+        if mounted {
+            Duration::from_secs(10)
+        } else {
+            COMMAND_TIMEOUT
+        },
+    );
     let r = finish(status, ru, timed_out, Vec::new(), err.join().unwrap());
     if !mount_support::wait_unmounted(&mnt, Duration::from_secs(5)) {
         f.push("mount: still mounted after the process ended".into());
-        let _ = Command::new("fusermount3").args(["-u", "-z"]).arg(&mnt).status();
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(&mnt)
+            .status();
     }
     if mounted {
         f.extend(r.generic_failures("mount"));
         if r.signal.is_some() || r.code.is_some_and(|c| c != 0) {
-            f.push(format!("mount: died or failed while serving (exit {:?}, signal {:?}) {}", r.code, r.signal, tail(&r.stderr())));
+            f.push(format!(
+                "mount: died or failed while serving (exit {:?}, signal {:?}) {}",
+                r.code,
+                r.signal,
+                tail(&r.stderr())
+            ));
         }
         if exp.report == Report::Whole {
             f.push("mount: mounted an export that must be refused".into());
@@ -973,7 +1080,10 @@ fn hostile_exports_through_the_real_server() {
     if !root_key_flag {
         failures.insert(
             "(tool)".into(),
-            vec!["`export verify` has no --root-key: verdicts are not anchored in the organisation".into()],
+            vec![
+                "`export verify` has no --root-key: verdicts are not anchored in the organisation"
+                    .into(),
+            ],
         );
     }
     let results = Mutex::new(failures);
@@ -1000,7 +1110,11 @@ fn hostile_exports_through_the_real_server() {
                     "{:<42} {:>5.1}s {}",
                     case.name,
                     t.elapsed().as_secs_f64(),
-                    if f.is_empty() { "ok".to_string() } else { format!("{} failure(s)", f.len()) }
+                    if f.is_empty() {
+                        "ok".to_string()
+                    } else {
+                        format!("{} failure(s)", f.len())
+                    }
                 );
                 let _ = std::fs::remove_dir_all(sandbox.join("work/out"));
                 if !f.is_empty() {
