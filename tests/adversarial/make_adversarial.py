@@ -249,6 +249,8 @@ class Realm:
         self.hostile: list[dict] = []
         # (vlob id, device id): `vlob_atom.author` rewritten in the export afterwards
         self.author_patches: list[tuple[bytes, bytes]] = []
+        # raw signed certificates appended to `common_certificate` in the export afterwards
+        self.extra_common_certificates: list[bytes] = []
 
     def share(self, name: str, role: RealmRole | None, ts: int | None = None) -> None:
         alice = self.org.dev("alice")
@@ -660,6 +662,33 @@ def case_unknown_device(r: Realm) -> None:
     r.hostile_entry("/forged-bob.txt", "claims bob's device, signed by another key")
 
 
+def case_duplicate_certificate(r: Realm) -> None:
+    """A second device certificate for bob's device ID, with another verify key, signed by alice's
+    (admin) device: the server refuses it, so it is appended to the export's `common_certificate`
+    afterwards. A manifest signed with that other key claims bob's device. Bob's genuine files
+    (`/legit-dir/legit-b.bin`) must still verify against his first certificate."""
+    root = r.realm_id.bytes
+    kids = r.legit_tree()
+    alice, bob = r.org.dev("alice"), r.org.dev("bob")
+    impostor = SigningKey.generate()
+    ts = r.clock.tick()
+    cert = DeviceCertificate(author=alice.device_id, timestamp=us_to_dt(ts), purpose=DevicePurpose.STANDARD,
+                             user_id=bob.user_id, device_id=bob.device_id, verify_key=impostor.verify_key,
+                             algorithm=SigningKeyAlgorithm.ED25519, device_label=DeviceLabel("bob@dev1"))
+    r.extra_common_certificates.append(cert.dump_and_sign(alice.signing_key))
+    content = b"signed by the second certificate's key\n"
+    blocks = r.blocks_for(content)
+    fid = new_id()
+    ts = r.clock.tick()
+    m = r.header("file_manifest", fid, root, bob, ts)
+    m.update(size=len(content), blocksize=BLOCKSIZE, blocks=blocks)
+    r.upload(fid, dump_v0(m), "alice", signer=impostor, ts=ts)
+    r.author_patches.append((fid, bob.device_id.bytes))
+    kids["impostor-bob.txt"] = fid
+    r.root(kids)
+    r.hostile_entry("/impostor-bob.txt", "signed with the key of a second certificate for bob's device ID")
+
+
 REALM_CASES = {
     "baseline": case_baseline,
     "root_self_child": case_root_self_child,
@@ -674,6 +703,7 @@ REALM_CASES = {
     "missing_block": case_missing_block,
     "id_mismatch": case_id_mismatch,
     "unknown_device": case_unknown_device,
+    "duplicate_certificate": case_duplicate_certificate,
     "revoked_author": case_revoked_author,
     "reader_author": case_reader_author,
 }
@@ -832,10 +862,12 @@ def main() -> int:
             if p.returncode != 0 or not dst.exists():
                 raise RuntimeError(f"export_realm {case} failed:\n{output.decode(errors='replace')}")
             r = realms[case]
-            if r.author_patches:
+            if r.author_patches or r.extra_common_certificates:
                 con = sqlite3.connect(dst)
                 for vid, dev in r.author_patches:
                     con.execute("UPDATE vlob_atom SET author = ? WHERE vlob_id = ?", (dev, vid))
+                for cert in r.extra_common_certificates:
+                    con.execute("INSERT INTO common_certificate (certificate) VALUES (?)", (cert,))
                 con.commit()
                 con.close()
             rows.append({"name": case, "export": str(dst), "root_verify_key": org.root_verify_key.encode().hex(),
