@@ -550,11 +550,9 @@ def case_duplicate_ids(r: Realm) -> None:
     r.hostile_entry("/dup-dir/dup-3", "same entry ID listed in two folders")
 
 
-def bad_names(case: str) -> dict[str, str]:
+def invalid_names(case: str) -> dict[str, str]:
+    """Names no Parsec entry may have (and path escapes)."""
     tag = hashlib.sha256(case.encode()).hexdigest()[:12]
-    nfc = unicodedata.normalize("NFC", "café-twin")
-    nfd = unicodedata.normalize("NFD", "café-twin")
-    assert nfc != nfd
     return {
         "..": "dot-dot",
         ".": "dot",
@@ -564,6 +562,15 @@ def bad_names(case: str) -> dict[str, str]:
         f"../../../../../../../../../../../../tmp/adv-escape-{tag}": "absolute escape",
         "nul\x00byte": "NUL",
         "x" * 300: "300 bytes",
+    }
+
+
+def odd_names() -> dict[str, str]:
+    """Valid names that are dangerous on a terminal or ambiguous once normalised."""
+    nfc = unicodedata.normalize("NFC", "café-twin")
+    nfd = unicodedata.normalize("NFD", "café-twin")
+    assert nfc != nfd
+    return {
         nfc: "NFC twin",
         nfd: "NFD twin",
         "\x1b[2J\x1b[31mansi-red": "ANSI escape",
@@ -574,11 +581,17 @@ def bad_names(case: str) -> dict[str, str]:
 
 
 def case_bad_names(r: Realm) -> None:
+    """Invalid names in /invalid-names (Parsec itself refuses such a folder, so it may be refused
+    whole), terminal-hostile and NFC/NFD-twin names in /odd-names; legitimate files in the root."""
     root = r.realm_id.bytes
     kids = r.legit_tree()
-    for name, what in bad_names(r.case).items():
-        kids[name] = r.file(new_id(), root, f"bad name: {what}\n".encode())
-        r.hostile_entry("/" + name, what)
+    for folder, names in (("invalid-names", invalid_names(r.case)), ("odd-names", odd_names())):
+        fid = new_id()
+        children = {}
+        for name, what in names.items():
+            children[name] = r.file(new_id(), fid, f"bad name: {what}\n".encode())
+            r.hostile_entry(f"/{folder}/{name}", what)
+        kids[folder] = r.folder(fid, root, children)
     r.root(kids)
 
 
