@@ -721,8 +721,15 @@ fn run_case(ctx: &Ctx, case: &Case, exp: &Expect, sandbox: &Path) -> Vec<String>
                 if exp.per_entry_paths && !problems.is_empty() {
                     for (h, id) in &case.hostile {
                         let name = h.rsplit('/').next().unwrap_or(h);
-                        let named = |text: &str| {
-                            text.contains(name) || id.as_deref().is_some_and(|id| text.contains(id))
+                        // By vlob ID when known, else by full path or quoted name (a bare
+                        // one-letter name would match anything).
+                        let named = |text: &str| match id {
+                            Some(id) => text.contains(id.as_str()) || text.contains(h.as_str()),
+                            None => {
+                                text.contains(h.as_str())
+                                    || text.contains(&format!("`{name}`"))
+                                    || text.contains(&format!("\"{name}\""))
+                            }
                         };
                         if !problems.iter().any(|(t, p)| named(p) || named(t)) {
                             f.push(format!("verify: no problem names hostile entry {h}"));
