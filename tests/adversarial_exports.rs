@@ -864,6 +864,32 @@ fn run_case(ctx: &Ctx, case: &Case, exp: &Expect, sandbox: &Path) -> Vec<String>
                     }
                 }
             }
+            // Evidence hygiene: folders 0700 like the files' 0600, DEST included.
+            if let Ok(m) = std::fs::symlink_metadata(&dest) {
+                use std::os::unix::fs::PermissionsExt;
+                if m.permissions().mode() & 0o077 != 0 {
+                    f.push(format!(
+                        "extract: DEST has mode {:o}",
+                        m.permissions().mode() & 0o777
+                    ));
+                }
+            }
+            for p in case.legit.keys() {
+                let mut dir = Path::new(p.trim_start_matches('/')).parent();
+                while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
+                    if let Ok(m) = std::fs::symlink_metadata(dest.join(d)) {
+                        use std::os::unix::fs::PermissionsExt;
+                        if m.permissions().mode() & 0o077 != 0 {
+                            f.push(format!(
+                                "extract: folder /{} has mode {:o}",
+                                d.display(),
+                                m.permissions().mode() & 0o777
+                            ));
+                        }
+                    }
+                    dir = d.parent();
+                }
+            }
             for p in exp.not_extracted {
                 if dest.join(p.trim_start_matches('/')).exists() {
                     f.push(format!(
@@ -915,10 +941,12 @@ fn run_case(ctx: &Ctx, case: &Case, exp: &Expect, sandbox: &Path) -> Vec<String>
             f.push(format!("written outside DEST: {s}"));
         }
     }
-    if let Ok(rd) = std::fs::read_dir("/tmp") {
-        for e in rd.flatten() {
-            if e.file_name().to_string_lossy().starts_with("adv-escape-") {
-                f.push(format!("written outside DEST: {}", e.path().display()));
+    // Names climbing to /tmp carry a per-run tag.
+    for (h, _) in &case.hostile {
+        if let Some(i) = h.find("adv-escape-") {
+            let escaped = Path::new("/tmp").join(&h[i..]);
+            if escaped.symlink_metadata().is_ok() {
+                f.push(format!("written outside DEST: {}", escaped.display()));
             }
         }
     }
