@@ -16,6 +16,7 @@ fn spec(role: Role, bits: usize) -> KeySpec {
         label: format!("test {role}"),
         bits,
         allow_insecure_test_size: false,
+        always_authenticate: false,
     }
 }
 

@@ -59,6 +59,7 @@ fn card_with_keys(authority_slot: &str) -> Option<Keys> {
             label: role.to_string(),
             bits: 2048,
             allow_insecure_test_size: false,
+            always_authenticate: false,
         };
         let generated = yk::generate(&uri, &spec).unwrap();
         token::KeyHandle::public_key_spki(&generated.key).to_vec()

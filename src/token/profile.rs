@@ -75,6 +75,11 @@ pub struct Profile {
     pub quirks: Vec<String>,
     #[serde(default)]
     pub mechanisms: MechanismPreferences,
+    /// Key attributes (e.g. `CKA_SIGN_RECOVER`) this product refuses in a template or cannot
+    /// enforce: left out of the templates and not held against its keys. Each needs a quirk
+    /// line saying why.
+    #[serde(default)]
+    pub unenforced_key_attributes: Vec<String>,
     /// Largest RSA modulus the product generates, when the vendor documents it.
     #[serde(default)]
     pub max_rsa_bits: Option<usize>,

@@ -101,8 +101,12 @@ pub struct YubikeyKey {
     bits: usize,
     role: Option<Role>,
     label: String,
-    /// Kept (zeroized on drop) to re-verify right before each private-key operation.
+    /// Kept (zeroized on drop) to re-verify right before each private-key operation; never
+    /// presented again once the card rejected it (see [`card::verify_pin`]).
     pin: Option<Zeroizing<String>>,
+    /// The first fatal error of an operation (PIN rejected, card removed, ...): no later
+    /// operation touches the card.
+    fatal: Mutex<Option<String>>,
 }
 
 impl YubikeyKey {
@@ -125,14 +129,28 @@ impl YubikeyKey {
         operation: &str,
         f: impl FnOnce(&mut Card) -> Result<T, TokenError>,
     ) -> Result<T, TokenError> {
+        if let Some(first) = &*self.fatal.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Err(TokenError::Refused(format!(
+                "no further {operation} with YubiKey {} in this run after: {first}",
+                self.serial
+            )));
+        }
         let mut card = self
             .card
             .lock()
             .map_err(|_| backend_err(operation, "card handle poisoned by an earlier panic"))?;
-        if let Some(pin) = &self.pin {
-            card::verify_pin(&mut card, pin)?;
+        let result = match &self.pin {
+            Some(pin) => card::verify_pin(&mut card, pin),
+            None => Ok(()),
         }
-        f(&mut card)
+        .and_then(|()| f(&mut card));
+        if let Err(e) = &result {
+            if e.is_fatal() {
+                let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
+                fatal.get_or_insert_with(|| e.to_string());
+            }
+        }
+        result
     }
 
     fn algorithm(&self) -> Result<PivAlgorithm, TokenError> {
@@ -290,6 +308,11 @@ impl KeyHandle for YubikeyKey {
             always_sensitive: Some(true),
             extractable: Some(false),
             sensitive: Some(true),
+            modifiable: None,
+            copyable: None,
+            sign_recover: None,
+            allowed_mechanisms: None,
+            weaknesses: Vec::new(),
             verdict,
             evidence,
         })
@@ -380,6 +403,7 @@ pub fn open_yubikey_key(uri: &str, with_pin: bool) -> Result<YubikeyKey, TokenEr
         spki,
         bits,
         pin,
+        fatal: Mutex::new(None),
         card: Mutex::new(card),
     })
 }
@@ -440,10 +464,9 @@ pub fn generate(token_uri: &str, spec: &KeySpec) -> Result<Generated, TokenError
     card::verify_pin(&mut card, &pin)?;
     let mgm_key = card::authenticate_admin(&mut card, parsed.mgm_key_source.as_deref())?;
 
-    // PIN once: an export reads many access rows in one session; `always` would ask per row.
-    // Touch never: batch decryption of an export would need one touch per row.
-    let pin_policy = parsed.pin_policy.unwrap_or(PinPolicyOpt::Once);
-    let touch_policy = parsed.touch_policy.unwrap_or(TouchPolicyOpt::Never);
+    let (default_pin, default_touch) = default_policies(spec.role);
+    let pin_policy = parsed.pin_policy.unwrap_or(default_pin);
+    let touch_policy = parsed.touch_policy.unwrap_or(default_touch);
     let policy_byte = match pin_policy {
         PinPolicyOpt::Never => 1,
         PinPolicyOpt::Once => 2,
@@ -513,6 +536,7 @@ pub fn generate(token_uri: &str, spec: &KeySpec) -> Result<Generated, TokenError
         role: Some(spec.role),
         label: subject,
         pin: Some(pin),
+        fatal: Mutex::new(None),
         card: Mutex::new(card),
     };
     Ok(Generated {
@@ -521,6 +545,17 @@ pub fn generate(token_uri: &str, spec: &KeySpec) -> Result<Generated, TokenError
         pin_policy,
         touch_policy,
     })
+}
+
+/// Slot policies when the URI names none. Authority: PIN always and touch always, because it
+/// signs rarely (a service or revocation certificate) and each signature should be a deliberate
+/// act of a person at the card. Service: PIN once and touch never, because an export reads many
+/// access rows in one session and would otherwise ask for a PIN and a touch per row.
+pub fn default_policies(role: Role) -> (PinPolicyOpt, TouchPolicyOpt) {
+    match role {
+        Role::Authority => (PinPolicyOpt::Always, TouchPolicyOpt::Always),
+        Role::Service => (PinPolicyOpt::Once, TouchPolicyOpt::Never),
+    }
 }
 
 /// [`generate`] for the generic `key generate` path.
@@ -695,6 +730,11 @@ pub fn list_keys(token_uri: &str) -> Result<Vec<KeyInfo>, TokenError> {
                 always_sensitive: Some(true),
                 extractable: Some(false),
                 sensitive: Some(true),
+                modifiable: None,
+                copyable: None,
+                sign_recover: None,
+                allowed_mechanisms: None,
+                weaknesses: Vec::new(),
                 verdict: ProvenanceVerdict::Unknown,
                 evidence: vec!["not attested in a listing; use `key show`".into()],
             },
