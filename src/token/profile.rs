@@ -206,6 +206,14 @@ mod tests {
                     p.name
                 );
             }
+            // An attribute left out of the hardening needs a quirk saying why.
+            for a in &p.unenforced_key_attributes {
+                assert!(
+                    p.quirks.iter().any(|q| q.contains(a.as_str())),
+                    "{}: {a} is unenforced without a quirk explaining it",
+                    p.name
+                );
+            }
         }
         let tested: Vec<_> = profiles
             .iter()

@@ -125,7 +125,8 @@ pub(crate) fn read_bool(session: &Session, handle: ObjectHandle, attr: Attribute
         })
 }
 
-/// `CKA_ALLOWED_MECHANISMS`, or `None` when the token does not report it (no restriction).
+/// `CKA_ALLOWED_MECHANISMS`, or `None` when the token does not report it or reports an empty
+/// list (SoftHSM does for keys created without it): no restriction.
 pub(crate) fn read_allowed_mechanisms(
     session: &Session,
     handle: ObjectHandle,
@@ -143,7 +144,7 @@ pub(crate) fn read_allowed_mechanisms(
         .ok()?
         .into_iter()
         .find_map(|a| match a {
-            Attribute::AllowedMechanisms(m) => Some(m),
+            Attribute::AllowedMechanisms(m) if !m.is_empty() => Some(m),
             _ => None,
         })
 }
