@@ -388,3 +388,97 @@ fn aes_management_key_is_detected_and_used() {
     assert_eq!(generated.mgm_key, MgmKeyKind::FromFile);
     assert_eq!(yk::list_keys(&card.uri()).unwrap().len(), 1);
 }
+
+/// Issue 14: the PIN is changed on the card while a run holds an open key (another program, a
+/// swapped card with the same serial). The kept PIN is rejected once; after that neither this
+/// key nor a new key opened with the same PIN presents it again: exactly one retry is spent.
+#[test]
+fn a_pin_changed_mid_run_costs_exactly_one_retry() {
+    let Some(session) = yubikey_common::start(&["5.4.3"]) else {
+        return;
+    };
+    let card = session.card();
+    let pin = session.pin_file("pin", yubikey_common::PIN);
+    let token = format!("{}?pin-source=file:{}", card.uri(), pin.display());
+    yk::generate(&token, &spec(Role::Service, 2048)).unwrap();
+    let key = yk::open_key(&session.key_uri(card, "9d")).unwrap();
+    let public = rsa::RsaPublicKey::from_public_key_der(key.public_key_spki()).unwrap();
+    let block = |secret: &[u8]| {
+        public
+            .encrypt(&mut rand::rngs::OsRng, rsa::Oaep::new::<sha2::Sha256>(), secret)
+            .unwrap()
+    };
+    assert_eq!(key.decrypt_oaep_sha256(&block(b"row 1")).unwrap().0.as_slice(), b"row 1");
+    let before = yk::card_info(&card.uri()).unwrap().pin_retries;
+
+    // Another program changes the PIN, and leaves the card without resetting it (a reset is
+    // seen by the open key as the card having been removed, which stops the run at once).
+    let mut other = yubikey::YubiKey::open_by_serial(yubikey::Serial(card.serial)).unwrap();
+    other
+        .change_pin(yubikey_common::PIN.as_bytes(), b"777777")
+        .unwrap();
+    assert!(other.disconnect(pcsc::Disposition::LeaveCard).is_ok());
+
+    // The next access row: the kept PIN is presented once and rejected.
+    match key.decrypt_oaep_sha256(&block(b"row 2")) {
+        Err(TokenError::WrongPin { .. }) => {}
+        other => panic!("expected WrongPin, got {other:?}"),
+    }
+    assert_eq!(yk::card_info(&card.uri()).unwrap().pin_retries, before - 1);
+    // Every further row is refused by the key without touching the card.
+    for row in [b"row 3", b"row 4", b"row 5"] {
+        match key.decrypt_oaep_sha256(&block(row)) {
+            Err(TokenError::Refused(text)) => assert!(text.contains("no further"), "{text}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    // A new key opened with the same (now wrong) PIN file is refused before the card is asked.
+    match yk::open_key(&session.key_uri(card, "9d")) {
+        Err(e @ TokenError::PinLatched { .. }) => assert!(e.is_fatal()),
+        Err(other) => panic!("expected PinLatched, got {other:?}"),
+        Ok(_) => panic!("expected PinLatched, got a key"),
+    }
+    assert_eq!(
+        yk::card_info(&card.uri()).unwrap().pin_retries,
+        before - 1,
+        "the rejected PIN was presented again"
+    );
+    drop(key);
+    // The new PIN is another PIN: it may be presented, and works.
+    let new_pin = session.pin_file("new-pin", "777777");
+    let uri = format!("{};slot=9d?pin-source=file:{}", card.uri(), new_pin.display());
+    let key = yk::open_key(&uri).unwrap();
+    assert_eq!(key.decrypt_oaep_sha256(&block(b"row 6")).unwrap().0.as_slice(), b"row 6");
+}
+
+/// Issue 14: authority slots default to PIN always + touch always; service slots to PIN once +
+/// touch never. The URI still chooses.
+#[test]
+fn authority_slots_default_to_pin_always_and_touch_always() {
+    use sequester_custody::token::yubikey::uri::{PinPolicyOpt, TouchPolicyOpt};
+    let Some(session) = yubikey_common::start(&["5.4.3"]) else {
+        return;
+    };
+    let card = session.card();
+    let pin = session.pin_file("pin", yubikey_common::PIN);
+    let token = format!("{}?pin-source=file:{}", card.uri(), pin.display());
+    let authority = yk::generate(&token, &spec(Role::Authority, 2048)).unwrap();
+    assert_eq!(authority.pin_policy, PinPolicyOpt::Always);
+    assert_eq!(authority.touch_policy, TouchPolicyOpt::Always);
+    drop(authority);
+    let service = yk::generate(&token, &spec(Role::Service, 2048)).unwrap();
+    assert_eq!(service.pin_policy, PinPolicyOpt::Once);
+    assert_eq!(service.touch_policy, TouchPolicyOpt::Never);
+    drop(service);
+    let cached = format!(
+        "{};slot=82?pin-source=file:{}&touch-policy=cached",
+        card.uri(),
+        pin.display()
+    );
+    let authority = yk::generate(&cached, &spec(Role::Authority, 2048)).unwrap();
+    assert_eq!(authority.pin_policy, PinPolicyOpt::Always);
+    assert_eq!(authority.touch_policy, TouchPolicyOpt::Cached);
+    // The authority key signs (the emulated card has no touch sensor and grants it).
+    let (sig, _) = authority.key.sign_pss_sha256(b"service certificate").unwrap();
+    assert_eq!(sig.len(), 256);
+}
