@@ -471,7 +471,7 @@ fn authority_slots_default_to_pin_always_and_touch_always() {
     assert_eq!(service.touch_policy, TouchPolicyOpt::Never);
     drop(service);
     let cached = format!(
-        "{};slot=82?pin-source=file:{}&touch-policy=cached",
+        "{};slot=9a?pin-source=file:{}&touch-policy=cached",
         card.uri(),
         pin.display()
     );
@@ -481,4 +481,64 @@ fn authority_slots_default_to_pin_always_and_touch_always() {
     // The authority key signs (the emulated card has no touch sensor and grants it).
     let (sig, _) = authority.key.sign_pss_sha256(b"service certificate").unwrap();
     assert_eq!(sig.len(), 256);
+}
+
+/// Issue 14: whoever holds the management key can rewrite a slot certificate, which records the
+/// role. In 9c/9d the slot decides: a 9d certificate rewritten to claim the authority role is
+/// refused, and generation never puts a key of the other role there.
+#[test]
+fn a_rewritten_slot_certificate_cannot_change_the_role() {
+    use std::str::FromStr;
+    use yubikey::certificate::yubikey_signer::{Rsa2048, YubiRsa};
+    let Some(session) = yubikey_common::start(&["5.4.3"]) else {
+        return;
+    };
+    let card = session.card();
+    let pin = session.pin_file("pin", yubikey_common::PIN);
+    let token = format!("{}?pin-source=file:{}", card.uri(), pin.display());
+    let service = yk::generate(&token, &spec(Role::Service, 2048)).unwrap();
+    let spki = service.key.public_key_spki().to_vec();
+    drop(service);
+
+    // Generation refuses the other role in 9c/9d.
+    let in_9d = format!("{};slot=9d?pin-source=file:{}", card.uri(), pin.display());
+    match yk::generate(&in_9d, &spec(Role::Authority, 2048)) {
+        Err(TokenError::Refused(msg)) => assert!(msg.contains("holds the service key"), "{msg}"),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+
+    // The management key holder rewrites the 9d certificate to claim the authority role.
+    {
+        let mut yk = yubikey::YubiKey::open_by_serial(yubikey::Serial(card.serial)).unwrap();
+        yk.authenticate(yubikey::MgmKey::default()).unwrap();
+        yk.verify_pin(yubikey_common::PIN.as_bytes()).unwrap();
+        let name = x509_cert::name::Name::from_str(
+            "CN=Parsec sequester authority key,O=sequester-custody",
+        )
+        .unwrap();
+        let spki =
+            <x509_cert::spki::SubjectPublicKeyInfoOwned as der::Decode>::from_der(&spki).unwrap();
+        yubikey::Certificate::generate_self_signed::<_, YubiRsa<Rsa2048>>(
+            &mut yk,
+            yubikey::piv::SlotId::KeyManagement,
+            x509_cert::serial_number::SerialNumber::new(&[0x42]).unwrap(),
+            x509_cert::time::Validity::from_now(std::time::Duration::from_secs(86_400)).unwrap(),
+            name,
+            spki,
+            |_| Ok(()),
+        )
+        .unwrap();
+        assert!(yk.disconnect(pcsc::Disposition::LeaveCard).is_ok());
+    }
+    match yk::open_key(&session.key_uri(card, "9d")) {
+        Err(TokenError::Refused(msg)) => {
+            assert!(msg.contains("claims the authority role"), "{msg}")
+        }
+        Err(other) => panic!("expected a refusal, got {other:?}"),
+        Ok(_) => panic!("a rewritten certificate turned the service key into an authority key"),
+    }
+    // The listing shows the key without a role.
+    let listed = yk::list_keys(&card.uri()).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].role, None);
 }

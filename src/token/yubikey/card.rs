@@ -356,3 +356,29 @@ pub fn read_slot_public_key(
     }
     Ok(None)
 }
+
+/// What GET METADATA (firmware 5.3+) says about a slot's key: facts the management key cannot
+/// rewrite, unlike the slot certificate.
+#[derive(Debug, Clone, Default)]
+pub struct SlotMetadata {
+    /// The key's SubjectPublicKeyInfo DER.
+    pub spki: Option<Vec<u8>>,
+    /// `Some(true)` generated on the card, `Some(false)` imported.
+    pub generated: Option<bool>,
+    /// PIN and touch policy, as the card reports them.
+    pub policies: Option<String>,
+}
+
+/// The slot's key metadata, or `None` when the card does not answer GET METADATA for it
+/// (firmware before 5.3, or the emulated card of the tests).
+pub fn slot_metadata(card: &mut Card, slot: piv::SlotId) -> Option<SlotMetadata> {
+    use der::Encode;
+    let meta = piv::metadata(&mut card.yk, slot).ok()?;
+    Some(SlotMetadata {
+        spki: meta.public.and_then(|p| p.to_der().ok()),
+        generated: meta.origin.map(|o| matches!(o, piv::Origin::Generated)),
+        policies: meta
+            .policy
+            .map(|(pin, touch)| format!("PIN policy {pin:?}, touch policy {touch:?}")),
+    })
+}
