@@ -246,7 +246,14 @@ fn softhsm_native_oaep_refusal_falls_back_to_raw() {
     };
     let pem = hsm.dir.path().join("svc.pem");
     let out = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
         .arg(&pem)
         .output()
         .unwrap();

@@ -79,7 +79,11 @@ fn check_hardened(v: &serde_json::Value, role: &str, token: &str) {
         ("service", "softhsm2") => "CKM_RSA_X_509",
         _ => "CKM_RSA_PKCS_OAEP",
     };
-    assert_eq!(p["allowed_mechanisms"], serde_json::json!([expected]), "{p}");
+    assert_eq!(
+        p["allowed_mechanisms"],
+        serde_json::json!([expected]),
+        "{p}"
+    );
 }
 
 #[test]
@@ -310,7 +314,10 @@ fn attack_keys() {
             );
         }
         assert!(session
-            .get_attributes(key, &[AttributeType::PrivateExponent, AttributeType::Prime1])
+            .get_attributes(
+                key,
+                &[AttributeType::PrivateExponent, AttributeType::Prime1]
+            )
             .unwrap()
             .is_empty());
 
@@ -449,7 +456,15 @@ fn secret_files_readable_by_others_are_refused() {
     // The passphrase file of `key import` (an encrypted PKCS#8 key).
     let encrypted = hsm.dir.path().join("enc.pem");
     let out = std::process::Command::new("openssl")
-        .args(["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-passout", "pass:correct horse", "-in"])
+        .args([
+            "pkcs8",
+            "-topk8",
+            "-v2",
+            "aes-256-cbc",
+            "-passout",
+            "pass:correct horse",
+            "-in",
+        ])
         .arg(fixture(
             "sequester_service_1.00000000000000000000000000000001.private.pem",
         ))

@@ -173,7 +173,9 @@ fn a_genuine_chain_is_attested_and_its_extensions_read() {
     );
 
     assert!(!report.root_shipped);
-    assert!(report.summary().contains("root named with --attestation-root"));
+    assert!(report
+        .summary()
+        .contains("root named with --attestation-root"));
 
     // Without the operator's root the chain ends at a CA that is neither shipped nor named:
     // the card's signature is not enough for "generated on this card".
@@ -198,8 +200,7 @@ fn the_shipped_yubico_cas_are_the_published_ones_and_chain_to_their_roots() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/yubikey.md"),
     )
     .unwrap();
-    for (block, (name, fingerprint)) in blocks.iter().zip(attestation::YUBICO_PIV_CA_FINGERPRINTS)
-    {
+    for (block, (name, fingerprint)) in blocks.iter().zip(attestation::YUBICO_PIV_CA_FINGERPRINTS) {
         let cert = <x509_cert::Certificate as der::Decode>::from_der(block.contents()).unwrap();
         assert!(
             cert.tbs_certificate.subject.to_string().ends_with(name),

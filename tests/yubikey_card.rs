@@ -405,10 +405,20 @@ fn a_pin_changed_mid_run_costs_exactly_one_retry() {
     let public = rsa::RsaPublicKey::from_public_key_der(key.public_key_spki()).unwrap();
     let block = |secret: &[u8]| {
         public
-            .encrypt(&mut rand::rngs::OsRng, rsa::Oaep::new::<sha2::Sha256>(), secret)
+            .encrypt(
+                &mut rand::rngs::OsRng,
+                rsa::Oaep::new::<sha2::Sha256>(),
+                secret,
+            )
             .unwrap()
     };
-    assert_eq!(key.decrypt_oaep_sha256(&block(b"row 1")).unwrap().0.as_slice(), b"row 1");
+    assert_eq!(
+        key.decrypt_oaep_sha256(&block(b"row 1"))
+            .unwrap()
+            .0
+            .as_slice(),
+        b"row 1"
+    );
     let before = yk::card_info(&card.uri()).unwrap().pin_retries;
 
     // Another program changes the PIN, and leaves the card without resetting it (a reset is
@@ -446,9 +456,19 @@ fn a_pin_changed_mid_run_costs_exactly_one_retry() {
     drop(key);
     // The new PIN is another PIN: it may be presented, and works.
     let new_pin = session.pin_file("new-pin", "777777");
-    let uri = format!("{};slot=9d?pin-source=file:{}", card.uri(), new_pin.display());
+    let uri = format!(
+        "{};slot=9d?pin-source=file:{}",
+        card.uri(),
+        new_pin.display()
+    );
     let key = yk::open_key(&uri).unwrap();
-    assert_eq!(key.decrypt_oaep_sha256(&block(b"row 6")).unwrap().0.as_slice(), b"row 6");
+    assert_eq!(
+        key.decrypt_oaep_sha256(&block(b"row 6"))
+            .unwrap()
+            .0
+            .as_slice(),
+        b"row 6"
+    );
 }
 
 /// Issue 14: authority slots default to PIN always + touch always; service slots to PIN once +
@@ -479,7 +499,10 @@ fn authority_slots_default_to_pin_always_and_touch_always() {
     assert_eq!(authority.pin_policy, PinPolicyOpt::Always);
     assert_eq!(authority.touch_policy, TouchPolicyOpt::Cached);
     // The authority key signs (the emulated card has no touch sensor and grants it).
-    let (sig, _) = authority.key.sign_pss_sha256(b"service certificate").unwrap();
+    let (sig, _) = authority
+        .key
+        .sign_pss_sha256(b"service certificate")
+        .unwrap();
     assert_eq!(sig.len(), 256);
 }
 

@@ -276,9 +276,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pin");
         std::fs::write(&p, "123456\n").unwrap();
-        for (mode, who) in [(0o644, "every user"), (0o640, "its group"), (0o604, "every user")] {
+        for (mode, who) in [
+            (0o644, "every user"),
+            (0o640, "its group"),
+            (0o604, "every user"),
+        ] {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-            let err = read_pin_file(&p.display().to_string()).unwrap_err().to_string();
+            let err = read_pin_file(&p.display().to_string())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(&format!("mode {mode:04o}")), "{err}");
             assert!(err.contains(who), "{err}");
             assert!(err.contains("chmod 600"), "{err}");

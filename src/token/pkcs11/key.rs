@@ -95,7 +95,11 @@ fn is_mechanism_refusal(err: &CkError) -> bool {
     )
 }
 
-pub(crate) fn read_bool(session: &Session, handle: ObjectHandle, attr: AttributeType) -> Option<bool> {
+pub(crate) fn read_bool(
+    session: &Session,
+    handle: ObjectHandle,
+    attr: AttributeType,
+) -> Option<bool> {
     // Ask for the size first: get_attributes() silently drops attributes the token refuses.
     match session.get_attribute_info(handle, &[attr]).ok()?.first()? {
         AttributeInfo::Available(_) => {}
@@ -871,5 +875,4 @@ impl Pkcs11Key {
             last_refusal.map(|e| e.to_string()).unwrap_or_default()
         )))
     }
-
 }

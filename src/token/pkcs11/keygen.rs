@@ -205,7 +205,10 @@ fn bool_name(b: bool) -> &'static str {
 }
 
 fn names(m: &[MechanismType]) -> String {
-    m.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",")
+    m.iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// After creation: refuses (deleting the new private and public objects) a key whose

@@ -113,8 +113,12 @@ fn login(
     let (pin, _origin) = resolve_pin(pin_source, &token.description.label)?;
     refuse_if_rejected(&latch_id(token), Some(&pin), &token.description.label)?;
     let auth = AuthPin::new(pin.as_str().into());
-    login_result(token, Some(&pin), session.login(UserType::User, Some(&auth)))
-        .map(|()| Some(pin))
+    login_result(
+        token,
+        Some(&pin),
+        session.login(UserType::User, Some(&auth)),
+    )
+    .map(|()| Some(pin))
 }
 
 /// `C_Login(CKU_CONTEXT_SPECIFIC)`: the per-operation authentication a key with
