@@ -151,7 +151,7 @@ fn pin_from_file_source_and_pin_value_refused() {
     for t in TestToken::both("pins") {
         generate(&t, "authority", "auth");
         let pin_file = t.dir().join("pin.txt");
-        std::fs::write(&pin_file, format!("{}\n", t.user_pin())).unwrap();
+        write_secret_file(&pin_file, &format!("{}\n", t.user_pin()));
         let env: Vec<_> = t
             .env()
             .into_iter()
@@ -165,7 +165,7 @@ fn pin_from_file_source_and_pin_value_refused() {
         let out = run_cli(&["key", "test", &uri], &env);
         assert!(out.status.success(), "{}: {}", t.name(), stderr(&out));
         // A wrong PIN in the file: same clear error.
-        std::fs::write(&pin_file, "00000000\n").unwrap();
+        write_secret_file(&pin_file, "00000000\n");
         let out = run_cli(&["key", "test", &uri], &env);
         assert_clean_failure(&out, "wrong PIN");
         // A missing PIN file.

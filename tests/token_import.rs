@@ -118,7 +118,7 @@ fn import_openssl_aes256_key_with_passphrase() {
 
         // Passphrase from a file, as an authority key.
         let pass_file = t.dir().join("pass.txt");
-        std::fs::write(&pass_file, "correct horse\n").unwrap();
+        write_secret_file(&pass_file, "correct horse\n");
         let out = import(
             &t,
             &key,

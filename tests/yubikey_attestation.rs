@@ -172,13 +172,68 @@ fn a_genuine_chain_is_attested_and_its_extensions_read() {
         report.summary()
     );
 
-    // Without a root the device signature still counts, but the summary says what is missing.
-    let report = attestation::verify(&c.slot, &c.device, None, &expected(&c.slot_spki)).unwrap();
-    assert!(report.generated_on_device);
-    assert_eq!(report.chains_to_root, None);
+    assert!(!report.root_shipped);
     assert!(report
         .summary()
-        .contains("NOT checked against a Yubico root"));
+        .contains("root named with --attestation-root"));
+
+    // Without the operator's root the chain ends at a CA that is neither shipped nor named:
+    // the card's signature is not enough for "generated on this card".
+    let report = attestation::verify(&c.slot, &c.device, None, &expected(&c.slot_spki)).unwrap();
+    assert!(!report.generated_on_device);
+    assert!(report.signed_by_device_key);
+    assert_eq!(report.chains_to_root, Some(false));
+    assert!(
+        report.summary().starts_with("NOT anchored"),
+        "{}",
+        report.summary()
+    );
+    assert!(report.summary().contains("--attestation-root"));
+}
+
+#[test]
+fn the_shipped_yubico_cas_are_the_published_ones_and_chain_to_their_roots() {
+    // Every certificate of the shipped file matches its pinned fingerprint (docs/yubikey.md).
+    let blocks = pem::parse_many(attestation::YUBICO_PIV_CAS_PEM).unwrap();
+    assert_eq!(blocks.len(), attestation::YUBICO_PIV_CA_FINGERPRINTS.len());
+    let docs = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/yubikey.md"),
+    )
+    .unwrap();
+    for (block, (name, fingerprint)) in blocks.iter().zip(attestation::YUBICO_PIV_CA_FINGERPRINTS) {
+        let cert = <x509_cert::Certificate as der::Decode>::from_der(block.contents()).unwrap();
+        assert!(
+            cert.tbs_certificate.subject.to_string().ends_with(name),
+            "{name}"
+        );
+        assert_eq!(
+            sequester_custody::crypto::sha256_hex(block.contents()),
+            fingerprint,
+            "{name}"
+        );
+        assert!(
+            docs.to_ascii_lowercase().contains(fingerprint),
+            "docs/yubikey.md does not give the fingerprint of {name}"
+        );
+    }
+    assert_eq!(attestation::shipped_yubico_cas().len(), blocks.len());
+    // The PIV intermediates of firmware 5.7.4+ chain (signatures checked) to Attestation Root 1;
+    // the legacy root is self-signed.
+    for (i, root) in [
+        (4, "CN=Yubico Attestation Root 1"),
+        (5, "CN=Yubico Attestation Root 1"),
+        (0, "CN=Yubico PIV Root CA Serial 263751"),
+    ] {
+        assert_eq!(
+            attestation::shipped_anchor_of(blocks[i].contents()).unwrap(),
+            root
+        );
+    }
+    // A certificate from elsewhere is not anchored.
+    let c = chain();
+    assert!(attestation::shipped_anchor_of(&c.intermediate)
+        .unwrap_err()
+        .contains("not anchored"));
 }
 
 #[test]
@@ -188,7 +243,12 @@ fn each_broken_link_is_named() {
     let check = |slot: &[u8], device: &[u8], roots: Option<&[Vec<u8>]>, exp: &Expected<'_>| {
         let report = attestation::verify(slot, device, roots, exp).unwrap();
         assert!(!report.generated_on_device);
-        assert!(report.summary().starts_with("NOT attested"));
+        assert!(
+            report.summary().starts_with("NOT attested")
+                || report.summary().starts_with("NOT anchored"),
+            "{}",
+            report.summary()
+        );
         report.problems.join("; ")
     };
 

@@ -16,6 +16,7 @@ fn spec(role: Role, bits: usize) -> KeySpec {
         label: format!("test {role}"),
         bits,
         allow_insecure_test_size: false,
+        always_authenticate: false,
     }
 }
 
@@ -386,4 +387,181 @@ fn aes_management_key_is_detected_and_used() {
     .unwrap();
     assert_eq!(generated.mgm_key, MgmKeyKind::FromFile);
     assert_eq!(yk::list_keys(&card.uri()).unwrap().len(), 1);
+}
+
+/// Issue 14: the PIN is changed on the card while a run holds an open key (another program, a
+/// swapped card with the same serial). The kept PIN is rejected once; after that neither this
+/// key nor a new key opened with the same PIN presents it again: exactly one retry is spent.
+#[test]
+fn a_pin_changed_mid_run_costs_exactly_one_retry() {
+    let Some(session) = yubikey_common::start(&["5.4.3"]) else {
+        return;
+    };
+    let card = session.card();
+    let pin = session.pin_file("pin", yubikey_common::PIN);
+    let token = format!("{}?pin-source=file:{}", card.uri(), pin.display());
+    yk::generate(&token, &spec(Role::Service, 2048)).unwrap();
+    let key = yk::open_key(&session.key_uri(card, "9d")).unwrap();
+    let public = rsa::RsaPublicKey::from_public_key_der(key.public_key_spki()).unwrap();
+    let block = |secret: &[u8]| {
+        public
+            .encrypt(
+                &mut rand::rngs::OsRng,
+                rsa::Oaep::new::<sha2::Sha256>(),
+                secret,
+            )
+            .unwrap()
+    };
+    assert_eq!(
+        key.decrypt_oaep_sha256(&block(b"row 1"))
+            .unwrap()
+            .0
+            .as_slice(),
+        b"row 1"
+    );
+    let before = yk::card_info(&card.uri()).unwrap().pin_retries;
+
+    // Another program changes the PIN, and leaves the card without resetting it (a reset is
+    // seen by the open key as the card having been removed, which stops the run at once).
+    let mut other = yubikey::YubiKey::open_by_serial(yubikey::Serial(card.serial)).unwrap();
+    other
+        .change_pin(yubikey_common::PIN.as_bytes(), b"777777")
+        .unwrap();
+    assert!(other.disconnect(pcsc::Disposition::LeaveCard).is_ok());
+
+    // The next access row: the kept PIN is presented once and rejected.
+    match key.decrypt_oaep_sha256(&block(b"row 2")) {
+        Err(TokenError::WrongPin { .. }) => {}
+        other => panic!("expected WrongPin, got {other:?}"),
+    }
+    assert_eq!(yk::card_info(&card.uri()).unwrap().pin_retries, before - 1);
+    // Every further row is refused by the key without touching the card.
+    for row in [b"row 3", b"row 4", b"row 5"] {
+        match key.decrypt_oaep_sha256(&block(row)) {
+            Err(TokenError::Refused(text)) => assert!(text.contains("no further"), "{text}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    // A new key opened with the same (now wrong) PIN file is refused before the card is asked.
+    match yk::open_key(&session.key_uri(card, "9d")) {
+        Err(e @ TokenError::PinLatched { .. }) => assert!(e.is_fatal()),
+        Err(other) => panic!("expected PinLatched, got {other:?}"),
+        Ok(_) => panic!("expected PinLatched, got a key"),
+    }
+    assert_eq!(
+        yk::card_info(&card.uri()).unwrap().pin_retries,
+        before - 1,
+        "the rejected PIN was presented again"
+    );
+    drop(key);
+    // The new PIN is another PIN: it may be presented, and works.
+    let new_pin = session.pin_file("new-pin", "777777");
+    let uri = format!(
+        "{};slot=9d?pin-source=file:{}",
+        card.uri(),
+        new_pin.display()
+    );
+    let key = yk::open_key(&uri).unwrap();
+    assert_eq!(
+        key.decrypt_oaep_sha256(&block(b"row 6"))
+            .unwrap()
+            .0
+            .as_slice(),
+        b"row 6"
+    );
+}
+
+/// Issue 14: authority slots default to PIN always + touch always; service slots to PIN once +
+/// touch never. The URI still chooses.
+#[test]
+fn authority_slots_default_to_pin_always_and_touch_always() {
+    use sequester_custody::token::yubikey::uri::{PinPolicyOpt, TouchPolicyOpt};
+    let Some(session) = yubikey_common::start(&["5.4.3"]) else {
+        return;
+    };
+    let card = session.card();
+    let pin = session.pin_file("pin", yubikey_common::PIN);
+    let token = format!("{}?pin-source=file:{}", card.uri(), pin.display());
+    let authority = yk::generate(&token, &spec(Role::Authority, 2048)).unwrap();
+    assert_eq!(authority.pin_policy, PinPolicyOpt::Always);
+    assert_eq!(authority.touch_policy, TouchPolicyOpt::Always);
+    drop(authority);
+    let service = yk::generate(&token, &spec(Role::Service, 2048)).unwrap();
+    assert_eq!(service.pin_policy, PinPolicyOpt::Once);
+    assert_eq!(service.touch_policy, TouchPolicyOpt::Never);
+    drop(service);
+    let cached = format!(
+        "{};slot=9a?pin-source=file:{}&touch-policy=cached",
+        card.uri(),
+        pin.display()
+    );
+    let authority = yk::generate(&cached, &spec(Role::Authority, 2048)).unwrap();
+    assert_eq!(authority.pin_policy, PinPolicyOpt::Always);
+    assert_eq!(authority.touch_policy, TouchPolicyOpt::Cached);
+    // The authority key signs (the emulated card has no touch sensor and grants it).
+    let (sig, _) = authority
+        .key
+        .sign_pss_sha256(b"service certificate")
+        .unwrap();
+    assert_eq!(sig.len(), 256);
+}
+
+/// Issue 14: whoever holds the management key can rewrite a slot certificate, which records the
+/// role. In 9c/9d the slot decides: a 9d certificate rewritten to claim the authority role is
+/// refused, and generation never puts a key of the other role there.
+#[test]
+fn a_rewritten_slot_certificate_cannot_change_the_role() {
+    use std::str::FromStr;
+    use yubikey::certificate::yubikey_signer::{Rsa2048, YubiRsa};
+    let Some(session) = yubikey_common::start(&["5.4.3"]) else {
+        return;
+    };
+    let card = session.card();
+    let pin = session.pin_file("pin", yubikey_common::PIN);
+    let token = format!("{}?pin-source=file:{}", card.uri(), pin.display());
+    let service = yk::generate(&token, &spec(Role::Service, 2048)).unwrap();
+    let spki = service.key.public_key_spki().to_vec();
+    drop(service);
+
+    // Generation refuses the other role in 9c/9d.
+    let in_9d = format!("{};slot=9d?pin-source=file:{}", card.uri(), pin.display());
+    match yk::generate(&in_9d, &spec(Role::Authority, 2048)) {
+        Err(TokenError::Refused(msg)) => assert!(msg.contains("holds the service key"), "{msg}"),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+
+    // The management key holder rewrites the 9d certificate to claim the authority role.
+    {
+        let mut yk = yubikey::YubiKey::open_by_serial(yubikey::Serial(card.serial)).unwrap();
+        yk.authenticate(yubikey::MgmKey::default()).unwrap();
+        yk.verify_pin(yubikey_common::PIN.as_bytes()).unwrap();
+        let name = x509_cert::name::Name::from_str(
+            "CN=Parsec sequester authority key,O=sequester-custody",
+        )
+        .unwrap();
+        let spki =
+            <x509_cert::spki::SubjectPublicKeyInfoOwned as der::Decode>::from_der(&spki).unwrap();
+        yubikey::Certificate::generate_self_signed::<_, YubiRsa<Rsa2048>>(
+            &mut yk,
+            yubikey::piv::SlotId::KeyManagement,
+            x509_cert::serial_number::SerialNumber::new(&[0x42]).unwrap(),
+            x509_cert::time::Validity::from_now(std::time::Duration::from_secs(86_400)).unwrap(),
+            name,
+            spki,
+            |_| Ok(()),
+        )
+        .unwrap();
+        assert!(yk.disconnect(pcsc::Disposition::LeaveCard).is_ok());
+    }
+    match yk::open_key(&session.key_uri(card, "9d")) {
+        Err(TokenError::Refused(msg)) => {
+            assert!(msg.contains("claims the authority role"), "{msg}")
+        }
+        Err(other) => panic!("expected a refusal, got {other:?}"),
+        Ok(_) => panic!("a rewritten certificate turned the service key into an authority key"),
+    }
+    // The listing shows the key without a role.
+    let listed = yk::list_keys(&card.uri()).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].role, None);
 }

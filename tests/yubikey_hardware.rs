@@ -37,6 +37,7 @@ fn spec(role: Role) -> KeySpec {
         label: "hardware test".into(),
         bits: 2048,
         allow_insecure_test_size: false,
+        always_authenticate: false,
     }
 }
 

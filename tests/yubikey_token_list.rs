@@ -39,6 +39,7 @@ fn token_list_and_info_show_yubikeys_with_serial_firmware_reader_and_pin_retries
         label: "service".into(),
         bits: 2048,
         allow_insecure_test_size: false,
+        always_authenticate: false,
     };
     match yk::generate(&wrong_uri, &spec) {
         Err(TokenError::WrongPin { .. }) => {}

@@ -204,6 +204,7 @@ impl KeyProvider for TokenProvider {
                 label: label.to_string(),
                 bits,
                 allow_insecure_test_size: false,
+                always_authenticate: false,
             },
         )
     }

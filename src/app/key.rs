@@ -44,6 +44,10 @@ pub enum KeyCommand {
         /// TEST TOKENS ONLY: allow keys smaller than 2048 bits.
         #[arg(long)]
         allow_insecure_test_size: bool,
+        /// PKCS#11 authority keys: set CKA_ALWAYS_AUTHENTICATE (the PIN is presented again,
+        /// as a context-specific login, before every signature).
+        #[arg(long)]
+        always_authenticate: bool,
         #[command(flatten)]
         ceremony: CeremonyArgs,
     },
@@ -88,6 +92,10 @@ pub enum KeyCommand {
         /// TEST TOKENS ONLY: allow keys smaller than 2048 bits (e.g. Parsec's fixture keys).
         #[arg(long)]
         allow_insecure_test_size: bool,
+        /// PKCS#11 authority keys: set CKA_ALWAYS_AUTHENTICATE (the PIN is presented again,
+        /// as a context-specific login, before every signature).
+        #[arg(long)]
+        always_authenticate: bool,
         #[command(flatten)]
         ceremony: CeremonyArgs,
     },
@@ -161,7 +169,7 @@ fn print_any_key(
         println!("{}", serde_json::to_string_pretty(&shown)?);
         return Ok(ExitCode::SUCCESS);
     }
-    print_key_text(&info, &key.token(), negotiated.as_ref(), global);
+    print_key_text(&info, &key.token(), negotiated.as_ref());
     println!("{pem}");
     if let Some(path) = public_out {
         println!("public key written to {}", path.display());
@@ -169,11 +177,28 @@ fn print_any_key(
     Ok(ExitCode::SUCCESS)
 }
 
+/// One line: hardened, or UNSAFE and refused.
+pub(super) fn custody_verdict(p: &crate::token::Provenance) -> String {
+    if p.weaknesses.is_empty() {
+        "hardened: not extractable, not modifiable, no sign-recover".into()
+    } else if token::unsafe_keys_allowed() {
+        format!(
+            "UNSAFE ({} problem(s)) — used only because {}=1 (test tokens)",
+            p.weaknesses.len(),
+            token::ALLOW_UNSAFE_KEYS_ENV
+        )
+    } else {
+        format!(
+            "UNSAFE ({} problem(s)) — refused for signing and decryption",
+            p.weaknesses.len()
+        )
+    }
+}
+
 fn print_key_text(
     info: &KeyInfo,
     token: &crate::token::TokenDescription,
     negotiated: Option<&crate::token::pkcs11::Negotiated>,
-    global: &GlobalOpts,
 ) {
     println!("key:         {}", info.label);
     println!("uri:         {}", info.uri);
@@ -192,10 +217,14 @@ fn print_key_text(
     );
     println!("fingerprint: SHA256:{}", info.fingerprint);
     println!("provenance:  {}", info.provenance.verdict);
-    if global.verbose > 0 {
-        for e in &info.provenance.evidence {
-            println!("             {e}");
-        }
+    println!("custody:     {}", custody_verdict(&info.provenance));
+    for w in &info.provenance.weaknesses {
+        println!("             UNSAFE: {w}");
+    }
+    // Every attribute behind the verdicts (PKCS#11: one CKA_* per line).
+    for (i, e) in info.provenance.evidence.iter().enumerate() {
+        let head = if i == 0 { "attributes:" } else { "" };
+        println!("{head:<12} {e}");
     }
     if let Some(n) = negotiated {
         if info.can_decrypt {
@@ -209,6 +238,7 @@ fn print_key_text(
 
 fn read_passphrase(file: Option<&Path>) -> Result<Zeroizing<String>, TokenError> {
     if let Some(file) = file {
+        token::pin::check_secret_file_mode(file, "passphrase file")?;
         let text = Zeroizing::new(std::fs::read_to_string(file).map_err(|e| {
             TokenError::PinSource(format!(
                 "cannot read passphrase file {}: {e}",
@@ -218,10 +248,8 @@ fn read_passphrase(file: Option<&Path>) -> Result<Zeroizing<String>, TokenError>
         let line = text.lines().next().unwrap_or("");
         return Ok(Zeroizing::new(line.to_string()));
     }
-    if let Some(p) = std::env::var_os(KEY_PASSPHRASE_ENV) {
-        return p.into_string().map(Zeroizing::new).map_err(|_| {
-            TokenError::PinSource(format!("{KEY_PASSPHRASE_ENV} is not valid UTF-8"))
-        });
+    if let Some(p) = token::pin::take_environment_secret(KEY_PASSPHRASE_ENV)? {
+        return Ok(p);
     }
     rpassword::prompt_password("Passphrase of the key file: ")
         .map(Zeroizing::new)
@@ -245,6 +273,7 @@ pub fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
             token_uri,
             public_out,
             allow_insecure_test_size,
+            always_authenticate,
             ceremony,
         } => {
             let (code, _head) = recorded("key generate", &ceremony, global, |rec| {
@@ -253,6 +282,7 @@ pub fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
                     label,
                     bits,
                     allow_insecure_test_size,
+                    always_authenticate,
                 };
                 let code = generate(rec, &spec, &token_uri, public_out.as_deref(), global)?;
                 if let Some(p) = &public_out {
@@ -282,6 +312,9 @@ pub fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
                     k.fingerprint,
                     k.provenance.verdict
                 );
+                if !k.provenance.weaknesses.is_empty() {
+                    println!("  UNSAFE: {}", k.provenance.weaknesses.join("; "));
+                }
                 println!("  {}", k.uri);
             }
             Ok(ExitCode::SUCCESS)
@@ -315,6 +348,7 @@ pub fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
             passphrase_file,
             public_out,
             allow_insecure_test_size,
+            always_authenticate,
             ceremony,
         } => {
             let (code, _head) = recorded("key import", &ceremony, global, |rec| {
@@ -323,6 +357,7 @@ pub fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
                     label,
                     bits: 0,
                     allow_insecure_test_size,
+                    always_authenticate,
                 };
                 let code = import(
                     rec,

@@ -112,9 +112,34 @@ pub struct Provenance {
     pub always_sensitive: Option<bool>,
     pub extractable: Option<bool>,
     pub sensitive: Option<bool>,
+    /// `CKA_MODIFIABLE`: TRUE lets a PIN holder rewrite the usage flags (PKCS#11 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub modifiable: Option<bool>,
+    /// `CKA_COPYABLE` (PKCS#11 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copyable: Option<bool>,
+    /// `CKA_SIGN_RECOVER`: TRUE exposes the raw RSA private operation (PKCS#11 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sign_recover: Option<bool>,
+    /// `CKA_ALLOWED_MECHANISMS` as mechanism names; `None` = not reported (no restriction).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_mechanisms: Option<Vec<String>>,
+    /// Why the key is unsafe to use (extractable, modifiable, sign-recover-capable). A key with
+    /// any is refused for signing and decryption (see [`ALLOW_UNSAFE_KEYS_ENV`]).
+    pub weaknesses: Vec<String>,
     pub verdict: ProvenanceVerdict,
     /// Backend-specific evidence, e.g. "YubiKey attestation verified to f9 certificate".
     pub evidence: Vec<String>,
+}
+
+/// TEST TOKENS ONLY: set to `1` to use keys whose attributes make them unsafe (extractable,
+/// modifiable, sign-recover-capable), e.g. keys imported with `softhsm2-util`. Without it such
+/// keys are refused for signing and decryption.
+pub const ALLOW_UNSAFE_KEYS_ENV: &str = "SEQUESTER_CUSTODY_TEST_ALLOW_UNSAFE_KEYS";
+
+/// True when [`ALLOW_UNSAFE_KEYS_ENV`] is `1`.
+pub fn unsafe_keys_allowed() -> bool {
+    std::env::var_os(ALLOW_UNSAFE_KEYS_ENV).is_some_and(|v| v == "1")
 }
 
 /// Who made and holds the token: recorded in ceremony transcripts and custody records.
@@ -196,6 +221,12 @@ pub enum TokenError {
     WrongPin { token: String, state: String },
     #[error("PIN of token `{token}` is locked")]
     PinLocked { token: String },
+    /// A PIN was rejected by this token earlier in this process: it is not presented again.
+    #[error(
+        "token `{token}` rejected a PIN earlier in this run; no PIN is presented to it again \
+         (run the command again with the right PIN)"
+    )]
+    PinLatched { token: String },
     #[error("cannot read the PIN: {0}")]
     PinSource(String),
     #[error("the key cannot {operation}: {reason}")]
@@ -215,6 +246,25 @@ pub enum TokenError {
         operation: String,
         reason: String,
     },
+}
+
+impl TokenError {
+    /// True for errors after which no further operation on the token may be attempted in this
+    /// run (a rejected or blocked PIN, a removed token, a key refused for custody reasons):
+    /// a loop over access rows must stop instead of trying the next row.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            TokenError::WrongPin { .. }
+                | TokenError::PinLocked { .. }
+                | TokenError::PinLatched { .. }
+                | TokenError::PinSource(_)
+                | TokenError::TokenRemoved(_)
+                | TokenError::NotPermitted { .. }
+                | TokenError::UnsupportedKey(_)
+                | TokenError::Backend { .. }
+        )
+    }
 }
 
 /// Opens the private key a URI designates: `pkcs11:` (RFC 7512) goes to the PKCS#11 backend,
@@ -244,6 +294,9 @@ pub struct KeySpec {
     pub bits: usize,
     /// Allows keys below 2048 bits: for test tokens and the published 1024-bit fixture keys only.
     pub allow_insecure_test_size: bool,
+    /// PKCS#11: create the private key with `CKA_ALWAYS_AUTHENTICATE` (a context-specific
+    /// login before every operation). Meant for authority keys.
+    pub always_authenticate: bool,
 }
 
 /// Default modulus size for generated keys.

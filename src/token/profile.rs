@@ -75,6 +75,11 @@ pub struct Profile {
     pub quirks: Vec<String>,
     #[serde(default)]
     pub mechanisms: MechanismPreferences,
+    /// Key attributes (e.g. `CKA_SIGN_RECOVER`) this product refuses in a template or cannot
+    /// enforce: left out of the templates and not held against its keys. Each needs a quirk
+    /// line saying why.
+    #[serde(default)]
+    pub unenforced_key_attributes: Vec<String>,
     /// Largest RSA modulus the product generates, when the vendor documents it.
     #[serde(default)]
     pub max_rsa_bits: Option<usize>,
@@ -198,6 +203,14 @@ mod tests {
                 assert!(
                     p.status.to_lowercase().contains("untested"),
                     "{}: untested profiles must say so",
+                    p.name
+                );
+            }
+            // An attribute left out of the hardening needs a quirk saying why.
+            for a in &p.unenforced_key_attributes {
+                assert!(
+                    p.quirks.iter().any(|q| q.contains(a.as_str())),
+                    "{}: {a} is unenforced without a quirk explaining it",
                     p.name
                 );
             }

@@ -90,6 +90,74 @@ fn role_from_subject(subject: Option<&str>, slot: u8) -> Option<Role> {
     }
 }
 
+/// The role of the key in `slot`. In 9c (PIV digital signature) and 9d (key management) the slot
+/// decides: a certificate claiming the other role (whoever holds the management key can rewrite
+/// it) is refused. Elsewhere the certificate written at generation decides.
+fn checked_role(subject: Option<&str>, slot: u8, serial: u32) -> Result<Option<Role>, TokenError> {
+    let claimed = role_from_subject(subject, slot);
+    match (slot, claimed) {
+        (0x9c, Some(Role::Service)) | (0x9d, Some(Role::Authority)) => {
+            Err(TokenError::Refused(format!(
+                "the certificate in slot {slot:02x} of YubiKey {serial} claims the {} role, but \
+                 slot {slot:02x} holds the {} key: the certificate was rewritten (management key)",
+                claimed.map(|r| r.to_string()).unwrap_or_default(),
+                if slot == 0x9c { "authority" } else { "service" }
+            )))
+        }
+        _ => Ok(claimed),
+    }
+}
+
+/// On firmware 5.3+: the key the slot really holds (GET METADATA) must be the one its
+/// certificate names. Returns evidence lines for the provenance.
+fn check_slot_metadata(
+    card: &mut Card,
+    slot: u8,
+    certificate_spki: &[u8],
+) -> Result<Vec<String>, TokenError> {
+    if card.version < (5, 3, 0) {
+        return Ok(vec![format!(
+            "firmware {} has no key metadata: the slot certificate is the only record of the key",
+            card.version_string()
+        )]);
+    }
+    let Some(meta) = card::slot_metadata(card, slot_id(slot)?) else {
+        return Ok(vec![
+            "the card did not answer GET METADATA for this slot: public key not checked \
+             against the card"
+                .into(),
+        ]);
+    };
+    let mut evidence = Vec::new();
+    match meta.spki.as_deref().map(normalise_spki) {
+        Some(Ok((spki, _))) if spki == certificate_spki => {
+            evidence.push("key metadata: the slot holds the certificate's public key".into())
+        }
+        Some(Ok(_)) => {
+            return Err(TokenError::Refused(format!(
+                "slot {slot:02x} of YubiKey {} holds another key than its certificate names: \
+                 the certificate was rewritten (management key); not used",
+                card.serial
+            )))
+        }
+        _ => evidence.push("key metadata carries no RSA public key".into()),
+    }
+    if let Some(generated) = meta.generated {
+        evidence.push(format!(
+            "key metadata: {}",
+            if generated {
+                "generated on the card"
+            } else {
+                "IMPORTED into the card"
+            }
+        ));
+    }
+    if let Some(p) = meta.policies {
+        evidence.push(format!("key metadata: {p}"));
+    }
+    Ok(evidence)
+}
+
 /// One RSA key in a PIV slot.
 pub struct YubikeyKey {
     card: Mutex<Card>,
@@ -101,8 +169,14 @@ pub struct YubikeyKey {
     bits: usize,
     role: Option<Role>,
     label: String,
-    /// Kept (zeroized on drop) to re-verify right before each private-key operation.
+    /// Kept (zeroized on drop) to re-verify right before each private-key operation; never
+    /// presented again once the card rejected it (see [`card::verify_pin`]).
     pin: Option<Zeroizing<String>>,
+    /// The first fatal error of an operation (PIN rejected, card removed, ...): no later
+    /// operation touches the card.
+    fatal: Mutex<Option<String>>,
+    /// What the card's key metadata said when the key was opened.
+    metadata_evidence: Vec<String>,
 }
 
 impl YubikeyKey {
@@ -125,14 +199,28 @@ impl YubikeyKey {
         operation: &str,
         f: impl FnOnce(&mut Card) -> Result<T, TokenError>,
     ) -> Result<T, TokenError> {
+        if let Some(first) = &*self.fatal.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Err(TokenError::Refused(format!(
+                "no further {operation} with YubiKey {} in this run after: {first}",
+                self.serial
+            )));
+        }
         let mut card = self
             .card
             .lock()
             .map_err(|_| backend_err(operation, "card handle poisoned by an earlier panic"))?;
-        if let Some(pin) = &self.pin {
-            card::verify_pin(&mut card, pin)?;
+        let result = match &self.pin {
+            Some(pin) => card::verify_pin(&mut card, pin),
+            None => Ok(()),
         }
-        f(&mut card)
+        .and_then(|()| f(&mut card));
+        if let Err(e) = &result {
+            if e.is_fatal() {
+                let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
+                fatal.get_or_insert_with(|| e.to_string());
+            }
+        }
+        result
     }
 
     fn algorithm(&self) -> Result<PivAlgorithm, TokenError> {
@@ -270,6 +358,7 @@ impl KeyHandle for YubikeyKey {
     fn provenance(&self) -> Result<Provenance, TokenError> {
         let mut evidence =
             vec!["PIV has no command to read a private key out of a slot".to_string()];
+        evidence.extend(self.metadata_evidence.iter().cloned());
         let verdict = match self.attest(None) {
             Ok(report) if report.generated_on_device => {
                 evidence.push(report.summary());
@@ -290,6 +379,11 @@ impl KeyHandle for YubikeyKey {
             always_sensitive: Some(true),
             extractable: Some(false),
             sensitive: Some(true),
+            modifiable: None,
+            copyable: None,
+            sign_recover: None,
+            allowed_mechanisms: None,
+            weaknesses: Vec::new(),
             verdict,
             evidence,
         })
@@ -363,6 +457,8 @@ pub fn open_yubikey_key(uri: &str, with_pin: bool) -> Result<YubikeyKey, TokenEr
         ))
         })?;
     let (spki, bits) = normalise_spki(&spki)?;
+    let role = checked_role(subject.as_deref(), slot, card.serial)?;
+    let metadata_evidence = check_slot_metadata(&mut card, slot, &spki)?;
     let pin = if with_pin {
         let (pin, _origin) = super::pin::resolve_pin(parsed.pin_source.as_deref(), &card.label())?;
         card::verify_pin(&mut card, &pin)?;
@@ -375,11 +471,13 @@ pub fn open_yubikey_key(uri: &str, with_pin: bool) -> Result<YubikeyKey, TokenEr
         version: card.version,
         reader: card.reader.clone(),
         slot,
-        role: role_from_subject(subject.as_deref(), slot),
+        role,
         label: subject.unwrap_or_else(|| format!("PIV slot {slot:02x}")),
         spki,
         bits,
         pin,
+        fatal: Mutex::new(None),
+        metadata_evidence,
         card: Mutex::new(card),
     })
 }
@@ -426,6 +524,21 @@ pub fn generate(token_uri: &str, spec: &KeySpec) -> Result<Generated, TokenError
             "slot 9e (card authentication) never asks for the PIN: not for sequester keys".into(),
         ));
     }
+    if matches!(
+        (slot, spec.role),
+        (0x9c, Role::Service) | (0x9d, Role::Authority)
+    ) {
+        return Err(TokenError::Refused(format!(
+            "slot {slot:02x} holds the {} key: a {} key goes to {}",
+            if slot == 0x9c { "authority" } else { "service" },
+            spec.role,
+            if spec.role == Role::Authority {
+                "9c (or 9a, or a retired slot 82..95)"
+            } else {
+                "9d (or a retired slot 82..95)"
+            }
+        )));
+    }
     let slot_id = slot_id(slot)?;
     let mut card = card::open(parsed.serial)?;
     let algorithm = check_generation_size(spec.bits, card.version)?;
@@ -440,10 +553,9 @@ pub fn generate(token_uri: &str, spec: &KeySpec) -> Result<Generated, TokenError
     card::verify_pin(&mut card, &pin)?;
     let mgm_key = card::authenticate_admin(&mut card, parsed.mgm_key_source.as_deref())?;
 
-    // PIN once: an export reads many access rows in one session; `always` would ask per row.
-    // Touch never: batch decryption of an export would need one touch per row.
-    let pin_policy = parsed.pin_policy.unwrap_or(PinPolicyOpt::Once);
-    let touch_policy = parsed.touch_policy.unwrap_or(TouchPolicyOpt::Never);
+    let (default_pin, default_touch) = default_policies(spec.role);
+    let pin_policy = parsed.pin_policy.unwrap_or(default_pin);
+    let touch_policy = parsed.touch_policy.unwrap_or(default_touch);
     let policy_byte = match pin_policy {
         PinPolicyOpt::Never => 1,
         PinPolicyOpt::Once => 2,
@@ -513,6 +625,8 @@ pub fn generate(token_uri: &str, spec: &KeySpec) -> Result<Generated, TokenError
         role: Some(spec.role),
         label: subject,
         pin: Some(pin),
+        fatal: Mutex::new(None),
+        metadata_evidence: Vec::new(),
         card: Mutex::new(card),
     };
     Ok(Generated {
@@ -521,6 +635,17 @@ pub fn generate(token_uri: &str, spec: &KeySpec) -> Result<Generated, TokenError
         pin_policy,
         touch_policy,
     })
+}
+
+/// Slot policies when the URI names none. Authority: PIN always and touch always, because it
+/// signs rarely (a service or revocation certificate) and each signature should be a deliberate
+/// act of a person at the card. Service: PIN once and touch never, because an export reads many
+/// access rows in one session and would otherwise ask for a PIN and a touch per row.
+pub fn default_policies(role: Role) -> (PinPolicyOpt, TouchPolicyOpt) {
+    match role {
+        Role::Authority => (PinPolicyOpt::Always, TouchPolicyOpt::Always),
+        Role::Service => (PinPolicyOpt::Once, TouchPolicyOpt::Never),
+    }
 }
 
 /// [`generate`] for the generic `key generate` path.
@@ -678,7 +803,8 @@ pub fn list_keys(token_uri: &str) -> Result<Vec<KeyInfo>, TokenError> {
         let Ok((spki, bits)) = normalise_spki(&spki) else {
             continue; // EC keys are not sequester keys
         };
-        let role = role_from_subject(subject.as_deref(), slot);
+        // A certificate contradicting its slot is listed without a role (opening it is refused).
+        let role = checked_role(subject.as_deref(), slot, card.serial).unwrap_or(None);
         out.push(KeyInfo {
             uri: YubikeyUri::key_uri(card.serial, slot),
             label: subject.unwrap_or_else(|| format!("PIV slot {slot:02x}")),
@@ -695,6 +821,11 @@ pub fn list_keys(token_uri: &str) -> Result<Vec<KeyInfo>, TokenError> {
                 always_sensitive: Some(true),
                 extractable: Some(false),
                 sensitive: Some(true),
+                modifiable: None,
+                copyable: None,
+                sign_recover: None,
+                allowed_mechanisms: None,
+                weaknesses: Vec::new(),
                 verdict: ProvenanceVerdict::Unknown,
                 evidence: vec!["not attested in a listing; use `key show`".into()],
             },

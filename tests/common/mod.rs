@@ -59,6 +59,9 @@ pub struct SoftHsm {
     pub conf: PathBuf,
     pub label: String,
     pub module: PathBuf,
+    /// Set once a key was imported with softhsm2-util: such keys are modifiable and
+    /// sign-recover-capable, which the tool refuses unless told this is a test token.
+    pub has_unsafe_keys: std::cell::Cell<bool>,
 }
 
 impl SoftHsm {
@@ -83,6 +86,7 @@ impl SoftHsm {
             conf,
             label: label.to_string(),
             module: module.unwrap(),
+            has_unsafe_keys: std::cell::Cell::new(false),
         };
         hsm.init_token(label);
         Some(hsm)
@@ -126,10 +130,23 @@ impl SoftHsm {
             .output()
             .unwrap();
         assert!(out.status.success(), "softhsm2-util --import: {out:?}");
+        self.has_unsafe_keys.set(true);
     }
 
     /// Environment for a subprocess that should see this token (PIN included).
     pub fn env(&self) -> Vec<(String, String)> {
+        let mut env = self.env_without_unsafe_override();
+        if self.has_unsafe_keys.get() {
+            env.push((
+                "SEQUESTER_CUSTODY_TEST_ALLOW_UNSAFE_KEYS".into(),
+                "1".into(),
+            ));
+        }
+        env
+    }
+
+    /// [`SoftHsm::env`] without the test-only override for keys imported with softhsm2-util.
+    pub fn env_without_unsafe_override(&self) -> Vec<(String, String)> {
         vec![
             ("SOFTHSM2_CONF".into(), self.conf.display().to_string()),
             ("SEQUESTER_CUSTODY_PIN".into(), USER_PIN.into()),
@@ -212,6 +229,14 @@ pub fn stderr(out: &Output) -> String {
 }
 
 /// SHA-256 of a file, hex.
+/// Writes a secret file (PIN, passphrase) readable by its owner only: the tool refuses secret
+/// files that its group or others can read.
+pub fn write_secret_file(path: &Path, contents: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 pub fn file_sha256(path: &Path) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(std::fs::read(path).unwrap()))

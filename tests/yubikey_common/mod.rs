@@ -105,6 +105,9 @@ impl Session {
     pub fn pin_file(&self, name: &str, pin: &str) -> PathBuf {
         let path = self.dir.path().join(name);
         std::fs::write(&path, format!("{pin}\n")).unwrap();
+        // Secret files readable by others are refused.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         path
     }
 

@@ -40,6 +40,13 @@ pub struct Pkcs11Key {
     can_decrypt: bool,
     /// `CKA_ALWAYS_AUTHENTICATE`: every operation needs a context-specific login.
     always_authenticate: bool,
+    /// `CKA_ALLOWED_MECHANISMS` when reported: paths outside it are never tried.
+    allowed_mechanisms: Option<Vec<MechanismType>>,
+    /// Why the key is unsafe (extractable, modifiable, sign-recover-capable): such a key is
+    /// refused for signing and decryption unless [`crate::token::unsafe_keys_allowed`].
+    weaknesses: Vec<String>,
+    /// The first fatal error of an operation: no later operation touches the token.
+    fatal: Mutex<Option<String>>,
     context_auth: Mutex<ContextAuth>,
 }
 
@@ -88,7 +95,11 @@ fn is_mechanism_refusal(err: &CkError) -> bool {
     )
 }
 
-fn read_bool(session: &Session, handle: ObjectHandle, attr: AttributeType) -> Option<bool> {
+pub(crate) fn read_bool(
+    session: &Session,
+    handle: ObjectHandle,
+    attr: AttributeType,
+) -> Option<bool> {
     // Ask for the size first: get_attributes() silently drops attributes the token refuses.
     match session.get_attribute_info(handle, &[attr]).ok()?.first()? {
         AttributeInfo::Available(_) => {}
@@ -108,7 +119,36 @@ fn read_bool(session: &Session, handle: ObjectHandle, attr: AttributeType) -> Op
             | Attribute::Sign(b)
             | Attribute::Decrypt(b)
             | Attribute::Private(b)
-            | Attribute::Token(b) => Some(b),
+            | Attribute::Token(b)
+            | Attribute::Modifiable(b)
+            | Attribute::Copyable(b)
+            | Attribute::SignRecover(b)
+            | Attribute::Unwrap(b)
+            | Attribute::Derive(b) => Some(b),
+            _ => None,
+        })
+}
+
+/// `CKA_ALLOWED_MECHANISMS`, or `None` when the token does not report it or reports an empty
+/// list (SoftHSM does for keys created without it): no restriction.
+pub(crate) fn read_allowed_mechanisms(
+    session: &Session,
+    handle: ObjectHandle,
+) -> Option<Vec<MechanismType>> {
+    match session
+        .get_attribute_info(handle, &[AttributeType::AllowedMechanisms])
+        .ok()?
+        .first()?
+    {
+        AttributeInfo::Available(_) => {}
+        _ => return None,
+    }
+    session
+        .get_attributes(handle, &[AttributeType::AllowedMechanisms])
+        .ok()?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::AllowedMechanisms(m) if !m.is_empty() => Some(m),
             _ => None,
         })
 }
@@ -161,6 +201,11 @@ pub fn read_provenance(session: &Session, handle: ObjectHandle) -> Provenance {
     let always_sensitive = read_bool(session, handle, AttributeType::AlwaysSensitive);
     let extractable = read_bool(session, handle, AttributeType::Extractable);
     let sensitive = read_bool(session, handle, AttributeType::Sensitive);
+    let modifiable = read_bool(session, handle, AttributeType::Modifiable);
+    let copyable = read_bool(session, handle, AttributeType::Copyable);
+    let sign_recover = read_bool(session, handle, AttributeType::SignRecover);
+    let always_authenticate = read_bool(session, handle, AttributeType::AlwaysAuthenticate);
+    let allowed_mechanisms = read_allowed_mechanisms(session, handle);
     let verdict = verdict(
         local,
         never_extractable,
@@ -175,11 +220,48 @@ pub fn read_provenance(session: &Session, handle: ObjectHandle) -> Provenance {
         ("CKA_ALWAYS_SENSITIVE", always_sensitive),
         ("CKA_EXTRACTABLE", extractable),
         ("CKA_SENSITIVE", sensitive),
+        ("CKA_MODIFIABLE", modifiable),
+        ("CKA_COPYABLE", copyable),
+        ("CKA_SIGN_RECOVER", sign_recover),
+        ("CKA_ALWAYS_AUTHENTICATE", always_authenticate),
     ] {
         evidence.push(match v {
             Some(b) => format!("{name}={}", if b { "TRUE" } else { "FALSE" }),
             None => format!("{name} not reported"),
         });
+    }
+    let allowed_mechanisms =
+        allowed_mechanisms.map(|m| m.iter().map(|t| t.to_string()).collect::<Vec<_>>());
+    evidence.push(match &allowed_mechanisms {
+        Some(m) => format!("CKA_ALLOWED_MECHANISMS={}", m.join(",")),
+        None => "CKA_ALLOWED_MECHANISMS not reported (no restriction)".into(),
+    });
+    let mut weaknesses = Vec::new();
+    if extractable == Some(true) {
+        weaknesses.push("CKA_EXTRACTABLE=TRUE: the private key can be wrapped out".to_string());
+    }
+    if sensitive == Some(false) {
+        weaknesses.push("CKA_SENSITIVE=FALSE: the private exponent can be read".into());
+    }
+    if modifiable != Some(false) {
+        weaknesses.push(format!(
+            "CKA_MODIFIABLE {}: a PIN holder can change its usage flags (its role)",
+            if modifiable == Some(true) {
+                "TRUE"
+            } else {
+                "not reported"
+            }
+        ));
+    }
+    if sign_recover != Some(false) {
+        weaknesses.push(format!(
+            "CKA_SIGN_RECOVER {}: C_SignRecover reaches the raw RSA private operation",
+            if sign_recover == Some(true) {
+                "TRUE"
+            } else {
+                "not reported"
+            }
+        ));
     }
     Provenance {
         local,
@@ -187,9 +269,31 @@ pub fn read_provenance(session: &Session, handle: ObjectHandle) -> Provenance {
         always_sensitive,
         extractable,
         sensitive,
+        modifiable,
+        copyable,
+        sign_recover,
+        allowed_mechanisms,
+        weaknesses,
         verdict,
         evidence,
     }
+}
+
+/// Drops the weaknesses that the token's HSM profile declares unenforceable on that product
+/// (`unenforced_key_attributes`, with the reason in its quirks); they stay in the evidence.
+pub(crate) fn exempt_by_profile(token: &TokenRef, weaknesses: Vec<String>) -> Vec<String> {
+    let Some(profile) = &token.module.profile else {
+        return weaknesses;
+    };
+    weaknesses
+        .into_iter()
+        .filter(|w| {
+            !profile
+                .unenforced_key_attributes
+                .iter()
+                .any(|a| w.starts_with(&format!("{a} ")) || w.starts_with(&format!("{a}=")))
+        })
+        .collect()
 }
 
 /// Finds private RSA keys matching the URI's object attributes on an open session.
@@ -266,6 +370,8 @@ impl Pkcs11Key {
             read_bool(&session, handle, AttributeType::AlwaysAuthenticate).unwrap_or(false);
         let modulus =
             rsa_padding::left_pad(&public.n().to_bytes_be(), public.size()).unwrap_or_default();
+        let allowed_mechanisms = read_allowed_mechanisms(&session, handle);
+        let weaknesses = exempt_by_profile(&token, read_provenance(&session, handle).weaknesses);
         Ok(Pkcs11Key {
             token,
             session: Mutex::new(session),
@@ -278,6 +384,9 @@ impl Pkcs11Key {
             can_sign,
             can_decrypt,
             always_authenticate,
+            allowed_mechanisms,
+            weaknesses,
+            fatal: Mutex::new(None),
             context_auth: Mutex::new(ContextAuth::Unresolved { pin_source: None }),
         })
     }
@@ -361,9 +470,58 @@ impl Pkcs11Key {
         }
     }
 
-    /// The mechanism paths negotiated for this key's token and size.
+    /// The mechanism paths negotiated for this key's token and size, restricted to the key's
+    /// `CKA_ALLOWED_MECHANISMS` (a path the key may not use is not tried: its refusal would
+    /// otherwise be taken for the token's and drop the path for every key).
     pub fn negotiated(&self) -> Negotiated {
-        mechanisms::negotiate(&self.token, self.bits())
+        let mut n = mechanisms::negotiate(&self.token, self.bits());
+        if let Some(allowed) = &self.allowed_mechanisms {
+            let ok = |p: &MechanismPath| allowed.contains(&mechanisms::required_mechanism(*p).0);
+            n.decrypt.retain(ok);
+            n.sign.retain(ok);
+        }
+        n
+    }
+
+    /// Why the key is unsafe to use; empty for a hardened key.
+    pub fn weaknesses(&self) -> &[String] {
+        &self.weaknesses
+    }
+
+    /// Before any private-key operation: refuses an unsafe key (unless the test-only override
+    /// is set) and any operation after a fatal token error.
+    fn ready_for(&self, operation: &str) -> Result<(), TokenError> {
+        if let Some(first) = &*self.fatal.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Err(TokenError::Refused(format!(
+                "no further {operation} with this key in this run after: {first}"
+            )));
+        }
+        if !self.weaknesses.is_empty() && !crate::token::unsafe_keys_allowed() {
+            return Err(TokenError::NotPermitted {
+                operation: operation.into(),
+                reason: format!(
+                    "UNSAFE key `{}`: {} (re-create it with `key generate`/`key import`; test \
+                     tokens only: {}=1)",
+                    self.label,
+                    self.weaknesses.join("; "),
+                    crate::token::ALLOW_UNSAFE_KEYS_ENV
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a fatal error (see [`TokenError::is_fatal`]) so no later operation is tried.
+    fn latch_fatal<T>(&self, result: Result<T, TokenError>) -> Result<T, TokenError> {
+        if let Err(e) = &result {
+            if e.is_fatal() {
+                let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
+                if fatal.is_none() {
+                    *fatal = Some(e.to_string());
+                }
+            }
+        }
+        result
     }
 
     /// A URI selecting this key again (serial, label, id, module path; no PIN).
@@ -564,6 +722,46 @@ impl KeyHandle for Pkcs11Key {
     }
 
     fn sign_pss_sha256(&self, message: &[u8]) -> Result<(Vec<u8>, MechanismPath), TokenError> {
+        self.ready_for("sign")?;
+        self.latch_fatal(self.sign_checked(message))
+    }
+
+    fn decrypt_oaep_sha256(
+        &self,
+        block: &[u8],
+    ) -> Result<(Zeroizing<Vec<u8>>, MechanismPath), TokenError> {
+        self.ready_for("decrypt")?;
+        self.latch_fatal(self.decrypt_checked(block))
+    }
+
+    fn provenance(&self) -> Result<Provenance, TokenError> {
+        let mut p = read_provenance(&self.session(), self.handle);
+        p.weaknesses = exempt_by_profile(&self.token, std::mem::take(&mut p.weaknesses));
+        Ok(p)
+    }
+
+    fn token(&self) -> TokenDescription {
+        self.token.description.clone()
+    }
+
+    fn info(&self) -> Result<KeyInfo, TokenError> {
+        Ok(KeyInfo {
+            uri: self.uri(),
+            label: self.label.clone(),
+            id: hex::encode(&self.id),
+            role: self.role(),
+            bits: self.bits(),
+            spki_der: self.spki_der.clone(),
+            fingerprint: rsa_public::spki_fingerprint(&self.spki_der),
+            can_sign: self.can_sign,
+            can_decrypt: self.can_decrypt,
+            provenance: self.provenance()?,
+        })
+    }
+}
+
+impl Pkcs11Key {
+    fn sign_checked(&self, message: &[u8]) -> Result<(Vec<u8>, MechanismPath), TokenError> {
         if !self.can_sign {
             return Err(TokenError::NotPermitted {
                 operation: "sign".into(),
@@ -618,7 +816,7 @@ impl KeyHandle for Pkcs11Key {
         )))
     }
 
-    fn decrypt_oaep_sha256(
+    fn decrypt_checked(
         &self,
         block: &[u8],
     ) -> Result<(Zeroizing<Vec<u8>>, MechanismPath), TokenError> {
@@ -676,28 +874,5 @@ impl KeyHandle for Pkcs11Key {
             "the token refused every decryption path (last: {})",
             last_refusal.map(|e| e.to_string()).unwrap_or_default()
         )))
-    }
-
-    fn provenance(&self) -> Result<Provenance, TokenError> {
-        Ok(read_provenance(&self.session(), self.handle))
-    }
-
-    fn token(&self) -> TokenDescription {
-        self.token.description.clone()
-    }
-
-    fn info(&self) -> Result<KeyInfo, TokenError> {
-        Ok(KeyInfo {
-            uri: self.uri(),
-            label: self.label.clone(),
-            id: hex::encode(&self.id),
-            role: self.role(),
-            bits: self.bits(),
-            spki_der: self.spki_der.clone(),
-            fingerprint: rsa_public::spki_fingerprint(&self.spki_der),
-            can_sign: self.can_sign,
-            can_decrypt: self.can_decrypt,
-            provenance: self.provenance()?,
-        })
     }
 }

@@ -1,16 +1,20 @@
 //! RSA key pair generation and import on a PKCS#11 token. Private keys are created sensitive,
-//! non-extractable, private token objects; role `authority` gets CKA_SIGN only, role `service`
-//! CKA_DECRYPT only (which also covers the CKM_RSA_X_509 fallback).
+//! non-extractable, non-modifiable, non-copyable private token objects without
+//! `CKA_SIGN_RECOVER`; role `authority` gets CKA_SIGN only, role `service` CKA_DECRYPT only, and
+//! `CKA_ALLOWED_MECHANISMS` holds the one mechanism the role's path on this token needs. Every
+//! security attribute is read back after creation; a key the token did not make as asked is
+//! deleted (docs/keys-and-tokens.md, "Templates per role").
 
-use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, KeyType, ObjectClass};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use rsa::traits::{PrivateKeyParts, PublicKeyParts};
 use zeroize::Zeroize;
 
 use super::super::uri::Pkcs11Uri;
 use super::super::{KeySpec, Role, TokenError};
-use super::key::{find_private_keys, Pkcs11Key};
+use super::key::{find_private_keys, read_allowed_mechanisms, read_bool, Pkcs11Key};
+use super::mechanisms;
 use super::module::{select_token, TokenRef};
 use super::{ck_error, session};
 
@@ -63,13 +67,205 @@ fn usage(role: Role) -> (bool, bool) {
     }
 }
 
+/// The security attributes of a new private key for `spec.role` on `token`: what the template
+/// asks and what is checked after creation.
+struct Hardening {
+    sign: bool,
+    decrypt: bool,
+    /// The mechanism of the path this token takes for the role (first negotiated path).
+    allowed: Vec<MechanismType>,
+    always_authenticate: bool,
+    /// Attributes the token's profile declares unenforceable (left out, not checked).
+    unenforced: Vec<String>,
+}
+
+impl Hardening {
+    fn for_role(token: &TokenRef, spec: &KeySpec, bits: usize) -> Result<Hardening, TokenError> {
+        let (sign, decrypt) = usage(spec.role);
+        let negotiated = mechanisms::negotiate(token, bits);
+        let paths = if sign {
+            &negotiated.sign
+        } else {
+            &negotiated.decrypt
+        };
+        let path = paths.first().ok_or_else(|| {
+            TokenError::UnsupportedKey(format!(
+                "the token offers no mechanism path for a {bits}-bit {} key (see `token info`)",
+                spec.role
+            ))
+        })?;
+        let unenforced = token
+            .module
+            .profile
+            .as_ref()
+            .map(|p| p.unenforced_key_attributes.clone())
+            .unwrap_or_default();
+        Ok(Hardening {
+            sign,
+            decrypt,
+            allowed: vec![mechanisms::required_mechanism(*path).0],
+            always_authenticate: spec.always_authenticate,
+            unenforced,
+        })
+    }
+
+    fn enforced(&self, name: &str) -> bool {
+        !self.unenforced.iter().any(|u| u == name)
+    }
+
+    /// The security part of the private key template.
+    fn private_attributes(&self) -> Vec<Attribute> {
+        let mut t = vec![
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(self.sign),
+            Attribute::Decrypt(self.decrypt),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+        ];
+        for (name, attr) in [
+            ("CKA_MODIFIABLE", Attribute::Modifiable(false)),
+            ("CKA_COPYABLE", Attribute::Copyable(false)),
+            ("CKA_SIGN_RECOVER", Attribute::SignRecover(false)),
+            (
+                "CKA_ALLOWED_MECHANISMS",
+                Attribute::AllowedMechanisms(self.allowed.clone()),
+            ),
+        ] {
+            if self.enforced(name) {
+                t.push(attr);
+            }
+        }
+        if self.always_authenticate {
+            t.push(Attribute::AlwaysAuthenticate(true));
+        }
+        t
+    }
+
+    /// Reads every security attribute of the new key back; the differences, in words.
+    fn not_honoured(&self, session: &Session, key: ObjectHandle) -> Vec<String> {
+        let mut wrong = Vec::new();
+        let mut expect = |name: &str, attr: AttributeType, want: bool| {
+            if !self.enforced(name) {
+                return;
+            }
+            match read_bool(session, key, attr) {
+                Some(got) if got == want => {}
+                Some(got) => wrong.push(format!(
+                    "{name}={} (asked {})",
+                    bool_name(got),
+                    bool_name(want)
+                )),
+                None => wrong.push(format!("{name} not reported (asked {})", bool_name(want))),
+            }
+        };
+        expect("CKA_TOKEN", AttributeType::Token, true);
+        expect("CKA_PRIVATE", AttributeType::Private, true);
+        expect("CKA_SENSITIVE", AttributeType::Sensitive, true);
+        expect("CKA_EXTRACTABLE", AttributeType::Extractable, false);
+        expect("CKA_MODIFIABLE", AttributeType::Modifiable, false);
+        expect("CKA_COPYABLE", AttributeType::Copyable, false);
+        expect("CKA_SIGN_RECOVER", AttributeType::SignRecover, false);
+        expect("CKA_SIGN", AttributeType::Sign, self.sign);
+        expect("CKA_DECRYPT", AttributeType::Decrypt, self.decrypt);
+        expect("CKA_UNWRAP", AttributeType::Unwrap, false);
+        expect("CKA_DERIVE", AttributeType::Derive, false);
+        if self.always_authenticate {
+            expect(
+                "CKA_ALWAYS_AUTHENTICATE",
+                AttributeType::AlwaysAuthenticate,
+                true,
+            );
+        }
+        if self.enforced("CKA_ALLOWED_MECHANISMS") {
+            match read_allowed_mechanisms(session, key) {
+                Some(got)
+                    if got.len() == self.allowed.len()
+                        && got.iter().all(|m| self.allowed.contains(m)) => {}
+                got => wrong.push(format!(
+                    "CKA_ALLOWED_MECHANISMS={} (asked {})",
+                    got.map(|g| names(&g))
+                        .unwrap_or_else(|| "not reported".into()),
+                    names(&self.allowed)
+                )),
+            }
+        }
+        wrong
+    }
+}
+
+fn bool_name(b: bool) -> &'static str {
+    if b {
+        "TRUE"
+    } else {
+        "FALSE"
+    }
+}
+
+fn names(m: &[MechanismType]) -> String {
+    m.iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// After creation: refuses (deleting the new private and public objects) a key whose
+/// security attributes are not the ones asked for.
+fn check_honoured(
+    session: &Session,
+    hardening: &Hardening,
+    private: ObjectHandle,
+    public: Option<ObjectHandle>,
+) -> Result<(), TokenError> {
+    let wrong = hardening.not_honoured(session, private);
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    let deleted = session.destroy_object(private);
+    if let Some(public) = public {
+        let _ = session.destroy_object(public);
+    }
+    Err(TokenError::Refused(format!(
+        "the token did not create the key as asked: {}; {}",
+        wrong.join("; "),
+        match deleted {
+            Ok(()) => "the new key was deleted".to_string(),
+            Err(e) => format!(
+                "deleting the new key FAILED ({e}): delete it by hand before using this token"
+            ),
+        }
+    )))
+}
+
+/// A template refusal names the attributes the profile may need to declare.
+fn creation_error(operation: &str, err: cryptoki::error::Error) -> TokenError {
+    use cryptoki::error::{Error as CkError, RvError};
+    match err {
+        CkError::Pkcs11(
+            rv @ (RvError::AttributeTypeInvalid
+            | RvError::AttributeValueInvalid
+            | RvError::TemplateInconsistent),
+            _,
+        ) => TokenError::Refused(format!(
+            "{operation}: the token refused the key template ({rv:?}): it may not support \
+             CKA_MODIFIABLE=FALSE, CKA_COPYABLE=FALSE, CKA_SIGN_RECOVER=FALSE or \
+             CKA_ALLOWED_MECHANISMS; a product that cannot must declare it in its HSM profile \
+             (`unenforced_key_attributes`, with a quirk saying why)"
+        )),
+        other => ck_error(operation, other),
+    }
+}
+
 /// Generates an RSA key pair for `spec.role` on the token `token_uri` designates.
 pub fn generate(token_uri: &Pkcs11Uri, spec: &KeySpec) -> Result<Pkcs11Key, TokenError> {
     super::super::check_key_size(spec.bits, spec.allow_insecure_test_size)?;
     let (token, session) = open_for_writing(token_uri)?;
     refuse_existing_label(&session, &spec.label)?;
     let id = random_id(&session)?;
-    let (sign, decrypt) = usage(spec.role);
+    let hardening = Hardening::for_role(&token, spec, spec.bits)?;
+    let (sign, decrypt) = (hardening.sign, hardening.decrypt);
     let public_template = vec![
         Attribute::Token(true),
         Attribute::Private(false),
@@ -81,25 +277,17 @@ pub fn generate(token_uri: &Pkcs11Uri, spec: &KeySpec) -> Result<Pkcs11Key, Toke
         Attribute::Id(id.clone()),
         Attribute::Label(spec.label.as_bytes().to_vec()),
     ];
-    let private_template = vec![
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Sign(sign),
-        Attribute::Decrypt(decrypt),
-        Attribute::Unwrap(false),
-        Attribute::Derive(false),
-        Attribute::Id(id),
-        Attribute::Label(spec.label.as_bytes().to_vec()),
-    ];
-    let (_public, private) = session
+    let mut private_template = hardening.private_attributes();
+    private_template.push(Attribute::Id(id));
+    private_template.push(Attribute::Label(spec.label.as_bytes().to_vec()));
+    let (public, private) = session
         .generate_key_pair(
             &Mechanism::RsaPkcsKeyPairGen,
             &public_template,
             &private_template,
         )
-        .map_err(|e| ck_error("C_GenerateKeyPair", e))?;
+        .map_err(|e| creation_error("C_GenerateKeyPair", e))?;
+    check_honoured(&session, &hardening, private, Some(public))?;
     Ok(Pkcs11Key::from_handle(token, session, private)?
         .with_pin_source(token_uri.pin_source.as_deref(), None))
 }
@@ -125,7 +313,8 @@ pub fn import(
     let (token, session) = open_for_writing(token_uri)?;
     refuse_existing_label(&session, &spec.label)?;
     let id = random_id(&session)?;
-    let (sign, decrypt) = usage(spec.role);
+    let hardening = Hardening::for_role(&token, spec, key.n().bits())?;
+    let (sign, decrypt) = (hardening.sign, hardening.decrypt);
     let mut precomputed = key.clone();
     precomputed
         .precompute()
@@ -146,14 +335,9 @@ pub fn import(
     let mut private_template = vec![
         Attribute::Class(ObjectClass::PRIVATE_KEY),
         Attribute::KeyType(KeyType::RSA),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Sign(sign),
-        Attribute::Decrypt(decrypt),
-        Attribute::Unwrap(false),
-        Attribute::Derive(false),
+    ];
+    private_template.extend(hardening.private_attributes());
+    private_template.extend([
         Attribute::Id(id.clone()),
         Attribute::Label(spec.label.as_bytes().to_vec()),
         Attribute::Modulus(key.n().to_bytes_be()),
@@ -164,7 +348,7 @@ pub fn import(
         Attribute::Exponent1(dp),
         Attribute::Exponent2(dq),
         Attribute::Coefficient(qinv),
-    ];
+    ]);
     let created = session.create_object(&private_template);
     for attr in private_template.iter_mut() {
         if let Attribute::PrivateExponent(v)
@@ -177,7 +361,8 @@ pub fn import(
             v.zeroize();
         }
     }
-    let private = created.map_err(|e| ck_error("C_CreateObject (private key)", e))?;
+    let private = created.map_err(|e| creation_error("C_CreateObject (private key)", e))?;
+    check_honoured(&session, &hardening, private, None)?;
     let public_template = vec![
         Attribute::Class(ObjectClass::PUBLIC_KEY),
         Attribute::KeyType(KeyType::RSA),

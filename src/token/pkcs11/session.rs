@@ -6,7 +6,7 @@ use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::types::AuthPin;
 use zeroize::Zeroizing;
 
-use super::super::pin::resolve_pin;
+use super::super::pin::{latch_on_rejection, refuse_if_rejected, resolve_pin};
 use super::super::TokenError;
 use super::ck_error;
 use super::module::TokenRef;
@@ -72,6 +72,16 @@ pub fn open_public(token: &TokenRef) -> Result<Session, TokenError> {
         .map_err(|e| ck_error("C_OpenSession", e))
 }
 
+/// The identity under which a rejected PIN is latched (module and token serial).
+pub fn latch_id(token: &TokenRef) -> String {
+    format!(
+        "pkcs11:{}:{}:{}",
+        token.module.path.display(),
+        token.description.serial,
+        token.description.label
+    )
+}
+
 fn login(
     token: &TokenRef,
     session: &Session,
@@ -85,19 +95,30 @@ fn login(
             return Ok(None);
         }
     }
+    refuse_if_rejected(&latch_id(token), None, &token.description.label)?;
     let info = token.info()?;
     if info.user_pin_locked() {
-        return Err(TokenError::PinLocked {
-            token: token.description.label.clone(),
-        });
+        return latch_on_rejection(
+            &latch_id(token),
+            None,
+            Err(TokenError::PinLocked {
+                token: token.description.label.clone(),
+            }),
+        );
     }
     if info.protected_authentication_path() {
         // PIN pad on the reader: the PIN never passes through this process.
-        return login_result(token, session.login(UserType::User, None)).map(|()| None);
+        return login_result(token, None, session.login(UserType::User, None)).map(|()| None);
     }
     let (pin, _origin) = resolve_pin(pin_source, &token.description.label)?;
+    refuse_if_rejected(&latch_id(token), Some(&pin), &token.description.label)?;
     let auth = AuthPin::new(pin.as_str().into());
-    login_result(token, session.login(UserType::User, Some(&auth))).map(|()| Some(pin))
+    login_result(
+        token,
+        Some(&pin),
+        session.login(UserType::User, Some(&auth)),
+    )
+    .map(|()| Some(pin))
 }
 
 /// `C_Login(CKU_CONTEXT_SPECIFIC)`: the per-operation authentication a key with
@@ -109,6 +130,7 @@ pub fn context_login(
     session: &Session,
     pin: Option<&str>,
 ) -> Result<(), TokenError> {
+    refuse_if_rejected(&latch_id(token), pin, &token.description.label)?;
     let result = match pin {
         Some(pin) => {
             let auth = AuthPin::new(pin.into());
@@ -116,10 +138,18 @@ pub fn context_login(
         }
         None => session.login(UserType::ContextSpecific, None),
     };
-    login_result(token, result)
+    login_result(token, pin, result)
 }
 
-fn login_result(token: &TokenRef, result: Result<(), CkError>) -> Result<(), TokenError> {
+fn login_result(
+    token: &TokenRef,
+    pin: Option<&str>,
+    result: Result<(), CkError>,
+) -> Result<(), TokenError> {
+    latch_on_rejection(&latch_id(token), pin, login_outcome(token, result))
+}
+
+fn login_outcome(token: &TokenRef, result: Result<(), CkError>) -> Result<(), TokenError> {
     match result {
         Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
         Err(CkError::Pkcs11(RvError::PinIncorrect, _))

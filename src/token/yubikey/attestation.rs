@@ -5,6 +5,11 @@
 //! This module is pure (no card I/O): it checks a chain `slot certificate -> f9 certificate ->
 //! [intermediates] -> root` given as DER, so the logic is tested on stored chains.
 //! <https://developers.yubico.com/PIV/Introduction/PIV_attestation.html>
+//!
+//! The chain must end at a Yubico PIV attestation root shipped with the tool
+//! ([`YUBICO_PIV_CAS_PEM`]: `Yubico PIV Root CA Serial 263751` for firmware before 5.7.4,
+//! `Yubico Attestation Root 1` with its A/B intermediates after) or at a root the operator names
+//! (`--attestation-root`); otherwise the verdict is "not anchored".
 
 use der::{Decode, Encode};
 use rsa::signature::Verifier;
@@ -23,6 +28,51 @@ pub mod oid {
     pub const POLICY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.41482.3.8");
     /// Form factor: one raw byte.
     pub const FORM_FACTOR: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.41482.3.9");
+}
+
+/// Yubico's public PIV attestation CA certificates, shipped with the tool (source and SHA-256
+/// fingerprints in docs/yubikey.md; the fingerprints are checked by a test).
+pub const YUBICO_PIV_CAS_PEM: &str = include_str!("yubico-piv-attestation-cas.pem");
+
+/// SHA-256 fingerprints of the certificates in [`YUBICO_PIV_CAS_PEM`], in file order.
+pub const YUBICO_PIV_CA_FINGERPRINTS: [(&str, &str); 6] = [
+    (
+        "Yubico PIV Root CA Serial 263751",
+        "63ece914e54dd87915f34033c85af4c0696ba1512f8add66ced738331207b546",
+    ),
+    (
+        "Yubico Attestation Root 1",
+        "62760c6a6ef91679f454c8902b80fd009825b3f25da90f1fbace2ec6586cd5a8",
+    ),
+    (
+        "Yubico Attestation Intermediate A 1",
+        "4698a1d3389c3ec60016c216250f1d0439922832d65142327436376dc2942b55",
+    ),
+    (
+        "Yubico Attestation Intermediate B 1",
+        "d4cc3f456fdaf4e7812a21aab1dfe9d8e27d24e2fd2d6f21c9940109f0daa754",
+    ),
+    (
+        "Yubico PIV Attestation A 1",
+        "6de693f05376f5d8ca29069261e1c8626c75d503bd2edbfd75354cad1f722870",
+    ),
+    (
+        "Yubico PIV Attestation B 1",
+        "2d55b7998f4e42569d6d8fa382b6dc77d1dacf07358b19701163892922b17052",
+    ),
+];
+
+/// The shipped Yubico CA certificates as DER, each checked against its pinned fingerprint
+/// (a certificate that does not match is left out, so a damaged file anchors nothing).
+pub fn shipped_yubico_cas() -> Vec<Vec<u8>> {
+    pem::parse_many(YUBICO_PIV_CAS_PEM)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| p.into_contents())
+        .zip(YUBICO_PIV_CA_FINGERPRINTS)
+        .filter(|(der, (_, fp))| crate::crypto::sha256_hex(der) == *fp)
+        .map(|(der, _)| der)
+        .collect()
 }
 
 const SHA256_WITH_RSA: &str = "1.2.840.113549.1.1.11";
@@ -111,10 +161,13 @@ pub struct AttestationReport {
     pub facts: AttestedFacts,
     /// The slot certificate verifies with the f9 certificate's key and names it as issuer.
     pub signed_by_device_key: bool,
-    /// `Some(true)` when the f9 certificate chains to the given root; `None` when no root given.
+    /// `Some(true)` when the f9 certificate chains to a shipped Yubico root or one the operator
+    /// named; `Some(false)` when it does not ("not anchored").
     pub chains_to_root: Option<bool>,
     /// Subject of the root the chain ends in, when it does.
     pub root_subject: Option<String>,
+    /// True when that root is one shipped with the tool (false: named by the operator).
+    pub root_shipped: bool,
     /// Every check that failed, in words. Empty means attested.
     pub problems: Vec<String>,
     pub generated_on_device: bool,
@@ -124,13 +177,23 @@ impl AttestationReport {
     /// One line for `key show`.
     pub fn summary(&self) -> String {
         if self.generated_on_device {
-            let anchor = match (&self.chains_to_root, &self.root_subject) {
-                (Some(true), Some(root)) => format!(", device certificate chains to `{root}`"),
-                _ => ", device certificate NOT checked against a Yubico root (use --attestation-root)"
-                    .to_string(),
+            let root = self.root_subject.as_deref().unwrap_or("?");
+            let whose = if self.root_shipped {
+                "Yubico root shipped with the tool"
+            } else {
+                "root named with --attestation-root"
             };
             format!(
-                "generated on this YubiKey (attestation verified to the f9 certificate{anchor})"
+                "generated on this YubiKey (attestation verified to the f9 certificate, which \
+                 chains to `{root}`, {whose})"
+            )
+        } else if self.chains_to_root == Some(false)
+            && self.signed_by_device_key
+            && self.problems.len() == 1
+        {
+            format!(
+                "NOT anchored: the slot attestation is signed by the card's f9 key, but {}",
+                self.problems.join("; ")
             )
         } else {
             format!("NOT attested: {}", self.problems.join("; "))
@@ -277,13 +340,13 @@ fn chain_to_root(device: &Certificate, roots: &[Certificate]) -> Result<String, 
             })
             .ok_or_else(|| {
                 format!(
-                    "no certificate in the root file issued `{}` (or its signature does not verify)",
+                    "no known CA certificate issued `{}` (or its signature does not verify)",
                     current.tbs_certificate.issuer
                 )
             })?;
         if !valid_now(issuer) {
             return Err(format!(
-                "`{}` in the root file is outside its validity period",
+                "CA certificate `{}` is outside its validity period",
                 issuer.tbs_certificate.subject
             ));
         }
@@ -295,24 +358,67 @@ fn chain_to_root(device: &Certificate, roots: &[Certificate]) -> Result<String, 
     Err("chain too long (more than 5 certificates)".into())
 }
 
+/// Where the f9 certificate `device` chains to: the root's subject and whether that root is
+/// shipped with the tool; else why the chain is not anchored.
+fn anchor(
+    device: &Certificate,
+    shipped: &[Certificate],
+    operator: &[Certificate],
+) -> Result<(String, bool), String> {
+    // Shipped CAs first; the operator's file may add a root or intermediates.
+    let mut pool = shipped.to_vec();
+    pool.extend(operator.iter().cloned());
+    match chain_to_root(device, &pool) {
+        Ok(subject) => {
+            let shipped_root = shipped
+                .iter()
+                .any(|c| c.tbs_certificate.subject.to_string() == subject);
+            Ok((subject, shipped_root))
+        }
+        Err(reason) => Err(format!(
+            "the chain is not anchored: the f9 certificate does not chain to a Yubico PIV \
+             attestation root shipped with the tool{} ({reason})",
+            if operator.is_empty() {
+                " (name another root with --attestation-root)"
+            } else {
+                " or to the root named with --attestation-root"
+            }
+        )),
+    }
+}
+
+/// [`anchor`] for a CA certificate given as DER, against the shipped Yubico CAs only: the
+/// root's subject, or why it does not chain.
+pub fn shipped_anchor_of(cert_der: &[u8]) -> Result<String, String> {
+    let cert = parse(cert_der, "certificate").map_err(|e| e.to_string())?;
+    let shipped = shipped_yubico_cas()
+        .iter()
+        .filter_map(|d| parse(d, "shipped Yubico CA").ok())
+        .collect::<Vec<_>>();
+    anchor(&cert, &shipped, &[]).map(|(subject, _)| subject)
+}
+
 /// Checks a slot attestation: `slot_cert` must be signed by `device_cert` (the f9 certificate),
-/// attest exactly `expected.spki_der`, and carry the card's serial and firmware; when `roots` are
-/// given, `device_cert` must chain to one of them.
+/// attest exactly `expected.spki_der`, carry the card's serial and firmware, and `device_cert`
+/// must chain to a shipped Yubico root ([`shipped_yubico_cas`]) or to one of `operator_roots`
+/// (the `--attestation-root` file: a root, optionally with intermediates).
 pub fn verify(
     slot_cert_der: &[u8],
     device_cert_der: &[u8],
-    roots_der: Option<&[Vec<u8>]>,
+    operator_roots: Option<&[Vec<u8>]>,
     expected: &Expected<'_>,
 ) -> Result<AttestationReport, AttestationError> {
     let slot_cert = parse(slot_cert_der, "slot attestation")?;
     let device_cert = parse(device_cert_der, "f9 device")?;
-    let roots = roots_der
-        .map(|ders| {
-            ders.iter()
-                .map(|d| parse(d, "root"))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .transpose()?;
+    let shipped = shipped_yubico_cas()
+        .iter()
+        .map(|d| parse(d, "shipped Yubico CA"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let operator = operator_roots
+        .unwrap_or_default()
+        .iter()
+        .map(|d| parse(d, "root"))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let facts = facts_of(&slot_cert);
     let mut problems = Vec::new();
@@ -367,18 +473,14 @@ pub fn verify(
         problems.push("the f9 certificate is outside its validity period".into());
     }
 
-    let (chains_to_root, root_subject) = match &roots {
-        None => (None, None),
-        Some(roots) => match chain_to_root(&device_cert, roots) {
-            Ok(subject) => (Some(true), Some(subject)),
+    let (chains_to_root, root_subject, root_shipped) =
+        match anchor(&device_cert, &shipped, &operator) {
+            Ok((subject, shipped_root)) => (Some(true), Some(subject), shipped_root),
             Err(reason) => {
-                problems.push(format!(
-                    "f9 certificate does not chain to the given root: {reason}"
-                ));
-                (Some(false), None)
+                problems.push(reason);
+                (Some(false), None, false)
             }
-        },
-    };
+        };
 
     let generated_on_device = problems.is_empty();
     Ok(AttestationReport {
@@ -386,6 +488,7 @@ pub fn verify(
         signed_by_device_key,
         chains_to_root,
         root_subject,
+        root_shipped,
         problems,
         generated_on_device,
     })

@@ -166,7 +166,20 @@ pub fn open(serial: Option<u32>) -> Result<Card, TokenError> {
 }
 
 /// Verifies the PIN once. A wrong PIN is reported with the retries left and never retried.
+/// A rejected or blocked PIN latches (see [`crate::token::pin::latch_rejected`]): the card is
+/// never sent a PIN again in this process, so a PIN changed mid-run costs exactly one retry.
 pub fn verify_pin(card: &mut Card, pin: &Zeroizing<String>) -> Result<(), TokenError> {
+    let id = latch_id(card.serial);
+    crate::token::pin::refuse_if_rejected(&id, Some(pin), &card.label())?;
+    crate::token::pin::latch_on_rejection(&id, Some(pin), verify_pin_once(card, pin))
+}
+
+/// The identity under which a rejected PIN of the card `serial` is latched.
+pub fn latch_id(serial: u32) -> String {
+    format!("yubikey:{serial}")
+}
+
+fn verify_pin_once(card: &mut Card, pin: &Zeroizing<String>) -> Result<(), TokenError> {
     match card.yk.verify_pin(pin.as_bytes()) {
         Ok(()) => Ok(()),
         Err(YkError::WrongPin { tries: 0 }) | Err(YkError::PinLocked) => {
@@ -204,6 +217,7 @@ pub enum MgmKeyKind {
 
 fn read_mgm_key_bytes(source: &str, expected_len: usize) -> Result<Zeroizing<Vec<u8>>, TokenError> {
     let path = source.strip_prefix("file:").unwrap_or(source);
+    crate::token::pin::check_secret_file_mode(std::path::Path::new(path), "management key file")?;
     let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
         TokenError::PinSource(format!("cannot read management key file {path}: {e}"))
     })?);
@@ -341,4 +355,30 @@ pub fn read_slot_public_key(
         }
     }
     Ok(None)
+}
+
+/// What GET METADATA (firmware 5.3+) says about a slot's key: facts the management key cannot
+/// rewrite, unlike the slot certificate.
+#[derive(Debug, Clone, Default)]
+pub struct SlotMetadata {
+    /// The key's SubjectPublicKeyInfo DER.
+    pub spki: Option<Vec<u8>>,
+    /// `Some(true)` generated on the card, `Some(false)` imported.
+    pub generated: Option<bool>,
+    /// PIN and touch policy, as the card reports them.
+    pub policies: Option<String>,
+}
+
+/// The slot's key metadata, or `None` when the card does not answer GET METADATA for it
+/// (firmware before 5.3, or the emulated card of the tests).
+pub fn slot_metadata(card: &mut Card, slot: piv::SlotId) -> Option<SlotMetadata> {
+    use der::Encode;
+    let meta = piv::metadata(&mut card.yk, slot).ok()?;
+    Some(SlotMetadata {
+        spki: meta.public.and_then(|p| p.to_der().ok()),
+        generated: meta.origin.map(|o| matches!(o, piv::Origin::Generated)),
+        policies: meta
+            .policy
+            .map(|(pin, touch)| format!("PIN policy {pin:?}, touch policy {touch:?}")),
+    })
 }
