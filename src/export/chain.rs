@@ -604,19 +604,35 @@ pub trait BundleSource {
 }
 
 /// Step 4: one access row through the token. Counts the operation.
+/// Why an access row gave no keys-bundle key: the row itself (reported, recovery goes on), or the
+/// token (a wrong or locked PIN, a removed card: recovery stops, so no retry is spent on it).
+enum AccessFailure {
+    Unusable(String),
+    Fatal(crate::token::TokenError),
+}
+
+impl From<String> for AccessFailure {
+    fn from(reason: String) -> Self {
+        AccessFailure::Unusable(reason)
+    }
+}
+
 fn open_access(
     token_key: &dyn KeyHandle,
     k: usize,
     access: &[u8],
     ops: &mut u32,
     mechanism: &mut Option<MechanismPath>,
-) -> Result<Zeroizing<[u8; 32]>, String> {
+) -> Result<Zeroizing<[u8; 32]>, AccessFailure> {
     let (rsa_block, payload) =
         crate::parsec::armor::split_oaep(k, access).map_err(|e| e.to_string())?;
     *ops += 1;
     let (ephemeral, path) = token_key
         .decrypt_oaep_sha256(rsa_block)
-        .map_err(|e| format!("token decryption: {e}"))?;
+        .map_err(|e| match e {
+            e if e.is_fatal() => AccessFailure::Fatal(e),
+            e => AccessFailure::Unusable(format!("token decryption: {e}")),
+        })?;
     *mechanism = Some(path);
     let ephemeral: [u8; 32] = ephemeral.as_slice().try_into().map_err(|_| {
         format!(
@@ -728,7 +744,8 @@ pub fn recover_keys(
                     &mut report.mechanism,
                 ) {
                     Ok(key) => key,
-                    Err(e) => {
+                    Err(AccessFailure::Fatal(e)) => return Err(e.into()),
+                    Err(AccessFailure::Unusable(e)) => {
                         report
                             .problems
                             .push(format!("keys bundle access for index {i} unusable: {e}"));

@@ -445,6 +445,68 @@ fn extracted_files_are_0600_and_folders_0700_whatever_the_umask() {
     assert_eq!(mode(&dest.join("docs/c.txt")), 0o600);
 }
 
+/// TEST DOUBLE (a fault that cannot be caused for real on demand): a token pulled out during
+/// the first decryption. Wraps the software key and answers `TokenRemoved` from then on.
+struct RemovedToken(SoftwareKey);
+
+impl crate::token::KeyHandle for RemovedToken {
+    fn public_key_spki(&self) -> &[u8] {
+        self.0.public_key_spki()
+    }
+    fn sign_pss_sha256(
+        &self,
+        m: &[u8],
+    ) -> Result<(Vec<u8>, crate::token::MechanismPath), crate::token::TokenError> {
+        self.0.sign_pss_sha256(m)
+    }
+    fn decrypt_oaep_sha256(
+        &self,
+        _: &[u8],
+    ) -> Result<(zeroize::Zeroizing<Vec<u8>>, crate::token::MechanismPath), crate::token::TokenError>
+    {
+        self.0.ops.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(crate::token::TokenError::TokenRemoved(
+            "card pulled out".into(),
+        ))
+    }
+    fn provenance(&self) -> Result<crate::token::Provenance, crate::token::TokenError> {
+        self.0.provenance()
+    }
+    fn token(&self) -> crate::token::TokenDescription {
+        self.0.token()
+    }
+    fn info(&self) -> Result<crate::token::KeyInfo, crate::token::TokenError> {
+        self.0.info()
+    }
+}
+
+#[test]
+fn a_fatal_token_error_stops_key_recovery_at_once() {
+    // Two access rows of this service (key indexes 1 and 2): a removed card must not be asked
+    // again for the second (with a PIN-per-operation card, each try would spend a retry).
+    let h = hostile(|w, _, _, _| {
+        w.rotate_key().unwrap();
+    });
+    let file = ExportFile::open(&h.path, &OpenOptions::default()).unwrap();
+    let removed = RemovedToken(SoftwareKey::from_fixture(SERVICE1));
+    let err = match file.unlock(&removed, &UnlockOptions::default()) {
+        Ok(_) => panic!("unlock succeeded with a removed token"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(
+            err,
+            super::ExportError::Token(crate::token::TokenError::TokenRemoved(_))
+        ),
+        "{err}"
+    );
+    assert_eq!(removed.0.ops.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The same export with a working key needs one operation and gets both keys.
+    let realm = h.unlock();
+    assert_eq!(realm.token_operations(), 1);
+    assert!(realm.has_key(1) && realm.has_key(2));
+}
+
 #[test]
 fn many_access_rows_for_one_key_index_cost_one_token_operation() {
     let h = hostile(|w, _, _, svc| {
