@@ -12,20 +12,9 @@ cd "$here"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/sequester-custody-target}"
 log() { echo "[test.sh] $*" >&2; }
 
-# --- system packages ---------------------------------------------------------------------------
-packages=(softhsm2 opensc fuse3 libclang-dev clang pkg-config libpcsclite-dev pcscd
-          vsmartcard-vpcd ykcs11 sqlite3 postgresql faketime openssl)
-missing=()
-for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if ((${#missing[@]})); then
-  if [[ -n "${SKIP_APT:-}" ]]; then
-    log "missing packages (SKIP_APT set): ${missing[*]}"
-  else
-    log "installing: ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
-fi
+# --- system packages (scripts/packages.sh: the one list) -------------------------------------------
+source "$here/scripts/packages.sh"
+packages_ensure build runtime tests deb || [[ -n "${SKIP_APT:-}" ]] || exit 1
 command -v cargo >/dev/null || { log "cargo not found (rustup toolchain expected)"; exit 1; }
 
 # --- the real Parsec server as interop judge -----------------------------------------------------
