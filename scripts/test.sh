@@ -2,7 +2,8 @@
 # Sets up everything the test suite needs on a fresh Debian 12 machine, then runs it.
 #
 #   scripts/test.sh            # install what is missing, build helper tokens, run all tests
-#   scripts/test.sh -- FILTER  # pass extra arguments to `cargo test`
+#   scripts/test.sh -- FILTER  # pass extra arguments to `cargo test` (skips the .deb check
+#                              # of scripts/deb-check.sh unless DEB_CHECK=1)
 #
 # Idempotent: a second run only runs the tests. Needs root for apt-get (CI and the dev machines
 # are root); set SKIP_APT=1 to only use what is installed.
@@ -38,4 +39,8 @@ export SEQUESTER_TEST_REQUIRE_ALL=1
 extra=()
 if [[ "${1:-}" == "--" ]]; then shift; extra=("$@"); fi
 cargo build --all-targets
+# The Debian package, built from this build, installed and run (full runs: CI).
+if [[ ${#extra[@]} -eq 0 || -n "${DEB_CHECK:-}" ]]; then
+  bash scripts/deb-check.sh
+fi
 cargo test --no-fail-fast "${extra[@]}" 2>&1
