@@ -43,6 +43,7 @@ SYS_CRATE_PACKAGES=(
   "cryptoki-sys=none:dlopen"     # PKCS#11 modules are loaded at run time, nothing is linked
   "linux-raw-sys=none:headers"   # Linux syscall constants as Rust source
   "js-sys=none:wasm"             # WebAssembly only
+  "wasm-bindgen-shared=none:wasm" # WebAssembly only (its `links` key only guards versions)
   "windows-sys=none:windows"     # Windows only
 )
 

@@ -69,19 +69,19 @@ fn failures_exit_non_zero_with_a_fix() {
         return;
     };
     let mut env = hsm.env();
-    // A transcript location that cannot be created.
+    // A transcript location that cannot be created (its parent is a device, not a directory:
+    // unwritable even for root).
     env.retain(|(k, _)| k != "SEQUESTER_CUSTODY_TRANSCRIPT");
     env.push((
         "SEQUESTER_CUSTODY_TRANSCRIPT".into(),
-        "/proc/sequester-doctor/transcript.jsonl".into(),
+        "/dev/null/transcript.jsonl".into(),
     ));
     let (ok, checks) = doctor_json(&["--module", "/nonexistent/module.so"], &env);
     assert!(!ok);
     let missing = find(&checks, "pkcs11", "/nonexistent/module.so does not exist").unwrap();
     assert_eq!(missing["verdict"], "fail");
-    let transcript = find(&checks, "transcript", "/proc/sequester-doctor").unwrap();
+    let transcript = find(&checks, "transcript", "/dev/null/transcript.jsonl").unwrap();
     assert_eq!(transcript["verdict"], "fail", "{transcript}");
-    assert!(!std::path::Path::new("/proc/sequester-doctor").exists());
 
     // Text mode: one line per check, verdict first, the fix on the same line.
     let out = run_cli(&["doctor", "--module", "/nonexistent/module.so"], &env);

@@ -213,6 +213,21 @@ fn every_operation_through_p11_kit_client() {
         "Alice",
     ]);
     r.ok(&["key", "test", &r.key("remote-authority"), "--rounds", "1"]);
+    r.ok(&[
+        "key",
+        "generate",
+        "--role",
+        "service",
+        "--label",
+        "remote-service",
+        "--bits",
+        "2048",
+        "--token",
+        &r.token(),
+        "--operator",
+        "Alice",
+    ]);
+    r.ok(&["key", "test", &r.key("remote-service"), "--rounds", "1"]);
     let certs = r.work.path().join("certs");
     std::fs::create_dir(&certs).unwrap();
     r.ok(&[
@@ -223,7 +238,7 @@ fn every_operation_through_p11_kit_client() {
         "--authority-public",
         auth_pub.to_str().unwrap(),
         "--service-key",
-        &r.key("svc1"),
+        &r.key("remote-service"),
         "--label",
         "Remote Service",
         "-o",

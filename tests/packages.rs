@@ -176,9 +176,14 @@ fn every_script_sources_the_list() {
             "{} does not use scripts/packages.sh",
             script.display()
         );
+        // Installing the project's own .deb (scripts/deb-check.sh) is not a package list.
+        let own = text
+            .lines()
+            .filter(|l| l.contains("apt-get install") && !l.contains("deb"))
+            .collect::<Vec<_>>();
         assert!(
-            !text.contains("apt-get install"),
-            "{} installs packages itself",
+            own.is_empty(),
+            "{} installs packages itself: {own:?}",
             script.display()
         );
     }
