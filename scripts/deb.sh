@@ -13,7 +13,8 @@
 # C source, RustCrypto) on CI's 2 shared cores, while the dev build already exists from the test
 # suite; dependencies are optimised in dev builds too (Cargo.toml [profile.dev.package."*"]).
 # What CI checks (files, Depends, man pages, the installed binary against a token) does not
-# depend on the profile.
+# depend on the profile. cargo-deb 3.8 warns that dev profiles are deprecated; a custom profile
+# would rebuild every dependency, which is what this avoids.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
@@ -24,8 +25,9 @@ log() { echo "[deb.sh] $*" >&2; }
 source "$here/scripts/packages.sh"
 packages_ensure build runtime deb || [[ -n "${SKIP_APT:-}" ]] || exit 1
 if ! command -v cargo-deb >/dev/null; then
-  log "installing cargo-deb (crates.io)"
-  cargo install cargo-deb --locked >&2
+  # Pinned: CI's dev-profile package is accepted with a deprecation warning by this version.
+  log "installing cargo-deb 3.8.0 (crates.io)"
+  cargo install cargo-deb --version 3.8.0 --locked >&2
 fi
 
 profile="${DEB_PROFILE:-release}"

@@ -278,7 +278,35 @@ fn pkcs11_modules(extra_modules: &[PathBuf]) -> Vec<Check> {
 }
 
 fn token_check(uri: &str, label: &str) -> Check {
-    let details = Pkcs11Uri::parse(uri).and_then(|u| pkcs11::token_details(&u));
+    // A token offering no mechanism at all (p11-kit's trust store) holds no keys: asking it for
+    // each mechanism's details only makes its module log complaints.
+    let uri = match Pkcs11Uri::parse(uri) {
+        Ok(uri) => uri,
+        Err(e) => {
+            return Check::new(
+                Verdict::Warn,
+                "pkcs11",
+                format!("  token `{label}`: {e}"),
+                "report this: the listed URI does not parse",
+            )
+        }
+    };
+    if let Ok(token) = module::select_token(&uri) {
+        if token
+            .module
+            .ctx
+            .get_mechanism_list(token.slot)
+            .is_ok_and(|m| m.is_empty())
+        {
+            return Check::new(
+                Verdict::Ok,
+                "pkcs11",
+                format!("  token `{label}`: no mechanisms (a certificate store, not for keys)"),
+                "",
+            );
+        }
+    }
+    let details = pkcs11::token_details(&uri);
     match details {
         Ok(d) => {
             let paths = |p: &[crate::token::MechanismPath]| {
