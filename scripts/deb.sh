@@ -42,5 +42,7 @@ bin="$CARGO_TARGET_DIR/$out_dir/sequester-custody"
 # cargo-deb maps to the profile's output directory.
 rm -rf "$CARGO_TARGET_DIR/$out_dir/deb-assets"
 "$bin" generate-assets "$CARGO_TARGET_DIR/$out_dir/deb-assets" >&2
+# Debian policy: man pages gzip-compressed, reproducibly (-n: no name or time stamp).
+gzip -9n "$CARGO_TARGET_DIR/$out_dir/deb-assets"/man/*.1
 mkdir -p "$CARGO_TARGET_DIR/debian"
 cargo deb --no-build --profile "$profile" "${extra[@]}" -o "$CARGO_TARGET_DIR/debian/" | tail -n 1

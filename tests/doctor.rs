@@ -22,7 +22,11 @@ fn doctor_json(args: &[&str], env: &[(String, String)]) -> (bool, Vec<Value>) {
         }
     }
     let any_fail = checks.iter().any(|c| c["verdict"] == "fail");
-    assert_eq!(out.status.success(), !any_fail, "exit status vs verdicts: {v}");
+    assert_eq!(
+        out.status.success(),
+        !any_fail,
+        "exit status vs verdicts: {v}"
+    );
     (out.status.success(), checks)
 }
 
@@ -47,8 +51,18 @@ fn a_softhsm_token_its_mechanism_paths_and_fuse() {
     assert_eq!(token["verdict"], "ok");
     let what = token["what"].as_str().unwrap();
     // SoftHSM2 2.6: raw RSA decryption, native PSS signing.
-    assert!(what.contains("decrypt paths [") && what.contains("raw"), "{what}");
-    for area in ["pcscd", "fuse", "clock", "profiles", "journal", "transcript"] {
+    assert!(
+        what.contains("decrypt paths [") && what.contains("raw"),
+        "{what}"
+    );
+    for area in [
+        "pcscd",
+        "fuse",
+        "clock",
+        "profiles",
+        "journal",
+        "transcript",
+    ] {
         assert!(
             checks.iter().any(|c| c["area"] == area),
             "no {area} check: {checks:#?}"

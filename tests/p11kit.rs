@@ -192,7 +192,10 @@ fn every_operation_through_p11_kit_client() {
     // test: the service key's decrypt round trip (the raw C_Decrypt path on SoftHSM2, which
     // failed with CKR_CRYPTOKI_NOT_INITIALIZED when taken from a second function list).
     let out = r.ok(&["-v", "key", "test", &r.key("svc1"), "--rounds", "2"]);
-    assert!(out.to_lowercase().contains("ok") || out.contains("pass"), "{out}");
+    assert!(
+        out.to_lowercase().contains("ok") || out.contains("pass"),
+        "{out}"
+    );
 
     // generate on the remote token, then sign a service certificate through it.
     let auth_pub = r.work.path().join("authority.pub.pem");
@@ -331,7 +334,11 @@ fn module_name_resolves_through_p11_kits_registry() {
     // RFC 7512's library name without path and extension.
     r.ok(&["key", "test", &uri("p11-kit-client"), "--rounds", "1"]);
     // A registered module whose library is gone is named as such.
-    std::fs::write(modules.join("stale.module"), "module: /nonexistent/gone.so\n").unwrap();
+    std::fs::write(
+        modules.join("stale.module"),
+        "module: /nonexistent/gone.so\n",
+    )
+    .unwrap();
     let out = run_cli(&["key", "show", &uri("stale")], &r.env);
     assert!(!out.status.success());
     assert!(

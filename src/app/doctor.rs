@@ -160,7 +160,10 @@ fn pcscd() -> Vec<Check> {
         let what = match &status {
             Err(e) => format!("reader `{name}`: state unknown ({e})"),
             Ok(()) if state.event_state().contains(State::PRESENT) => {
-                format!("reader `{name}`: card present, ATR {}", hex::encode(state.atr()))
+                format!(
+                    "reader `{name}`: card present, ATR {}",
+                    hex::encode(state.atr())
+                )
             }
             Ok(()) => format!("reader `{name}`: no card"),
         };
@@ -313,7 +316,10 @@ fn token_check(uri: &str, label: &str) -> Check {
                 if p.is_empty() {
                     "none".to_string()
                 } else {
-                    p.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", ")
+                    p.iter()
+                        .map(|m| m.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             };
             Check::new(
@@ -511,7 +517,10 @@ fn writable(area: &'static str, file: &Path, fix: &str) -> Check {
         Check::new(
             Verdict::Fail,
             area,
-            format!("{shown} cannot be created ({} is not writable)", dir.display()),
+            format!(
+                "{shown} cannot be created ({} is not writable)",
+                dir.display()
+            ),
             fix,
         )
     }

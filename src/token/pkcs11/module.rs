@@ -352,7 +352,10 @@ mod tests {
         assert_eq!(function_address(dump, "C_Decrypt"), Some(0x7f00aa));
         assert_eq!(function_address(dump, "C_DecryptInit"), Some(0x10));
         assert_eq!(function_address(dump, "C_Sign"), None);
-        assert_eq!(function_address("{ C_Sign: Some(0x1), C_Sign: Some(0x2) }", "C_Sign"), None);
+        assert_eq!(
+            function_address("{ C_Sign: Some(0x1), C_Sign: Some(0x2) }", "C_Sign"),
+            None
+        );
         assert_eq!(function_address("{ C_Sign: Some(0x12z) }", "C_Sign"), None);
     }
 
@@ -360,11 +363,13 @@ mod tests {
     /// be the ones a direct call returns: this catches a change in cryptoki's Debug output.
     #[test]
     fn raw_functions_are_cryptokis() {
-        let Some(module) = ["/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"]
-            .into_iter()
-            .map(Path::new)
-            .find(|p| p.is_file())
-        else {
+        let Some(module) = [
+            "/usr/lib/softhsm/libsofthsm2.so",
+            "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+        ]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.is_file()) else {
             assert!(
                 std::env::var_os("SEQUESTER_TEST_REQUIRE_ALL").is_none(),
                 "SoftHSM2 is not installed"

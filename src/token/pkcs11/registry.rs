@@ -77,6 +77,7 @@ fn user_config_mode() -> String {
 /// The value of `key:` in a p11-kit config file (`#` comments, last occurrence wins).
 fn config_value(text: &str, key: &str) -> Option<String> {
     text.lines()
+        .rev()
         .filter_map(|line| {
             let line = line.trim();
             if line.starts_with('#') {
@@ -85,7 +86,7 @@ fn config_value(text: &str, key: &str) -> Option<String> {
             let (k, v) = line.split_once(':')?;
             (k.trim() == key).then(|| v.trim().to_string())
         })
-        .last()
+        .next()
 }
 
 /// The configuration directories in increasing precedence, as `user-config` allows.
@@ -189,7 +190,12 @@ pub fn resolve_module_name(name: &str) -> Result<Option<PathBuf>, TokenError> {
     }
     Ok(module_directories()
         .iter()
-        .flat_map(|d| [d.join(format!("{name}.so")), d.join(format!("lib{name}.so"))])
+        .flat_map(|d| {
+            [
+                d.join(format!("{name}.so")),
+                d.join(format!("lib{name}.so")),
+            ]
+        })
         .find(|p| p.is_file()))
 }
 
