@@ -2,8 +2,10 @@
 # Sets up everything the test suite needs on a fresh Debian 12 machine, then runs it.
 #
 #   scripts/test.sh            # install what is missing, build helper tokens, run all tests
-#   scripts/test.sh -- FILTER  # pass extra arguments to `cargo test` (skips the .deb check
-#                              # of scripts/deb-check.sh unless DEB_CHECK=1)
+#   scripts/test.sh -- FILTER  # pass extra arguments to `cargo test`
+#
+# A full run also builds, installs and checks the Debian package (scripts/deb-check.sh); a
+# filtered run or SKIP_APT=1 skips that unless DEB_CHECK=1.
 #
 # Idempotent: a second run only runs the tests. Needs root for apt-get (CI and the dev machines
 # are root); set SKIP_APT=1 to only use what is installed.
@@ -39,8 +41,9 @@ export SEQUESTER_TEST_REQUIRE_ALL=1
 extra=()
 if [[ "${1:-}" == "--" ]]; then shift; extra=("$@"); fi
 cargo build --all-targets
-# The Debian package, built from this build, installed and run (full runs: CI).
-if [[ ${#extra[@]} -eq 0 || -n "${DEB_CHECK:-}" ]]; then
+# The Debian package, built from this build, installed and run: full runs that may install
+# (CI), or DEB_CHECK=1.
+if [[ ( ${#extra[@]} -eq 0 && -z "${SKIP_APT:-}" ) || -n "${DEB_CHECK:-}" ]]; then
   bash scripts/deb-check.sh
 fi
 cargo test --no-fail-fast "${extra[@]}" 2>&1
