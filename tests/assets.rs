@@ -30,12 +30,21 @@ fn man_pages_and_completions_follow_the_cli() {
     // Hidden tools have no page.
     assert!(!pages.iter().any(|p| p.contains("generate-")), "{pages:?}");
     let export = std::fs::read_to_string(man.join("sequester-custody-export.1")).unwrap();
-    assert!(export.starts_with(".ie") || export.contains(".TH"), "not roff");
-    assert!(export.contains("sequester\\-custody\\-export\\-mount"), "{export}");
+    assert!(
+        export.starts_with(".ie") || export.contains(".TH"),
+        "not roff"
+    );
+    assert!(
+        export.contains("sequester\\-custody\\-export\\-mount"),
+        "{export}"
+    );
 
     let completions = dir.path().join("completions");
     let bash = std::fs::read_to_string(completions.join("sequester-custody.bash")).unwrap();
-    assert!(bash.contains("complete ") && bash.contains("doctor"), "{bash}");
+    assert!(
+        bash.contains("complete ") && bash.contains("doctor"),
+        "{bash}"
+    );
     let zsh = std::fs::read_to_string(completions.join("_sequester-custody")).unwrap();
     assert!(zsh.starts_with("#compdef sequester-custody"), "{zsh}");
     let fish = std::fs::read_to_string(completions.join("sequester-custody.fish")).unwrap();
