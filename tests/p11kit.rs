@@ -316,7 +316,9 @@ fn module_name_resolves_through_p11_kits_registry() {
     let out = run_cli(&["key", "show", &uri("investigator-laptop")], &r.env);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("no HSM profile and no p11-kit module named `investigator-laptop`"),
+        stderr(&out).contains(
+            "no HSM profile named `investigator-laptop`, and no p11-kit module of that name"
+        ),
         "{}",
         stderr(&out)
     );
@@ -360,6 +362,18 @@ fn p11_kit_proxy_is_a_module() {
     };
     hsm.import_with_softhsm_util(&fixture(SERVICE1), "svc1", "01");
     let config = tempfile::tempdir().unwrap();
+    // The user's p11-kit config narrows what the proxy loads, as p11-kit users do: OpenSC's
+    // module can block in C_Initialize while another program holds a card, and the trust store
+    // holds no keys. `disable-in` names the programs that must not load a module.
+    let modules = config.path().join("pkcs11/modules");
+    std::fs::create_dir_all(&modules).unwrap();
+    for name in ["opensc-pkcs11", "p11-kit-trust"] {
+        std::fs::write(
+            modules.join(format!("{name}.module")),
+            "disable-in: sequester-custody\n",
+        )
+        .unwrap();
+    }
     let mut env = hsm.env();
     env.push((
         "XDG_CONFIG_HOME".into(),

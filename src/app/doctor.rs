@@ -181,6 +181,18 @@ fn pkcs11_modules(extra_modules: &[PathBuf]) -> Vec<Check> {
         extra.push(PathBuf::from(path));
     }
     for (name, m) in registry::registered_modules() {
+        if !m.enabled {
+            checks.push(Check::new(
+                Verdict::Ok,
+                "pkcs11",
+                format!(
+                    "p11-kit module `{name}` is disabled for this program ({})",
+                    m.config.display()
+                ),
+                "",
+            ));
+            continue;
+        }
         match (&m.library, &m.remote) {
             (Some(library), _) if library.is_file() => extra.push(library.clone()),
             (Some(library), _) => checks.push(Check::new(

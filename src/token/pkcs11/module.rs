@@ -166,8 +166,8 @@ pub fn module_by_name(name: &str) -> Result<PathBuf, TokenError> {
                 .join(", ")
         ),
         None => format!(
-            "no HSM profile and no p11-kit module named `{name}` (module-name=; p11-kit reads \
-             {}/*.module, {}/*.module and ~/.config/pkcs11/modules/*.module)",
+            "no HSM profile named `{name}`, and no p11-kit module of that name (module-name=; \
+             p11-kit reads {}/*.module, {}/*.module and ~/.config/pkcs11/modules/*.module)",
             registry::PACKAGE_MODULE_CONFIGS,
             registry::ADMIN_MODULE_CONFIGS
         ),

@@ -51,6 +51,17 @@ pub struct RegisteredModule {
     pub remote: Option<String>,
     /// The config file that decided the entry.
     pub config: PathBuf,
+    /// False when `enable-in:` / `disable-in:` keep it from this program, as p11-kit does.
+    pub enabled: bool,
+}
+
+/// The program name p11-kit compares with `enable-in:` and `disable-in:`.
+const PROGRAM: &str = "sequester-custody";
+
+fn lists_program(value: &str) -> bool {
+    value
+        .split([',', ' ', '\t'])
+        .any(|name| name.trim() == PROGRAM)
 }
 
 /// The user's configuration directory, as p11-kit expands `~/.config/pkcs11/modules`.
@@ -103,8 +114,9 @@ pub fn config_directories() -> Vec<PathBuf> {
     dirs
 }
 
-/// Every registered module, by name. A file in a later directory replaces the module and
-/// remote settings of one of the same name from an earlier directory (p11-kit merges them).
+/// Every registered module, by name, enabled for this program or not. A file in a later
+/// directory replaces the settings it names of one of the same name from an earlier directory
+/// (p11-kit merges them).
 pub fn registered_modules() -> BTreeMap<String, RegisteredModule> {
     let mut modules: BTreeMap<String, RegisteredModule> = BTreeMap::new();
     for dir in config_directories() {
@@ -136,7 +148,14 @@ pub fn registered_modules() -> BTreeMap<String, RegisteredModule> {
                     library: None,
                     remote: None,
                     config: config.clone(),
+                    enabled: true,
                 });
+            if let Some(list) = config_value(&text, "enable-in") {
+                entry.enabled = lists_program(&list);
+            }
+            if let Some(list) = config_value(&text, "disable-in") {
+                entry.enabled = !lists_program(&list);
+            }
             if library.is_some() || remote.is_some() {
                 entry.library = library;
                 entry.remote = remote;
@@ -166,6 +185,12 @@ fn absolute_library(module: &str) -> PathBuf {
 /// `Ok(None)` when p11-kit knows no such name.
 pub fn resolve_module_name(name: &str) -> Result<Option<PathBuf>, TokenError> {
     if let Some(module) = registered_modules().remove(name) {
+        if !module.enabled {
+            return Err(TokenError::ModuleNotFound(format!(
+                "p11-kit module `{name}` is disabled for {PROGRAM} (enable-in/disable-in in {})",
+                module.config.display()
+            )));
+        }
         return match (module.library, module.remote) {
             (Some(library), _) if library.is_file() => Ok(Some(library)),
             (Some(library), _) => Err(TokenError::ModuleNotFound(format!(
@@ -212,6 +237,13 @@ mod tests {
             Some("unix:path=/x")
         );
         assert_eq!(config_value(text, "priority"), None);
+    }
+
+    #[test]
+    fn program_lists() {
+        assert!(lists_program("firefox, sequester-custody"));
+        assert!(lists_program("sequester-custody"));
+        assert!(!lists_program("firefox,sequester-custody-old"));
     }
 
     #[test]
