@@ -37,12 +37,9 @@ history_versions="${BENCH_HISTORY_VERSIONS:-50}"
 history_rotations="${BENCH_HISTORY_ROTATIONS:-20}"
 service_bits="${BENCH_SERVICE_BITS:-4096}"
 
-command -v softhsm2-util >/dev/null || { log "softhsm2-util missing: run scripts/test.sh first"; exit 1; }
+source "$here/scripts/packages.sh"
 # GNU time measures the peak RSS of each command (see benches/export_bench.rs).
-if [[ ! -x /usr/bin/time ]]; then
-  log "installing GNU time"
-  apt-get install -y -qq --no-install-recommends time >/dev/null
-fi
+packages_ensure build runtime bench
 
 log "building (release)"
 cargo build --release --quiet --bin sequester-custody

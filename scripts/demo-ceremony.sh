@@ -8,6 +8,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/sequester-custody-target}"
+source "$here/scripts/packages.sh"
+packages_ensure build runtime demo
 cargo build --quiet --manifest-path "$here/Cargo.toml"
 bin="$CARGO_TARGET_DIR/debug/sequester-custody"
 module="${SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}"

@@ -25,14 +25,10 @@ py="${PARSEC_ORACLE_PY:-/var/tmp/parsec-oracle-venv/bin/python}"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
-# --- what the demo needs: SoftHSM2 and FUSE (fusermount3) ---------------------------------------
-missing=()
-for p in softhsm2 fuse3 openssl; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if ((${#missing[@]})); then
-  if [[ -n "${SKIP_APT:-}" ]]; then echo "missing packages: ${missing[*]}" >&2; exit 1; fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# --- what the build and the demo need (scripts/packages.sh: the one list) ----------------------
+source "$here/scripts/packages.sh"
+packages_ensure build runtime demo
+command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
 
 cargo build --quiet --bin sequester-custody
 bin="$CARGO_TARGET_DIR/debug/sequester-custody"

@@ -4,6 +4,9 @@
 #   scripts/test.sh            # install what is missing, build helper tokens, run all tests
 #   scripts/test.sh -- FILTER  # pass extra arguments to `cargo test`
 #
+# A full run also builds, installs and checks the Debian package (scripts/deb-check.sh); a
+# filtered run or SKIP_APT=1 skips that unless DEB_CHECK=1.
+#
 # Idempotent: a second run only runs the tests. Needs root for apt-get (CI and the dev machines
 # are root); set SKIP_APT=1 to only use what is installed.
 set -euo pipefail
@@ -12,20 +15,9 @@ cd "$here"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/sequester-custody-target}"
 log() { echo "[test.sh] $*" >&2; }
 
-# --- system packages ---------------------------------------------------------------------------
-packages=(softhsm2 opensc fuse3 libclang-dev clang pkg-config libpcsclite-dev pcscd
-          vsmartcard-vpcd ykcs11 sqlite3 postgresql faketime openssl)
-missing=()
-for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if ((${#missing[@]})); then
-  if [[ -n "${SKIP_APT:-}" ]]; then
-    log "missing packages (SKIP_APT set): ${missing[*]}"
-  else
-    log "installing: ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
-fi
+# --- system packages (scripts/packages.sh: the one list) -------------------------------------------
+source "$here/scripts/packages.sh"
+packages_ensure build runtime tests deb || [[ -n "${SKIP_APT:-}" ]] || exit 1
 command -v cargo >/dev/null || { log "cargo not found (rustup toolchain expected)"; exit 1; }
 
 # --- the real Parsec server as interop judge -----------------------------------------------------
@@ -49,4 +41,9 @@ export SEQUESTER_TEST_REQUIRE_ALL=1
 extra=()
 if [[ "${1:-}" == "--" ]]; then shift; extra=("$@"); fi
 cargo build --all-targets
+# The Debian package, built from this build, installed and run: full runs that may install
+# (CI), or DEB_CHECK=1.
+if [[ ( ${#extra[@]} -eq 0 && -z "${SKIP_APT:-}" ) || -n "${DEB_CHECK:-}" ]]; then
+  bash scripts/deb-check.sh
+fi
 cargo test --no-fail-fast "${extra[@]}" 2>&1

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use sequester_custody::app::{self, GlobalOpts};
 
 /// Parsec sequester keys in hardware: key ceremonies and realm export investigation through a
@@ -41,9 +41,14 @@ enum Command {
     /// Organisation trust anchors: pin, list and unpin root verify keys.
     #[command(subcommand)]
     Org(app::org::OrgCommand),
+    /// Check this machine: pcscd and readers, PKCS#11 modules and tokens, FUSE, clock, files.
+    Doctor(app::doctor::DoctorArgs),
     /// Write a synthetic realm export (tests, benchmarks, demo).
     #[command(name = "generate-export", hide = true)]
     GenerateExport(app::generate::GenerateArgs),
+    /// Write the man pages and shell completions of this CLI (Debian package build).
+    #[command(name = "generate-assets", hide = true)]
+    GenerateAssets(app::assets::AssetsArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,7 +68,9 @@ fn main() -> ExitCode {
         Command::Ceremony(cmd) => app::ceremony::run(cmd, &global),
         Command::Export(cmd) => app::export::run(cmd, &global),
         Command::Org(cmd) => app::org::run(cmd, &global),
+        Command::Doctor(args) => app::doctor::run(args, &global),
         Command::GenerateExport(args) => app::generate::run(args, &global),
+        Command::GenerateAssets(args) => app::assets::run(args, Cli::command()),
     };
     match result {
         Ok(code) => code,

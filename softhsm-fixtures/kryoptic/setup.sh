@@ -4,6 +4,9 @@
 # on stdout (scripts/test.sh evals it). Logs go to stderr. The target dir is persistent so a
 # re-run is a no-op after the first (slow) build.
 set -euo pipefail
+# The packages this needs are in the one list (stdout carries only `export` lines).
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/scripts/packages.sh"
+packages_ensure build tests >&2 || [[ -n "${SKIP_APT:-}" ]] || exit 1
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 target="${SEQUESTER_KRYOPTIC_TARGET:-/var/tmp/sequester-kryoptic-target}"
 mkdir -p "$target"

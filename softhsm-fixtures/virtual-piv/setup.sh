@@ -7,6 +7,9 @@
 #
 # Needs: cargo, libclang-dev (littlefs2-sys bindgen), pcscd + vsmartcard-vpcd at run time.
 set -euo pipefail
+# The packages this needs are in the one list (stdout carries only `export` lines).
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/scripts/packages.sh"
+packages_ensure build tests >&2 || [[ -n "${SKIP_APT:-}" ]] || exit 1
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 target="${VIRTUAL_PIV_TARGET_DIR:-/var/tmp/sequester-virtual-piv-target}"
 bin="$target/release/sequester-virtual-piv"

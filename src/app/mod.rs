@@ -2,8 +2,10 @@
 //! `Subcommand` enum and a `run` function. This is the binary's edge, so `anyhow` is used here and
 //! nowhere below.
 
+pub mod assets;
 pub mod ceremony;
 pub mod cert;
+pub mod doctor;
 pub mod export;
 pub mod generate;
 pub mod key;

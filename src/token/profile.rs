@@ -1,6 +1,7 @@
 //! HSM profiles (`hsm-profiles/*.toml`): per product, the candidate module paths, known quirks
-//! and the mechanism paths to try, in order. The shipped profiles are compiled in; a directory
-//! named by `SEQUESTER_CUSTODY_PROFILES` adds profiles or replaces shipped ones of the same name.
+//! and the mechanism paths to try, in order. The shipped profiles are compiled in; the profile
+//! directories ([`profile_directories`]: the installed package's, the administrator's, then
+//! `SEQUESTER_CUSTODY_PROFILES`) add profiles or replace earlier ones of the same name.
 
 use std::path::{Path, PathBuf};
 
@@ -135,14 +136,40 @@ fn parse(name: &str, text: &str) -> Result<Profile, TokenError> {
     })
 }
 
-/// All profiles: shipped ones, then those of [`PROFILES_ENV`] (same name = replacement).
+/// The administrator's profiles (Debian's place for local configuration).
+pub const ADMIN_PROFILES: &str = "/etc/sequester-custody/hsm-profiles";
+
+/// The installed package's profiles: `../share/sequester-custody/hsm-profiles` from the
+/// binary's directory (`/usr/share/...` for `/usr/bin/sequester-custody`, `/usr/local/share/...`
+/// for a `/usr/local` install). A binary run from a build directory finds none there and uses
+/// the compiled-in copies of the same files.
+pub fn package_profiles() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let prefix = exe.parent()?.parent()?;
+    Some(prefix.join("share/sequester-custody/hsm-profiles"))
+}
+
+/// Profile directories in increasing precedence: the package's and the administrator's (read
+/// when they exist), then [`PROFILES_ENV`] (which must exist when set).
+pub fn profile_directories() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = package_profiles().into_iter().collect();
+    dirs.push(PathBuf::from(ADMIN_PROFILES));
+    dirs.extend(std::env::var_os(PROFILES_ENV).map(PathBuf::from));
+    dirs
+}
+
+/// All profiles: shipped ones, then those of each [`profile_directories`] entry (same name =
+/// replacement).
 pub fn all_profiles() -> Result<Vec<Profile>, TokenError> {
     let mut profiles = Vec::new();
     for (name, text) in SHIPPED {
         profiles.push(parse(name, text)?);
     }
-    if let Some(dir) = std::env::var_os(PROFILES_ENV) {
-        let dir = PathBuf::from(dir);
+    let explicit = std::env::var_os(PROFILES_ENV).map(PathBuf::from);
+    for dir in profile_directories() {
+        if Some(&dir) != explicit.as_ref() && !dir.is_dir() {
+            continue;
+        }
         let entries = std::fs::read_dir(&dir).map_err(|e| TokenError::Backend {
             backend: "profile",
             operation: format!("reading {}", dir.display()),

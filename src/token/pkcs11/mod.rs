@@ -7,6 +7,7 @@ pub mod listing;
 pub mod mechanisms;
 pub mod module;
 pub mod pem_key;
+pub mod registry;
 pub mod session;
 
 pub use key::Pkcs11Key;

@@ -12,7 +12,7 @@ use cryptoki::slot::{Slot, TokenInfo};
 use super::super::profile::{self, Profile};
 use super::super::uri::Pkcs11Uri;
 use super::super::{TokenDescription, TokenError};
-use super::ck_error;
+use super::{ck_error, registry};
 
 /// Environment variable naming a default module when a URI gives neither `module-path` nor
 /// `module-name`.
@@ -33,9 +33,15 @@ pub struct Module {
 /// fallback path calls `C_Decrypt` once with a k-byte buffer instead. And `Session::sign` /
 /// `decrypt` run the `*Init` call and the operation together, leaving no room for the
 /// context-specific login a `CKA_ALWAYS_AUTHENTICATE` key needs in between.
+///
+/// The pointers come from the very function list cryptoki obtained and initialised, never from
+/// a second `C_GetFunctionList` call: p11-kit's client and proxy modules build a new,
+/// uninitialised instance for every call (each client instance is its own connection to
+/// `p11-kit server`), so a second list answers `CKR_CRYPTOKI_NOT_INITIALIZED` and does not
+/// know cryptoki's sessions. The pointers stay valid as long as the module's [`Pkcs11`] does,
+/// which [`Module`] owns alongside them.
+#[derive(Clone, Copy)]
 pub struct RawFunctions {
-    // Keeps the dlopen reference alive (same library instance as cryptoki's: same state).
-    _lib: cryptoki_sys::Pkcs11,
     pub decrypt: SinglePartFn,
     pub sign: SinglePartFn,
 }
@@ -50,26 +56,42 @@ pub type SinglePartFn = unsafe extern "C" fn(
     *mut cryptoki_sys::CK_ULONG,
 ) -> cryptoki_sys::CK_RV;
 
-fn load_raw_functions(path: &Path) -> Option<RawFunctions> {
-    // SAFETY: the same module cryptoki already loaded and initialised; dlopen returns the same
-    // instance, and C_GetFunctionList only fills in a pointer to a static table.
+/// `C_Decrypt` and `C_Sign` of the function list cryptoki holds for `ctx`.
+///
+/// cryptoki 0.12 keeps that list private; its only public view is the derived `Debug` output
+/// (`C_Decrypt: Some(0x7f…)`), which prints each entry's address. Reading the two addresses
+/// from there is what takes the entries from the same list rather than a second one. A format
+/// cryptoki might change is guarded twice: the parse must find exactly the expected fields, and
+/// `raw_functions_are_cryptokis` checks the result against the module's static list (SoftHSM2).
+fn raw_functions(ctx: &Pkcs11) -> Option<RawFunctions> {
+    let text = format!("{ctx:?}");
+    let decrypt = function_address(&text, "C_Decrypt")?;
+    let sign = function_address(&text, "C_Sign")?;
+    // SAFETY: both addresses are entries of the module's CK_FUNCTION_LIST (C_Decrypt and C_Sign,
+    // whose signature is SinglePartFn), printed by cryptoki from the list it calls itself.
     unsafe {
-        let lib = cryptoki_sys::Pkcs11::new(path).ok()?;
-        let mut list: *mut cryptoki_sys::CK_FUNCTION_LIST = std::ptr::null_mut();
-        if lib.C_GetFunctionList.is_err()
-            || lib.C_GetFunctionList(&mut list) != cryptoki_sys::CKR_OK
-            || list.is_null()
-        {
-            return None;
-        }
-        let decrypt = (*list).C_Decrypt?;
-        let sign = (*list).C_Sign?;
         Some(RawFunctions {
-            _lib: lib,
-            decrypt,
-            sign,
+            decrypt: std::mem::transmute::<usize, SinglePartFn>(decrypt),
+            sign: std::mem::transmute::<usize, SinglePartFn>(sign),
         })
     }
+}
+
+/// The address printed for `field` (`field: Some(0x…)`) in a `Debug` dump; `None` when the
+/// field is absent, `None` in the list, or appears more than once.
+fn function_address(debug: &str, field: &str) -> Option<usize> {
+    let needle = format!(" {field}: Some(0x");
+    let mut hits = debug.match_indices(&needle);
+    let (at, _) = hits.next()?;
+    if hits.next().is_some() {
+        return None;
+    }
+    let digits: String = debug[at + needle.len()..]
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit())
+        .collect();
+    let address = usize::from_str_radix(&digits, 16).ok()?;
+    (address != 0 && debug[at + needle.len() + digits.len()..].starts_with(')')).then_some(address)
 }
 
 impl std::fmt::Debug for Module {
@@ -110,7 +132,7 @@ pub fn load_module(path: &Path) -> Result<Arc<Module>, TokenError> {
         }
     }
     let module = Arc::new(Module {
-        raw: load_raw_functions(&key),
+        raw: raw_functions(&ctx),
         profile: profile::profile_for_module(&key),
         path: key.clone(),
         ctx,
@@ -119,8 +141,42 @@ pub fn load_module(path: &Path) -> Result<Arc<Module>, TokenError> {
     Ok(module)
 }
 
-/// The module paths a URI designates: `module-path`, else the profile of `module-name`, else
-/// [`MODULE_ENV`], else every profile's module that is present on this machine.
+/// The library `module-name=NAME` designates: the installed module of the HSM profile of that
+/// name, else the module p11-kit registers under that name (see [`registry`]).
+pub fn module_by_name(name: &str) -> Result<PathBuf, TokenError> {
+    let profile = profile::all_profiles()?
+        .into_iter()
+        .rev()
+        .find(|p| p.name == name);
+    if let Some(path) = profile.as_ref().and_then(Profile::present_module) {
+        return Ok(path);
+    }
+    if let Some(path) = registry::resolve_module_name(name)? {
+        return Ok(path);
+    }
+    Err(TokenError::ModuleNotFound(match profile {
+        Some(profile) => format!(
+            "profile `{name}`: none of its module paths exists ({}), and p11-kit registers no \
+             module of that name",
+            profile
+                .expanded_module_paths()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => format!(
+            "no HSM profile named `{name}`, and no p11-kit module of that name (module-name=; \
+             p11-kit reads {}/*.module, {}/*.module and ~/.config/pkcs11/modules/*.module)",
+            registry::PACKAGE_MODULE_CONFIGS,
+            registry::ADMIN_MODULE_CONFIGS
+        ),
+    }))
+}
+
+/// The module paths a URI designates: `module-path`, else `module-name` (an HSM profile or
+/// p11-kit's registry), else [`MODULE_ENV`], else every profile's module that is present on
+/// this machine.
 pub fn module_candidates(uri: &Pkcs11Uri) -> Result<Vec<PathBuf>, TokenError> {
     if let Some(path) = &uri.module_path {
         let path = PathBuf::from(path);
@@ -133,18 +189,7 @@ pub fn module_candidates(uri: &Pkcs11Uri) -> Result<Vec<PathBuf>, TokenError> {
         return Ok(vec![path]);
     }
     if let Some(name) = &uri.module_name {
-        let profile = profile::find_profile(name)?;
-        return profile.present_module().map(|p| vec![p]).ok_or_else(|| {
-            TokenError::ModuleNotFound(format!(
-                "profile `{name}`: none of its module paths exists ({})",
-                profile
-                    .expanded_module_paths()
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        });
+        return module_by_name(name).map(|p| vec![p]);
     }
     if let Some(path) = std::env::var_os(MODULE_ENV) {
         let path = PathBuf::from(path);
@@ -294,5 +339,52 @@ pub fn select_token(uri: &Pkcs11Uri) -> Result<TokenRef, TokenError> {
             selector: uri.token_selector(),
             count,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn function_addresses_are_read_exactly() {
+        let dump = "L { C_Decrypt: Some(0x7f00aa), C_DecryptInit: Some(0x10), C_Sign: None }";
+        assert_eq!(function_address(dump, "C_Decrypt"), Some(0x7f00aa));
+        assert_eq!(function_address(dump, "C_DecryptInit"), Some(0x10));
+        assert_eq!(function_address(dump, "C_Sign"), None);
+        assert_eq!(
+            function_address("{ C_Sign: Some(0x1), C_Sign: Some(0x2) }", "C_Sign"),
+            None
+        );
+        assert_eq!(function_address("{ C_Sign: Some(0x12z) }", "C_Sign"), None);
+    }
+
+    /// SoftHSM2's C_GetFunctionList returns one static list, so the entries cryptoki holds must
+    /// be the ones a direct call returns: this catches a change in cryptoki's Debug output.
+    #[test]
+    fn raw_functions_are_cryptokis() {
+        let Some(module) = [
+            "/usr/lib/softhsm/libsofthsm2.so",
+            "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+        ]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.is_file()) else {
+            assert!(
+                std::env::var_os("SEQUESTER_TEST_REQUIRE_ALL").is_none(),
+                "SoftHSM2 is not installed"
+            );
+            return;
+        };
+        let ctx = Pkcs11::new(module).unwrap();
+        let raw = raw_functions(&ctx).expect("C_Decrypt and C_Sign read from cryptoki's list");
+        // SAFETY: the SoftHSM2 library; C_GetFunctionList only stores a pointer to its table.
+        unsafe {
+            let lib = cryptoki_sys::Pkcs11::new(module).unwrap();
+            let mut list: *mut cryptoki_sys::CK_FUNCTION_LIST = std::ptr::null_mut();
+            assert_eq!(lib.C_GetFunctionList(&mut list), cryptoki_sys::CKR_OK);
+            assert_eq!(raw.decrypt as usize, (*list).C_Decrypt.unwrap() as usize);
+            assert_eq!(raw.sign as usize, (*list).C_Sign.unwrap() as usize);
+        }
     }
 }
