@@ -287,7 +287,7 @@ fn folders_nested_deeper_than_the_limit_are_shown_but_not_entered() {
 }
 
 #[test]
-fn an_entry_in_two_folders_is_reported_a_stale_parent_skipped_and_nfc_twins_hidden() {
+fn an_entry_in_two_folders_and_a_stale_parent_are_reported_and_nfc_twins_hidden() {
     let h = hostile(|w, _root, children, _| {
         let docs = children[0].1;
         let good = children[1].1;
@@ -337,19 +337,32 @@ fn an_entry_in_two_folders_is_reported_a_stale_parent_skipped_and_nfc_twins_hidd
     assert_eq!(
         got,
         vec![
-            ("/docs/alias".to_string(), WalkRule::DuplicateId),
+            ("/docs/alias".to_string(), WalkRule::ParentMismatch),
             ("/docs/\u{e9}".to_string(), WalkRule::NameCollision),
             ("/docs/\u{e9}".to_string(), WalkRule::NameCollision),
+            ("/good/stray".to_string(), WalkRule::ParentMismatch),
         ]
     );
+    let reason = |path: &str| {
+        steps.iter().find_map(|s| match s {
+            WalkStep::Problem(p) if p.path == path => Some(p.reason.clone()),
+            _ => None,
+        })
+    };
+    assert!(reason("/docs/alias").unwrap().contains("which lists it too"));
+    assert!(reason("/good/stray").unwrap().contains("does not list it"));
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("out");
     let report = extract_all(&realm, &dest);
     assert_good_tree_extracted(&dest, &report);
     assert!(!dest.join("docs/alias").exists());
-    // `stray` names `docs`, which does not list it: a stale link, skipped without a report.
+    // `stray` names `docs`, which does not list it: a stale link, not extracted but reported
+    // (nothing is hidden silently).
     assert!(!dest.join("good/stray").exists());
-    assert!(!report.unreadable.iter().any(|u| u.path.contains("stray")));
+    assert!(report
+        .unreadable
+        .iter()
+        .any(|u| u.path == "/good/stray" && u.reason.contains("parent mismatch")));
     assert!(report.unreadable.iter().any(|u| u.path == "/docs/alias"));
 }
 
