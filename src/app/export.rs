@@ -1030,8 +1030,10 @@ fn verify_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> Co
         )?;
         for (k, n) in &report.unreadable_versions_by_key_index {
             let why = match realm.key_unusable(*k) {
-                Some(_) => "whose keys-bundle access for this service is present but unusable \
-                            (damaged or forged, see the problems below)",
+                Some(_) => {
+                    "whose keys-bundle access for this service is present but unusable \
+                            (damaged or forged, see the problems below)"
+                }
                 None => "which this service was never given",
             };
             safe_line!(o, "           {n} version(s) need key index {k}, {why}")?;
@@ -1080,7 +1082,11 @@ fn verify_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> Co
                 "Notices:   {} listed entr{} NOT SHOWN by listings and extraction (not counted \
                  as problems: Parsec's client skips them too):",
                 report.notices.len(),
-                if report.notices.len() == 1 { "y is" } else { "ies are" }
+                if report.notices.len() == 1 {
+                    "y is"
+                } else {
+                    "ies are"
+                }
             )?;
             for p in &report.notices {
                 safe_line!(o, "{}", problem_line(p))?;

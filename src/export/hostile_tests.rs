@@ -349,7 +349,9 @@ fn an_entry_in_two_folders_and_a_stale_parent_are_reported_and_nfc_twins_hidden(
             _ => None,
         })
     };
-    assert!(reason("/docs/alias").unwrap().contains("which lists it too"));
+    assert!(reason("/docs/alias")
+        .unwrap()
+        .contains("which lists it too"));
     assert!(reason("/good/stray").unwrap().contains("does not list it"));
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("out");

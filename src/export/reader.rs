@@ -324,7 +324,11 @@ impl ExportFile {
             return Err(ExportError::RealmMismatch {
                 path: self.display_path().to_string(),
                 info_realm: hex::encode(self.info.realm_id),
-                certificate_realms: realms.iter().map(hex::encode).collect::<Vec<_>>().join(", "),
+                certificate_realms: realms
+                    .iter()
+                    .map(hex::encode)
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
         }
         let mut access_key_indexes: Vec<u64> = self

@@ -328,11 +328,11 @@ impl<'r> Walk<'r> {
         folder: &FolderManifest,
         stray: &ChildEntry,
     ) -> Result<(WalkRule, String), ExportError> {
-        if stray.id == self.root_id || stray.id == folder.header.id || self.is_ancestor(&stray.id)
-        {
-            let (_, mut problems) = screen_children(folder, &self.root_id, vec![stray.clone()], |c| {
-                self.is_ancestor(c)
-            });
+        if stray.id == self.root_id || stray.id == folder.header.id || self.is_ancestor(&stray.id) {
+            let (_, mut problems) =
+                screen_children(folder, &self.root_id, vec![stray.clone()], |c| {
+                    self.is_ancestor(c)
+                });
             if let Some((_, rule, reason)) = problems.pop() {
                 return Ok((rule, reason));
             }
@@ -341,7 +341,10 @@ impl<'r> Walk<'r> {
             // Only readable children are strays.
             return Ok((
                 WalkRule::ParentMismatch,
-                format!("entry {} names another parent folder", hex::encode(stray.id)),
+                format!(
+                    "entry {} names another parent folder",
+                    hex::encode(stray.id)
+                ),
             ));
         };
         let listed = self
