@@ -548,3 +548,55 @@ fn paths_too_long_to_write_are_reported_and_the_rest_is_extracted() {
         .iter()
         .all(|u| u.kind == "folder" && u.vlob_id != [0; 16]));
 }
+
+#[test]
+fn verify_reports_an_ancestor_as_a_problem_and_a_child_naming_another_parent_as_a_notice() {
+    let h = hostile(|w, root, children, _| {
+        let good = children[1].1;
+        // `/good/sub` lists its parent `good` (an ancestor cycle); the root lists a file whose
+        // manifest names `docs` as its parent (a stale link, not tampering by itself).
+        let sub = w.entry_id("/good/sub").unwrap().unwrap();
+        let b = w.entry_id("/good/sub/b.txt").unwrap().unwrap();
+        w.forge_manifest(
+            sub,
+            good,
+            ForgedManifest::Folder(vec![("b.txt".into(), b), ("up".into(), good)]),
+        )
+        .unwrap();
+        let docs = children[0].1;
+        let stray = w.new_entry_id();
+        w.forge_manifest(
+            stray,
+            docs,
+            ForgedManifest::File {
+                size: 0,
+                blocksize: 512,
+                blocks: vec![],
+            },
+        )
+        .unwrap();
+        let mut listed = children.clone();
+        listed.push(("stray.txt".into(), stray));
+        w.forge_manifest(root, root, ForgedManifest::Folder(listed))
+            .unwrap();
+    });
+    let realm = h.unlock();
+    let report = verify::verify(&realm, 2).unwrap();
+    let at = |list: &[verify::Problem], path: &str| {
+        list.iter()
+            .filter(|p| p.path.as_deref() == Some(path))
+            .map(|p| p.reason.clone())
+            .collect::<Vec<_>>()
+    };
+    let cycle = at(&report.problems, "/good/sub/up");
+    assert_eq!(cycle.len(), 1, "{:?}", report.problems);
+    assert!(cycle[0].contains("ancestor"), "{cycle:?}");
+    let stray = at(&report.notices, "/stray.txt");
+    assert_eq!(stray.len(), 1, "{:?}", report.notices);
+    assert!(stray[0].contains("parent mismatch"), "{stray:?}");
+    assert!(!report
+        .problems
+        .iter()
+        .any(|p| p.reason.contains("parent mismatch")));
+    assert_eq!(report.notices.len(), 1, "{:?}", report.notices);
+}
