@@ -311,6 +311,14 @@ fn content_level_errors() {
         )
         .unwrap();
     });
+    // `info.realm_id` no longer names the realm of the certificates.
+    let realm_id = corrupted(dir.path(), "other-info-realm-id", |c| {
+        c.execute(
+            "UPDATE info SET realm_id = x'00112233445566778899aabbccddeeff'",
+            [],
+        )
+        .unwrap();
+    });
     // Unknown author device on a vlob row.
     let author = corrupted(dir.path(), "unknown-author", |c| {
         c.execute("UPDATE vlob_atom SET author = x'de10000000000000000000000000dead' WHERE sequential_id = 203", []).unwrap();
@@ -426,6 +434,35 @@ fn content_level_errors() {
             false,
             Some(2),
             vec!["keys bundle 2 unusable", "NOTHING IS READABLE"],
+        ),
+        // The bundle exists but is damaged: said so, not "never given".
+        (
+            &bundle,
+            ls(&bundle),
+            false,
+            Some(2),
+            vec![
+                "whose keys-bundle access for this sequester service is present but unusable \
+                 (damaged or forged: keys bundle 2 unusable",
+            ],
+        ),
+        // The accurate reason, before any token operation, whatever the command.
+        (
+            &realm_id,
+            ls(&realm_id),
+            false,
+            Some(1),
+            vec![
+                "the `info` table names realm 00112233445566778899aabbccddeeff, but the \
+                 export's realm certificates are for another realm",
+            ],
+        ),
+        (
+            &realm_id,
+            verify(&realm_id),
+            false,
+            Some(1),
+            vec!["realm certificates are for another realm"],
         ),
         (
             &access,

@@ -322,11 +322,24 @@ fn unlock(
         if r.obtained_key_indexes.is_empty() {
             eprintln!("{}", nothing_readable_message(&realm));
         } else if !r.missing_key_indexes.is_empty() {
-            eprintln!(
-                "Note: data encrypted with key index(es) {:?} is not readable by this service \
-                 (it was never given those keys); such entries are shown as UNREADABLE.",
-                r.missing_key_indexes
-            );
+            let (unusable, never): (Vec<u64>, Vec<u64>) = r
+                .missing_key_indexes
+                .iter()
+                .partition(|k| r.unusable_key_indexes.contains_key(k));
+            if !never.is_empty() {
+                eprintln!(
+                    "Note: data encrypted with key index(es) {never:?} is not readable by this \
+                     service (it was never given those keys); such entries are shown as \
+                     UNREADABLE."
+                );
+            }
+            if !unusable.is_empty() {
+                eprintln!(
+                    "WARNING: key index(es) {unusable:?} were given to this service but their \
+                     keys-bundle access or bundle is unusable (damaged or forged, see the notes \
+                     above); such entries are shown as UNREADABLE."
+                );
+            }
         }
     }
     Ok((realm, trust))
@@ -629,7 +642,7 @@ fn entry_json(realm: &Realm, path: &str, v: &EntryVersion) -> Value {
                 e["size"] = json!(f.size);
             }
         }
-        VersionContent::Unreadable { key_index } => {
+        VersionContent::Unreadable { key_index, .. } => {
             e["needs_key_index"] = json!(key_index);
             e["reason"] = json!(v.problem());
         }
@@ -785,15 +798,23 @@ fn ls(
             if unreadable == 1 { "y is" } else { "ies are" }
         );
     }
-    if !problems.is_empty() {
+    let entries = |n: usize| if n == 1 { "y is" } else { "ies are" };
+    let strays = problems
+        .iter()
+        .filter(|p| p.rule == walk::WalkRule::ParentMismatch)
+        .count();
+    if strays > 0 {
+        eprintln!(
+            "{strays} listed entr{} NOT SHOWN: their manifest names another parent folder \
+             (Parsec's client skips them too; see above)",
+            entries(strays)
+        );
+    }
+    if problems.len() > strays {
         eprintln!(
             "{} listed entr{} NOT SHOWN: the export's tree structure is inconsistent (see above)",
-            problems.len(),
-            if problems.len() == 1 {
-                "y is"
-            } else {
-                "ies are"
-            }
+            problems.len() - strays,
+            entries(problems.len() - strays)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -1008,10 +1029,14 @@ fn verify_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> Co
             report.invalid_versions
         )?;
         for (k, n) in &report.unreadable_versions_by_key_index {
-            safe_line!(
-                o,
-                "           {n} version(s) need key index {k}, which this service was never given"
-            )?;
+            let why = match realm.key_unusable(*k) {
+                Some(_) => {
+                    "whose keys-bundle access for this service is present but unusable \
+                            (damaged or forged, see the problems below)"
+                }
+                None => "which this service was never given",
+            };
+            safe_line!(o, "           {n} version(s) need key index {k}, {why}")?;
         }
         safe_line!(
             o,
@@ -1045,33 +1070,54 @@ fn verify_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> Co
         } else {
             safe_line!(o, "Result:    {} PROBLEM(S)", report.problems.len())?;
             for p in &report.problems {
-                let location = match (&p.path, &p.entry_id) {
-                    (Some(path), Some(id)) => format!("{path} (entry {id})"),
-                    (None, Some(id)) => format!("entry {id}"),
-                    (Some(path), None) => path.clone(),
-                    (None, None) => String::new(),
-                };
-                let details = format!(
-                    "{location}{}{}{}",
-                    p.version.map(|v| format!(" v{v}")).unwrap_or_default(),
-                    p.timestamp.map(|t| format!(" at {t}")).unwrap_or_default(),
-                    p.author
-                        .as_deref()
-                        .map(|a| format!(" by {a}"))
-                        .unwrap_or_default(),
-                );
-                if details.is_empty() {
-                    safe_line!(o, "  [{}] {}", p.kind, p.reason)?;
-                } else {
-                    safe_line!(o, "  [{}] {details}: {}", p.kind, p.reason)?;
-                }
+                safe_line!(o, "{}", problem_line(p))?;
             }
         }
         if !consistent && !trust.anchored {
             safe_line!(o, "Also NOT ANCHORED: {}", trust.how_to_pin())?;
         }
+        if !report.notices.is_empty() {
+            safe_line!(
+                o,
+                "Notices:   {} listed entr{} NOT SHOWN by listings and extraction (not counted \
+                 as problems: Parsec's client skips them too):",
+                report.notices.len(),
+                if report.notices.len() == 1 {
+                    "y is"
+                } else {
+                    "ies are"
+                }
+            )?;
+            for p in &report.notices {
+                safe_line!(o, "{}", problem_line(p))?;
+            }
+        }
     }
     Ok(ExitCode::from(code))
+}
+
+/// One indented line of a `verify` problem or notice: where, which version, when, by whom, why.
+fn problem_line(p: &verify::Problem) -> String {
+    let location = match (&p.path, &p.entry_id) {
+        (Some(path), Some(id)) => format!("{path} (entry {id})"),
+        (None, Some(id)) => format!("entry {id}"),
+        (Some(path), None) => path.clone(),
+        (None, None) => String::new(),
+    };
+    let details = format!(
+        "{location}{}{}{}",
+        p.version.map(|v| format!(" v{v}")).unwrap_or_default(),
+        p.timestamp.map(|t| format!(" at {t}")).unwrap_or_default(),
+        p.author
+            .as_deref()
+            .map(|a| format!(" by {a}"))
+            .unwrap_or_default(),
+    );
+    if details.is_empty() {
+        format!("  [{}] {}", p.kind, p.reason)
+    } else {
+        format!("  [{}] {details}: {}", p.kind, p.reason)
+    }
 }
 
 // ---------------------------------------------------------------- extract
@@ -1240,6 +1286,7 @@ fn extract_cmd(
         folders: report.folders.clone(),
         files: report.files.clone(),
         unreadable: report.unreadable.clone(),
+        problems: verify::export_problems(&realm),
     };
     if let Err(e) = extract::write_json_atomic(&record_path, &record) {
         // No tree without its record: undo the extraction.
@@ -1265,6 +1312,15 @@ fn extract_cmd(
             safe_println!("{} entr(y/ies) NOT extracted:", report.unreadable.len());
             for u in &report.unreadable {
                 safe_println!("  {} ({}, v{}): {}", u.path, u.kind, u.version, u.reason);
+            }
+        }
+        if !record.problems.is_empty() {
+            safe_println!(
+                "{} problem(s) of the export as a whole (see `export verify`):",
+                record.problems.len()
+            );
+            for p in &record.problems {
+                safe_println!("  [{}] {}", p.kind, p.reason);
             }
         }
         safe_println!("Custody record: {}", record_path.display());

@@ -314,9 +314,21 @@ pub struct RealmCertificates {
     pub names: Vec<NameCertificate>,
     pub roles: Vec<RoleCertificate>,
     pub problems: Vec<String>,
+    /// Realms named by certificates that verify but are for another realm than the export's
+    /// `info.realm_id` (never in a genuine export).
+    pub foreign_realms: BTreeSet<Id>,
 }
 
 impl RealmCertificates {
+    /// The export's `info.realm_id` does not match its realm certificates: no valid certificate
+    /// is for that realm, some are for another (a damaged or forged `info` row). `Some(the
+    /// realms the certificates name)` then.
+    pub fn only_for_other_realms(&self) -> Option<&BTreeSet<Id>> {
+        let none_for_this_realm =
+            self.rotations.is_empty() && self.names.is_empty() && self.roles.is_empty();
+        (none_for_this_realm && !self.foreign_realms.is_empty()).then_some(&self.foreign_realms)
+    }
+
     /// The realm role of `user_id` at `t`: the latest accepted role certificate at or before `t`
     /// (`None`: no role, never given or removed).
     pub fn role_at(&self, user_id: &Id, t: DateTime) -> Option<&str> {
@@ -490,9 +502,12 @@ pub fn verify_realm_certificates(
         let realm_mismatch = |r: &Id| r != realm_id;
         match type_name.as_str() {
             REALM_KEY_ROTATION_CERTIFICATE => match KeyRotationCertificate::decode(serialized) {
-                Ok(c) if realm_mismatch(&c.realm_id) => out.problems.push(format!(
-                    "realm certificate row {row}: key rotation for another realm"
-                )),
+                Ok(c) if realm_mismatch(&c.realm_id) => {
+                    out.foreign_realms.insert(c.realm_id);
+                    out.problems.push(format!(
+                        "realm certificate row {row}: key rotation for another realm"
+                    ))
+                }
                 Ok(c) if out.rotations.contains_key(&c.key_index) => out.problems.push(format!(
                     "realm certificate row {row}: a second key rotation certificate for key index \
                      {}: ignored, the first one is kept",
@@ -516,17 +531,23 @@ pub fn verify_realm_certificates(
             },
             REALM_NAME_CERTIFICATE => match NameCertificate::decode(serialized) {
                 Ok(c) if !realm_mismatch(&c.realm_id) => out.names.push(c),
-                Ok(_) => out.problems.push(format!(
-                    "realm certificate row {row}: name for another realm"
-                )),
+                Ok(c) => {
+                    out.foreign_realms.insert(c.realm_id);
+                    out.problems.push(format!(
+                        "realm certificate row {row}: name for another realm"
+                    ))
+                }
                 Err(e) => out
                     .problems
                     .push(format!("realm certificate row {row}: {e}")),
             },
             REALM_ROLE_CERTIFICATE => match RoleCertificate::decode(serialized) {
-                Ok(c) if realm_mismatch(&c.realm_id) => out.problems.push(format!(
-                    "realm certificate row {row}: role for another realm"
-                )),
+                Ok(c) if realm_mismatch(&c.realm_id) => {
+                    out.foreign_realms.insert(c.realm_id);
+                    out.problems.push(format!(
+                        "realm certificate row {row}: role for another realm"
+                    ))
+                }
                 Ok(c) => match out.check_role_grant(org, device, &c) {
                     Ok(()) => out.roles.push(c),
                     Err(reason) => out.problems.push(format!(
@@ -589,6 +610,11 @@ pub struct RecoveryReport {
     pub missing_key_indexes: Vec<u64>,
     /// Non-fatal failures (unusable access row or bundle, failed canary).
     pub problems: Vec<String>,
+    /// Missing key indexes that this service was given (an access row exists for them or for
+    /// a later bundle holding them) but could not obtain, with why: the access row or keys
+    /// bundle is damaged or forged, or the key fails its canary. A missing index not listed
+    /// here was never given to this service.
+    pub unusable_key_indexes: BTreeMap<u64, String>,
 }
 
 /// Source of the rows needed by the key recovery.
@@ -722,7 +748,12 @@ pub fn recover_keys(
         obtained_key_indexes: vec![],
         missing_key_indexes: vec![],
         problems: vec![],
+        unusable_key_indexes: BTreeMap::new(),
     };
+    // Access rows or bundles tried and found unusable, by key index, and keys whose canary
+    // failed: what tells "damaged" from "never given" for a missing key.
+    let mut failed_bundles: BTreeMap<u64, String> = BTreeMap::new();
+    let mut failed_canaries: BTreeMap<u64, String> = BTreeMap::new();
     while let Some((&i, _)) = remaining.last_key_value() {
         let mut bundle_keys: Option<KeysBundle> = None;
         if report.access_key_indexes.contains(&i) {
@@ -746,16 +777,16 @@ pub fn recover_keys(
                     Ok(key) => key,
                     Err(AccessFailure::Fatal(e)) => return Err(e.into()),
                     Err(AccessFailure::Unusable(e)) => {
-                        report
-                            .problems
-                            .push(format!("keys bundle access for index {i} unusable: {e}"));
+                        let why = format!("keys bundle access for index {i} unusable: {e}");
+                        failed_bundles.insert(i, why.clone());
+                        report.problems.push(why);
                         continue;
                     }
                 };
                 let Some(blob) = source.keys_bundle(i)? else {
-                    report
-                        .problems
-                        .push(format!("keys bundle {i} is missing from the export"));
+                    let why = format!("keys bundle {i} is missing from the export");
+                    failed_bundles.insert(i, why.clone());
+                    report.problems.push(why);
                     break;
                 };
                 match open_bundle(&blob, &bundle_key, i, realm_id, certs, org) {
@@ -763,9 +794,11 @@ pub fn recover_keys(
                         bundle_keys = Some(b);
                         break;
                     }
-                    Err(e) => report
-                        .problems
-                        .push(format!("keys bundle {i} unusable: {e}")),
+                    Err(e) => {
+                        let why = format!("keys bundle {i} unusable: {e}");
+                        failed_bundles.insert(i, why.clone());
+                        report.problems.push(why);
+                    }
                 }
             }
         }
@@ -779,9 +812,9 @@ pub fn recover_keys(
                     keys.keys.insert(j, kd.clone());
                     remaining.remove(&j);
                 } else {
-                    report.problems.push(format!(
-                        "key index {j} from bundle {i} fails its canary: discarded"
-                    ));
+                    let why = format!("key index {j} from bundle {i} fails its canary: discarded");
+                    failed_canaries.entry(j).or_insert_with(|| why.clone());
+                    report.problems.push(why);
                 }
             }
         }
@@ -795,6 +828,15 @@ pub fn recover_keys(
         .filter(|i| !keys.keys.contains_key(i))
         .copied()
         .collect();
+    // Bundle i holds keys 1..=i: a missing key j was given if a bundle i >= j was tried.
+    for &j in &report.missing_key_indexes {
+        let why = failed_canaries
+            .get(&j)
+            .or_else(|| failed_bundles.range(j..).next().map(|(_, why)| why));
+        if let Some(why) = why {
+            report.unusable_key_indexes.insert(j, why.clone());
+        }
+    }
     Ok((keys, report))
 }
 

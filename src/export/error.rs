@@ -39,6 +39,16 @@ pub enum ExportError {
          (table sequester_certificate is empty), so no sequester service key can read it"
     )]
     NotSequestered,
+    #[error(
+        "{path}: the `info` table names realm {info_realm}, but the export's realm certificates \
+         are for another realm ({certificate_realms}): the `info` row is damaged or forged, \
+         nothing in this export can be attributed to realm {info_realm}"
+    )]
+    RealmMismatch {
+        path: String,
+        info_realm: String,
+        certificate_realms: String,
+    },
     #[error("sequester certificate row {row}: {reason}")]
     BadSequesterCertificate { row: i64, reason: String },
     #[error(

@@ -114,7 +114,7 @@ pub struct Plan {
 
 fn unreadable_entry(path: &str, v: &EntryVersion) -> UnreadableEntry {
     let (needed, reason) = match &v.content {
-        VersionContent::Unreadable { key_index } => {
+        VersionContent::Unreadable { key_index, .. } => {
             (vec![*key_index], v.problem().unwrap_or_default())
         }
         _ => (vec![], v.problem().unwrap_or_default()),
@@ -212,9 +212,27 @@ fn classify_file(realm: &Realm, plan: &mut Plan, path: String, v: EntryVersion) 
         plan.files.push((path, v));
     } else {
         missing.sort_unstable();
-        let reason = format!(
-            "file content uses realm key index(es) {missing:?}, which this sequester service was never given"
-        );
+        let reason = if missing.iter().all(|k| realm.key_unusable(*k).is_none()) {
+            format!(
+                "file content uses realm key index(es) {missing:?}, which this sequester service \
+                 was never given"
+            )
+        } else {
+            let why: Vec<String> = missing
+                .iter()
+                .map(|k| match realm.key_unusable(*k) {
+                    Some(why) => format!(
+                        "{k}: its keys-bundle access for this sequester service is present but \
+                         unusable (damaged or forged: {why})"
+                    ),
+                    None => format!("{k}: never given to this sequester service"),
+                })
+                .collect();
+            format!(
+                "file content uses realm key index(es) {missing:?}; {}",
+                why.join("; ")
+            )
+        };
         plan.unreadable.push(UnreadableEntry {
             path,
             kind: "file",
@@ -593,7 +611,12 @@ pub struct CustodyRecord {
     pub bytes_extracted: u64,
     pub folders: Vec<String>,
     pub files: Vec<ExtractedFile>,
+    /// Entries at T that were not extracted (unreadable, invalid, or hidden by the structure
+    /// rules of [`super::walk`], e.g. a child whose manifest names another parent).
     pub unreadable: Vec<UnreadableEntry>,
+    /// Problems of the export as a whole ([`super::verify::export_problems`]: certificates that
+    /// fail, unusable keys-bundle accesses or bundles, duplicate certificates).
+    pub problems: Vec<super::verify::Problem>,
 }
 
 /// Writes `value` as pretty JSON to `path` atomically (temp file in the same directory, then

@@ -287,7 +287,7 @@ fn folders_nested_deeper_than_the_limit_are_shown_but_not_entered() {
 }
 
 #[test]
-fn an_entry_in_two_folders_is_reported_a_stale_parent_skipped_and_nfc_twins_hidden() {
+fn an_entry_in_two_folders_and_a_stale_parent_are_reported_and_nfc_twins_hidden() {
     let h = hostile(|w, _root, children, _| {
         let docs = children[0].1;
         let good = children[1].1;
@@ -337,19 +337,34 @@ fn an_entry_in_two_folders_is_reported_a_stale_parent_skipped_and_nfc_twins_hidd
     assert_eq!(
         got,
         vec![
-            ("/docs/alias".to_string(), WalkRule::DuplicateId),
+            ("/docs/alias".to_string(), WalkRule::ParentMismatch),
             ("/docs/\u{e9}".to_string(), WalkRule::NameCollision),
             ("/docs/\u{e9}".to_string(), WalkRule::NameCollision),
+            ("/good/stray".to_string(), WalkRule::ParentMismatch),
         ]
     );
+    let reason = |path: &str| {
+        steps.iter().find_map(|s| match s {
+            WalkStep::Problem(p) if p.path == path => Some(p.reason.clone()),
+            _ => None,
+        })
+    };
+    assert!(reason("/docs/alias")
+        .unwrap()
+        .contains("which lists it too"));
+    assert!(reason("/good/stray").unwrap().contains("does not list it"));
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("out");
     let report = extract_all(&realm, &dest);
     assert_good_tree_extracted(&dest, &report);
     assert!(!dest.join("docs/alias").exists());
-    // `stray` names `docs`, which does not list it: a stale link, skipped without a report.
+    // `stray` names `docs`, which does not list it: a stale link, not extracted but reported
+    // (nothing is hidden silently).
     assert!(!dest.join("good/stray").exists());
-    assert!(!report.unreadable.iter().any(|u| u.path.contains("stray")));
+    assert!(report
+        .unreadable
+        .iter()
+        .any(|u| u.path == "/good/stray" && u.reason.contains("parent mismatch")));
     assert!(report.unreadable.iter().any(|u| u.path == "/docs/alias"));
 }
 
@@ -594,4 +609,56 @@ fn paths_too_long_to_write_are_reported_and_the_rest_is_extracted() {
     assert!(too_long
         .iter()
         .all(|u| u.kind == "folder" && u.vlob_id != [0; 16]));
+}
+
+#[test]
+fn verify_reports_an_ancestor_as_a_problem_and_a_child_naming_another_parent_as_a_notice() {
+    let h = hostile(|w, root, children, _| {
+        let good = children[1].1;
+        // `/good/sub` lists its parent `good` (an ancestor cycle); the root lists a file whose
+        // manifest names `docs` as its parent (a stale link, not tampering by itself).
+        let sub = w.entry_id("/good/sub").unwrap().unwrap();
+        let b = w.entry_id("/good/sub/b.txt").unwrap().unwrap();
+        w.forge_manifest(
+            sub,
+            good,
+            ForgedManifest::Folder(vec![("b.txt".into(), b), ("up".into(), good)]),
+        )
+        .unwrap();
+        let docs = children[0].1;
+        let stray = w.new_entry_id();
+        w.forge_manifest(
+            stray,
+            docs,
+            ForgedManifest::File {
+                size: 0,
+                blocksize: 512,
+                blocks: vec![],
+            },
+        )
+        .unwrap();
+        let mut listed = children.clone();
+        listed.push(("stray.txt".into(), stray));
+        w.forge_manifest(root, root, ForgedManifest::Folder(listed))
+            .unwrap();
+    });
+    let realm = h.unlock();
+    let report = verify::verify(&realm, 2).unwrap();
+    let at = |list: &[verify::Problem], path: &str| {
+        list.iter()
+            .filter(|p| p.path.as_deref() == Some(path))
+            .map(|p| p.reason.clone())
+            .collect::<Vec<_>>()
+    };
+    let cycle = at(&report.problems, "/good/sub/up");
+    assert_eq!(cycle.len(), 1, "{:?}", report.problems);
+    assert!(cycle[0].contains("ancestor"), "{cycle:?}");
+    let stray = at(&report.notices, "/stray.txt");
+    assert_eq!(stray.len(), 1, "{:?}", report.notices);
+    assert!(stray[0].contains("parent mismatch"), "{stray:?}");
+    assert!(!report
+        .problems
+        .iter()
+        .any(|p| p.reason.contains("parent mismatch")));
+    assert_eq!(report.notices.len(), 1, "{:?}", report.notices);
 }

@@ -318,6 +318,19 @@ impl ExportFile {
             }
         };
         let certs = self.realm_certificates(&org)?;
+        // Before any token operation: with certificates for another realm every later step
+        // would fail for a misleading reason ("no workspace yet", "no key").
+        if let Some(realms) = certs.only_for_other_realms() {
+            return Err(ExportError::RealmMismatch {
+                path: self.display_path().to_string(),
+                info_realm: hex::encode(self.info.realm_id),
+                certificate_realms: realms
+                    .iter()
+                    .map(hex::encode)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
         let mut access_key_indexes: Vec<u64> = self
             .sequester_access_rows()?
             .into_iter()
@@ -408,8 +421,13 @@ pub struct VersionMeta {
 pub enum VersionContent {
     /// Decrypted and fully verified.
     Readable(Arc<Manifest>),
-    /// Encrypted with a realm key this service was never given (normal, not an error).
-    Unreadable { key_index: u64 },
+    /// Encrypted with a realm key this service does not have: never given (normal, not an
+    /// error), or `unusable` with why when its keys-bundle access or bundle is present but
+    /// damaged or forged (reported by the key recovery).
+    Unreadable {
+        key_index: u64,
+        unusable: Option<Arc<str>>,
+    },
     /// Integrity failure: bad signature, undecryptable with the right key, inconsistent fields.
     Invalid { reason: String },
 }
@@ -447,17 +465,28 @@ impl EntryVersion {
     pub fn problem(&self) -> Option<String> {
         match &self.content {
             VersionContent::Readable(_) => None,
-            VersionContent::Unreadable { key_index } => Some(unreadable_reason(*key_index)),
+            VersionContent::Unreadable {
+                key_index,
+                unusable,
+            } => Some(unreadable_reason(*key_index, unusable.as_deref())),
             VersionContent::Invalid { reason } => Some(format!("invalid: {reason}")),
         }
     }
 }
 
-/// The standard message for data this service has no key for.
-pub fn unreadable_reason(key_index: u64) -> String {
-    format!(
-        "encrypted with realm key index {key_index}, which this sequester service was never given"
-    )
+/// The standard message for data this service has no key for: never given, or given but
+/// `unusable` (the access row or keys bundle is present but damaged or forged; why).
+pub fn unreadable_reason(key_index: u64, unusable: Option<&str>) -> String {
+    match unusable {
+        None => format!(
+            "encrypted with realm key index {key_index}, which this sequester service was never \
+             given"
+        ),
+        Some(why) => format!(
+            "encrypted with realm key index {key_index}, whose keys-bundle access for this \
+             sequester service is present but unusable (damaged or forged: {why})"
+        ),
+    }
 }
 
 /// A child of a folder at time T.
@@ -475,8 +504,12 @@ pub enum BlockError {
     NotFound(String),
     #[error("block {0} has no data (incomplete export)")]
     NoData(String),
-    #[error("block {id}: {}", unreadable_reason(*key_index))]
-    KeyUnavailable { id: String, key_index: u64 },
+    #[error("block {id}: {}", unreadable_reason(*key_index, unusable.as_deref()))]
+    KeyUnavailable {
+        id: String,
+        key_index: u64,
+        unusable: Option<Arc<str>>,
+    },
     #[error("block {0} does not decrypt (corrupted)")]
     Decrypt(String),
     #[error("block {id}: cleartext is {found} bytes, the manifest says {expected}")]
@@ -559,6 +592,20 @@ impl Realm {
     /// What the key recovery did (token operations, obtained and missing key indexes).
     pub fn recovery(&self) -> &RecoveryReport {
         &self.report
+    }
+
+    /// Why key `key_index` is missing although this service was given it (its access row or
+    /// keys bundle is damaged or forged); `None` when it was never given (or is available).
+    pub fn key_unusable(&self, key_index: u64) -> Option<Arc<str>> {
+        self.report
+            .unusable_key_indexes
+            .get(&key_index)
+            .map(|why| Arc::from(why.as_str()))
+    }
+
+    /// [`unreadable_reason`] for key `key_index` of this realm.
+    pub fn unreadable_reason(&self, key_index: u64) -> String {
+        unreadable_reason(key_index, self.key_unusable(key_index).as_deref())
     }
 
     /// RSA operations done by the token during unlock.
@@ -715,7 +762,10 @@ impl Realm {
             let key_index = meta.key_index;
             return Ok(EntryVersion {
                 meta,
-                content: VersionContent::Unreadable { key_index },
+                content: VersionContent::Unreadable {
+                    key_index,
+                    unusable: self.key_unusable(key_index),
+                },
             });
         };
         // Who wrote it, checked on every call (a cache hit included): the author device must
@@ -1060,6 +1110,7 @@ impl Realm {
             .ok_or_else(|| BlockError::KeyUnavailable {
                 id: id_hex.clone(),
                 key_index,
+                unusable: self.key_unusable(key_index),
             })?;
         let key = derive_key(kd, &access.id);
         let clear = secretbox_open(&key, &data).map_err(|_| BlockError::Decrypt(id_hex.clone()))?;

@@ -149,14 +149,14 @@ fn service1_chain_matches_fixture_readme() {
     assert_eq!(children[0].name.as_str(), "bar2.txt");
     assert!(matches!(
         children[0].version.content,
-        VersionContent::Unreadable { key_index: 3 }
+        VersionContent::Unreadable { key_index: 3, .. }
     ));
     // 01-21 and the snapshot: the root itself is unreadable.
     for at in [t(21), realm.snapshot()] {
         let root = realm.root_at(at).unwrap().unwrap();
         assert!(matches!(
             root.content,
-            VersionContent::Unreadable { key_index: 3 }
+            VersionContent::Unreadable { key_index: 3, .. }
         ));
     }
     let versions = realm.versions(&root.meta.vlob_id).unwrap();

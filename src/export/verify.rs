@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::reader::{Realm, VersionContent, VersionMeta};
-use super::walk::{folder_version_problems, MAX_DEPTH};
+use super::walk::{folder_version_problems, Walk, WalkRule, WalkStep, MAX_DEPTH};
 use super::{parallel, ExportError};
 use crate::parsec::device::Id;
 use crate::parsec::manifest::{BlockAccess, Manifest};
@@ -40,6 +40,11 @@ pub struct VerifyReport {
     pub block_bytes_checked: u64,
     pub blocks_unreadable: u64,
     pub problems: Vec<Problem>,
+    /// Shown, but not failing verification: children that the tree at the export's snapshot
+    /// does not show because their manifest names another parent folder (Parsec's client skips
+    /// them too; a move between two uploads can leave that state, so it is not by itself
+    /// tampering). Kind `structure`.
+    pub notices: Vec<Problem>,
 }
 
 impl VerifyReport {
@@ -52,19 +57,10 @@ const PAGE: usize = 512;
 
 /// Verifies everything this service can reach, using `threads` workers for manifests and blocks.
 pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError> {
-    let mut report = VerifyReport::default();
-    for p in &realm.organization().problems {
-        report.problems.push(simple("certificate", p));
-    }
-    for p in &realm.sequester_topic().problems {
-        report.problems.push(simple("certificate", p));
-    }
-    for p in &realm.realm_certificates().problems {
-        report.problems.push(simple("certificate", p));
-    }
-    for p in &realm.recovery().problems {
-        report.problems.push(simple("keys", p));
-    }
+    let mut report = VerifyReport {
+        problems: export_problems(realm),
+        ..Default::default()
+    };
     let mut entries = HashSet::new();
     let mut folders = HashSet::new();
     let mut files = HashSet::new();
@@ -125,7 +121,7 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
                         }
                     }
                 }
-                VersionContent::Unreadable { key_index } => {
+                VersionContent::Unreadable { key_index, .. } => {
                     report.unreadable_versions += 1;
                     *report
                         .unreadable_versions_by_key_index
@@ -152,6 +148,9 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
     })?;
     flush(&mut page, &mut report)?;
     report.problems.extend(too_deep(realm, &folder_parents));
+    let (structure, notices) = snapshot_walk_problems(realm)?;
+    report.problems.extend(structure);
+    report.notices = notices;
     report.entries = entries.len() as u64;
     report.folders = folders.len() as u64;
     report.files = files.len() as u64;
@@ -182,6 +181,54 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
         }
     }
     Ok(report)
+}
+
+/// Problems of the export as a whole, not of one entry: certificates that fail (organisation,
+/// sequester, realm), unusable keys-bundle accesses or bundles, duplicate certificates. `verify`
+/// lists them first; `extract` puts them in the custody record.
+pub fn export_problems(realm: &Realm) -> Vec<Problem> {
+    let certificates = realm
+        .organization()
+        .problems
+        .iter()
+        .chain(&realm.sequester_topic().problems)
+        .chain(&realm.realm_certificates().problems)
+        .map(|p| simple("certificate", p));
+    let keys = realm.recovery().problems.iter().map(|p| simple("keys", p));
+    certificates.chain(keys).collect()
+}
+
+/// What only a walk of the tree finds, at the export's snapshot (the listings' default time):
+/// an ancestor listed as a child (the root or the folder itself are found version by version),
+/// and, as notices, children whose manifest names another parent. The rules are those of
+/// [`super::walk`], the same as `ls`, `extract` and the mount apply.
+fn snapshot_walk_problems(realm: &Realm) -> Result<(Vec<Problem>, Vec<Problem>), ExportError> {
+    let (mut problems, mut notices) = (Vec::new(), Vec::new());
+    let t = realm.snapshot();
+    let Some(root) = realm.root_at(t)?.filter(|v| v.folder().is_some()) else {
+        return Ok((problems, notices));
+    };
+    let root_id = realm.realm_id();
+    let mut walk = Walk::new(realm, t, "/", root, MAX_DEPTH);
+    while let Some(step) = walk.next_step()? {
+        let WalkStep::Problem(p) = step else { continue };
+        let problem = Problem {
+            kind: "structure",
+            entry_id: Some(hex::encode(p.id)),
+            path: Some(p.path),
+            version: p.version,
+            timestamp: Some(t),
+            author: None,
+            reason: p.reason,
+        };
+        match p.rule {
+            WalkRule::ParentMismatch => notices.push(problem),
+            WalkRule::Cycle if p.id != root_id && p.id != p.folder => problems.push(problem),
+            // The others are found version by version (one folder's names, depth).
+            _ => {}
+        }
+    }
+    Ok((problems, notices))
 }
 
 /// Folders nested more than [`MAX_DEPTH`] levels deep, following the `parent` of each folder's

@@ -3,8 +3,11 @@
 //! and lookups.
 //!
 //! Rules (spec §5.4 step 9, plus what a hostile export needs):
-//! - A child must exist at T and name the listing folder as its `parent` (spec: otherwise an
-//!   "invalid child", skipped).
+//! - A child must exist at T and name the listing folder as its `parent`. Parsec's client skips
+//!   such an "invalid child" silently (spec §5.4 step 9; a move between two uploads leaves that
+//!   state for a moment, so it is not by itself tampering); here it is not shown either, but
+//!   each one is a per-entry [`WalkRule::ParentMismatch`] naming the folder path and the child,
+//!   so nothing is hidden silently. `verify` lists them as notices (shown, not failing).
 //! - A folder never lists the root, itself or one of its ancestors (a cycle); such a child is a
 //!   per-entry problem and is not followed.
 //! - One entry ID is shown once per walk: listed again (under another name, or in another
@@ -47,6 +50,9 @@ pub enum WalkRule {
     /// Several children of the folder have this name after NFC normalisation (spec §3.7):
     /// none of them is shown, rather than a guess.
     NameCollision,
+    /// The child's manifest names another folder as its `parent`: not shown (as Parsec's client
+    /// does), reported. Not by itself a sign of tampering (see the module doc).
+    ParentMismatch,
 }
 
 /// A per-entry problem found while walking.
@@ -54,6 +60,8 @@ pub enum WalkRule {
 pub struct WalkProblem {
     /// Where the entry was listed.
     pub path: String,
+    /// The folder that lists it.
+    pub folder: Id,
     pub id: Id,
     pub version: Option<u32>,
     pub rule: WalkRule,
@@ -293,9 +301,8 @@ impl<'r> Walk<'r> {
         let mut items: Vec<Screened> = shown.into_iter().map(Ok).collect();
         items.extend(problems.into_iter().map(Err));
         for stray in strays {
-            if let Some(reason) = self.listed_by_its_parent(&stray)? {
-                items.push(Err((stray, WalkRule::DuplicateId, reason)));
-            }
+            let (rule, reason) = self.stray_problem(folder, &stray)?;
+            items.push(Err((stray, rule, reason)));
         }
         fn name(i: &Screened) -> &EntryName {
             match i {
@@ -312,12 +319,33 @@ impl<'r> Walk<'r> {
         Ok(())
     }
 
-    /// A child skipped here because its manifest names another parent: when that parent lists
-    /// it too at T, the entry is in two folders (reported); otherwise the link is only stale (a
-    /// move between two uploads) and the spec's silent skip applies.
-    fn listed_by_its_parent(&self, stray: &ChildEntry) -> Result<Option<String>, ExportError> {
+    /// Why a child whose manifest names another parent (a "stray") is not shown: a cycle when
+    /// it is the root, this folder or an ancestor; otherwise a parent mismatch, saying whether
+    /// the folder its manifest names lists it too (one entry in two folders) or not (a stale
+    /// link, e.g. a move seen between two uploads).
+    fn stray_problem(
+        &self,
+        folder: &FolderManifest,
+        stray: &ChildEntry,
+    ) -> Result<(WalkRule, String), ExportError> {
+        if stray.id == self.root_id || stray.id == folder.header.id || self.is_ancestor(&stray.id) {
+            let (_, mut problems) =
+                screen_children(folder, &self.root_id, vec![stray.clone()], |c| {
+                    self.is_ancestor(c)
+                });
+            if let Some((_, rule, reason)) = problems.pop() {
+                return Ok((rule, reason));
+            }
+        }
         let Some(parent) = stray.version.manifest().map(|m| m.header().parent) else {
-            return Ok(None);
+            // Only readable children are strays.
+            return Ok((
+                WalkRule::ParentMismatch,
+                format!(
+                    "entry {} names another parent folder",
+                    hex::encode(stray.id)
+                ),
+            ));
         };
         let listed = self
             .realm
@@ -327,14 +355,22 @@ impl<'r> Walk<'r> {
                     .map(|f| f.children.iter().any(|c| c.id == stray.id))
             })
             .unwrap_or(false);
-        Ok(listed.then(|| {
+        let what = if listed {
+            "which lists it too (one entry in two folders)"
+        } else {
+            "which does not list it at this time (a stale link, e.g. a move between two uploads)"
+        };
+        Ok((
+            WalkRule::ParentMismatch,
             format!(
-                "entry {} is also listed in folder {}, which its manifest names as its parent; \
-                 shown there only",
+                "parent mismatch: child `{}` (entry {}) of folder {} names folder {} as its \
+                 parent, {what}; not shown here, as Parsec's client does",
+                stray.name,
                 hex::encode(stray.id),
+                hex::encode(folder.header.id),
                 hex::encode(parent)
-            )
-        }))
+            ),
+        ))
     }
 
     /// The next entry or problem; `None` when the walk is over.
@@ -359,6 +395,7 @@ impl<'r> Walk<'r> {
                 Err((c, rule, reason)) => {
                     return Ok(Some(WalkStep::Problem(WalkProblem {
                         path: join(&frame.path, c.name.as_str()),
+                        folder: frame.id,
                         id: c.id,
                         version: Some(c.version.meta.version),
                         rule,
@@ -368,6 +405,7 @@ impl<'r> Walk<'r> {
             };
             let path = join(&frame.path, child.name.as_str());
             let depth = frame.depth + 1;
+            let folder = frame.id;
             if let Some(first) = self.seen.get(&child.id) {
                 let reason = format!(
                     "entry {} is already shown as {first}: one entry listed under several \
@@ -376,6 +414,7 @@ impl<'r> Walk<'r> {
                 );
                 return Ok(Some(WalkStep::Problem(WalkProblem {
                     path,
+                    folder,
                     id: child.id,
                     version: Some(child.version.meta.version),
                     rule: WalkRule::DuplicateId,
@@ -389,6 +428,7 @@ impl<'r> Walk<'r> {
                 } else if self.max_depth == MAX_DEPTH {
                     self.queued.push_back(WalkStep::Problem(WalkProblem {
                         path: path.clone(),
+                        folder,
                         id: child.id,
                         version: Some(child.version.meta.version),
                         rule: WalkRule::TooDeep,
