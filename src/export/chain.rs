@@ -91,7 +91,7 @@ impl Organization {
 }
 
 fn decode_any(serialized: &[u8]) -> Option<rmpv::Value> {
-    msgpack::decode(&envelope::unwrap(serialized).ok()?).ok()
+    envelope::decode_value(serialized, &crate::parsec::limits::CERTIFICATE).ok()
 }
 
 /// Step 1 over `common_certificate` rows in `_id` order.
