@@ -159,7 +159,9 @@ pub fn ceremony_plan(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     if let Ok(plan) = crate::ceremony::plan::Plan::parse(&text) {
         if plan.check().is_ok() {
-            let _ = plan.describe();
+            for step in &plan.steps {
+                let _ = step.describe();
+            }
         }
     }
 }

@@ -29,7 +29,9 @@ fn every_target_has_a_corpus_and_every_input_replays_without_panic() {
     let mut summary = Vec::new();
     for (name, entry) in TARGETS {
         assert!(
-            fuzz.join("fuzz_targets").join(format!("{name}.rs")).is_file(),
+            fuzz.join("fuzz_targets")
+                .join(format!("{name}.rs"))
+                .is_file(),
             "fuzz target file for `{name}` missing"
         );
         let corpus = inputs(&fuzz.join("corpus").join(name));

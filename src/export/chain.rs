@@ -11,7 +11,7 @@ use crate::crypto::symmetric::{
 };
 use crate::parsec::device::{DeviceCertificate, Id, DEVICE_CERTIFICATE};
 use crate::parsec::entry_name::EntryName;
-use crate::parsec::msgpack::{self, Map};
+use crate::parsec::msgpack::Map;
 use crate::parsec::realm::{
     KeyRotationCertificate, KeysBundle, KeysBundleAccess, NameCertificate, RoleCertificate,
     REALM_KEY_ROTATION_CERTIFICATE, REALM_NAME_CERTIFICATE, REALM_ROLE_CERTIFICATE,

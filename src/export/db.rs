@@ -372,7 +372,12 @@ impl ConnectionPool {
         for (kind, name, table, sql) in &objects {
             let sql = sql.as_deref().unwrap_or("");
             match kind.as_str() {
-                "table" if sql.trim_start().to_ascii_uppercase().starts_with("CREATE VIRTUAL") => {
+                "table"
+                    if sql
+                        .trim_start()
+                        .to_ascii_uppercase()
+                        .starts_with("CREATE VIRTUAL") =>
+                {
                     return Err(schema_err(format!("`{name}` is a virtual table")))
                 }
                 "table" if REQUIRED_TABLES.contains(&name.as_str()) => {}
@@ -391,7 +396,9 @@ impl ConnectionPool {
                 .prepare("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid")
                 .map_err(|e| self.err("reading the schema", e))?;
             let columns: Vec<(String, String, i64, i64)> = stmt
-                .query_map([table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .query_map([table], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
                 .and_then(|rows| rows.collect())
                 .map_err(|e| self.err("reading the schema", e))?;
             let found: Vec<String> = columns
@@ -412,7 +419,11 @@ impl ConnectionPool {
                     .find(|(f, w)| f != w)
                     .map(|(f, w)| format!("column `{f}` where `{w}` is expected"))
                     .unwrap_or_else(|| {
-                        format!("{} columns where {} are expected", found.len(), wanted.len())
+                        format!(
+                            "{} columns where {} are expected",
+                            found.len(),
+                            wanted.len()
+                        )
                     });
                 return Err(schema_err(format!("table `{table}`: {first}")));
             }
@@ -430,7 +441,7 @@ impl ConnectionPool {
                  vlobs_export_done, blocks_metadata_export_done, blocks_data_export_done \
                  FROM info WHERE magic = ?1",
                 [EXPORT_MAGIC],
-                |r| (0..11).map(|i| r.get::<_, Value>(i)).collect(),
+                |r| (0..11).map(|i| r.get_ref(i).map(owned_value)).collect(),
             )
             .map(Some)
             .or_else(|e| match e {
@@ -457,7 +468,10 @@ impl ConnectionPool {
         };
         let int = |i: usize, name: &str| match &v[i] {
             Value::Integer(n) => Ok(*n),
-            other => Err(bad(format!("`{name}` is {other:?}, not an integer"))),
+            other => Err(bad(format!(
+                "`{name}` is {}, not an integer",
+                describe(other)
+            ))),
         };
         let version = int(0, "version")?;
         if version != EXPORT_VERSION {
@@ -468,12 +482,22 @@ impl ConnectionPool {
         }
         let organization_id = match &v[1] {
             Value::Text(s) => s.clone(),
-            other => return Err(bad(format!("`organization_id` is {other:?}, not text"))),
+            other => {
+                return Err(bad(format!(
+                    "`organization_id` is {}, not text",
+                    describe(other)
+                )))
+            }
         };
         let realm_id: Id = match &v[2] {
             Value::Blob(b) if b.len() == 16 => b.as_slice().try_into().expect("16 bytes"),
             Value::Blob(b) => return Err(bad(format!("`realm_id` has {} bytes, not 16", b.len()))),
-            other => return Err(bad(format!("`realm_id` is {other:?}, not a blob"))),
+            other => {
+                return Err(bad(format!(
+                    "`realm_id` is {}, not a blob",
+                    describe(other)
+                )))
+            }
         };
         let root_verify_key: [u8; 32] = match &v[3] {
             Value::Blob(b) if b.len() == 32 => b.as_slice().try_into().expect("32 bytes"),
@@ -483,7 +507,12 @@ impl ConnectionPool {
                     b.len()
                 )))
             }
-            other => return Err(bad(format!("`root_verify_key` is {other:?}, not a blob"))),
+            other => {
+                return Err(bad(format!(
+                    "`root_verify_key` is {}, not a blob",
+                    describe(other)
+                )))
+            }
         };
         let nonneg = |i: usize, name: &str| -> Result<u64, ExportError> {
             let n = int(i, name)?;
@@ -501,6 +530,33 @@ impl ConnectionPool {
             blocks_metadata_export_done: int(9, "blocks_metadata_export_done")? == 1,
             blocks_data_export_done: int(10, "blocks_data_export_done")? == 1,
         })
+    }
+}
+
+/// An owned copy of a column value. rusqlite's own conversion panics on TEXT that is not UTF-8;
+/// here such text is kept as bytes, and the typed checks then refuse it by name.
+fn owned_value(v: rusqlite::types::ValueRef<'_>) -> Value {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Integer(i),
+        ValueRef::Real(f) => Value::Real(f),
+        ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok(s) => Value::Text(s.to_string()),
+            Err(_) => Value::Blob(t.to_vec()),
+        },
+        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+    }
+}
+
+/// A column value's kind and size, for messages (never its possibly huge content).
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        Value::Integer(i) => format!("the integer {i}"),
+        Value::Real(f) => format!("the real {f}"),
+        Value::Text(t) => format!("{}-byte text", t.len()),
+        Value::Blob(b) => format!("a {}-byte blob (or text that is not UTF-8)", b.len()),
     }
 }
 

@@ -100,13 +100,13 @@ mod tests {
         assert!(compressed.len() < 64 * 1024, "{}", compressed.len());
         let start = std::time::Instant::now();
         let err = decode_value(&compressed, &limits::CERTIFICATE).unwrap_err();
-        assert!(
-            err.to_string().contains("more than 65536 bytes"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("more than 65536 bytes"), "{err}");
         // The manifest cap (32 MiB) also stops it, then the value count would.
         let err = decode_value(&compressed, &limits::MANIFEST).unwrap_err();
-        assert!(err.to_string().contains("decompresses to more than"), "{err}");
+        assert!(
+            err.to_string().contains("decompresses to more than"),
+            "{err}"
+        );
         assert!(start.elapsed() < std::time::Duration::from_secs(5));
     }
 

@@ -98,8 +98,8 @@ pub fn decode(bytes: &[u8]) -> Result<Value, FormatError> {
 pub fn decode_bounded(bytes: &[u8], limits: &ObjectLimits) -> Result<Value, FormatError> {
     check_structure(bytes, limits)?;
     let mut cursor = bytes;
-    // `rmpv` counts string and binary payloads as one level too.
-    let value = rmpv::decode::read_value_with_max_depth(&mut cursor, limits.max_depth + 2)
+    // `rmpv` spends one level per value and one per container or string/binary payload.
+    let value = rmpv::decode::read_value_with_max_depth(&mut cursor, 2 * limits.max_depth + 2)
         .map_err(|e| FormatError::Msgpack(e.to_string()))?;
     if !cursor.is_empty() {
         return Err(FormatError::TrailingBytes);

@@ -5,9 +5,9 @@
 use serde::Serialize;
 
 use super::armor;
-use super::msgpack::{self, Map, Writer};
+use super::msgpack::{Map, Writer};
 use super::spki::RsaPublicKeyDer;
-use super::{envelope, DateTime, FormatError};
+use super::{envelope, limits, DateTime, FormatError};
 
 pub const AUTHORITY_TYPE: &str = "sequester_authority_certificate";
 pub const SERVICE_TYPE: &str = "sequester_service_certificate";
