@@ -25,7 +25,10 @@ nQIDAQAB
 
 /// Every fuzz target: its name (the file under `fuzz/fuzz_targets/` and the corpus directory)
 /// and its entry function.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A fuzz target's entry function.
+pub type Entry = fn(&[u8]);
+
+pub const TARGETS: &[(&str, Entry)] = &[
     ("envelope", envelope_and_msgpack),
     ("manifest", manifest),
     ("common_certificate", common_certificate),

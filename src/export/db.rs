@@ -33,7 +33,10 @@ pub const REQUIRED_TABLES: [&str; 10] = [
 
 /// The expected columns of each table (spec §5.2, as Parsec 3.9.3 creates them): name, declared
 /// type, primary-key position. Checked before the first query.
-const EXPECTED_SCHEMA: [(&str, &[(&str, &str, i64)]); 10] = [
+/// A column as PRAGMA table_xinfo reports it: name, declared type, primary-key position.
+type ExpectedColumn = (&'static str, &'static str, i64);
+
+const EXPECTED_SCHEMA: [(&str, &[ExpectedColumn]); 10] = [
     (
         "info",
         &[
