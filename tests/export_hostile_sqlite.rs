@@ -225,3 +225,52 @@ fn raw_page_damage_gives_clear_errors_never_a_panic() {
         );
     }
 }
+
+/// Peak resident memory (KiB) of the largest child process waited for so far.
+fn children_max_rss_kib() -> i64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage only writes into the struct it is given.
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
+        0
+    );
+    usage.ru_maxrss
+}
+
+#[test]
+fn a_certificate_row_that_decompresses_to_200m_entries_is_refused_cheaply() {
+    // An array32 header announcing 200 M values, then 200 MB of msgpack nils: ~6 KiB of zstd.
+    let mut envelope = vec![0u8];
+    {
+        let mut enc = zstd::stream::write::Encoder::new(&mut envelope, 1).unwrap();
+        use std::io::Write;
+        enc.write_all(&[0xdd]).unwrap();
+        enc.write_all(&200_000_000u32.to_be_bytes()).unwrap();
+        let nils = vec![0xc0u8; 1 << 20];
+        for _ in 0..200 {
+            enc.write_all(&nils).unwrap();
+        }
+        enc.finish().unwrap();
+    }
+    let mut row = vec![0u8; 64];
+    row.extend_from_slice(&envelope);
+    assert!(row.len() < 8 * 1024, "{} bytes", row.len());
+    let dir = tempfile::tempdir().unwrap();
+    let export = altered(dir.path(), "certificate-bomb", "SELECT 1");
+    {
+        let conn = rusqlite::Connection::open(&export).unwrap();
+        conn.execute(
+            "UPDATE common_certificate SET certificate = ?1 WHERE _id = 1",
+            [&row],
+        )
+        .unwrap();
+    }
+    let start = Instant::now();
+    let (_, all) = run(&export, &["export", "info"], &[]);
+    let took = start.elapsed();
+    // The device certificate the bomb replaced no longer verifies.
+    assert!(all.contains("0 devices verified"), "{all}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let rss_mib = children_max_rss_kib() / 1024;
+    assert!(rss_mib < 256, "a child peaked at {rss_mib} MiB");
+}
