@@ -405,4 +405,33 @@ mod tests {
         same.header.parent = same.header.id;
         assert!(same.check_integrity().is_err());
     }
+
+    #[test]
+    fn counts_are_refused_before_the_entries_are_copied() {
+        // Three blocks cannot fit 1000 bytes in spans of 512.
+        let mut f = file(vec![(0, 10), (512, 10), (1024, 10)], 1100);
+        f.size = 1000;
+        let err = Manifest::decode(&Manifest::File(f).encode()).unwrap_err();
+        assert!(
+            err.to_string().contains("3 blocks cannot fit 1000 bytes"),
+            "{err}"
+        );
+        // One child over the limit.
+        let children = (0..=limits::MAX_FOLDER_CHILDREN)
+            .map(|i| Child {
+                name: EntryName::parse(&i.to_string()).unwrap(),
+                id: [3; 16],
+            })
+            .collect();
+        let folder = FolderManifest {
+            header: header(1, 1),
+            children,
+            duplicate_names: Vec::new(),
+        };
+        let err = Manifest::decode(&Manifest::Folder(folder).encode()).unwrap_err();
+        assert!(
+            err.to_string().contains("more than the limit of 100000"),
+            "{err}"
+        );
+    }
 }
