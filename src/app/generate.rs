@@ -153,6 +153,8 @@ pub fn run(args: GenerateArgs, global: &GlobalOpts) -> CommandResult {
         seed: args.seed,
         threads: args.threads,
         authority_bits: args.authority_bits,
+        // The tree at the snapshot is only needed for the ground truth file.
+        record_tree: args.truth.is_some(),
         ..WriterConfig::default()
     };
     let truth = scenario::generate(&args.output, config, &shape, &services)

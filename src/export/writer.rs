@@ -170,6 +170,10 @@ pub struct WriterConfig {
     /// Seeds the organisation root key alone, everything else staying as `seed` makes it: the
     /// same tree, devices and services under another root key (a forged export, issue 10).
     pub root_key_seed: Option<u64>,
+    /// Record the tree at the snapshot in the ground truth [`ExportWriter::finish`] returns
+    /// (≈0.5 KiB per entry held until the end). Off when nobody reads it (`generate-export`
+    /// without `--truth`), so a 1,000,000-entry export is written in ≈0.45 GiB.
+    pub record_tree: bool,
 }
 
 impl Default for WriterConfig {
@@ -186,6 +190,7 @@ impl Default for WriterConfig {
             tick_micros: 60_000_000,
             authority_bits: 2048,
             root_key_seed: None,
+            record_tree: true,
         }
     }
 }
@@ -1264,7 +1269,16 @@ impl ExportWriter {
         self.pool.drain(&mut |d| store.handle(d));
         self.store.check()?;
         let snapshot = self.tick();
-        let tree = self.snapshot("snapshot", snapshot);
+        let tree = if self.config.record_tree {
+            self.snapshot("snapshot", snapshot)
+        } else {
+            TreeSnapshot {
+                label: "snapshot".into(),
+                at: snapshot,
+                root_key_index: self.entries[&self.realm_id].key_index,
+                entries: Vec::new(),
+            }
+        };
         self.checkpoints.push(tree);
         let root_verify_key = ed25519_public(&self.root_seed);
         self.store.finish(
