@@ -61,6 +61,19 @@ fn open_libsodium(key: &[u8; 32], blob: &[u8], out: &mut Vec<u8>) -> bool {
     }
 }
 
+/// libsodium into a fresh buffer erased on drop with one bulk write (`[u8]::zeroize`), not the
+/// byte-by-byte volatile writes of `Zeroizing<Vec<u8>>`: what a dedicated plaintext type would
+/// cost (docs/performance.md, "next step").
+fn open_libsodium_bulk_erase(key: &[u8; 32], blob: &[u8], out: &mut Vec<u8>) -> bool {
+    use zeroize::Zeroize;
+    let mut plain = Vec::new();
+    let ok = open_libsodium(key, blob, &mut plain);
+    out.clear();
+    out.push(plain[plain.len() / 2]);
+    plain.as_mut_slice().zeroize();
+    ok
+}
+
 fn sha256_sha2(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
@@ -68,7 +81,9 @@ fn sha256_sha2(data: &[u8]) -> [u8; 32] {
 fn sha256_libsodium(data: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     // SAFETY: out is 32 bytes, data is a valid slice.
-    unsafe { libsodium_sys::crypto_hash_sha256(out.as_mut_ptr(), data.as_ptr(), data.len() as u64) };
+    unsafe {
+        libsodium_sys::crypto_hash_sha256(out.as_mut_ptr(), data.as_ptr(), data.len() as u64)
+    };
     out
 }
 
@@ -145,7 +160,10 @@ fn measure(blocks: &Blocks, rounds: usize, mut work: impl FnMut(&[u8]) -> bool) 
 
 fn main() {
     // SAFETY: sodium_init is thread-safe and idempotent.
-    assert!(unsafe { libsodium_sys::sodium_init() } >= 0, "sodium_init failed");
+    assert!(
+        unsafe { libsodium_sys::sodium_init() } >= 0,
+        "sodium_init failed"
+    );
     let env = |name: &str, default: usize| {
         std::env::var(name)
             .ok()
@@ -154,10 +172,20 @@ fn main() {
     };
     let rounds = env("CANDIDATES_ROUNDS", 5);
     let total = env("CANDIDATES_MIB", 64) << 20;
-    let opens: [(&str, Open); 3] = [
-        ("RustCrypto crypto_secretbox (product API)", open_product),
-        ("RustCrypto crypto_secretbox in place", open_rustcrypto_in_place),
+    let opens: [(&str, Open); 4] = [
+        (
+            "product: symmetric::secretbox_open (libsodium, Zeroizing<Vec>)",
+            open_product,
+        ),
+        (
+            "RustCrypto crypto_secretbox in place",
+            open_rustcrypto_in_place,
+        ),
         ("libsodium crypto_secretbox_open_easy", open_libsodium),
+        (
+            "libsodium, fresh Vec, bulk erase on drop",
+            open_libsodium_bulk_erase,
+        ),
     ];
     let hashes: [(&str, fn(&[u8]) -> [u8; 32]); 2] = [
         ("sha2 SHA-256", sha256_sha2),
@@ -182,7 +210,11 @@ fn main() {
         let mut out = Vec::with_capacity(block_size);
         for (name, open) in opens {
             let load0 = load_1min();
-            row(name, measure(&blocks, rounds, |b| open(&blocks.key, b, &mut out)), load0);
+            row(
+                name,
+                measure(&blocks, rounds, |b| open(&blocks.key, b, &mut out)),
+                load0,
+            );
         }
         // The decrypt baseline's per-block work: open + SHA-256 of the plaintext.
         for (name, open) in [opens[1], opens[2]] {

@@ -899,8 +899,14 @@ fn million_rows(a: &Args, export: &Path, mount_ok: bool, t: &mut Table, b: &Base
     let _ = fs::remove_dir_all(&dest);
     let _ = fs::remove_file(&custody);
     let commands: [(&str, Vec<&str>); 3] = [
-        ("`export ls -R /`", vec!["export", "ls", &p, "/", "-R", "--key", &a.key]),
-        ("`export verify` (exit 0, or 3 = not anchored)", vec!["export", "verify", &p, "--key", &a.key]),
+        (
+            "`export ls -R /`",
+            vec!["export", "ls", &p, "/", "-R", "--key", &a.key],
+        ),
+        (
+            "`export verify` (exit 0, or 3 = not anchored)",
+            vec!["export", "verify", &p, "--key", &a.key],
+        ),
         (
             "`export extract` (whole tree, default threads)",
             vec![
@@ -917,7 +923,9 @@ fn million_rows(a: &Args, export: &Path, mount_ok: bool, t: &mut Table, b: &Base
         t.begin();
         let r = run(&mut cli_cmd(a, &args), &a.work)?;
         if !matches!(r.code, Some(0) | Some(3)) {
-            return Err(format!("{bench} on the million export failed: {}", r.stderr.trim()).into());
+            return Err(
+                format!("{bench} on the million export failed: {}", r.stderr.trim()).into(),
+            );
         }
         t.add(
             bench,
@@ -1494,10 +1502,7 @@ fn real_main() -> Res<()> {
             b.decrypt_span,
         );
         t.cpu(b.decrypt_cpu / b.decrypt_time.as_secs_f64());
-        t.target(
-            "≥ 0.9× libsodium",
-            b.decrypt_mbps >= 0.9 * b.sodium_mbps,
-        );
+        t.target("≥ 0.9× libsodium", b.decrypt_mbps >= 0.9 * b.sodium_mbps);
         t.add_spanned(
             "Baseline: same loop, libsodium `crypto_secretbox_open_easy` + SHA-256",
             name,

@@ -57,8 +57,11 @@ pub fn secretbox_open(key: &[u8; 32], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>,
     }
     sodium();
     let (nonce, boxed) = blob.split_at(NONCE_LEN);
-    let mut plain = Zeroizing::new(vec![0u8; boxed.len() - TAG_LEN]);
-    // SAFETY: `plain` holds exactly boxed.len() - 16 bytes (the message length libsodium writes),
+    let len = boxed.len() - TAG_LEN;
+    // Not zero-filled first (a second pass over every block): libsodium writes all `len` bytes
+    // when the tag verifies, and none otherwise.
+    let mut plain = Zeroizing::new(Vec::with_capacity(len));
+    // SAFETY: `plain` has capacity for the boxed.len() - 16 message bytes libsodium writes,
     // `boxed` is boxed.len() bytes, nonce 24 and key 32 as crypto_secretbox requires; the
     // buffers do not overlap.
     let status = unsafe {
@@ -71,6 +74,8 @@ pub fn secretbox_open(key: &[u8; 32], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>,
         )
     };
     if status == 0 {
+        // SAFETY: on success all `len` bytes were written.
+        unsafe { plain.set_len(len) };
         Ok(plain)
     } else {
         Err(SymmetricError::Authentication)

@@ -293,7 +293,11 @@ fn record_tree_off_changes_only_the_ground_truth() {
     let (with_path, with_tree) = write("with.sqlite", true);
     let (without_path, without_tree) = write("without.sqlite", false);
     let last = |t: &GroundTruth| t.checkpoints.last().unwrap().entries.len();
-    assert_eq!(last(&with_tree), 40 + 4 + 1, "files, folders and their parent");
+    assert_eq!(
+        last(&with_tree),
+        40 + 4 + 1,
+        "files, folders and their parent"
+    );
     assert_eq!(last(&without_tree), 0);
     assert_eq!(with_tree.snapshot, without_tree.snapshot);
     for sql in [
