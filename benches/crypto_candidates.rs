@@ -22,6 +22,7 @@ struct Blocks {
 }
 
 type Open = fn(&[u8; 32], &[u8], &mut Vec<u8>) -> bool;
+type Hash = fn(&[u8]) -> [u8; 32];
 
 fn open_product(key: &[u8; 32], blob: &[u8], out: &mut Vec<u8>) -> bool {
     match symmetric::secretbox_open(key, blob) {
@@ -187,7 +188,7 @@ fn main() {
             open_libsodium_bulk_erase,
         ),
     ];
-    let hashes: [(&str, fn(&[u8]) -> [u8; 32]); 2] = [
+    let hashes: [(&str, Hash); 2] = [
         ("sha2 SHA-256", sha256_sha2),
         ("libsodium crypto_hash_sha256", sha256_libsodium),
     ];
