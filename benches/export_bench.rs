@@ -306,7 +306,7 @@ impl Table {
     fn cpu(&mut self, share: f64) {
         let row = self.rows.last_mut().expect("a row");
         row.cpu = if share.is_nan() {
-            "n/a".into()
+            "n/a (too short)".into()
         } else {
             format!("{share:.2}")
         };
@@ -1022,7 +1022,13 @@ fn real_main() -> Res<()> {
         t.begin();
         let (t0, c0) = (Instant::now(), thread_cpu());
         let o = open_in_process(p, &a.key)?;
-        let share = (thread_cpu() - c0) / t0.elapsed().as_secs_f64();
+        let wall = t0.elapsed().as_secs_f64();
+        // CPU times are too coarse for a few milliseconds.
+        let share = if wall < 0.05 {
+            f64::NAN
+        } else {
+            (thread_cpu() - c0) / wall
+        };
         opened.push((name, o, t.span(), share));
     }
 
