@@ -12,7 +12,8 @@
 #   ca-certificates: cargo fetches crates over TLS
 #   gcc, libc6-dev: the linker, and the C compiler of the bundled SQLite and zstd
 #   pkg-config, libpcsclite-dev: pcsc-sys finds and links libpcsclite
-PACKAGES_BUILD=(ca-certificates gcc libc6-dev pkg-config libpcsclite-dev)
+#   make: libsodium-sys-stable builds libsodium from its bundled source (./configure && make)
+PACKAGES_BUILD=(ca-certificates gcc libc6-dev make pkg-config libpcsclite-dev)
 
 # Running the installed binary (the .deb's Depends/Recommends follow this list).
 #   libpcsclite1: linked (YubiKey PIV); fuse3: fusermount3 for `export mount`;
@@ -40,6 +41,7 @@ SYS_CRATE_PACKAGES=(
   "pcsc-sys=libpcsclite-dev"
   "libsqlite3-sys=gcc"           # rusqlite's `bundled` feature: SQLite compiled from source
   "zstd-sys=gcc"                 # zstd compiled from source (no pkg-config probe by default)
+  "libsodium-sys-stable=make"    # libsodium compiled from the crate's signed source, linked statically
   "cryptoki-sys=none:dlopen"     # PKCS#11 modules are loaded at run time, nothing is linked
   "linux-raw-sys=none:headers"   # Linux syscall constants as Rust source
   "js-sys=none:wasm"             # WebAssembly only
