@@ -96,8 +96,19 @@ run "$bin" generate-export "$work/export.sqlite" --shape mixed \
     --service-pubkey "$work/service.pub.pem" --truth "$work/truth.json"
 sum_before="$(sha256sum "$work/export.sqlite" | cut -d' ' -f1)"
 
-step "3b. Investigation through the token"
+step "3b. Trust anchor: the organisation's address, obtained out of band, is pinned"
+# A real investigator gets the address (parsec3://…/ORG?p=ROOT_KEY) from the organisation itself,
+# never from the export; here the writer's ground truth plays the organisation.
+export SEQUESTER_CUSTODY_PINS="$work/pins.json"
+org_addr="$(python3 -c 'import base64,json,sys
+t=json.load(open(sys.argv[1]))
+p=base64.urlsafe_b64encode(bytes.fromhex("c420"+t["root_verify_key"])).decode().rstrip("=")
+print("parsec3://parsec.example/" + t["organization_id"] + "?p=" + p)' "$work/truth.json")"
+run "$bin" org pin "$org_addr"
+
+step "3c. Investigation through the token"
 run "$bin" export info "$work/export.sqlite"
+run "$bin" export verify "$work/export.sqlite" --key "$(key demo-service)"
 run "$bin" -v export ls "$work/export.sqlite" / -l --key "$(key demo-service)"
 { run "$bin" export timeline "$work/export.sqlite" --key "$(key demo-service)" | head -n 15; } || true
 first_file="$("$bin" --json export ls "$work/export.sqlite" / -R --key "$(key demo-service)" \
