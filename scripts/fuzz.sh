@@ -6,6 +6,9 @@
 # (copy them to fuzz/regressions/TARGET/ once fixed: tests/fuzz_corpus.rs replays them).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The fuzz targets link the library: the same build packages as the binary.
+source "$here/scripts/packages.sh"
+packages_ensure build || [[ -n "${SKIP_APT:-}" ]] || exit 1
 cd "$here/fuzz"
 seconds="${1:-180}"
 shift || true
