@@ -498,15 +498,7 @@ fn info(
         "Root key:      SHA-256 {} ({})",
         trust.root_key_fingerprint,
         if trust.anchored {
-            format!(
-                "ANCHORED: matches {}",
-                trust
-                    .anchored_by
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" and ")
-            )
+            format!("ANCHORED: matches {}", trust.anchored_by_text())
         } else {
             "NOT ANCHORED: no pin, --org or --root-key".to_string()
         }
@@ -1051,12 +1043,7 @@ fn verify_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> Co
                 o,
                 "Result:    OK — every signature and digest reachable with this key verifies, \
                  from the root key anchored by {}",
-                trust
-                    .anchored_by
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" and ")
+                trust.anchored_by_text()
             )?;
         } else if consistent {
             writeln!(

@@ -344,6 +344,15 @@ pub struct TrustReport {
 }
 
 impl TrustReport {
+    /// The anchors that matched, in words (`the pin and --org`).
+    pub fn anchored_by_text(&self) -> String {
+        self.anchored_by
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(" and ")
+    }
+
     /// One line for stderr.
     pub fn summary(&self) -> String {
         if self.anchored {
@@ -351,11 +360,7 @@ impl TrustReport {
                 "Root key SHA-256 {} of organisation `{}`: ANCHORED (matches {})",
                 self.root_key_fingerprint,
                 self.organization_id,
-                self.anchored_by
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" and ")
+                self.anchored_by_text()
             )
         } else {
             format!(
