@@ -105,6 +105,36 @@ pub trait Progress: Sync {
 pub struct NoProgress;
 impl Progress for NoProgress {}
 
+/// The readable files of the tree at T below `path` (what [`extract_to`] writes), in walk order,
+/// collected in memory: for the benchmark harness's baseline, not for the commands.
+#[derive(Default)]
+pub struct Plan {
+    pub files: Vec<(String, EntryVersion)>,
+}
+
+/// See [`Plan`]. Files whose blocks need keys this service lacks are left out.
+pub fn plan(realm: &Realm, path: &str, at: DateTime) -> Result<Plan, ExportError> {
+    let start = realm.resolve(path, at)?;
+    let mut plan = Plan::default();
+    let mut add = |path: String, v: EntryVersion| {
+        if v.file().is_some() && missing_keys(realm, &path, &v).is_none() {
+            plan.files.push((path, v));
+        }
+    };
+    if start.folder().is_none() {
+        let name = split_path(path)?.last().map(|s| s.to_string()).unwrap_or_default();
+        add(join("/", &name), start);
+        return Ok(plan);
+    }
+    let mut walk = Walk::new(realm, at, "/", start, MAX_DEPTH);
+    while let Some(step) = walk.next_step()? {
+        if let WalkStep::Entry(e) = step {
+            add(e.path, e.child.version);
+        }
+    }
+    Ok(plan)
+}
+
 /// Receives the outcome of [`extract_to`] entry by entry, in walk order (depth first, children
 /// in name order), as it completes: nothing of the tree is kept in memory by the extraction.
 pub trait ExtractSink: Send {
@@ -312,8 +342,8 @@ struct Delivery<'s> {
     window: u64,
 }
 
-impl Delivery<'_> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Ordered<'_>> {
+impl<'s> Delivery<'s> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ordered<'s>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -598,9 +628,9 @@ pub fn extract_to(
     progress.start(0);
     // Folders whose subtree is not done yet (their mtime is set when it is): the walk's depth.
     let mut open: Vec<(usize, PathBuf, DateTime)> = Vec::new();
+    let (runs, queue) = std::sync::mpsc::sync_channel::<Run>(4 * threads);
+    let queue = Mutex::new(queue);
     let walked: Result<(), ExportError> = std::thread::scope(|scope| {
-        let (runs, queue) = std::sync::mpsc::sync_channel::<Run>(4 * threads);
-        let queue = Mutex::new(queue);
         for _ in 0..threads {
             let (pipeline, queue) = (&pipeline, &queue);
             scope.spawn(move || loop {
