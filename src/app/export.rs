@@ -742,7 +742,11 @@ fn ls(
         let head = serde_json::to_string_pretty(
             &json!({"context": context_json(&realm, &trust, t), "path": path}),
         )?;
-        let head = head.trim_end().strip_suffix('}').unwrap_or(&head).trim_end();
+        let head = head
+            .trim_end()
+            .strip_suffix('}')
+            .unwrap_or(&head)
+            .trim_end();
         write!(o, "{head},\n  \"entries\": [")?;
     } else {
         eprintln!(
@@ -765,9 +769,17 @@ fn ls(
         }
         if global.json {
             let sep = if entries == 0 { "\n    " } else { ",\n    " };
-            write!(o, "{sep}{}", serde_json::to_string(&entry_json(&realm, p, v))?)?;
+            write!(
+                o,
+                "{sep}{}",
+                serde_json::to_string(&entry_json(&realm, p, v))?
+            )?;
         } else {
-            writeln!(o, "{}", terminal::escape(&entry_line(&realm, &shown(p), v, long)))?;
+            writeln!(
+                o,
+                "{}",
+                terminal::escape(&entry_line(&realm, &shown(p), v, long))
+            )?;
         }
         entries += 1;
         Ok(())

@@ -122,7 +122,10 @@ pub fn plan(realm: &Realm, path: &str, at: DateTime) -> Result<Plan, ExportError
         }
     };
     if start.folder().is_none() {
-        let name = split_path(path)?.last().map(|s| s.to_string()).unwrap_or_default();
+        let name = split_path(path)?
+            .last()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
         add(join("/", &name), start);
         return Ok(plan);
     }
@@ -454,9 +457,8 @@ impl Pipeline<'_, '_> {
     fn run(&self, run: Run) {
         let task = &run.task;
         if !self.stopped() {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.write_run(&run)
-            }));
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write_run(&run)));
             if let Err(payload) = outcome {
                 let what = payload
                     .downcast_ref::<&str>()
@@ -485,7 +487,13 @@ impl Pipeline<'_, '_> {
         let mut hasher = run.whole.then(Sha256::new);
         let mut position = 0u64;
         for b in &file.blocks[run.blocks.clone()] {
-            if self.stopped() || task.failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            if self.stopped()
+                || task
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some()
+            {
                 return;
             }
             match self.realm.decrypt_block(b) {
@@ -644,107 +652,111 @@ pub fn extract_to(
         // Creates (and sizes) a file and queues its runs; files are not kept open: a tree may
         // hold more files than the process may open at once.
         let walked = {
-        let add_file = |path: String, v: EntryVersion, parent: Option<(PathBuf, DateTime)>| {
-            if let Some(u) = missing_keys(realm, &path, &v).or_else(|| overlong_path(&path, limit, "file", &v)) {
-                pipeline.emit(Outcome::Unreadable(u));
-                return Ok(());
-            }
-            let file = v.file().expect("file manifest");
-            let p = local(&path);
-            let f = File::options()
-                .write(true)
-                .create_new(true)
-                .mode(options.file_mode)
-                .open(&p)
-                .map_err(|e| io_err("cannot create", &p, e))?;
-            f.set_len(file.size)
-                .map_err(|e| io_err("cannot size", &p, e))?;
-            drop(f);
-            progress.grow(file.size);
-            let n = file.blocks.len();
-            let whole = n <= RUN_BLOCKS;
-            let task = Arc::new(FileTask {
-                seq: pipeline.delivery.issue(&pipeline.stop),
-                path,
-                local: p,
-                runs_left: AtomicUsize::new(n.div_ceil(RUN_BLOCKS).max(1)),
-                version: v,
-                parent,
-                failed: Mutex::new(None),
-                hash: Mutex::new(None),
-            });
-            let mut first = 0;
-            loop {
-                let end = (first + RUN_BLOCKS).min(n);
-                let run = Run {
-                    task: task.clone(),
-                    blocks: first..end,
-                    whole,
-                };
-                if runs.send(run).is_err() {
-                    return Err(ExportError::Interrupted);
+            let add_file = |path: String, v: EntryVersion, parent: Option<(PathBuf, DateTime)>| {
+                if let Some(u) = missing_keys(realm, &path, &v)
+                    .or_else(|| overlong_path(&path, limit, "file", &v))
+                {
+                    pipeline.emit(Outcome::Unreadable(u));
+                    return Ok(());
                 }
-                first = end;
-                if first >= n {
-                    break;
-                }
-            }
-            Ok(())
-        };
-        let mut walk_all = || -> Result<(), ExportError> {
-            let Some(updated) = start_folder else {
-                let name = base_name.clone().unwrap_or_default();
-                return add_file(join("/", &name), start.clone(), None);
-            };
-            pipeline.emit(Outcome::Folder("/".into()));
-            open.push((0, temp.clone(), updated));
-            let mut walk = Walk::new(realm, options.at, "/", start.clone(), MAX_DEPTH);
-            while let Some(step) = walk.next_step()? {
-                if pipeline.stopped() {
-                    break;
-                }
-                let e = match step {
-                    WalkStep::Problem(p) => {
-                        pipeline.emit(Outcome::Unreadable(UnreadableEntry {
-                            path: p.path,
-                            kind: "unknown",
-                            vlob_id: p.id,
-                            version: p.version.unwrap_or(0),
-                            needed_key_indexes: vec![],
-                            reason: p.reason,
-                        }));
-                        continue;
+                let file = v.file().expect("file manifest");
+                let p = local(&path);
+                let f = File::options()
+                    .write(true)
+                    .create_new(true)
+                    .mode(options.file_mode)
+                    .open(&p)
+                    .map_err(|e| io_err("cannot create", &p, e))?;
+                f.set_len(file.size)
+                    .map_err(|e| io_err("cannot size", &p, e))?;
+                drop(f);
+                progress.grow(file.size);
+                let n = file.blocks.len();
+                let whole = n <= RUN_BLOCKS;
+                let task = Arc::new(FileTask {
+                    seq: pipeline.delivery.issue(&pipeline.stop),
+                    path,
+                    local: p,
+                    runs_left: AtomicUsize::new(n.div_ceil(RUN_BLOCKS).max(1)),
+                    version: v,
+                    parent,
+                    failed: Mutex::new(None),
+                    hash: Mutex::new(None),
+                });
+                let mut first = 0;
+                loop {
+                    let end = (first + RUN_BLOCKS).min(n);
+                    let run = Run {
+                        task: task.clone(),
+                        blocks: first..end,
+                        whole,
+                    };
+                    if runs.send(run).is_err() {
+                        return Err(ExportError::Interrupted);
                     }
-                    WalkStep::Entry(e) => e,
-                };
-                // Pre-order: an entry at depth d means every open folder at depth >= d is done.
-                while open.last().is_some_and(|(d, ..)| *d >= e.depth) {
-                    let (_, dir, t) = open.pop().expect("checked");
-                    set_mtime(&dir, t)?;
+                    first = end;
+                    if first >= n {
+                        break;
+                    }
                 }
-                let parent = open.last().map(|(_, dir, t)| (dir.clone(), *t));
-                match e.child.version.manifest().map(|m| &**m) {
-                    Some(Manifest::Folder(f)) => {
-                        if let Some(u) = overlong_path(&e.path, limit, "folder", &e.child.version)
-                        {
-                            pipeline.emit(Outcome::Unreadable(u));
+                Ok(())
+            };
+            let mut walk_all = || -> Result<(), ExportError> {
+                let Some(updated) = start_folder else {
+                    let name = base_name.clone().unwrap_or_default();
+                    return add_file(join("/", &name), start.clone(), None);
+                };
+                pipeline.emit(Outcome::Folder("/".into()));
+                open.push((0, temp.clone(), updated));
+                let mut walk = Walk::new(realm, options.at, "/", start.clone(), MAX_DEPTH);
+                while let Some(step) = walk.next_step()? {
+                    if pipeline.stopped() {
+                        break;
+                    }
+                    let e = match step {
+                        WalkStep::Problem(p) => {
+                            pipeline.emit(Outcome::Unreadable(UnreadableEntry {
+                                path: p.path,
+                                kind: "unknown",
+                                vlob_id: p.id,
+                                version: p.version.unwrap_or(0),
+                                needed_key_indexes: vec![],
+                                reason: p.reason,
+                            }));
                             continue;
                         }
-                        let p = local(&e.path);
-                        dirs.create(&p).map_err(|err| io_err("cannot create", &p, err))?;
-                        open.push((e.depth, p, f.header.updated));
-                        pipeline.emit(Outcome::Folder(e.path));
+                        WalkStep::Entry(e) => e,
+                    };
+                    // Pre-order: an entry at depth d means every open folder at depth >= d is done.
+                    while open.last().is_some_and(|(d, ..)| *d >= e.depth) {
+                        let (_, dir, t) = open.pop().expect("checked");
+                        set_mtime(&dir, t)?;
                     }
-                    Some(Manifest::File(_)) => add_file(e.path, e.child.version, parent)?,
-                    None => pipeline.emit(Outcome::Unreadable(unreadable_entry(
-                        &e.path,
-                        &e.child.version,
-                    ))),
+                    let parent = open.last().map(|(_, dir, t)| (dir.clone(), *t));
+                    match e.child.version.manifest().map(|m| &**m) {
+                        Some(Manifest::Folder(f)) => {
+                            if let Some(u) =
+                                overlong_path(&e.path, limit, "folder", &e.child.version)
+                            {
+                                pipeline.emit(Outcome::Unreadable(u));
+                                continue;
+                            }
+                            let p = local(&e.path);
+                            dirs.create(&p)
+                                .map_err(|err| io_err("cannot create", &p, err))?;
+                            open.push((e.depth, p, f.header.updated));
+                            pipeline.emit(Outcome::Folder(e.path));
+                        }
+                        Some(Manifest::File(_)) => add_file(e.path, e.child.version, parent)?,
+                        None => pipeline.emit(Outcome::Unreadable(unreadable_entry(
+                            &e.path,
+                            &e.child.version,
+                        ))),
+                    }
                 }
-            }
-            Ok(())
-        };
-        walk_all()
+                Ok(())
+            };
+            walk_all()
         };
         if walked.is_err() {
             pipeline.stop.store(true, Ordering::Relaxed);
@@ -753,7 +765,11 @@ pub fn extract_to(
         walked
     });
     walked?;
-    if let Some(e) = pipeline.io_failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+    if let Some(e) = pipeline
+        .io_failure
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+    {
         return Err(e);
     }
     if options.cancelled() {
@@ -876,7 +892,11 @@ impl Spool {
 
     fn push(&mut self, value: &impl serde::Serialize) -> Result<(), ExportError> {
         use std::io::Write;
-        let sep: &[u8] = if self.count == 0 { b"\n    " } else { b",\n    " };
+        let sep: &[u8] = if self.count == 0 {
+            b"\n    "
+        } else {
+            b",\n    "
+        };
         self.out
             .write_all(sep)
             .map_err(|e| ExportError::Io(format!("cannot write the custody record: {e}")))?;
@@ -966,7 +986,11 @@ impl CustodyRecordWriter {
             self.files.copy_into("files", &mut out)?;
             out.write_all(b",\n")?;
             self.unreadable.copy_into("unreadable", &mut out)?;
-            write!(out, ",\n  \"problems\": {}\n}}\n", problems.replace('\n', "\n  "))?;
+            write!(
+                out,
+                ",\n  \"problems\": {}\n}}\n",
+                problems.replace('\n', "\n  ")
+            )?;
             out.flush()
         })();
         written.map_err(|e| io_err("cannot write", path, e))?;

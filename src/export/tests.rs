@@ -333,8 +333,8 @@ fn extract_of_a_generated_export_with_multi_block_and_sparse_files() {
     std::fs::create_dir(&out).unwrap();
     let dest2 = out.join("tree");
     let mut writer = extract::CustodyRecordWriter::new(&out).unwrap();
-    let counts = extract::extract_to(&realm, &dest2, &options, &extract::NoProgress, &mut writer)
-        .unwrap();
+    let counts =
+        extract::extract_to(&realm, &dest2, &options, &extract::NoProgress, &mut writer).unwrap();
     assert_eq!(counts.files, contents.len() as u64);
     assert_eq!(counts.folders, report.folders.len() as u64);
     assert_eq!(counts.unreadable, 0);
@@ -397,7 +397,10 @@ fn extract_of_a_generated_export_with_multi_block_and_sparse_files() {
     assert_eq!(record["unreadable"], serde_json::json!([]));
     assert_eq!(record["problems"], serde_json::json!([]));
     assert_eq!(record["files_extracted"], 4);
-    assert_eq!(record["realm_key_indexes_obtained"], serde_json::json!([1, 2]));
+    assert_eq!(
+        record["realm_key_indexes_obtained"],
+        serde_json::json!([1, 2])
+    );
     for f in record["files"].as_array().unwrap() {
         let mine = report.files.iter().find(|r| r.path == f["path"]).unwrap();
         assert_eq!(f["sha256"], mine.sha256.as_str());
