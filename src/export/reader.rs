@@ -718,12 +718,30 @@ impl Realm {
     /// content). Used by `timeline` and `verify`; streams in pages to bound memory.
     pub fn for_each_version_meta(
         &self,
+        f: impl FnMut(VersionMeta) -> Result<(), ExportError>,
+    ) -> Result<(), ExportError> {
+        self.for_each_version_meta_ordered("timestamp, sequential_id", f)
+    }
+
+    /// [`Self::for_each_version_meta`] entry by entry (each entry's versions together, in time
+    /// order; the `UNIQUE(vlob_id, timestamp)` index serves it), so that a caller needs state
+    /// for the current entry only.
+    pub fn for_each_version_meta_by_entry(
+        &self,
+        f: impl FnMut(VersionMeta) -> Result<(), ExportError>,
+    ) -> Result<(), ExportError> {
+        self.for_each_version_meta_ordered("vlob_id, timestamp, sequential_id", f)
+    }
+
+    fn for_each_version_meta_ordered(
+        &self,
+        order: &str,
         mut f: impl FnMut(VersionMeta) -> Result<(), ExportError>,
     ) -> Result<(), ExportError> {
         let conn = self.file.pool.get()?;
         let mut stmt = conn
             .prepare(&format!(
-                "SELECT {VERSION_COLUMNS}, vlob_id FROM vlob_atom ORDER BY timestamp, sequential_id"
+                "SELECT {VERSION_COLUMNS}, vlob_id FROM vlob_atom ORDER BY {order}"
             ))
             .map_err(|e| self.storage_err("reading vlob_atom", e))?;
         let mut rows = stmt

@@ -76,9 +76,10 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
     for p in export_problems(realm) {
         report.add(p);
     }
-    let mut entries = HashSet::new();
-    let mut folders = HashSet::new();
-    let mut files = HashSet::new();
+    // Versions come entry by entry: the state below is the current entry's only (whether it
+    // was counted as a folder / file, the blocks its versions share), not the export's.
+    let mut current: Option<Id> = None;
+    let (mut counted_folder, mut counted_file) = (false, false);
     let mut blocks: Vec<(BlockAccess, VersionMeta)> = Vec::new();
     let mut seen_blocks = HashSet::new();
     let mut folder_parents: HashMap<Id, (Id, VersionMeta)> = HashMap::new();
@@ -98,15 +99,23 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
                 }
             };
             report.versions += 1;
-            entries.insert(v.meta.vlob_id);
+            if current != Some(v.meta.vlob_id) {
+                current = Some(v.meta.vlob_id);
+                report.entries += 1;
+                (counted_folder, counted_file) = (false, false);
+                seen_blocks.clear();
+            }
             match &v.content {
                 VersionContent::Readable(m) => {
                     report.readable_versions += 1;
                     match &**m {
                         Manifest::Folder(f) => {
-                            folders.insert(v.meta.vlob_id);
+                            if !counted_folder {
+                                counted_folder = true;
+                                report.folders += 1;
+                            }
                             if v.meta.vlob_id != realm.realm_id() {
-                                // Versions come in time order: the latest one wins.
+                                // An entry's versions come in time order: the latest wins.
                                 folder_parents
                                     .insert(v.meta.vlob_id, (f.header.parent, v.meta.clone()));
                             }
@@ -127,7 +136,10 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
                             }
                         }
                         Manifest::File(f) => {
-                            files.insert(v.meta.vlob_id);
+                            if !counted_file {
+                                counted_file = true;
+                                report.files += 1;
+                            }
                             for b in &f.blocks {
                                 if seen_blocks.insert((b.id, b.digest, b.size)) {
                                     blocks.push((*b, v.meta.clone()));
@@ -179,7 +191,7 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
         blocks.clear();
         Ok(())
     };
-    realm.for_each_version_meta(|meta| {
+    realm.for_each_version_meta_by_entry(|meta| {
         page.push(meta);
         if page.len() >= PAGE {
             flush(&mut page, &mut report)?;
@@ -196,9 +208,6 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
     }
     report.notices = notices;
     report.notices_total = notices_total;
-    report.entries = entries.len() as u64;
-    report.folders = folders.len() as u64;
-    report.files = files.len() as u64;
 
     Ok(report)
 }
