@@ -999,7 +999,11 @@ fn timeline_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> 
         let head = serde_json::to_string_pretty(
             &json!({"context": context_json(&realm, &trust, realm.snapshot())}),
         )?;
-        let head = head.trim_end().strip_suffix('}').unwrap_or(&head).trim_end();
+        let head = head
+            .trim_end()
+            .strip_suffix('}')
+            .unwrap_or(&head)
+            .trim_end();
         write!(o, "{head},\n  \"events\": [")?;
     }
     let mut n = 0u64;
