@@ -46,13 +46,19 @@ work="$(mktemp -d -t sequester-deb-XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 eval "$(softhsm-fixtures/softhsm-token.sh deb-check "$work/softhsm")"
 fixtures="$here/../shared/fixtures/parsec"
-softhsm2-util --import "$fixtures/sequester_service_1.00000000000000000000000000000001.private.pem" \
-  --token deb-check --label svc1 --id 01 --pin "$SEQUESTER_CUSTODY_TEST_PIN" >/dev/null
 export SEQUESTER_CUSTODY_PIN="$SEQUESTER_CUSTODY_TEST_PIN"
 export SEQUESTER_CUSTODY_TRANSCRIPT="$work/transcript.jsonl"
+# The installed binary imports the published fixture key (1024 bits: test-size flag) with its
+# hardened template, so the key test below also checks the installed build's custody checks.
+"$installed" key import --role service --label svc1 --allow-insecure-test-size \
+  --token "pkcs11:token=deb-check?module-name=softhsm2" \
+  --in "$fixtures/sequester_service_1.00000000000000000000000000000001.private.pem" >/dev/null
 key="pkcs11:token=deb-check;object=svc1;type=private?module-name=softhsm2"
 "$installed" key test "$key" --rounds 2
-"$installed" --json export verify "$fixtures/sequestered_export.sqlite" --key "$key" > "$work/verify.json"
+# Anchored by the fixture organisation's root verify key (as tests/export_fixture.rs does).
+fixture_root=c118b50c90876d8feac2ffe02d59c26f447064289091c1993d3aec170fd6a9c2
+"$installed" --json export verify "$fixtures/sequestered_export.sqlite" --key "$key" \
+  --root-key "$fixture_root" > "$work/verify.json"
 python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); sys.exit(0 if v["ok"] and v["report"]["readable_versions"]==4 else 1)' \
   "$work/verify.json" || fail "export verify: $(cat "$work/verify.json")"
 

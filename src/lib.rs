@@ -13,6 +13,8 @@ pub mod app;
 pub mod ceremony;
 pub mod crypto;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzz_entry;
 pub mod mount;
 pub mod parsec;
 pub mod token;

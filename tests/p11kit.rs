@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use common::{fixture, run_cli, stderr, stdout, SoftHsm};
 use serde_json::Value;
 
+/// The fixture organisation's root verify key (published with the fixture export).
+const FIXTURE_ROOT_KEY: &str = "c118b50c90876d8feac2ffe02d59c26f447064289091c1993d3aec170fd6a9c2";
 const SERVICE1: &str = "sequester_service_1.00000000000000000000000000000001.private.pem";
 const EXPORT_SHA256: &str = "db1cd159724b448569b9697f7a4ab21d6b770da78bb78dcaaf340d452c528ecf";
 
@@ -108,7 +110,7 @@ impl Remote {
             return None;
         }
         let hsm = SoftHsm::new(label)?;
-        hsm.import_with_softhsm_util(&fixture(SERVICE1), "svc1", "01");
+        hsm.import_service_key_with_tool(&fixture(SERVICE1), "svc1");
         let work = tempfile::tempdir().unwrap();
         let server = Server::start(&hsm, &work.path().join("p11-kit.sock"));
         let env = vec![
@@ -267,7 +269,15 @@ fn every_operation_through_p11_kit_client() {
     // decrypt: the real Parsec fixture export, verified and extracted through the client.
     let export = fixture("sequestered_export.sqlite");
     let export = export.to_str().unwrap();
-    let v = r.json(&["export", "verify", export, "--key", &r.key("svc1")]);
+    let v = r.json(&[
+        "export",
+        "verify",
+        export,
+        "--key",
+        &r.key("svc1"),
+        "--root-key",
+        FIXTURE_ROOT_KEY,
+    ]);
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["report"]["readable_versions"], 4, "{v}");
     let dest = r.work.path().join("extracted");
@@ -360,7 +370,7 @@ fn p11_kit_proxy_is_a_module() {
     let Some(hsm) = SoftHsm::new("p11kit-proxy") else {
         return;
     };
-    hsm.import_with_softhsm_util(&fixture(SERVICE1), "svc1", "01");
+    hsm.import_service_key_with_tool(&fixture(SERVICE1), "svc1");
     let config = tempfile::tempdir().unwrap();
     // The user's p11-kit config narrows what the proxy loads, as p11-kit users do: OpenSC's
     // module can block in C_Initialize while another program holds a card, and the trust store
@@ -394,6 +404,8 @@ fn p11_kit_proxy_is_a_module() {
             export.to_str().unwrap(),
             "--key",
             &key,
+            "--root-key",
+            FIXTURE_ROOT_KEY,
         ],
         &env,
     );

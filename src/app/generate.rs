@@ -43,6 +43,12 @@ pub struct GenerateArgs {
     pub files: Option<usize>,
     #[arg(long, default_value_t = 3000)]
     pub folders: usize,
+    /// Smallest file of `small` (bytes; suffixes K, M, G accepted).
+    #[arg(long, default_value = "1K", value_parser = parse_size)]
+    pub min_file_size: u64,
+    /// Largest file of `small` (the 1,000,000-entry benchmark export uses small files).
+    #[arg(long, default_value = "16K", value_parser = parse_size)]
+    pub max_file_size: u64,
     #[arg(long, default_value_t = 50)]
     pub versions: usize,
     #[arg(long, default_value_t = 20)]
@@ -112,6 +118,13 @@ pub fn run(args: GenerateArgs, global: &GlobalOpts) -> CommandResult {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if args.min_file_size > args.max_file_size {
+        anyhow::bail!(
+            "--min-file-size ({}) is larger than --max-file-size ({})",
+            args.min_file_size,
+            args.max_file_size
+        );
+    }
     let shape = match args.shape {
         ShapeName::Mixed => Shape::Mixed {
             small_files: args.files.unwrap_or(0),
@@ -126,8 +139,8 @@ pub fn run(args: GenerateArgs, global: &GlobalOpts) -> CommandResult {
         ShapeName::Small => Shape::SmallFiles {
             files: args.files.unwrap_or(100_000),
             folders: args.folders,
-            min_size: 1024,
-            max_size: 16 * 1024,
+            min_size: args.min_file_size,
+            max_size: args.max_file_size,
         },
         ShapeName::History => Shape::DeepHistory {
             files: args.files.unwrap_or(3000),
@@ -140,6 +153,8 @@ pub fn run(args: GenerateArgs, global: &GlobalOpts) -> CommandResult {
         seed: args.seed,
         threads: args.threads,
         authority_bits: args.authority_bits,
+        // The tree at the snapshot is only needed for the ground truth file.
+        record_tree: args.truth.is_some(),
         ..WriterConfig::default()
     };
     let truth = scenario::generate(&args.output, config, &shape, &services)

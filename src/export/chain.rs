@@ -11,7 +11,7 @@ use crate::crypto::symmetric::{
 };
 use crate::parsec::device::{DeviceCertificate, Id, DEVICE_CERTIFICATE};
 use crate::parsec::entry_name::EntryName;
-use crate::parsec::msgpack::{self, Map};
+use crate::parsec::msgpack::Map;
 use crate::parsec::realm::{
     KeyRotationCertificate, KeysBundle, KeysBundleAccess, NameCertificate, RoleCertificate,
     REALM_KEY_ROTATION_CERTIFICATE, REALM_NAME_CERTIFICATE, REALM_ROLE_CERTIFICATE,
@@ -122,7 +122,7 @@ impl Organization {
 pub const WRITING_ROLES: [&str; 3] = ["OWNER", "MANAGER", "CONTRIBUTOR"];
 
 fn decode_any(serialized: &[u8]) -> Option<rmpv::Value> {
-    msgpack::decode(&envelope::unwrap(serialized).ok()?).ok()
+    envelope::decode_value(serialized, &crate::parsec::limits::CERTIFICATE).ok()
 }
 
 /// Step 1 over `common_certificate` rows in `_id` order.

@@ -31,6 +31,97 @@ pub const REQUIRED_TABLES: [&str; 10] = [
     "block_data",
 ];
 
+/// The expected columns of each table (spec §5.2, as Parsec 3.9.3 creates them): name, declared
+/// type, primary-key position. Checked before the first query.
+/// A column as PRAGMA table_xinfo reports it: name, declared type, primary-key position.
+type ExpectedColumn = (&'static str, &'static str, i64);
+
+const EXPECTED_SCHEMA: [(&str, &[ExpectedColumn]); 10] = [
+    (
+        "info",
+        &[
+            ("magic", "INTEGER", 0),
+            ("version", "INTEGER", 0),
+            ("organization_id", "VARCHAR(32)", 0),
+            ("realm_id", "BLOB", 0),
+            ("root_verify_key", "BLOB", 0),
+            ("snapshot_timestamp", "INTEGER", 0),
+            ("vlobs_total_bytes", "INTEGER", 0),
+            ("blocks_total_bytes", "INTEGER", 0),
+            ("certificates_export_done", "INTEGER", 0),
+            ("vlobs_export_done", "INTEGER", 0),
+            ("blocks_metadata_export_done", "INTEGER", 0),
+            ("blocks_data_export_done", "INTEGER", 0),
+        ],
+    ),
+    (
+        "common_certificate",
+        &[("_id", "INTEGER", 1), ("certificate", "BLOB", 0)],
+    ),
+    (
+        "sequester_certificate",
+        &[("_id", "INTEGER", 1), ("certificate", "BLOB", 0)],
+    ),
+    (
+        "realm_certificate",
+        &[("_id", "INTEGER", 1), ("certificate", "BLOB", 0)],
+    ),
+    (
+        "realm_keys_bundle",
+        &[("key_index", "INTEGER", 1), ("keys_bundle", "BLOB", 0)],
+    ),
+    (
+        "realm_keys_bundle_access",
+        &[
+            ("_id", "INTEGER", 1),
+            ("user_id", "BLOB", 0),
+            ("key_index", "INTEGER", 0),
+            ("access", "BLOB", 0),
+        ],
+    ),
+    (
+        "realm_sequester_keys_bundle_access",
+        &[
+            ("_id", "INTEGER", 1),
+            ("sequester_service_id", "BLOB", 0),
+            ("key_index", "INTEGER", 0),
+            ("access", "BLOB", 0),
+        ],
+    ),
+    (
+        "vlob_atom",
+        &[
+            ("sequential_id", "INTEGER", 1),
+            ("vlob_id", "BLOB", 0),
+            ("version", "INTEGER", 0),
+            ("key_index", "INTEGER", 0),
+            ("blob", "BLOB", 0),
+            ("size", "INTEGER", 0),
+            ("author", "BLOB", 0),
+            ("timestamp", "INTEGER", 0),
+        ],
+    ),
+    (
+        "block",
+        &[
+            ("sequential_id", "INTEGER", 1),
+            ("block_id", "BLOB", 0),
+            ("author", "BLOB", 0),
+            ("size", "INTEGER", 0),
+            ("key_index", "INTEGER", 0),
+        ],
+    ),
+    (
+        "block_data",
+        &[("block", "INTEGER", 1), ("data", "BLOB", 0)],
+    ),
+];
+
+/// Largest string or BLOB SQLite may return (`SQLITE_LIMIT_LENGTH`): a vlob holds a manifest of
+/// at most `limits::MANIFEST.max_decompressed` bytes (compressed, signed, encrypted); a block
+/// holds one blocksize span (512 KiB by default). Anything larger is refused by SQLite itself.
+pub const MAX_SQLITE_VALUE_BYTES: i32 = 64 * 1024 * 1024;
+
 /// Idle connections kept for reuse; more may exist while busy.
 const MAX_IDLE_CONNECTIONS: usize = 16;
 
@@ -103,6 +194,33 @@ impl Drop for PooledConnection<'_> {
             }
         }
     }
+}
+
+/// The export is hostile input: no SQL stored in it (views, triggers, defaults, generated
+/// columns) may run with privileges, nothing may be written, and no value may exceed the limits.
+fn harden(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::config::DbConfig;
+    use rusqlite::limits::Limit;
+    // Read-only anyway; this makes any accidental write attempt fail loudly.
+    conn.pragma_update(None, "query_only", true)?;
+    conn.pragma_update(None, "trusted_schema", false)?;
+    // Detects some page-level damage earlier, as a clean error.
+    conn.pragma_update(None, "cell_size_check", true)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
+    for (limit, value) in [
+        (Limit::SQLITE_LIMIT_LENGTH, MAX_SQLITE_VALUE_BYTES),
+        (Limit::SQLITE_LIMIT_SQL_LENGTH, 64 * 1024),
+        (Limit::SQLITE_LIMIT_COLUMN, 64),
+        (Limit::SQLITE_LIMIT_EXPR_DEPTH, 64),
+        (Limit::SQLITE_LIMIT_COMPOUND_SELECT, 4),
+        (Limit::SQLITE_LIMIT_ATTACHED, 0),
+        (Limit::SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 256),
+        (Limit::SQLITE_LIMIT_TRIGGER_DEPTH, 1),
+    ] {
+        conn.set_limit(limit, value);
+    }
+    Ok(())
 }
 
 /// `file:` URI with the path percent-encoded where SQLite's URI parser would otherwise misread it.
@@ -180,9 +298,7 @@ impl ConnectionPool {
                 reason: e.to_string(),
             }
         })?;
-        // Read-only anyway; this makes any accidental write attempt fail loudly.
-        conn.pragma_update(None, "query_only", true)
-            .map_err(|e| self.err("configuring the connection", e))?;
+        harden(&conn).map_err(|e| self.err("configuring the connection", e))?;
         Ok(conn)
     }
 
@@ -220,29 +336,99 @@ impl ConnectionPool {
         ExportError::sqlite(&self.display, context, reason)
     }
 
-    /// Checks that every required table exists.
+    /// Checks the schema against spec §5.2 before anything else is queried: exactly the
+    /// expected tables with the expected columns (name, declared type, primary key), only the
+    /// automatic indexes of the constraints, and no view, trigger or virtual table.
     pub fn check_tables(&self) -> Result<(), ExportError> {
         let conn = self.get()?;
         let mut stmt = conn
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .prepare("SELECT type, name, tbl_name, sql FROM sqlite_master")
             .map_err(|e| self.err("reading the schema", e))?;
-        let names: Vec<String> = stmt
-            .query_map([], |r| r.get(0))
+        let objects: Vec<(String, String, String, Option<String>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .and_then(|rows| rows.collect())
             .map_err(|e| self.err("reading the schema", e))?;
-        if !names.iter().any(|n| n == "info") {
+        let tables: Vec<&str> = objects
+            .iter()
+            .filter(|(kind, ..)| kind == "table")
+            .map(|(_, name, ..)| name.as_str())
+            .collect();
+        if !tables.contains(&"info") {
             return Err(ExportError::NotAnExport {
                 path: self.display.clone(),
                 reason: "it has no `info` table".into(),
             });
         }
         for table in REQUIRED_TABLES {
-            if !names.iter().any(|n| n == table) {
+            if !tables.contains(&table) {
                 return Err(ExportError::MissingTable {
                     path: self.display.clone(),
                     table,
                     reason: "the table does not exist".into(),
                 });
+            }
+        }
+        let schema_err = |reason: String| ExportError::Schema {
+            path: self.display.clone(),
+            reason,
+        };
+        for (kind, name, table, sql) in &objects {
+            let sql = sql.as_deref().unwrap_or("");
+            match kind.as_str() {
+                "table"
+                    if sql
+                        .trim_start()
+                        .to_ascii_uppercase()
+                        .starts_with("CREATE VIRTUAL") =>
+                {
+                    return Err(schema_err(format!("`{name}` is a virtual table")))
+                }
+                "table" if REQUIRED_TABLES.contains(&name.as_str()) => {}
+                "table" => return Err(schema_err(format!("unexpected table `{name}`"))),
+                "index" if name.starts_with("sqlite_autoindex_") && sql.is_empty() => {}
+                "index" => {
+                    return Err(schema_err(format!(
+                        "unexpected index `{name}` on `{table}`"
+                    )))
+                }
+                other => return Err(schema_err(format!("unexpected {other} `{name}`"))),
+            }
+        }
+        for (table, expected) in EXPECTED_SCHEMA {
+            let mut stmt = conn
+                .prepare("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid")
+                .map_err(|e| self.err("reading the schema", e))?;
+            let columns: Vec<(String, String, i64, i64)> = stmt
+                .query_map([table], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .and_then(|rows| rows.collect())
+                .map_err(|e| self.err("reading the schema", e))?;
+            let found: Vec<String> = columns
+                .iter()
+                .map(|(n, t, pk, hidden)| {
+                    let generated = if *hidden != 0 { " GENERATED" } else { "" };
+                    format!("{n} {}{generated}{}", t.to_ascii_uppercase(), pk_mark(*pk))
+                })
+                .collect();
+            let wanted: Vec<String> = expected
+                .iter()
+                .map(|(n, t, pk)| format!("{n} {t}{}", pk_mark(*pk)))
+                .collect();
+            if found != wanted {
+                let first = found
+                    .iter()
+                    .zip(&wanted)
+                    .find(|(f, w)| f != w)
+                    .map(|(f, w)| format!("column `{f}` where `{w}` is expected"))
+                    .unwrap_or_else(|| {
+                        format!(
+                            "{} columns where {} are expected",
+                            found.len(),
+                            wanted.len()
+                        )
+                    });
+                return Err(schema_err(format!("table `{table}`: {first}")));
             }
         }
         Ok(())
@@ -258,7 +444,7 @@ impl ConnectionPool {
                  vlobs_export_done, blocks_metadata_export_done, blocks_data_export_done \
                  FROM info WHERE magic = ?1",
                 [EXPORT_MAGIC],
-                |r| (0..11).map(|i| r.get::<_, Value>(i)).collect(),
+                |r| (0..11).map(|i| r.get_ref(i).map(owned_value)).collect(),
             )
             .map(Some)
             .or_else(|e| match e {
@@ -285,7 +471,10 @@ impl ConnectionPool {
         };
         let int = |i: usize, name: &str| match &v[i] {
             Value::Integer(n) => Ok(*n),
-            other => Err(bad(format!("`{name}` is {other:?}, not an integer"))),
+            other => Err(bad(format!(
+                "`{name}` is {}, not an integer",
+                describe(other)
+            ))),
         };
         let version = int(0, "version")?;
         if version != EXPORT_VERSION {
@@ -296,12 +485,22 @@ impl ConnectionPool {
         }
         let organization_id = match &v[1] {
             Value::Text(s) => s.clone(),
-            other => return Err(bad(format!("`organization_id` is {other:?}, not text"))),
+            other => {
+                return Err(bad(format!(
+                    "`organization_id` is {}, not text",
+                    describe(other)
+                )))
+            }
         };
         let realm_id: Id = match &v[2] {
             Value::Blob(b) if b.len() == 16 => b.as_slice().try_into().expect("16 bytes"),
             Value::Blob(b) => return Err(bad(format!("`realm_id` has {} bytes, not 16", b.len()))),
-            other => return Err(bad(format!("`realm_id` is {other:?}, not a blob"))),
+            other => {
+                return Err(bad(format!(
+                    "`realm_id` is {}, not a blob",
+                    describe(other)
+                )))
+            }
         };
         let root_verify_key: [u8; 32] = match &v[3] {
             Value::Blob(b) if b.len() == 32 => b.as_slice().try_into().expect("32 bytes"),
@@ -311,7 +510,12 @@ impl ConnectionPool {
                     b.len()
                 )))
             }
-            other => return Err(bad(format!("`root_verify_key` is {other:?}, not a blob"))),
+            other => {
+                return Err(bad(format!(
+                    "`root_verify_key` is {}, not a blob",
+                    describe(other)
+                )))
+            }
         };
         let nonneg = |i: usize, name: &str| -> Result<u64, ExportError> {
             let n = int(i, name)?;
@@ -329,6 +533,41 @@ impl ConnectionPool {
             blocks_metadata_export_done: int(9, "blocks_metadata_export_done")? == 1,
             blocks_data_export_done: int(10, "blocks_data_export_done")? == 1,
         })
+    }
+}
+
+/// An owned copy of a column value. rusqlite's own conversion panics on TEXT that is not UTF-8;
+/// here such text is kept as bytes, and the typed checks then refuse it by name.
+fn owned_value(v: rusqlite::types::ValueRef<'_>) -> Value {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Integer(i),
+        ValueRef::Real(f) => Value::Real(f),
+        ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok(s) => Value::Text(s.to_string()),
+            Err(_) => Value::Blob(t.to_vec()),
+        },
+        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+    }
+}
+
+/// A column value's kind and size, for messages (never its possibly huge content).
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        Value::Integer(i) => format!("the integer {i}"),
+        Value::Real(f) => format!("the real {f}"),
+        Value::Text(t) => format!("{}-byte text", t.len()),
+        Value::Blob(b) => format!("a {}-byte blob (or text that is not UTF-8)", b.len()),
+    }
+}
+
+fn pk_mark(pk: i64) -> &'static str {
+    if pk != 0 {
+        " PRIMARY KEY"
+    } else {
+        ""
     }
 }
 

@@ -4,7 +4,7 @@
 //! sign manifests, keys bundles and realm certificates.
 
 use super::msgpack::{self, Map, Writer};
-use super::{envelope, DateTime, FormatError};
+use super::{envelope, limits, DateTime, FormatError};
 
 /// A 16-byte UUID-based ID (DeviceID, UserID, VlobID, BlockID, SequesterServiceID).
 pub type Id = [u8; 16];
@@ -31,8 +31,7 @@ pub struct DeviceCertificate {
 impl DeviceCertificate {
     /// Decodes the serialized (envelope) bytes, i.e. a signed blob after its 64-byte signature.
     pub fn decode(serialized: &[u8]) -> Result<Self, FormatError> {
-        let raw = envelope::unwrap(serialized)?;
-        let value = msgpack::decode(&raw)?;
+        let value = envelope::decode_value(serialized, &limits::CERTIFICATE)?;
         let map = Map::new(&value)?;
         map.expect_type(DEVICE_CERTIFICATE)?;
         let purpose = match map.get("purpose") {
@@ -110,8 +109,7 @@ pub struct UserCertificate {
 impl UserCertificate {
     /// Decodes the serialized (envelope) bytes, i.e. a signed blob after its 64-byte signature.
     pub fn decode(serialized: &[u8]) -> Result<Self, FormatError> {
-        let raw = envelope::unwrap(serialized)?;
-        let value = msgpack::decode(&raw)?;
+        let value = envelope::decode_value(serialized, &limits::CERTIFICATE)?;
         let map = Map::new(&value)?;
         map.expect_type(USER_CERTIFICATE)?;
         let algorithm = map.str("algorithm")?;
@@ -198,8 +196,7 @@ fn write_author_timestamp_user(
 
 /// The `type` string of serialized data (envelope bytes), without decoding the rest.
 pub fn type_of(serialized: &[u8]) -> Result<String, FormatError> {
-    let raw = envelope::unwrap(serialized)?;
-    let value = msgpack::decode(&raw)?;
+    let value = envelope::decode_value(serialized, &limits::CERTIFICATE)?;
     Ok(Map::new(&value)?.type_name()?.to_string())
 }
 

@@ -4,8 +4,11 @@ use unicode_normalization::UnicodeNormalization;
 
 use super::FormatError;
 
-/// Maximum length of an entry name in bytes, after NFC normalisation.
-pub const MAX_ENTRY_NAME_BYTES: usize = 255;
+pub use super::limits::MAX_ENTRY_NAME_BYTES;
+
+/// NFC composes at most 3 bytes into 1 (Hangul L+V+T jamo): a longer raw name cannot
+/// normalise to a valid one and is refused before normalisation allocates.
+const MAX_RAW_NAME_BYTES: usize = 4 * MAX_ENTRY_NAME_BYTES;
 
 /// A validated, NFC-normalised entry name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -14,6 +17,13 @@ pub struct EntryName(String);
 impl EntryName {
     /// Normalises `raw` to NFC (as Parsec does when loading) and validates it.
     pub fn parse(raw: &str) -> Result<Self, FormatError> {
+        if raw.len() > MAX_RAW_NAME_BYTES {
+            let start: String = raw.chars().take(32).collect();
+            return Err(FormatError::Invalid(format!(
+                "invalid entry name {start:?}…: {} bytes, longer than 255",
+                raw.len()
+            )));
+        }
         let name: String = raw.nfc().collect();
         let invalid =
             |why: &str| FormatError::Invalid(format!("invalid entry name {raw:?}: {why}"));

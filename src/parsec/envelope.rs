@@ -2,11 +2,10 @@
 
 use std::io::Read;
 
-use super::FormatError;
+use rmpv::Value;
 
-/// Upper bound on a decompressed object, so a zstd bomb in a hostile export cannot exhaust memory.
-/// Parsec manifests of folders with many children are the largest objects; 256 MiB is ample.
-pub const MAX_DECOMPRESSED: u64 = 256 * 1024 * 1024;
+use super::limits::{self, ObjectLimits};
+use super::{msgpack, FormatError};
 
 /// Wraps msgpack bytes as Parsec does: streaming zstd at level 3, no pledged size
 /// (byte-identical to Parsec's output, spec §8.3).
@@ -17,25 +16,44 @@ pub fn wrap(msgpack: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Unwraps `0x00 || zstd(...)` into msgpack bytes (all frames, streaming).
+/// Unwraps `0x00 || zstd(...)` into msgpack bytes (all frames, streaming), within the limits of
+/// a manifest (the largest object kind). Decoders of a known kind use [`unwrap_bounded`].
 pub fn unwrap(serialized: &[u8]) -> Result<Vec<u8>, FormatError> {
+    unwrap_bounded(serialized, &limits::MANIFEST)
+}
+
+/// Unwraps `0x00 || zstd(...)` into at most `limits.max_decompressed` bytes. The decoder streams
+/// into a buffer that grows with what is actually produced: the frame's declared content size
+/// is never trusted, and its window is capped ([`limits::ZSTD_WINDOW_LOG_MAX`]).
+pub fn unwrap_bounded(serialized: &[u8], limits: &ObjectLimits) -> Result<Vec<u8>, FormatError> {
     let (&version, rest) = serialized.split_first().ok_or(FormatError::Empty)?;
     if version != 0 {
         return Err(FormatError::FormatVersion(version));
     }
-    let decoder =
+    let mut decoder =
         zstd::stream::read::Decoder::new(rest).map_err(|e| FormatError::Zstd(e.to_string()))?;
+    decoder
+        .window_log_max(limits::ZSTD_WINDOW_LOG_MAX)
+        .map_err(|e| FormatError::Zstd(e.to_string()))?;
+    let cap = limits.max_decompressed as u64;
     let mut out = Vec::new();
     decoder
-        .take(MAX_DECOMPRESSED + 1)
+        .take(cap + 1)
         .read_to_end(&mut out)
         .map_err(|e| FormatError::Zstd(e.to_string()))?;
-    if out.len() as u64 > MAX_DECOMPRESSED {
+    if out.len() as u64 > cap {
         return Err(FormatError::Zstd(format!(
-            "decompressed data exceeds {MAX_DECOMPRESSED} bytes"
+            "{} refused: it decompresses to more than {cap} bytes",
+            limits.what
         )));
     }
     Ok(out)
+}
+
+/// Unwraps and decodes a `0x00 || zstd(msgpack)` object of the kind `limits` describes.
+pub fn decode_value(serialized: &[u8], limits: &ObjectLimits) -> Result<Value, FormatError> {
+    let raw = unwrap_bounded(serialized, limits)?;
+    msgpack::decode_bounded(&raw, limits)
 }
 
 #[cfg(test)]
@@ -62,5 +80,41 @@ mod tests {
             unwrap(&[0, 0x80]).unwrap_err(),
             FormatError::Zstd(_)
         ));
+    }
+
+    #[test]
+    fn a_certificate_bomb_is_refused_quickly_with_small_memory() {
+        // 200 M msgpack nils behind an array32 header: ~200 MB of msgpack, a few KiB compressed.
+        let mut msgpack = vec![0xdd];
+        msgpack.extend_from_slice(&200_000_000u32.to_be_bytes());
+        let mut compressed = vec![0u8];
+        {
+            let mut enc = zstd::stream::write::Encoder::new(&mut compressed, 1).unwrap();
+            std::io::Write::write_all(&mut enc, &msgpack).unwrap();
+            let zeros = vec![0xc0u8; 1 << 20];
+            for _ in 0..200 {
+                std::io::Write::write_all(&mut enc, &zeros).unwrap();
+            }
+            enc.finish().unwrap();
+        }
+        assert!(compressed.len() < 64 * 1024, "{}", compressed.len());
+        let start = std::time::Instant::now();
+        let err = decode_value(&compressed, &limits::CERTIFICATE).unwrap_err();
+        assert!(err.to_string().contains("more than 65536 bytes"), "{err}");
+        // The manifest cap (32 MiB) also stops it, then the value count would.
+        let err = decode_value(&compressed, &limits::MANIFEST).unwrap_err();
+        assert!(
+            err.to_string().contains("decompresses to more than"),
+            "{err}"
+        );
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_frame_declaring_a_huge_window_is_refused() {
+        // Frame header: magic, descriptor 0x00, window descriptor 0xf8 (2^41 bytes window).
+        let frame = [0x00, 0x28, 0xb5, 0x2f, 0xfd, 0x00, 0xf8, 0x01, 0x00, 0x00];
+        let err = unwrap(&frame).unwrap_err();
+        assert!(matches!(err, FormatError::Zstd(_)), "{err}");
     }
 }

@@ -8,7 +8,7 @@ use rmpv::Value;
 use super::device::Id;
 use super::entry_name::EntryName;
 use super::msgpack::{self, Map, Writer};
-use super::{envelope, DateTime, FormatError};
+use super::{envelope, limits, DateTime, FormatError};
 
 pub const FOLDER_MANIFEST: &str = "folder_manifest";
 pub const FILE_MANIFEST: &str = "file_manifest";
@@ -81,8 +81,7 @@ impl Manifest {
     /// Decodes a folder or file manifest. A `user_manifest` (private realm root) gets a
     /// dedicated message: such an export is not a workspace.
     pub fn decode(serialized: &[u8]) -> Result<Self, FormatError> {
-        let raw = envelope::unwrap(serialized)?;
-        let value = msgpack::decode(&raw)?;
+        let value = envelope::decode_value(serialized, &limits::MANIFEST)?;
         let map = Map::new(&value)?;
         match map.type_name()? {
             FOLDER_MANIFEST => Ok(Manifest::Folder(decode_folder(&map)?)),
@@ -129,6 +128,16 @@ fn decode_header(map: &Map) -> Result<ManifestHeader, FormatError> {
 fn decode_folder(map: &Map) -> Result<FolderManifest, FormatError> {
     let header = decode_header(map)?;
     let children_map = map.map("children")?;
+    if children_map.entries().len() > limits::MAX_FOLDER_CHILDREN {
+        return Err(FormatError::BadField {
+            field: "children",
+            reason: format!(
+                "{} children, more than the limit of {}",
+                children_map.entries().len(),
+                limits::MAX_FOLDER_CHILDREN
+            ),
+        });
+    }
     let mut children = Vec::with_capacity(children_map.entries().len());
     let mut seen = std::collections::HashSet::new();
     let mut duplicate_names = Vec::new();
@@ -163,15 +172,37 @@ fn decode_block(v: &Value) -> Result<BlockAccess, FormatError> {
 
 fn decode_file(map: &Map) -> Result<FileManifest, FormatError> {
     let header = decode_header(map)?;
-    let blocks = map
-        .array("blocks")?
+    let size = map.uint("size")?;
+    let blocksize = map.uint("blocksize")?;
+    let raw_blocks = map.array("blocks")?;
+    // One block per blocksize span at most (spec §3.7), checked before the blocks are copied.
+    let most_blocks = match size.checked_div(blocksize) {
+        Some(full) => full.saturating_add(u64::from(size % blocksize != 0)),
+        None => 0,
+    };
+    let count = raw_blocks.len();
+    if count > limits::MAX_FILE_BLOCKS {
+        return Err(FormatError::BadField {
+            field: "blocks",
+            reason: format!(
+                "{count} blocks, more than the limit of {}",
+                limits::MAX_FILE_BLOCKS
+            ),
+        });
+    }
+    if blocksize >= 8 && count as u64 > most_blocks {
+        return Err(FormatError::Invalid(format!(
+            "file manifest: {count} blocks cannot fit {size} bytes in spans of {blocksize}"
+        )));
+    }
+    let blocks = raw_blocks
         .iter()
         .map(decode_block)
         .collect::<Result<Vec<_>, _>>()?;
     let file = FileManifest {
         header,
-        size: map.uint("size")?,
-        blocksize: map.uint("blocksize")?,
+        size,
+        blocksize,
         blocks,
     };
     file.check_integrity()?;
@@ -373,5 +404,34 @@ mod tests {
         let mut same = file(vec![], 0);
         same.header.parent = same.header.id;
         assert!(same.check_integrity().is_err());
+    }
+
+    #[test]
+    fn counts_are_refused_before_the_entries_are_copied() {
+        // Three blocks cannot fit 1000 bytes in spans of 512.
+        let mut f = file(vec![(0, 10), (512, 10), (1024, 10)], 1100);
+        f.size = 1000;
+        let err = Manifest::decode(&Manifest::File(f).encode()).unwrap_err();
+        assert!(
+            err.to_string().contains("3 blocks cannot fit 1000 bytes"),
+            "{err}"
+        );
+        // One child over the limit.
+        let children = (0..=limits::MAX_FOLDER_CHILDREN)
+            .map(|i| Child {
+                name: EntryName::parse(&i.to_string()).unwrap(),
+                id: [3; 16],
+            })
+            .collect();
+        let folder = FolderManifest {
+            header: header(1, 1),
+            children,
+            duplicate_names: Vec::new(),
+        };
+        let err = Manifest::decode(&Manifest::Folder(folder).encode()).unwrap_err();
+        assert!(
+            err.to_string().contains("more than the limit of 100000"),
+            "{err}"
+        );
     }
 }

@@ -7,6 +7,7 @@ pub mod datetime;
 pub mod device;
 pub mod entry_name;
 pub mod envelope;
+pub mod limits;
 pub mod manifest;
 pub mod msgpack;
 pub mod realm;

@@ -6,6 +6,7 @@
 
 use rmpv::Value;
 
+use super::limits::{self, ObjectLimits};
 use super::{DateTime, FormatError};
 
 /// Msgpack extension type of DateTime.
@@ -85,15 +86,159 @@ impl Writer {
     }
 }
 
-/// Decodes exactly one msgpack value; trailing bytes are an error.
+/// Decodes exactly one msgpack value within the limits of a manifest (the largest object kind);
+/// trailing bytes are an error. Decoders of a known kind use [`decode_bounded`].
 pub fn decode(bytes: &[u8]) -> Result<Value, FormatError> {
+    decode_bounded(bytes, &limits::MANIFEST)
+}
+
+/// Decodes exactly one msgpack value, refusing anything beyond `limits` before it is built:
+/// the structure is first walked without allocating (iteratively, so the input cannot choose the
+/// recursion depth), then `rmpv` builds a value already known to be small and shallow.
+pub fn decode_bounded(bytes: &[u8], limits: &ObjectLimits) -> Result<Value, FormatError> {
+    check_structure(bytes, limits)?;
     let mut cursor = bytes;
-    let value =
-        rmpv::decode::read_value(&mut cursor).map_err(|e| FormatError::Msgpack(e.to_string()))?;
+    // `rmpv` spends one level per value and one per container or string/binary payload.
+    let value = rmpv::decode::read_value_with_max_depth(&mut cursor, 2 * limits.max_depth + 2)
+        .map_err(|e| FormatError::Msgpack(e.to_string()))?;
     if !cursor.is_empty() {
         return Err(FormatError::TrailingBytes);
     }
     Ok(value)
+}
+
+/// Walks one msgpack value without building it: every length is checked against the bytes that
+/// remain (an array of n values needs at least n bytes), the number of values against
+/// `max_values` and the nesting against `max_depth`. Trailing bytes are an error.
+pub fn check_structure(bytes: &[u8], limits: &ObjectLimits) -> Result<(), FormatError> {
+    let too_much = |why: String| FormatError::Msgpack(format!("{} refused: {why}", limits.what));
+    // Values still expected by each open container (bounded by max_depth entries).
+    let mut open: Vec<u64> = Vec::new();
+    let mut pos = 0usize;
+    let mut values = 0usize;
+    let mut pending: u64 = 1;
+    loop {
+        if pending == 0 {
+            match open.pop() {
+                Some(p) => {
+                    pending = p;
+                    continue;
+                }
+                None => break,
+            }
+        }
+        pending -= 1;
+        values += 1;
+        if values > limits.max_values {
+            return Err(too_much(format!(
+                "more than {} msgpack values",
+                limits.max_values
+            )));
+        }
+        let rest = &bytes[pos..];
+        let (&marker, _) = rest
+            .split_first()
+            .ok_or_else(|| FormatError::Msgpack("truncated msgpack data".into()))?;
+        let header = header_of(marker, &rest[1..])?;
+        pos += 1 + header.length_bytes;
+        let remaining = (bytes.len() - pos) as u64;
+        match header.kind {
+            Kind::Payload(n) => {
+                if n > remaining {
+                    return Err(FormatError::Msgpack(format!(
+                        "a {n}-byte payload overruns the data ({remaining} bytes left)"
+                    )));
+                }
+                pos += n as usize;
+            }
+            Kind::Container(n) => {
+                if n > remaining {
+                    return Err(FormatError::Msgpack(format!(
+                        "a container of {n} values overruns the data ({remaining} bytes left)"
+                    )));
+                }
+                if n as usize > limits.max_values {
+                    return Err(too_much(format!(
+                        "a container of {n} values (limit {})",
+                        limits.max_values
+                    )));
+                }
+                if open.len() + 1 > limits.max_depth {
+                    return Err(too_much(format!(
+                        "msgpack nesting deeper than {}",
+                        limits.max_depth
+                    )));
+                }
+                open.push(pending);
+                pending = n;
+            }
+        }
+    }
+    if pos != bytes.len() {
+        return Err(FormatError::TrailingBytes);
+    }
+    Ok(())
+}
+
+enum Kind {
+    /// A scalar, string, binary or extension: this many bytes follow the header.
+    Payload(u64),
+    /// An array or map: this many values follow (twice the entries for a map).
+    Container(u64),
+}
+
+struct Header {
+    /// Bytes after the marker holding lengths (and the extension type).
+    length_bytes: usize,
+    kind: Kind,
+}
+
+fn header_of(marker: u8, after: &[u8]) -> Result<Header, FormatError> {
+    let be = |n: usize| -> Result<u64, FormatError> {
+        let b = after
+            .get(..n)
+            .ok_or_else(|| FormatError::Msgpack("truncated msgpack length".into()))?;
+        Ok(b.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+    };
+    let payload = |length_bytes, n| Header {
+        length_bytes,
+        kind: Kind::Payload(n),
+    };
+    let container = |length_bytes, n| Header {
+        length_bytes,
+        kind: Kind::Container(n),
+    };
+    Ok(match marker {
+        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => payload(0, 0),
+        0x80..=0x8f => container(0, 2 * u64::from(marker & 0x0f)),
+        0x90..=0x9f => container(0, u64::from(marker & 0x0f)),
+        0xa0..=0xbf => payload(0, u64::from(marker & 0x1f)),
+        0xc1 => return Err(FormatError::Msgpack("reserved marker 0xc1".into())),
+        // bin8/16/32, str8/16/32
+        0xc4 | 0xd9 => payload(1, be(1)?),
+        0xc5 | 0xda => payload(2, be(2)?),
+        0xc6 | 0xdb => payload(4, be(4)?),
+        // ext8/16/32: length, then the type byte (counted as payload)
+        0xc7 => payload(1, be(1)? + 1),
+        0xc8 => payload(2, be(2)? + 1),
+        0xc9 => payload(4, be(4)? + 1),
+        0xca => payload(0, 4),
+        0xcb => payload(0, 8),
+        0xcc | 0xd0 => payload(0, 1),
+        0xcd | 0xd1 => payload(0, 2),
+        0xce | 0xd2 => payload(0, 4),
+        0xcf | 0xd3 => payload(0, 8),
+        // fixext 1/2/4/8/16: type byte + data
+        0xd4 => payload(0, 2),
+        0xd5 => payload(0, 3),
+        0xd6 => payload(0, 5),
+        0xd7 => payload(0, 9),
+        0xd8 => payload(0, 17),
+        0xdc => container(2, be(2)?),
+        0xdd => container(4, be(4)?),
+        0xde => container(2, 2 * be(2)?),
+        0xdf => container(4, 2 * be(4)?),
+    })
 }
 
 /// A decoded msgpack map with string keys.
@@ -306,5 +451,48 @@ mod tests {
             Err(FormatError::BadField { field: "id", .. })
         ));
         assert_eq!(m.uint("nope"), Err(FormatError::MissingField("nope")));
+    }
+
+    #[test]
+    fn a_million_nested_arrays_are_refused_without_recursion() {
+        let mut bytes = vec![0x91u8; 1_000_000];
+        bytes.push(0xc0);
+        let err = decode(&bytes).unwrap_err();
+        assert!(err.to_string().contains("nesting deeper than 8"), "{err}");
+        // Exactly the limit is fine.
+        let mut ok = vec![0x91u8; limits::MSGPACK_MAX_DEPTH];
+        ok.push(0xc0);
+        decode(&ok).unwrap();
+        let mut deeper = vec![0x91u8; limits::MSGPACK_MAX_DEPTH + 1];
+        deeper.push(0xc0);
+        assert!(decode(&deeper).is_err());
+    }
+
+    #[test]
+    fn declared_lengths_are_checked_against_the_remaining_bytes() {
+        // array32 of 2^32-1 values, map32, str32 and bin32 of 4 GiB, ext32: 5 bytes of input.
+        for header in [
+            &[0xdd, 0xff, 0xff, 0xff, 0xff][..],
+            &[0xdf, 0xff, 0xff, 0xff, 0xff],
+            &[0xdb, 0xff, 0xff, 0xff, 0xff],
+            &[0xc6, 0xff, 0xff, 0xff, 0xff],
+            &[0xc9, 0xff, 0xff, 0xff, 0xff, 0x01],
+        ] {
+            let err = decode(header).unwrap_err();
+            assert!(err.to_string().contains("overruns"), "{err}");
+        }
+        assert!(decode(&[0xdd, 0x00]).is_err(), "truncated length");
+        assert!(decode(&[0xc1]).is_err(), "reserved marker");
+        assert_eq!(decode(&[0xc0, 0xc0]), Err(FormatError::TrailingBytes));
+    }
+
+    #[test]
+    fn value_count_is_bounded_per_object_kind() {
+        // 2000 nils in one array: fine for a manifest, too many for a certificate.
+        let mut bytes = vec![0xdc, 0x07, 0xd0];
+        bytes.extend(std::iter::repeat(0xc0).take(2000));
+        decode(&bytes).unwrap();
+        let err = decode_bounded(&bytes, &limits::CERTIFICATE).unwrap_err();
+        assert!(err.to_string().contains("certificate refused"), "{err}");
     }
 }

@@ -7,7 +7,7 @@ use zeroize::Zeroizing;
 
 use super::device::Id;
 use super::msgpack::{self, Map, Writer};
-use super::{envelope, DateTime, FormatError};
+use super::{envelope, limits, DateTime, FormatError};
 
 pub const REALM_KEY_ROTATION_CERTIFICATE: &str = "realm_key_rotation_certificate";
 pub const REALM_NAME_CERTIFICATE: &str = "realm_name_certificate";
@@ -31,8 +31,7 @@ fn zeroize_value(value: &mut rmpv::Value) {
 }
 
 fn decode_map(serialized: &[u8]) -> Result<rmpv::Value, FormatError> {
-    let raw = envelope::unwrap(serialized)?;
-    msgpack::decode(&raw)
+    envelope::decode_value(serialized, &limits::CERTIFICATE)
 }
 
 /// A writer holding the opening of a realm object: map of `fields` entries, then `type`,
@@ -229,8 +228,9 @@ pub struct KeysBundleAccess {
 
 impl KeysBundleAccess {
     pub fn decode(serialized: &[u8]) -> Result<Self, FormatError> {
-        let raw = Zeroizing::new(envelope::unwrap(serialized)?);
-        let mut value = msgpack::decode(&raw)?;
+        let limits = &limits::KEYS_BUNDLE_ACCESS;
+        let raw = Zeroizing::new(envelope::unwrap_bounded(serialized, limits)?);
+        let mut value = msgpack::decode_bounded(&raw, limits)?;
         let key = (|| {
             let map = Map::new(&value)?;
             map.expect_type(REALM_KEYS_BUNDLE_ACCESS)?;
@@ -269,8 +269,9 @@ pub struct KeysBundle {
 
 impl KeysBundle {
     pub fn decode(serialized: &[u8]) -> Result<Self, FormatError> {
-        let raw = Zeroizing::new(envelope::unwrap(serialized)?);
-        let mut value = msgpack::decode(&raw)?;
+        let limits = &limits::KEYS_BUNDLE;
+        let raw = Zeroizing::new(envelope::unwrap_bounded(serialized, limits)?);
+        let mut value = msgpack::decode_bounded(&raw, limits)?;
         let decoded = Self::from_value(&value);
         zeroize_value(&mut value);
         decoded
@@ -279,8 +280,19 @@ impl KeysBundle {
     fn from_value(value: &rmpv::Value) -> Result<Self, FormatError> {
         let map = Map::new(value)?;
         map.expect_type(REALM_KEYS_BUNDLE)?;
-        let mut keys = Vec::new();
-        for item in map.array("keys")? {
+        let items = map.array("keys")?;
+        if items.len() > limits::MAX_REALM_KEYS {
+            return Err(FormatError::BadField {
+                field: "keys",
+                reason: format!(
+                    "{} keys, more than the limit of {}",
+                    items.len(),
+                    limits::MAX_REALM_KEYS
+                ),
+            });
+        }
+        let mut keys = Vec::with_capacity(items.len());
+        for item in items {
             let b = msgpack::as_bin(item, "keys")?;
             let k: [u8; 32] = b.try_into().map_err(|_| FormatError::BadField {
                 field: "keys",

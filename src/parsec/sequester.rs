@@ -5,9 +5,9 @@
 use serde::Serialize;
 
 use super::armor;
-use super::msgpack::{self, Map, Writer};
+use super::msgpack::{Map, Writer};
 use super::spki::RsaPublicKeyDer;
-use super::{envelope, DateTime, FormatError};
+use super::{envelope, limits, DateTime, FormatError};
 
 pub const AUTHORITY_TYPE: &str = "sequester_authority_certificate";
 pub const SERVICE_TYPE: &str = "sequester_service_certificate";
@@ -98,8 +98,7 @@ impl SequesterCertificate {
 
     /// Decodes an envelope (`0x00 || zstd(msgpack)`) of either RSA-signed kind.
     pub fn decode(serialized: &[u8]) -> Result<Self, FormatError> {
-        let msgpack = envelope::unwrap(serialized)?;
-        let value = msgpack::decode(&msgpack)?;
+        let value = envelope::decode_value(serialized, &limits::CERTIFICATE)?;
         let map = Map::new(&value)?;
         match map.type_name()? {
             SERVICE_TYPE => ServiceCertificate::from_map(&map).map(Self::Service),
@@ -134,8 +133,7 @@ impl AuthorityCertificate {
 
     /// Decodes the envelope (the bytes after the 64-byte Ed25519 signature).
     pub fn decode(serialized: &[u8]) -> Result<Self, FormatError> {
-        let msgpack = envelope::unwrap(serialized)?;
-        let value = msgpack::decode(&msgpack)?;
+        let value = envelope::decode_value(serialized, &limits::CERTIFICATE)?;
         let map = Map::new(&value)?;
         map.expect_type(AUTHORITY_TYPE)?;
         Ok(Self {

@@ -20,7 +20,7 @@ const RSASSA_PSS_OID: der::asn1::ObjectIdentifier =
     der::asn1::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
 
 /// Largest modulus every Parsec component accepts (RustCrypto's limit, spec §1.5).
-pub const MAX_BITS: usize = 4096;
+pub const MAX_BITS: usize = super::limits::MAX_RSA_MODULUS_BITS;
 /// Smallest key this tool signs for or with, unless a test explicitly lowers it.
 pub const MIN_SIGNING_BITS: usize = 2048;
 

@@ -22,6 +22,10 @@ const SHIPPED: &[(&str, &str)] = &[
     ),
     ("opensc", include_str!("../../hsm-profiles/opensc.toml")),
     (
+        "p11-kit-client",
+        include_str!("../../hsm-profiles/p11-kit-client.toml"),
+    ),
+    (
         "thales-luna",
         include_str!("../../hsm-profiles/thales-luna.toml"),
     ),
@@ -247,7 +251,7 @@ mod tests {
             .filter(|p| p.tested)
             .map(|p| &p.name)
             .collect();
-        assert_eq!(tested, ["softhsm2", "kryoptic"]);
+        assert_eq!(tested, ["softhsm2", "kryoptic", "p11-kit-client"]);
     }
 
     #[test]

@@ -133,6 +133,35 @@ impl SoftHsm {
         self.has_unsafe_keys.set(true);
     }
 
+    /// Imports a (test-size) PEM service key with the tool's own `key import`: the key gets the
+    /// hardened template (not modifiable, no sign-recover, allowed mechanisms), so no unsafe-key
+    /// override is needed to use it.
+    pub fn import_service_key_with_tool(&self, pem: &Path, label: &str) {
+        let token = format!(
+            "pkcs11:token={}?module-path={}",
+            self.label,
+            self.module.display()
+        );
+        let pem = pem.display().to_string();
+        let out = run_cli(
+            &[
+                "key",
+                "import",
+                "--role",
+                "service",
+                "--label",
+                label,
+                "--allow-insecure-test-size",
+                "--token",
+                &token,
+                "--in",
+                &pem,
+            ],
+            &self.env_without_unsafe_override(),
+        );
+        assert!(out.status.success(), "key import: {out:?}");
+    }
+
     /// Environment for a subprocess that should see this token (PIN included).
     pub fn env(&self) -> Vec<(String, String)> {
         let mut env = self.env_without_unsafe_override();

@@ -97,6 +97,8 @@ pub fn generate(
             add_all(&mut w, services)?;
             w.rotate_key()?;
             let folders = (*folders).max(1);
+            // Files, their folders and the folders' parents (one per 64).
+            w.reserve_entries(files + folders + folders.div_ceil(64));
             let per_folder = files.div_ceil(folders).max(1);
             let span = max_size.saturating_sub(*min_size) + 1;
             for i in 0..*files {

@@ -266,3 +266,49 @@ fn writer_output_decodes_with_the_parsec_decoders() {
         }
     }
 }
+
+/// `record_tree: false` (generate-export without `--truth`, the 1,000,000-entry benchmark
+/// export) changes only the ground truth, never a byte the export holds.
+#[test]
+fn record_tree_off_changes_only_the_ground_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let shape = super::scenario::Shape::SmallFiles {
+        files: 40,
+        folders: 4,
+        min_size: 100,
+        max_size: 3000,
+    };
+    let write = |name: &str, record_tree: bool| {
+        let path = dir.path().join(name);
+        let config = WriterConfig {
+            authority_bits: 1024,
+            threads: 1,
+            blocksize: 1024,
+            record_tree,
+            ..WriterConfig::default()
+        };
+        let truth = super::scenario::generate(&path, config, &shape, &[]).unwrap();
+        (path, truth)
+    };
+    let (with_path, with_tree) = write("with.sqlite", true);
+    let (without_path, without_tree) = write("without.sqlite", false);
+    let last = |t: &GroundTruth| t.checkpoints.last().unwrap().entries.len();
+    assert_eq!(
+        last(&with_tree),
+        40 + 4 + 1,
+        "files, folders and their parent"
+    );
+    assert_eq!(last(&without_tree), 0);
+    assert_eq!(with_tree.snapshot, without_tree.snapshot);
+    for sql in [
+        "SELECT blob FROM vlob_atom ORDER BY sequential_id",
+        "SELECT data FROM block_data ORDER BY block",
+        "SELECT certificate FROM common_certificate ORDER BY _id",
+    ] {
+        let with = rusqlite::Connection::open(&with_path).unwrap();
+        let without = rusqlite::Connection::open(&without_path).unwrap();
+        let (a, b) = (blobs(&with, sql), blobs(&without, sql));
+        assert!(!a.is_empty(), "{sql}");
+        assert_eq!(a, b, "{sql}");
+    }
+}
