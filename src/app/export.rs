@@ -703,30 +703,7 @@ fn ls(
         }
         Err(e) => return Err(e.into()),
     };
-    let mut listed: Vec<(String, EntryVersion)> = Vec::new();
-    let mut problems: Vec<WalkProblem> = Vec::new();
-    // Text output keeps the walk's order: problems are shown where the entry was listed.
-    let mut order: Vec<Result<usize, usize>> = Vec::new();
-    if start.folder().is_some() {
-        // Depth-first, children in name order, through the shared walk rules.
-        let depth = if recursive { walk::MAX_DEPTH } else { 0 };
-        let mut walk = Walk::new(&realm, t, &path, start, depth);
-        while let Some(step) = walk.next_step()? {
-            match step {
-                WalkStep::Entry(e) => {
-                    order.push(Ok(listed.len()));
-                    listed.push((e.path, e.child.version));
-                }
-                WalkStep::Problem(p) => {
-                    order.push(Err(problems.len()));
-                    problems.push(p);
-                }
-            }
-        }
-    } else if start.manifest().is_some() {
-        order.push(Ok(0));
-        listed.push((path.clone(), start.clone()));
-    } else {
+    if start.manifest().is_none() {
         // The path itself is unreadable or invalid: say so, exit non-zero.
         if global.json {
             print_json(
@@ -741,28 +718,11 @@ fn ls(
         }
         return Ok(ExitCode::from(2));
     }
-    let unreadable = listed
-        .iter()
-        .filter(|(_, v)| v.manifest().is_none())
-        .count();
-    if global.json {
-        print_json(&json!({
-            "context": context_json(&realm, &trust, t),
-            "path": path,
-            "entries": listed.iter().map(|(p, v)| entry_json(&realm, p, v)).collect::<Vec<_>>(),
-            "unreadable_entries": unreadable,
-            "problems": problems.iter().map(problem_json).collect::<Vec<_>>(),
-        }))?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    eprintln!(
-        "{}",
-        terminal::escape(&format!(
-            "Workspace `{}` ({}) as of {t}",
-            realm.realm_name_at(t),
-            hex::encode(realm.realm_id())
-        ))
-    );
+    // Printed as the walk goes (bounded memory whatever the tree's size): text lines in walk
+    // order, problems where the entry was listed; with --json, one document whose `entries`
+    // array is streamed and whose `problems` keeps the first MAX_LISTED_PROBLEMS (with
+    // `problems_total`).
+    let mut o = std::io::BufWriter::new(std::io::stdout().lock());
     let shown = |p: &str| -> String {
         if recursive {
             p.to_string()
@@ -770,31 +730,98 @@ fn ls(
             p.rsplit('/').next().unwrap_or(p).to_string()
         }
     };
-    let mut o = std::io::stdout().lock();
-    for line in &order {
-        let text = match line {
-            Ok(i) => {
-                let (p, v) = &listed[*i];
-                entry_line(&realm, &shown(p), v, long)
-            }
-            Err(i) => {
-                let p = &problems[*i];
-                format!("{}  [NOT SHOWN: {}]", shown(&p.path), p.reason)
-            }
-        };
-        writeln!(o, "{}", terminal::escape(&text))?;
+    if global.json {
+        let head = serde_json::to_string_pretty(
+            &json!({"context": context_json(&realm, &trust, t), "path": path}),
+        )?;
+        let head = head
+            .trim_end()
+            .strip_suffix('}')
+            .unwrap_or(&head)
+            .trim_end();
+        write!(o, "{head},\n  \"entries\": [")?;
+    } else {
+        eprintln!(
+            "{}",
+            terminal::escape(&format!(
+                "Workspace `{}` ({}) as of {t}",
+                realm.realm_name_at(t),
+                hex::encode(realm.realm_id())
+            ))
+        );
     }
+    let mut entries = 0u64;
+    let mut unreadable = 0u64;
+    let mut strays = 0u64;
+    let mut problems_total = 0u64;
+    let mut problems: Vec<Value> = Vec::new();
+    let mut entry = |o: &mut dyn Write, p: &str, v: &EntryVersion| -> anyhow::Result<()> {
+        if v.manifest().is_none() {
+            unreadable += 1;
+        }
+        if global.json {
+            let sep = if entries == 0 { "\n    " } else { ",\n    " };
+            write!(
+                o,
+                "{sep}{}",
+                serde_json::to_string(&entry_json(&realm, p, v))?
+            )?;
+        } else {
+            writeln!(
+                o,
+                "{}",
+                terminal::escape(&entry_line(&realm, &shown(p), v, long))
+            )?;
+        }
+        entries += 1;
+        Ok(())
+    };
+    if start.folder().is_some() {
+        // Depth-first, children in name order, through the shared walk rules.
+        let depth = if recursive { walk::MAX_DEPTH } else { 0 };
+        let mut walk = Walk::new(&realm, t, &path, start, depth);
+        while let Some(step) = walk.next_step()? {
+            match step {
+                WalkStep::Entry(e) => entry(&mut o, &e.path, &e.child.version)?,
+                WalkStep::Problem(p) => {
+                    problems_total += 1;
+                    if p.rule == walk::WalkRule::ParentMismatch {
+                        strays += 1;
+                    }
+                    if global.json {
+                        if problems.len() < MAX_LISTED_PROBLEMS {
+                            problems.push(problem_json(&p));
+                        }
+                    } else {
+                        let text = format!("{}  [NOT SHOWN: {}]", shown(&p.path), p.reason);
+                        writeln!(o, "{}", terminal::escape(&text))?;
+                    }
+                }
+            }
+        }
+    } else {
+        entry(&mut o, &path, &start)?;
+    }
+    if global.json {
+        let problems = serde_json::to_string_pretty(&problems)?.replace('\n', "\n  ");
+        let close = if entries == 0 { "]" } else { "\n  ]" };
+        writeln!(
+            o,
+            "{close},\n  \"unreadable_entries\": {unreadable},\n  \"problems\": {problems},\n  \
+             \"problems_total\": {problems_total}\n}}"
+        )?;
+        o.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    o.flush()?;
+    drop(o);
     if unreadable > 0 {
         eprintln!(
             "{unreadable} entr{} UNREADABLE with this service's keys",
             if unreadable == 1 { "y is" } else { "ies are" }
         );
     }
-    let entries = |n: usize| if n == 1 { "y is" } else { "ies are" };
-    let strays = problems
-        .iter()
-        .filter(|p| p.rule == walk::WalkRule::ParentMismatch)
-        .count();
+    let entries = |n: u64| if n == 1 { "y is" } else { "ies are" };
     if strays > 0 {
         eprintln!(
             "{strays} listed entr{} NOT SHOWN: their manifest names another parent folder \
@@ -802,15 +829,18 @@ fn ls(
             entries(strays)
         );
     }
-    if problems.len() > strays {
+    if problems_total > strays {
         eprintln!(
             "{} listed entr{} NOT SHOWN: the export's tree structure is inconsistent (see above)",
-            problems.len() - strays,
-            entries(problems.len() - strays)
+            problems_total - strays,
+            entries(problems_total - strays)
         );
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Problems kept in memory for one JSON listing, verify or timeline report (the rest are counted).
+pub(crate) const MAX_LISTED_PROBLEMS: usize = 10_000;
 
 fn problem_json(p: &WalkProblem) -> Value {
     json!({
@@ -954,31 +984,53 @@ fn history(
 
 fn timeline_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> CommandResult {
     let (realm, trust) = unlock(file, args, global)?;
-    let events = timeline::timeline(&realm)?;
+    // Printed as the versions are read (bounded memory whatever the number of versions); with
+    // --json, one document whose `events` array is streamed.
+    let mut o = std::io::BufWriter::new(std::io::stdout().lock());
     if global.json {
-        print_json(
-            &json!({"context": context_json(&realm, &trust, realm.snapshot()), "events": events}),
+        let head = serde_json::to_string_pretty(
+            &json!({"context": context_json(&realm, &trust, realm.snapshot())}),
         )?;
-        return Ok(ExitCode::SUCCESS);
+        let head = head
+            .trim_end()
+            .strip_suffix('}')
+            .unwrap_or(&head)
+            .trim_end();
+        write!(o, "{head},\n  \"events\": [")?;
     }
-    let mut o = std::io::stdout().lock();
-    for e in &events {
-        safe_line!(
-            o,
-            "{}  {:<20} {}{}{}",
-            e.timestamp,
-            e.kind,
-            e.path
-                .as_deref()
-                .map(|p| format!("{p}: "))
-                .unwrap_or_default(),
-            e.description,
-            e.author
-                .as_deref()
-                .map(|a| format!("  (by {a})"))
-                .unwrap_or_default()
-        )?;
+    let mut n = 0u64;
+    let streamed = timeline::for_each_event(&realm, |e| {
+        let written = if global.json {
+            let sep = if n == 0 { "\n    " } else { ",\n    " };
+            serde_json::to_string(&e)
+                .map_err(std::io::Error::other)
+                .and_then(|j| write!(o, "{sep}{j}"))
+        } else {
+            let line = format!(
+                "{}  {:<20} {}{}{}",
+                e.timestamp,
+                e.kind,
+                e.path
+                    .as_deref()
+                    .map(|p| format!("{p}: "))
+                    .unwrap_or_default(),
+                e.description,
+                e.author
+                    .as_deref()
+                    .map(|a| format!("  (by {a})"))
+                    .unwrap_or_default()
+            );
+            writeln!(o, "{}", terminal::escape(&line))
+        };
+        n += 1;
+        written.map_err(|e| crate::export::ExportError::Io(format!("cannot write: {e}")))
+    });
+    streamed?;
+    if global.json {
+        let close = if n == 0 { "]" } else { "\n  ]" };
+        writeln!(o, "{close}\n}}")?;
     }
+    o.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1055,9 +1107,17 @@ fn verify_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> Co
             )?;
             safe_line!(o, "           {}", trust.how_to_pin())?;
         } else {
-            safe_line!(o, "Result:    {} PROBLEM(S)", report.problems.len())?;
+            safe_line!(o, "Result:    {} PROBLEM(S)", report.problems_total)?;
             for p in &report.problems {
                 safe_line!(o, "{}", problem_line(p))?;
+            }
+            if report.problems_total > report.problems.len() as u64 {
+                safe_line!(
+                    o,
+                    "           ... and {} more (only the first {} are kept)",
+                    report.problems_total - report.problems.len() as u64,
+                    verify::MAX_KEPT_PROBLEMS
+                )?;
             }
         }
         if !consistent && !trust.anchored {
@@ -1068,8 +1128,8 @@ fn verify_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> Co
                 o,
                 "Notices:   {} listed entr{} NOT SHOWN by listings and extraction (not counted \
                  as problems: Parsec's client skips them too):",
-                report.notices.len(),
-                if report.notices.len() == 1 {
+                report.notices_total,
+                if report.notices_total == 1 {
                     "y is"
                 } else {
                     "ies are"
@@ -1120,6 +1180,11 @@ impl Progress for Bar {
     fn advance(&self, bytes: u64) {
         if let Some(b) = &self.0 {
             b.inc(bytes);
+        }
+    }
+    fn grow(&self, bytes: u64) {
+        if let Some(b) = &self.0 {
+            b.inc_length(bytes);
         }
     }
     fn finish(&self) {
@@ -1201,6 +1266,13 @@ fn extract_cmd(
     // core's worth of work that would otherwise come first.
     // It stops as soon as the extraction is interrupted or fails (no wait for a full pass).
     let extraction_over = std::sync::atomic::AtomicBool::new(false);
+    // The record's per-entry lists are spooled beside it as entries complete (bounded memory).
+    let record_dir = record_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    let mut record_writer = extract::CustodyRecordWriter::new(&record_dir)?;
     let (extracted, hashed) = std::thread::scope(|scope| {
         let interrupted = options.cancel;
         let stop = &extraction_over;
@@ -1210,7 +1282,7 @@ fn extract_cmd(
             flags.extend(interrupted);
             extract::export_sha256_unless(realm, &flags)
         });
-        let extracted = extract::extract(realm, &dest, &options, &bar);
+        let extracted = extract::extract_to(realm, &dest, &options, &bar, &mut record_writer);
         if extracted.is_err() {
             extraction_over.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -1268,45 +1340,55 @@ fn extract_cmd(
         token_operations: realm.token_operations(),
         realm_key_indexes_obtained: realm.recovery().obtained_key_indexes.clone(),
         realm_key_indexes_missing: realm.recovery().missing_key_indexes.clone(),
-        files_extracted: report.files.len(),
+        files_extracted: report.files,
         bytes_extracted: report.bytes,
-        folders: report.folders.clone(),
-        files: report.files.clone(),
-        unreadable: report.unreadable.clone(),
-        problems: verify::export_problems(&realm),
     };
-    if let Err(e) = extract::write_json_atomic(&record_path, &record) {
+    let problems = verify::export_problems(&realm);
+    let unreadable_sample = std::mem::take(&mut record_writer.unreadable_sample);
+    if let Err(e) = record_writer.publish(&record_path, &record, &problems) {
         // No tree without its record: undo the extraction.
         let _ = std::fs::remove_dir_all(&dest);
         return Err(e.into());
     }
     if global.json {
+        // The record itself is in the custody file: the per-entry lists are not repeated here
+        // (they would cost memory per entry), only the first unreadable entries and the counts.
         print_json(&json!({
             "destination": dest.display().to_string(),
             "custody_record": record_path.display().to_string(),
             "record": record,
+            "folders_extracted": report.folders,
+            "unreadable_total": report.unreadable,
+            "unreadable": unreadable_sample,
+            "problems": problems,
         }))?;
     } else {
         safe_println!(
             "Extracted {} file(s), {} folder(s), {} bytes of `{}` as of {t} to {}",
-            report.files.len(),
-            report.folders.len(),
+            report.files,
+            report.folders,
             report.bytes,
             realm.realm_name_at(t),
             dest.display()
         );
-        if !report.unreadable.is_empty() {
-            safe_println!("{} entr(y/ies) NOT extracted:", report.unreadable.len());
-            for u in &report.unreadable {
+        if report.unreadable > 0 {
+            safe_println!("{} entr(y/ies) NOT extracted:", report.unreadable);
+            for u in &unreadable_sample {
                 safe_println!("  {} ({}, v{}): {}", u.path, u.kind, u.version, u.reason);
             }
+            if report.unreadable > unreadable_sample.len() as u64 {
+                safe_println!(
+                    "  ... and {} more: see the custody record",
+                    report.unreadable - unreadable_sample.len() as u64
+                );
+            }
         }
-        if !record.problems.is_empty() {
+        if !problems.is_empty() {
             safe_println!(
                 "{} problem(s) of the export as a whole (see `export verify`):",
-                record.problems.len()
+                problems.len()
             );
-            for p in &record.problems {
+            for p in &problems {
                 safe_println!("  [{}] {}", p.kind, p.reason);
             }
         }

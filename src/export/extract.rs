@@ -4,15 +4,15 @@
 use std::fs::{self, File};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use sha2::{Digest, Sha256};
 
 use super::reader::{split_path, EntryVersion, Realm, VersionContent};
 use super::walk::{join, Walk, WalkStep, MAX_DEPTH};
 use super::{parallel, ExportError};
-use crate::parsec::manifest::{BlockAccess, FileManifest, Manifest};
+use crate::parsec::manifest::{FileManifest, Manifest};
 use crate::parsec::DateTime;
 
 /// Options of [`extract`].
@@ -96,6 +96,8 @@ pub struct ExtractReport {
 pub trait Progress: Sync {
     fn start(&self, _total_bytes: u64) {}
     fn advance(&self, _bytes: u64) {}
+    /// The extraction found `bytes` more to write (the total grows as the walk goes).
+    fn grow(&self, _bytes: u64) {}
     fn finish(&self) {}
 }
 
@@ -103,13 +105,71 @@ pub trait Progress: Sync {
 pub struct NoProgress;
 impl Progress for NoProgress {}
 
-/// The tree at T, planned before anything is written.
+/// The readable files of the tree at T below `path` (what [`extract_to`] writes), in walk order,
+/// collected in memory: for the benchmark harness's baseline, not for the commands.
 #[derive(Default)]
 pub struct Plan {
-    /// Path, modification time, entry ID and version of each folder.
-    pub folders: Vec<(String, DateTime, [u8; 16], u32)>,
     pub files: Vec<(String, EntryVersion)>,
-    pub unreadable: Vec<UnreadableEntry>,
+}
+
+/// See [`Plan`]. Files whose blocks need keys this service lacks are left out.
+pub fn plan(realm: &Realm, path: &str, at: DateTime) -> Result<Plan, ExportError> {
+    let start = realm.resolve(path, at)?;
+    let mut plan = Plan::default();
+    let mut add = |path: String, v: EntryVersion| {
+        if v.file().is_some() && missing_keys(realm, &path, &v).is_none() {
+            plan.files.push((path, v));
+        }
+    };
+    if start.folder().is_none() {
+        let name = split_path(path)?
+            .last()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        add(join("/", &name), start);
+        return Ok(plan);
+    }
+    let mut walk = Walk::new(realm, at, "/", start, MAX_DEPTH);
+    while let Some(step) = walk.next_step()? {
+        if let WalkStep::Entry(e) = step {
+            add(e.path, e.child.version);
+        }
+    }
+    Ok(plan)
+}
+
+/// Receives the outcome of [`extract_to`] entry by entry, in walk order (depth first, children
+/// in name order), as it completes: nothing of the tree is kept in memory by the extraction.
+pub trait ExtractSink: Send {
+    fn folder(&mut self, path: &str) -> Result<(), ExportError>;
+    fn file(&mut self, file: ExtractedFile) -> Result<(), ExportError>;
+    fn unreadable(&mut self, entry: UnreadableEntry) -> Result<(), ExportError>;
+}
+
+/// Counts of an extraction (what [`extract_to`] returns).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ExtractCounts {
+    pub folders: u64,
+    pub files: u64,
+    pub unreadable: u64,
+    /// Bytes of the files extracted.
+    pub bytes: u64,
+}
+
+impl ExtractSink for ExtractReport {
+    fn folder(&mut self, path: &str) -> Result<(), ExportError> {
+        self.folders.push(path.to_string());
+        Ok(())
+    }
+    fn file(&mut self, file: ExtractedFile) -> Result<(), ExportError> {
+        self.bytes += file.size;
+        self.files.push(file);
+        Ok(())
+    }
+    fn unreadable(&mut self, entry: UnreadableEntry) -> Result<(), ExportError> {
+        self.unreadable.push(entry);
+        Ok(())
+    }
 }
 
 fn unreadable_entry(path: &str, v: &EntryVersion) -> UnreadableEntry {
@@ -129,74 +189,9 @@ fn unreadable_entry(path: &str, v: &EntryVersion) -> UnreadableEntry {
     }
 }
 
-/// Walks the tree at `at` below `path` (depth first, iterative). Unreadable folders are reported
-/// and not entered; files whose blocks need keys this service lacks are reported too.
-pub fn plan(realm: &Realm, path: &str, at: DateTime) -> Result<Plan, ExportError> {
-    plan_cancellable(realm, path, at, None)
-}
-
-fn plan_cancellable(
-    realm: &Realm,
-    path: &str,
-    at: DateTime,
-    cancel: Option<&AtomicBool>,
-) -> Result<Plan, ExportError> {
-    let start = realm.resolve(path, at)?;
-    let mut plan = Plan::default();
-    let base_name = split_path(path)?.last().map(|s| s.to_string());
-    let updated = match (&start.content, start.manifest().map(|m| &**m)) {
-        (VersionContent::Readable(_), Some(Manifest::File(_))) => {
-            let name = base_name.unwrap_or_default();
-            classify_file(realm, &mut plan, join("/", &name), start);
-            return Ok(plan);
-        }
-        (VersionContent::Readable(_), Some(Manifest::Folder(f))) => f.header.updated,
-        _ => {
-            return Err(ExportError::Unreadable {
-                path: if path.is_empty() {
-                    "/".into()
-                } else {
-                    path.into()
-                },
-                reason: start.problem().unwrap_or_default(),
-            })
-        }
-    };
-    plan.folders
-        .push(("/".into(), updated, start.meta.vlob_id, start.meta.version));
-    let mut walk = Walk::new(realm, at, "/", start, MAX_DEPTH);
-    while let Some(step) = walk.next_step()? {
-        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            return Err(ExportError::Interrupted);
-        }
-        match step {
-            WalkStep::Problem(p) => plan.unreadable.push(UnreadableEntry {
-                path: p.path,
-                kind: "unknown",
-                vlob_id: p.id,
-                version: p.version.unwrap_or(0),
-                needed_key_indexes: vec![],
-                reason: p.reason,
-            }),
-            WalkStep::Entry(e) => match e.child.version.manifest().map(|m| &**m) {
-                Some(Manifest::Folder(f)) => plan.folders.push((
-                    e.path,
-                    f.header.updated,
-                    e.child.id,
-                    e.child.version.meta.version,
-                )),
-                Some(Manifest::File(_)) => classify_file(realm, &mut plan, e.path, e.child.version),
-                None => plan
-                    .unreadable
-                    .push(unreadable_entry(&e.path, &e.child.version)),
-            },
-        }
-    }
-    plan.folders.sort();
-    Ok(plan)
-}
-
-fn classify_file(realm: &Realm, plan: &mut Plan, path: String, v: EntryVersion) {
+/// Why a readable file cannot be extracted with this service's keys (its blocks need key
+/// indexes this service lacks), or `None`.
+fn missing_keys(realm: &Realm, path: &str, v: &EntryVersion) -> Option<UnreadableEntry> {
     let file = v.file().expect("file manifest");
     let mut missing: Vec<u64> = Vec::new();
     // The block's key index is in the `block` table; a missing key is detected up front so that
@@ -209,86 +204,62 @@ fn classify_file(realm: &Realm, plan: &mut Plan, path: String, v: EntryVersion) 
         }
     }
     if missing.is_empty() {
-        plan.files.push((path, v));
-    } else {
-        missing.sort_unstable();
-        let reason = if missing.iter().all(|k| realm.key_unusable(*k).is_none()) {
-            format!(
-                "file content uses realm key index(es) {missing:?}, which this sequester service \
-                 was never given"
-            )
-        } else {
-            let why: Vec<String> = missing
-                .iter()
-                .map(|k| match realm.key_unusable(*k) {
-                    Some(why) => format!(
-                        "{k}: its keys-bundle access for this sequester service is present but \
-                         unusable (damaged or forged: {why})"
-                    ),
-                    None => format!("{k}: never given to this sequester service"),
-                })
-                .collect();
-            format!(
-                "file content uses realm key index(es) {missing:?}; {}",
-                why.join("; ")
-            )
-        };
-        plan.unreadable.push(UnreadableEntry {
-            path,
-            kind: "file",
-            vlob_id: v.meta.vlob_id,
-            version: v.meta.version,
-            needed_key_indexes: missing,
-            reason,
-        });
+        return None;
     }
-}
-
-/// Entries whose path under the temporary directory (`base_len` bytes) would exceed PATH_MAX are
-/// reported instead of failing the whole extraction (deep trees of long names are legal in
-/// Parsec). Their descendants have longer paths, so they go too.
-fn leave_out_overlong_paths(plan: &mut Plan, base_len: usize) {
-    let limit = (libc::PATH_MAX as usize).saturating_sub(base_len + 2);
-    let reason = |len: usize| {
+    missing.sort_unstable();
+    let reason = if missing.iter().all(|k| realm.key_unusable(*k).is_none()) {
         format!(
-            "its path is {len} bytes long: too long to write here (PATH_MAX {}); read it with \
-             `export cat` or the mount",
-            libc::PATH_MAX
+            "file content uses realm key index(es) {missing:?}, which this sequester service \
+             was never given"
+        )
+    } else {
+        let why: Vec<String> = missing
+            .iter()
+            .map(|k| match realm.key_unusable(*k) {
+                Some(why) => format!(
+                    "{k}: its keys-bundle access for this sequester service is present but \
+                     unusable (damaged or forged: {why})"
+                ),
+                None => format!("{k}: never given to this sequester service"),
+            })
+            .collect();
+        format!(
+            "file content uses realm key index(es) {missing:?}; {}",
+            why.join("; ")
         )
     };
-    let mut too_long = Vec::new();
-    plan.folders.retain(|(path, _, id, version)| {
-        if path.len() <= limit {
-            return true;
-        }
-        too_long.push((path.clone(), "folder", *id, *version));
-        false
-    });
-    plan.files.retain(|(path, v)| {
-        if path.len() <= limit {
-            return true;
-        }
-        too_long.push((path.clone(), "file", v.meta.vlob_id, v.meta.version));
-        false
-    });
-    for (path, kind, vlob_id, version) in too_long {
-        plan.unreadable.push(UnreadableEntry {
-            reason: reason(path.len()),
-            path,
-            kind,
-            vlob_id,
-            version,
-            needed_key_indexes: vec![],
-        });
-    }
+    Some(UnreadableEntry {
+        path: path.to_string(),
+        kind: "file",
+        vlob_id: v.meta.vlob_id,
+        version: v.meta.version,
+        needed_key_indexes: missing,
+        reason,
+    })
 }
 
-/// A unit of parallel work: a run of blocks of one file.
-struct Job<'a> {
-    file: usize,
-    blocks: &'a [BlockAccess],
-    /// The job covers the whole file: its SHA-256 is computed on the fly, no re-read.
-    whole: bool,
+/// Entries whose path under the temporary directory would exceed PATH_MAX are reported instead
+/// of failing the whole extraction (deep trees of long names are legal in Parsec). Their
+/// descendants have longer paths, so they are reported too.
+fn overlong_path(
+    path: &str,
+    limit: usize,
+    kind: &'static str,
+    v: &EntryVersion,
+) -> Option<UnreadableEntry> {
+    (path.len() > limit).then(|| UnreadableEntry {
+        reason: format!(
+            "its path is {} bytes long: too long to write here (PATH_MAX {}); read it with \
+             `export cat` or the mount",
+            path.len(),
+            libc::PATH_MAX
+        ),
+        path: path.to_string(),
+        kind,
+        vlob_id: v.meta.vlob_id,
+        version: v.meta.version,
+        needed_key_indexes: vec![],
+    })
 }
 
 /// Feeds `n` zero bytes (holes, tail) to a hasher.
@@ -334,22 +305,305 @@ impl Drop for TempGuard {
 
 /// Writes the tree at `options.at` to `dest` (which must not exist): built in a temporary
 /// sibling directory, renamed at the end. Files whose blocks fail verification are left out and
-/// reported.
+/// reported. The whole report is kept in memory (files and unreadable entries sorted by path):
+/// for library callers and tests; the CLI streams with [`extract_to`].
 pub fn extract(
     realm: &Realm,
     dest: &Path,
     options: &ExtractOptions,
     progress: &dyn Progress,
 ) -> Result<ExtractReport, ExportError> {
+    let mut report = ExtractReport::default();
+    extract_to(realm, dest, options, progress, &mut report)?;
+    report.folders.sort();
+    report.files.sort_by(|a, b| a.path.cmp(&b.path));
+    report.unreadable.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(report)
+}
+
+/// One outcome, delivered to the sink in walk order.
+enum Outcome {
+    Folder(String),
+    File(ExtractedFile),
+    Unreadable(UnreadableEntry),
+}
+
+/// Delivers outcomes to the sink in the order they were issued (workers finish out of order),
+/// holding at most [`Ordered::window`] of them: the walk waits when it is that far ahead.
+struct Ordered<'s> {
+    sink: &'s mut (dyn ExtractSink + 's),
+    issued: u64,
+    next: u64,
+    pending: std::collections::BTreeMap<u64, Outcome>,
+    counts: ExtractCounts,
+    error: Option<ExportError>,
+}
+
+struct Delivery<'s> {
+    state: Mutex<Ordered<'s>>,
+    room: Condvar,
+    window: u64,
+}
+
+impl<'s> Delivery<'s> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ordered<'s>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A sequence number for the next outcome, once fewer than `window` are in flight.
+    fn issue(&self, stop: &AtomicBool) -> u64 {
+        let mut s = self.lock();
+        while s.issued - s.next >= self.window && !stop.load(Ordering::Relaxed) {
+            s = self
+                .room
+                .wait_timeout(s, std::time::Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        s.issued += 1;
+        s.issued - 1
+    }
+
+    fn deliver(&self, seq: u64, outcome: Outcome, stop: &AtomicBool) {
+        let mut s = self.lock();
+        s.pending.insert(seq, outcome);
+        loop {
+            let next = s.next;
+            let Some(o) = s.pending.remove(&next) else {
+                break;
+            };
+            s.next += 1;
+            if s.error.is_some() {
+                continue;
+            }
+            let r = match o {
+                Outcome::Folder(p) => {
+                    s.counts.folders += 1;
+                    s.sink.folder(&p)
+                }
+                Outcome::File(f) => {
+                    s.counts.files += 1;
+                    s.counts.bytes += f.size;
+                    s.sink.file(f)
+                }
+                Outcome::Unreadable(u) => {
+                    s.counts.unreadable += 1;
+                    s.sink.unreadable(u)
+                }
+            };
+            if let Err(e) = r {
+                s.error = Some(e);
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+        drop(s);
+        self.room.notify_all();
+    }
+}
+
+/// A file being written: its blocks go to the workers in runs of up to [`RUN_BLOCKS`].
+struct FileTask {
+    seq: u64,
+    path: String,
+    local: PathBuf,
+    version: EntryVersion,
+    /// The folder holding it and that folder's modification time, set again if the file is
+    /// removed (a failed file) after the folder was finished.
+    parent: Option<(PathBuf, DateTime)>,
+    runs_left: AtomicUsize,
+    failed: Mutex<Option<String>>,
+    /// SHA-256 computed while writing, when one run covers the whole file.
+    hash: Mutex<Option<String>>,
+}
+
+struct Run {
+    task: Arc<FileTask>,
+    blocks: std::ops::Range<usize>,
+    whole: bool,
+}
+
+/// Blocks per unit of parallel work: big files are split across workers, small files stay whole.
+const RUN_BLOCKS: usize = 8;
+
+/// Shared state of one extraction.
+struct Pipeline<'a, 's> {
+    realm: &'a Realm,
+    options: &'a ExtractOptions,
+    progress: &'a dyn Progress,
+    delivery: Delivery<'s>,
+    stop: AtomicBool,
+    io_failure: Mutex<Option<ExportError>>,
+}
+
+impl Pipeline<'_, '_> {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.options.cancelled()
+    }
+
+    fn fail(&self, e: ExportError) {
+        let mut f = self.io_failure.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some(e);
+        }
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn emit(&self, outcome: Outcome) {
+        let seq = self.delivery.issue(&self.stop);
+        self.delivery.deliver(seq, outcome, &self.stop);
+    }
+
+    /// Decrypts and writes one run of blocks; the last run of a file finishes it.
+    fn run(&self, run: Run) {
+        let task = &run.task;
+        if !self.stopped() {
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write_run(&run)));
+            if let Err(payload) = outcome {
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                *task.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                    "internal error while checking this item (please report): {what}"
+                ));
+            }
+        }
+        if task.runs_left.fetch_sub(1, Ordering::AcqRel) == 1 && !self.stopped() {
+            if let Err(e) = self.finish_file(task) {
+                self.fail(e);
+            }
+        }
+    }
+
+    fn write_run(&self, run: &Run) {
+        let task = &run.task;
+        let file = task.version.file().expect("planned files are readable");
+        let handle = match File::options().write(true).open(&task.local) {
+            Ok(h) => h,
+            Err(e) => return self.fail(io_err("cannot open", &task.local, e)),
+        };
+        let mut hasher = run.whole.then(Sha256::new);
+        let mut position = 0u64;
+        for b in &file.blocks[run.blocks.clone()] {
+            if self.stopped()
+                || task
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some()
+            {
+                return;
+            }
+            match self.realm.decrypt_block(b) {
+                Ok(data) => {
+                    if let Some(h) = hasher.as_mut() {
+                        hash_zeros(h, b.offset - position);
+                        h.update(&data[..]);
+                        position = b.offset + b.size;
+                    }
+                    if let Err(e) = handle.write_all_at(&data, b.offset) {
+                        return self.fail(io_err("cannot write", &task.local, e));
+                    }
+                    self.progress.advance(b.size);
+                }
+                Err(e) => {
+                    *task.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    return;
+                }
+            }
+        }
+        if let Some(mut h) = hasher {
+            hash_zeros(&mut h, file.size - position);
+            *task.hash.lock().unwrap_or_else(|p| p.into_inner()) = Some(hex::encode(h.finalize()));
+        }
+    }
+
+    /// Hashes what is on disk (what the custody record vouches for) and sets the mtime, or
+    /// removes a file whose blocks failed verification; then delivers its outcome.
+    fn finish_file(&self, task: &FileTask) -> Result<(), ExportError> {
+        let v = &task.version;
+        let failed = task.failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let outcome = if let Some(reason) = failed {
+            fs::remove_file(&task.local).map_err(|e| io_err("cannot remove", &task.local, e))?;
+            if let Some((dir, updated)) = &task.parent {
+                set_mtime(dir, *updated)?;
+            }
+            Outcome::Unreadable(UnreadableEntry {
+                path: task.path.clone(),
+                kind: "file",
+                vlob_id: v.meta.vlob_id,
+                version: v.meta.version,
+                needed_key_indexes: vec![],
+                reason: format!("integrity error: {reason}"),
+            })
+        } else {
+            let file = v.file().expect("file");
+            let hash = task.hash.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let sha256 = match hash {
+                Some(h) => h,
+                None => hash_file(&task.local)?,
+            };
+            set_mtime(&task.local, file.header.updated)?;
+            Outcome::File(ExtractedFile {
+                path: task.path.clone(),
+                size: file.size,
+                sha256,
+                vlob_id: v.meta.vlob_id,
+                version: v.meta.version,
+                updated: file.header.updated,
+                author: self.realm.describe_author(&v.meta.author),
+            })
+        };
+        self.delivery.deliver(task.seq, outcome, &self.stop);
+        Ok(())
+    }
+}
+
+fn set_mtime(path: &Path, t: DateTime) -> Result<(), ExportError> {
+    let f = File::open(path).map_err(|e| io_err("cannot open", path, e))?;
+    f.set_modified(to_system_time(t))
+        .map_err(|e| io_err("cannot set mtime of", path, e))
+}
+
+/// [`extract`] that hands each outcome to `sink` as it completes, in walk order, and keeps
+/// nothing per entry: memory is bounded by the walk (its stack of folders and the children of
+/// the folders on it), the window of files in flight and the workers' blocks, whatever the
+/// number of entries. Folders are created and files created and sized as the walk reaches them
+/// while a pool of `options.threads` workers decrypts, verifies, writes and hashes the files
+/// behind it; a folder's mtime is set when its subtree is done.
+pub fn extract_to(
+    realm: &Realm,
+    dest: &Path,
+    options: &ExtractOptions,
+    progress: &dyn Progress,
+    sink: &mut (dyn ExtractSink + '_),
+) -> Result<ExtractCounts, ExportError> {
     if dest.symlink_metadata().is_ok() {
         return Err(ExportError::Io(format!(
             "{} already exists; choose a new destination",
             dest.display()
         )));
     }
-    let mut plan = plan_cancellable(realm, &options.path, options.at, options.cancel)?;
+    let start = realm.resolve(&options.path, options.at)?;
+    let base_name = split_path(&options.path)?.last().map(|s| s.to_string());
+    let start_folder = match (&start.content, start.manifest().map(|m| &**m)) {
+        (VersionContent::Readable(_), Some(Manifest::File(_))) => None,
+        (VersionContent::Readable(_), Some(Manifest::Folder(f))) => Some(f.header.updated),
+        _ => {
+            return Err(ExportError::Unreadable {
+                path: if options.path.is_empty() {
+                    "/".into()
+                } else {
+                    options.path.clone()
+                },
+                reason: start.problem().unwrap_or_default(),
+            })
+        }
+    };
     let temp = temp_sibling(dest)?;
-    leave_out_overlong_paths(&mut plan, temp.as_os_str().len());
+    let limit = (libc::PATH_MAX as usize).saturating_sub(temp.as_os_str().len() + 2);
     let _ = fs::remove_dir_all(&temp);
     // Evidence is private by default: created with the requested modes (umask still applies),
     // never chmod-ed after, so no window where it is readable by others.
@@ -359,182 +613,185 @@ pub fn extract(
         .map_err(|e| io_err("cannot create", &temp, e))?;
     let mut guard = TempGuard(Some(temp.clone()));
     let local = |p: &str| temp.join(p.trim_start_matches('/'));
-
-    for (folder, ..) in &plan.folders {
-        if folder != "/" {
-            dirs.create(local(folder))
-                .map_err(|e| io_err("cannot create", &local(folder), e))?;
-        }
-    }
-    // Files are created (and sized) up front but not kept open: a tree may hold more files than
-    // the process may open at once. Workers open a file for each run of blocks.
-    let mut total = 0u64;
-    for (path, v) in &plan.files {
-        if options.cancelled() {
-            return Err(ExportError::Interrupted);
-        }
-        let file = v.file().expect("planned files are readable");
-        let p = local(path);
-        let f = File::options()
-            .write(true)
-            .create_new(true)
-            .mode(options.file_mode)
-            .open(&p)
-            .map_err(|e| io_err("cannot create", &p, e))?;
-        f.set_len(file.size)
-            .map_err(|e| io_err("cannot size", &p, e))?;
-        total += file.size;
-    }
-    progress.start(total);
-
-    // Runs of up to 8 blocks: big files are split across workers, small files stay whole.
-    let mut jobs = Vec::new();
-    for (i, (_, v)) in plan.files.iter().enumerate() {
-        let blocks = &v.file().expect("file").blocks;
-        for chunk in blocks.chunks(8) {
-            jobs.push(Job {
-                file: i,
-                blocks: chunk,
-                whole: blocks.len() <= 8,
+    let threads = options.threads.max(1);
+    let pipeline = Pipeline {
+        realm,
+        options,
+        progress,
+        delivery: Delivery {
+            state: Mutex::new(Ordered {
+                sink,
+                issued: 0,
+                next: 0,
+                pending: Default::default(),
+                counts: ExtractCounts::default(),
+                error: None,
+            }),
+            room: Condvar::new(),
+            window: 64 * threads as u64 + 64,
+        },
+        stop: AtomicBool::new(false),
+        io_failure: Mutex::new(None),
+    };
+    progress.start(0);
+    // Folders whose subtree is not done yet (their mtime is set when it is): the walk's depth.
+    let mut open: Vec<(usize, PathBuf, DateTime)> = Vec::new();
+    let (runs, queue) = std::sync::mpsc::sync_channel::<Run>(4 * threads);
+    let queue = Mutex::new(queue);
+    let walked: Result<(), ExportError> = std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let (pipeline, queue) = (&pipeline, &queue);
+            scope.spawn(move || loop {
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                match next {
+                    Ok(run) => pipeline.run(run),
+                    Err(_) => break,
+                }
             });
         }
-    }
-    let failed: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; plan.files.len()]);
-    let hashes: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; plan.files.len()]);
-    let io_failure: Mutex<Option<ExportError>> = Mutex::new(None);
-    let stop = AtomicBool::new(false);
-    // A panic in one job (a bug, or input no check foresaw) fails that file only.
-    let outcomes = parallel::try_map(&jobs, options.threads, |job| {
-        if stop.load(Ordering::Relaxed) || options.cancelled() {
-            return;
-        }
-        let target = local(&plan.files[job.file].0);
-        let handle = match File::options().write(true).open(&target) {
-            Ok(h) => h,
-            Err(e) => {
-                *io_failure.lock().unwrap() = Some(io_err("cannot open", &target, e));
-                stop.store(true, Ordering::Relaxed);
-                return;
-            }
+        // Creates (and sizes) a file and queues its runs; files are not kept open: a tree may
+        // hold more files than the process may open at once.
+        let walked = {
+            let add_file = |path: String, v: EntryVersion, parent: Option<(PathBuf, DateTime)>| {
+                if let Some(u) = missing_keys(realm, &path, &v)
+                    .or_else(|| overlong_path(&path, limit, "file", &v))
+                {
+                    pipeline.emit(Outcome::Unreadable(u));
+                    return Ok(());
+                }
+                let file = v.file().expect("file manifest");
+                let p = local(&path);
+                let f = File::options()
+                    .write(true)
+                    .create_new(true)
+                    .mode(options.file_mode)
+                    .open(&p)
+                    .map_err(|e| io_err("cannot create", &p, e))?;
+                f.set_len(file.size)
+                    .map_err(|e| io_err("cannot size", &p, e))?;
+                drop(f);
+                progress.grow(file.size);
+                let n = file.blocks.len();
+                let whole = n <= RUN_BLOCKS;
+                let task = Arc::new(FileTask {
+                    seq: pipeline.delivery.issue(&pipeline.stop),
+                    path,
+                    local: p,
+                    runs_left: AtomicUsize::new(n.div_ceil(RUN_BLOCKS).max(1)),
+                    version: v,
+                    parent,
+                    failed: Mutex::new(None),
+                    hash: Mutex::new(None),
+                });
+                let mut first = 0;
+                loop {
+                    let end = (first + RUN_BLOCKS).min(n);
+                    let run = Run {
+                        task: task.clone(),
+                        blocks: first..end,
+                        whole,
+                    };
+                    if runs.send(run).is_err() {
+                        return Err(ExportError::Interrupted);
+                    }
+                    first = end;
+                    if first >= n {
+                        break;
+                    }
+                }
+                Ok(())
+            };
+            let mut walk_all = || -> Result<(), ExportError> {
+                let Some(updated) = start_folder else {
+                    let name = base_name.clone().unwrap_or_default();
+                    return add_file(join("/", &name), start.clone(), None);
+                };
+                pipeline.emit(Outcome::Folder("/".into()));
+                open.push((0, temp.clone(), updated));
+                let mut walk = Walk::new(realm, options.at, "/", start.clone(), MAX_DEPTH);
+                while let Some(step) = walk.next_step()? {
+                    if pipeline.stopped() {
+                        break;
+                    }
+                    let e = match step {
+                        WalkStep::Problem(p) => {
+                            pipeline.emit(Outcome::Unreadable(UnreadableEntry {
+                                path: p.path,
+                                kind: "unknown",
+                                vlob_id: p.id,
+                                version: p.version.unwrap_or(0),
+                                needed_key_indexes: vec![],
+                                reason: p.reason,
+                            }));
+                            continue;
+                        }
+                        WalkStep::Entry(e) => e,
+                    };
+                    // Pre-order: an entry at depth d means every open folder at depth >= d is done.
+                    while open.last().is_some_and(|(d, ..)| *d >= e.depth) {
+                        let (_, dir, t) = open.pop().expect("checked");
+                        set_mtime(&dir, t)?;
+                    }
+                    let parent = open.last().map(|(_, dir, t)| (dir.clone(), *t));
+                    match e.child.version.manifest().map(|m| &**m) {
+                        Some(Manifest::Folder(f)) => {
+                            if let Some(u) =
+                                overlong_path(&e.path, limit, "folder", &e.child.version)
+                            {
+                                pipeline.emit(Outcome::Unreadable(u));
+                                continue;
+                            }
+                            let p = local(&e.path);
+                            dirs.create(&p)
+                                .map_err(|err| io_err("cannot create", &p, err))?;
+                            open.push((e.depth, p, f.header.updated));
+                            pipeline.emit(Outcome::Folder(e.path));
+                        }
+                        Some(Manifest::File(_)) => add_file(e.path, e.child.version, parent)?,
+                        None => pipeline.emit(Outcome::Unreadable(unreadable_entry(
+                            &e.path,
+                            &e.child.version,
+                        ))),
+                    }
+                }
+                Ok(())
+            };
+            walk_all()
         };
-        let mut hasher = job.whole.then(Sha256::new);
-        let mut position = 0u64;
-        for b in job.blocks {
-            if failed.lock().unwrap()[job.file].is_some() {
-                return;
-            }
-            match realm.decrypt_block(b) {
-                Ok(data) => {
-                    if let Some(h) = hasher.as_mut() {
-                        hash_zeros(h, b.offset - position);
-                        h.update(&data[..]);
-                        position = b.offset + b.size;
-                    }
-                    if let Err(e) = handle.write_all_at(&data, b.offset) {
-                        *io_failure.lock().unwrap() =
-                            Some(io_err("cannot write", &local(&plan.files[job.file].0), e));
-                        stop.store(true, Ordering::Relaxed);
-                        return;
-                    }
-                    progress.advance(b.size);
-                }
-                Err(e) => {
-                    failed.lock().unwrap()[job.file] = Some(e.to_string());
-                    return;
-                }
-            }
+        if walked.is_err() {
+            pipeline.stop.store(true, Ordering::Relaxed);
         }
-        if let Some(mut h) = hasher {
-            let size = plan.files[job.file].1.file().expect("file").size;
-            hash_zeros(&mut h, size - position);
-            hashes.lock().unwrap()[job.file] = Some(hex::encode(h.finalize()));
-        }
+        drop(runs);
+        walked
     });
-    for (job, outcome) in jobs.iter().zip(outcomes) {
-        if let Err(reason) = outcome {
-            failed.lock().unwrap_or_else(|p| p.into_inner())[job.file] = Some(reason);
-        }
-    }
-    let hashes = hashes.into_inner().unwrap_or_else(|p| p.into_inner());
-    if let Some(e) = io_failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+    walked?;
+    if let Some(e) = pipeline
+        .io_failure
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+    {
         return Err(e);
     }
     if options.cancelled() {
         return Err(ExportError::Interrupted);
     }
-    let failed = failed.into_inner().unwrap_or_else(|p| p.into_inner());
-
-    let mut report = ExtractReport {
-        unreadable: plan.unreadable.clone(),
-        ..Default::default()
-    };
-    let kept: Vec<usize> = (0..plan.files.len())
-        .filter(|i| failed[*i].is_none())
-        .collect();
-    for (i, reason) in failed.iter().enumerate() {
-        if let Some(reason) = reason {
-            let (path, v) = &plan.files[i];
-            fs::remove_file(local(path)).map_err(|e| io_err("cannot remove", &local(path), e))?;
-            report.unreadable.push(UnreadableEntry {
-                path: path.clone(),
-                kind: "file",
-                vlob_id: v.meta.vlob_id,
-                version: v.meta.version,
-                needed_key_indexes: vec![],
-                reason: format!("integrity error: {reason}"),
-            });
-        }
+    let state = pipeline
+        .delivery
+        .state
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(e) = state.error {
+        return Err(e);
     }
-    // Hash what is on disk (what the custody record vouches for), in parallel, then set mtimes.
-    let hashed: Vec<Result<ExtractedFile, ExportError>> =
-        parallel::map(&kept, options.threads, |&i| {
-            let (path, v) = &plan.files[i];
-            let file = v.file().expect("file");
-            let p = local(path);
-            let sha = match &hashes[i] {
-                Some(h) => h.clone(),
-                None => hash_file(&p)?,
-            };
-            let f = File::options()
-                .write(true)
-                .open(&p)
-                .map_err(|e| io_err("cannot open", &p, e))?;
-            f.set_modified(to_system_time(file.header.updated))
-                .map_err(|e| io_err("cannot set mtime of", &p, e))?;
-            Ok(ExtractedFile {
-                path: path.clone(),
-                size: file.size,
-                sha256: sha,
-                vlob_id: v.meta.vlob_id,
-                version: v.meta.version,
-                updated: file.header.updated,
-                author: realm.describe_author(&v.meta.author),
-            })
-        });
-    if options.cancelled() {
-        return Err(ExportError::Interrupted);
+    debug_assert!(state.pending.is_empty() && state.next == state.issued);
+    // Folder mtimes last for the folders still open (creating children changed them).
+    while let Some((_, dir, t)) = open.pop() {
+        set_mtime(&dir, t)?;
     }
-    for h in hashed {
-        let f = h?;
-        report.bytes += f.size;
-        report.files.push(f);
-    }
-    report.files.sort_by(|a, b| a.path.cmp(&b.path));
-    report.unreadable.sort_by(|a, b| a.path.cmp(&b.path));
-    // Folder mtimes last (creating children changed them), deepest first.
-    let mut folders = plan.folders.clone();
-    folders.sort_by_key(|(p, ..)| std::cmp::Reverse(p.matches('/').count()));
-    for (folder, updated, ..) in &folders {
-        let p = local(folder);
-        let f = File::open(&p).map_err(|e| io_err("cannot open", &p, e))?;
-        f.set_modified(to_system_time(*updated))
-            .map_err(|e| io_err("cannot set mtime of", &p, e))?;
-    }
-    report.folders = plan.folders.iter().map(|(p, ..)| p.clone()).collect();
     fs::rename(&temp, dest).map_err(|e| io_err("cannot rename the finished tree to", dest, e))?;
     guard.0 = None;
     progress.finish();
-    Ok(report)
+    Ok(state.counts)
 }
 
 fn to_system_time(t: DateTime) -> std::time::SystemTime {
@@ -578,7 +835,12 @@ pub fn hash_file_unless(path: &Path, stop: &[&AtomicBool]) -> Result<String, Exp
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// The chain-of-custody record written next to the extracted tree (`DEST.custody.json`).
+/// The chain-of-custody record written next to the extracted tree (`DEST.custody.json`): the
+/// fields that come before its per-entry lists. [`CustodyRecordWriter`] writes the whole record:
+/// these fields, then `folders`, `files` and `unreadable` (entries at T that were not extracted:
+/// unreadable, invalid, or hidden by the structure rules of [`super::walk`], e.g. a child whose
+/// manifest names another parent), then `problems` (problems of the export as a whole:
+/// [`super::verify::export_problems`]).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CustodyRecord {
     pub tool: String,
@@ -607,16 +869,155 @@ pub struct CustodyRecord {
     pub token_operations: u32,
     pub realm_key_indexes_obtained: Vec<u64>,
     pub realm_key_indexes_missing: Vec<u64>,
-    pub files_extracted: usize,
+    pub files_extracted: u64,
     pub bytes_extracted: u64,
-    pub folders: Vec<String>,
-    pub files: Vec<ExtractedFile>,
-    /// Entries at T that were not extracted (unreadable, invalid, or hidden by the structure
-    /// rules of [`super::walk`], e.g. a child whose manifest names another parent).
-    pub unreadable: Vec<UnreadableEntry>,
-    /// Problems of the export as a whole ([`super::verify::export_problems`]: certificates that
-    /// fail, unusable keys-bundle accesses or bundles, duplicate certificates).
-    pub problems: Vec<super::verify::Problem>,
+}
+
+/// One of the record's per-entry lists, spooled to an unnamed temporary file as entries complete
+/// (so the record costs no memory per entry), copied into the record when it is published.
+struct Spool {
+    out: std::io::BufWriter<File>,
+    count: u64,
+}
+
+impl Spool {
+    fn new(dir: &Path) -> Result<Self, ExportError> {
+        let f = tempfile::tempfile_in(dir)
+            .map_err(|e| io_err("cannot create a temporary file in", dir, e))?;
+        Ok(Spool {
+            out: std::io::BufWriter::with_capacity(1 << 16, f),
+            count: 0,
+        })
+    }
+
+    fn push(&mut self, value: &impl serde::Serialize) -> Result<(), ExportError> {
+        use std::io::Write;
+        let sep: &[u8] = if self.count == 0 {
+            b"\n    "
+        } else {
+            b",\n    "
+        };
+        self.out
+            .write_all(sep)
+            .map_err(|e| ExportError::Io(format!("cannot write the custody record: {e}")))?;
+        serde_json::to_writer(&mut self.out, value)
+            .map_err(|e| ExportError::Io(format!("cannot write the custody record: {e}")))?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Writes `"name": [ ...entries... ]` to `out`.
+    fn copy_into(self, name: &str, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        use std::io::{Seek, SeekFrom};
+        write!(out, "  \"{name}\": [")?;
+        let mut f = self.out.into_inner().map_err(|e| e.into_error())?;
+        f.seek(SeekFrom::Start(0))?;
+        std::io::copy(&mut f, out)?;
+        if self.count > 0 {
+            out.write_all(b"\n  ")?;
+        }
+        out.write_all(b"]")
+    }
+}
+
+/// Builds the chain-of-custody record while the extraction runs: an [`ExtractSink`] that spools
+/// `folders`, `files` and `unreadable` (in walk order) to temporary files in the record's
+/// directory; [`Self::publish`] then writes the whole record (the same fields as before, one
+/// JSON document) to a temporary file and renames it into place. Nothing is left on failure.
+pub struct CustodyRecordWriter {
+    folders: Spool,
+    files: Spool,
+    unreadable: Spool,
+    /// The first [`Self::SAMPLE`] unreadable entries, for the command's own summary.
+    pub unreadable_sample: Vec<UnreadableEntry>,
+}
+
+impl CustodyRecordWriter {
+    /// Unreadable entries kept in memory for the command's summary (the record has them all).
+    pub const SAMPLE: usize = 1000;
+
+    /// Spools in `dir` (the directory the record will be published in).
+    pub fn new(dir: &Path) -> Result<Self, ExportError> {
+        Ok(CustodyRecordWriter {
+            folders: Spool::new(dir)?,
+            files: Spool::new(dir)?,
+            unreadable: Spool::new(dir)?,
+            unreadable_sample: Vec::new(),
+        })
+    }
+
+    /// Writes the record to `path` (refusing to overwrite): `header`, then the spooled lists,
+    /// then `problems`; atomically (temporary file in the same directory, synced, renamed).
+    pub fn publish(
+        self,
+        path: &Path,
+        header: &CustodyRecord,
+        problems: &[super::verify::Problem],
+    ) -> Result<(), ExportError> {
+        use std::io::Write;
+        if path.symlink_metadata().is_ok() {
+            return Err(ExportError::Io(format!(
+                "{} already exists",
+                path.display()
+            )));
+        }
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(parent)
+            .map_err(|e| io_err("cannot create a temporary file in", parent, e))?;
+        let head = serde_json::to_string_pretty(header)
+            .map_err(|e| ExportError::Io(format!("cannot write {}: {e}", path.display())))?;
+        // The header's own closing brace is dropped: the lists follow in the same object.
+        let head = head
+            .trim_end()
+            .strip_suffix('}')
+            .expect("a struct serializes to an object")
+            .trim_end();
+        let problems = serde_json::to_string_pretty(problems)
+            .map_err(|e| ExportError::Io(format!("cannot write {}: {e}", path.display())))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        let written = (|| -> std::io::Result<()> {
+            out.write_all(head.as_bytes())?;
+            out.write_all(b",\n")?;
+            self.folders.copy_into("folders", &mut out)?;
+            out.write_all(b",\n")?;
+            self.files.copy_into("files", &mut out)?;
+            out.write_all(b",\n")?;
+            self.unreadable.copy_into("unreadable", &mut out)?;
+            write!(
+                out,
+                ",\n  \"problems\": {}\n}}\n",
+                problems.replace('\n', "\n  ")
+            )?;
+            out.flush()
+        })();
+        written.map_err(|e| io_err("cannot write", path, e))?;
+        drop(out);
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| io_err("cannot sync", path, e))?;
+        tmp.persist_noclobber(path)
+            .map_err(|e| io_err("cannot write", path, e.error))?;
+        Ok(())
+    }
+}
+
+impl ExtractSink for CustodyRecordWriter {
+    fn folder(&mut self, path: &str) -> Result<(), ExportError> {
+        self.folders.push(&path)
+    }
+    fn file(&mut self, file: ExtractedFile) -> Result<(), ExportError> {
+        self.files.push(&file)
+    }
+    fn unreadable(&mut self, entry: UnreadableEntry) -> Result<(), ExportError> {
+        self.unreadable.push(&entry)?;
+        if self.unreadable_sample.len() < Self::SAMPLE {
+            self.unreadable_sample.push(entry);
+        }
+        Ok(())
+    }
 }
 
 /// Writes `value` as pretty JSON to `path` atomically (temp file in the same directory, then

@@ -364,6 +364,7 @@ impl ExportFile {
             manifests: LruCache::new(limits.manifest_bytes),
             blocks: LruCache::new(limits.block_bytes),
             blocks_in_flight: SingleFlight::default(),
+            manifests_in_flight: SingleFlight::default(),
         })
     }
 }
@@ -543,6 +544,7 @@ pub struct Realm {
     manifests: LruCache<VersionMeta, Manifest>,
     blocks: LruCache<(Id, [u8; 32], u64), Zeroizing<Vec<u8>>>,
     blocks_in_flight: SingleFlight<(Id, [u8; 32], u64), Result<BlockData, BlockError>>,
+    manifests_in_flight: SingleFlight<VersionMeta, Option<EntryVersion>>,
 }
 
 /// `block.key_index` and `block_data.data` (NULL when the data row is missing).
@@ -718,12 +720,30 @@ impl Realm {
     /// content). Used by `timeline` and `verify`; streams in pages to bound memory.
     pub fn for_each_version_meta(
         &self,
+        f: impl FnMut(VersionMeta) -> Result<(), ExportError>,
+    ) -> Result<(), ExportError> {
+        self.for_each_version_meta_ordered("timestamp, sequential_id", f)
+    }
+
+    /// [`Self::for_each_version_meta`] entry by entry (each entry's versions together, in time
+    /// order; the `UNIQUE(vlob_id, timestamp)` index serves it), so that a caller needs state
+    /// for the current entry only.
+    pub fn for_each_version_meta_by_entry(
+        &self,
+        f: impl FnMut(VersionMeta) -> Result<(), ExportError>,
+    ) -> Result<(), ExportError> {
+        self.for_each_version_meta_ordered("vlob_id, timestamp, sequential_id", f)
+    }
+
+    fn for_each_version_meta_ordered(
+        &self,
+        order: &str,
         mut f: impl FnMut(VersionMeta) -> Result<(), ExportError>,
     ) -> Result<(), ExportError> {
         let conn = self.file.pool.get()?;
         let mut stmt = conn
             .prepare(&format!(
-                "SELECT {VERSION_COLUMNS}, vlob_id FROM vlob_atom ORDER BY timestamp, sequential_id"
+                "SELECT {VERSION_COLUMNS}, vlob_id FROM vlob_atom ORDER BY {order}"
             ))
             .map_err(|e| self.storage_err("reading vlob_atom", e))?;
         let mut rows = stmt
@@ -796,37 +816,57 @@ impl Realm {
                 content: VersionContent::Readable(m),
             });
         }
-        let blob: Vec<u8> = {
-            let conn = self.file.pool.get()?;
-            let mut stmt = conn
-                .prepare_cached("SELECT blob FROM vlob_atom WHERE sequential_id = ?1")
-                .map_err(|e| self.storage_err("reading vlob_atom", e))?;
-            stmt.query_row([meta.sequential_id], |r| r.get(0))
-                .map_err(|e| self.storage_err("reading vlob_atom", e))?
+        let decrypt = |meta: VersionMeta| -> Result<EntryVersion, ExportError> {
+            let blob: Vec<u8> = {
+                let conn = self.file.pool.get()?;
+                let mut stmt = conn
+                    .prepare_cached("SELECT blob FROM vlob_atom WHERE sequential_id = ?1")
+                    .map_err(|e| self.storage_err("reading vlob_atom", e))?;
+                stmt.query_row([meta.sequential_id], |r| r.get(0))
+                    .map_err(|e| self.storage_err("reading vlob_atom", e))?
+            };
+            let key = derive_key(kd, &meta.vlob_id);
+            let signed = match secretbox_open(&key, &blob) {
+                Ok(s) => s,
+                Err(e) => return Ok(invalid(meta, format!("cannot decrypt: {e}"))),
+            };
+            let serialized = match device.verify(&signed) {
+                Ok(s) => s,
+                Err(e) => return Ok(invalid(meta, format!("author signature: {e}"))),
+            };
+            let manifest = match Manifest::decode(serialized) {
+                Ok(m) => m,
+                Err(e) => return Ok(invalid(meta, format!("cleartext corrupted: {e}"))),
+            };
+            if let Err(reason) = self.check_manifest(&meta, &manifest) {
+                return Ok(invalid(meta, format!("cleartext corrupted: {reason}")));
+            }
+            let manifest = Arc::new(manifest);
+            self.manifests
+                .insert(meta.clone(), manifest.clone(), blob.len().max(64));
+            Ok(EntryVersion {
+                meta,
+                content: VersionContent::Readable(manifest),
+            })
         };
-        let key = derive_key(kd, &meta.vlob_id);
-        let signed = match secretbox_open(&key, &blob) {
-            Ok(s) => s,
-            Err(e) => return Ok(invalid(meta, format!("cannot decrypt: {e}"))),
-        };
-        let serialized = match device.verify(&signed) {
-            Ok(s) => s,
-            Err(e) => return Ok(invalid(meta, format!("author signature: {e}"))),
-        };
-        let manifest = match Manifest::decode(serialized) {
-            Ok(m) => m,
-            Err(e) => return Ok(invalid(meta, format!("cleartext corrupted: {e}"))),
-        };
-        if let Err(reason) = self.check_manifest(&meta, &manifest) {
-            return Ok(invalid(meta, format!("cleartext corrupted: {reason}")));
+        // One decryption and signature check per row even when several threads ask for it at
+        // once (the mount's request threads, parallel listings): the others wait and share it.
+        // A storage error is not shared: each caller then tries on its own and reports it.
+        let shared = self.manifests_in_flight.run(
+            meta.clone(),
+            || match self.manifests.get(&meta) {
+                Some(m) => Some(EntryVersion {
+                    meta: meta.clone(),
+                    content: VersionContent::Readable(m),
+                }),
+                None => decrypt(meta.clone()).ok(),
+            },
+            || None,
+        );
+        match shared {
+            Some(v) => Ok(v),
+            None => decrypt(meta),
         }
-        let manifest = Arc::new(manifest);
-        self.manifests
-            .insert(meta.clone(), manifest.clone(), blob.len().max(64));
-        Ok(EntryVersion {
-            meta,
-            content: VersionContent::Readable(manifest),
-        })
     }
 
     fn check_manifest(&self, meta: &VersionMeta, m: &Manifest) -> Result<(), String> {

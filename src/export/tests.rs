@@ -312,6 +312,109 @@ fn extract_of_a_generated_export_with_multi_block_and_sparse_files() {
             assert_eq!(got, &expected[start..end], "{p} @{offset}+{len}");
         }
     }
+    // Folder mtimes are the manifests' (set when each subtree is done, after its children).
+    for folder in ["/a", "/a/b"] {
+        let v = realm.resolve(folder, at).unwrap();
+        let updated = v.folder().unwrap().header.updated;
+        let mtime = std::fs::metadata(dest.join(folder.trim_start_matches('/')))
+            .unwrap()
+            .modified()
+            .unwrap();
+        let us = mtime
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64;
+        assert_eq!(us, updated.as_micros(), "{folder}");
+    }
+
+    // The streamed custody record: same entries as the in-memory report, in walk order, one
+    // valid JSON document, and nothing else left beside it (the spools are unnamed).
+    let out = dir.path().join("streamed");
+    std::fs::create_dir(&out).unwrap();
+    let dest2 = out.join("tree");
+    let mut writer = extract::CustodyRecordWriter::new(&out).unwrap();
+    let counts =
+        extract::extract_to(&realm, &dest2, &options, &extract::NoProgress, &mut writer).unwrap();
+    assert_eq!(counts.files, contents.len() as u64);
+    assert_eq!(counts.folders, report.folders.len() as u64);
+    assert_eq!(counts.unreadable, 0);
+    assert_eq!(counts.bytes, report.bytes);
+    let header = extract::CustodyRecord {
+        tool: "t".into(),
+        tool_version: "0".into(),
+        created_at: at,
+        export_file: path.display().to_string(),
+        export_sha256: "00".into(),
+        export_size: 1,
+        organization_id: "Org".into(),
+        realm_id: realm.realm_id(),
+        realm_name: "r".into(),
+        trust_anchor: crate::export::anchor::TrustReport {
+            organization_id: "Org".into(),
+            root_verify_key: "00".into(),
+            root_key_fingerprint: "00".into(),
+            anchored: false,
+            anchored_by: vec![],
+            pin_file: None,
+        },
+        snapshot_timestamp: at,
+        export_complete: true,
+        time_of_interest: at,
+        extracted_path: "/".into(),
+        destination: dest2.display().to_string(),
+        service_id: [0; 16],
+        service_label: "svc".into(),
+        service_revoked: None,
+        key_fingerprint_sha256: "ff".into(),
+        token: realm.token().clone(),
+        token_operations: 1,
+        realm_key_indexes_obtained: vec![1, 2],
+        realm_key_indexes_missing: vec![],
+        files_extracted: counts.files,
+        bytes_extracted: counts.bytes,
+    };
+    let record_path = out.join("tree.custody.json");
+    writer.publish(&record_path, &header, &[]).unwrap();
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    let paths = |key: &str, field: Option<&str>| -> Vec<String> {
+        record[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| match field {
+                Some(f) => v[f].as_str().unwrap().to_string(),
+                None => v.as_str().unwrap().to_string(),
+            })
+            .collect()
+    };
+    assert_eq!(
+        paths("files", Some("path")),
+        ["/a/b/empty", "/a/b/small.txt", "/a/sparse.bin", "/big.bin"],
+        "walk order"
+    );
+    assert_eq!(paths("folders", None), ["/", "/a", "/a/b"]);
+    assert_eq!(record["unreadable"], serde_json::json!([]));
+    assert_eq!(record["problems"], serde_json::json!([]));
+    assert_eq!(record["files_extracted"], 4);
+    assert_eq!(
+        record["realm_key_indexes_obtained"],
+        serde_json::json!([1, 2])
+    );
+    for f in record["files"].as_array().unwrap() {
+        let mine = report.files.iter().find(|r| r.path == f["path"]).unwrap();
+        assert_eq!(f["sha256"], mine.sha256.as_str());
+        assert_eq!(f["size"], mine.size);
+    }
+    let mut left: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["tree", "tree.custody.json"]);
+    // Publishing never overwrites.
+    let again = extract::CustodyRecordWriter::new(&out).unwrap();
+    assert!(again.publish(&record_path, &header, &[]).is_err());
 }
 
 #[test]

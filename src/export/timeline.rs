@@ -1,7 +1,7 @@
 //! `timeline`: every change in time order — sequester services, key rotations, realm names and
 //! roles, and every manifest version with what it changed.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use super::reader::{Realm, VersionContent};
 use super::ExportError;
@@ -40,8 +40,20 @@ fn event(timestamp: DateTime, kind: &'static str, description: String) -> Timeli
     }
 }
 
-/// Builds the timeline (all versions are decoded; memory holds only the folders' last children).
+/// Builds the whole timeline in memory (for tests and library callers; the command streams
+/// with [`for_each_event`]).
 pub fn timeline(realm: &Realm) -> Result<Vec<TimelineEvent>, ExportError> {
+    let mut events = Vec::new();
+    for_each_event(realm, |e| {
+        events.push(e);
+        Ok(())
+    })?;
+    Ok(events)
+}
+
+/// The events of the realm's certificates (services, rotations, names, roles): a few per
+/// certificate, not per entry.
+fn certificate_events(realm: &Realm) -> Vec<TimelineEvent> {
     let mut events = Vec::new();
     for s in &realm.sequester_topic().services {
         events.push(event(
@@ -122,13 +134,45 @@ pub fn timeline(realm: &Realm) -> Result<Vec<TimelineEvent>, ExportError> {
         events.push(e);
     }
 
-    let mut last_children: HashMap<Id, Vec<(EntryName, Id)>> = HashMap::new();
-    let mut metas = Vec::new();
-    realm.for_each_version_meta(|m| {
-        metas.push(m);
-        Ok(())
-    })?;
-    for meta in metas {
+    events
+}
+
+/// The children of the last readable folder version of `id` before `t` (what a folder version
+/// at `t` changed from), looked up instead of kept: walking back costs a query (and, past the
+/// manifest cache, a decryption) per folder version, and no memory per entry.
+fn children_before(
+    realm: &Realm,
+    id: &Id,
+    t: DateTime,
+) -> Result<Option<Vec<(EntryName, Id)>>, ExportError> {
+    let mut at = t.as_micros();
+    loop {
+        let Some(prev) = realm.entry_at(id, DateTime::from_micros(at.saturating_sub(1)))? else {
+            return Ok(None);
+        };
+        if let Some(f) = prev.folder() {
+            return Ok(Some(
+                f.children.iter().map(|c| (c.name.clone(), c.id)).collect(),
+            ));
+        }
+        // Unreadable or invalid: the one before it (timestamps strictly decrease).
+        at = prev.meta.timestamp.as_micros();
+    }
+}
+
+/// Hands every event to `f` in time order (stable: at equal timestamps, certificate events
+/// first), as the versions are read: memory holds the certificate events only.
+pub fn for_each_event(
+    realm: &Realm,
+    mut f: impl FnMut(TimelineEvent) -> Result<(), ExportError>,
+) -> Result<(), ExportError> {
+    let mut certificates = certificate_events(realm);
+    certificates.sort_by_key(|e| e.timestamp);
+    let mut certificates = certificates.into_iter().peekable();
+    realm.for_each_version_meta(|meta| {
+        while let Some(c) = certificates.next_if(|c| c.timestamp <= meta.timestamp) {
+            f(c)?;
+        }
         let v = realm.load_version(meta)?;
         let mut e = event(v.meta.timestamp, "file", String::new());
         e.entry_id = Some(hex::encode(v.meta.vlob_id));
@@ -143,7 +187,7 @@ pub fn timeline(realm: &Realm) -> Result<Vec<TimelineEvent>, ExportError> {
                         e.kind = "folder";
                         let now: Vec<(EntryName, Id)> =
                             f.children.iter().map(|c| (c.name.clone(), c.id)).collect();
-                        let before = last_children.insert(v.meta.vlob_id, now.clone());
+                        let before = children_before(realm, &v.meta.vlob_id, v.meta.timestamp)?;
                         e.description = describe_folder_change(
                             v.meta.version,
                             v.meta.vlob_id == realm.realm_id(),
@@ -189,10 +233,12 @@ pub fn timeline(realm: &Realm) -> Result<Vec<TimelineEvent>, ExportError> {
                 );
             }
         }
-        events.push(e);
+        f(e)
+    })?;
+    for c in certificates {
+        f(c)?;
     }
-    events.sort_by_key(|e| e.timestamp);
-    Ok(events)
+    Ok(())
 }
 
 fn describe_folder_change(

@@ -39,17 +39,32 @@ pub struct VerifyReport {
     pub blocks_checked: u64,
     pub block_bytes_checked: u64,
     pub blocks_unreadable: u64,
+    /// The first [`MAX_KEPT_PROBLEMS`] problems (memory stays bounded on a badly damaged
+    /// export); `problems_total` counts them all.
     pub problems: Vec<Problem>,
+    pub problems_total: u64,
     /// Shown, but not failing verification: children that the tree at the export's snapshot
     /// does not show because their manifest names another parent folder (Parsec's client skips
     /// them too; a move between two uploads can leave that state, so it is not by itself
     /// tampering). Kind `structure`.
     pub notices: Vec<Problem>,
+    /// All notices, of which the first [`MAX_KEPT_PROBLEMS`] are in `notices`.
+    pub notices_total: u64,
 }
+
+/// Problems (and notices) kept in a [`VerifyReport`]; the rest are counted.
+pub const MAX_KEPT_PROBLEMS: usize = 10_000;
 
 impl VerifyReport {
     pub fn ok(&self) -> bool {
-        self.problems.is_empty()
+        self.problems_total == 0
+    }
+
+    fn add(&mut self, p: Problem) {
+        self.problems_total += 1;
+        if self.problems.len() < MAX_KEPT_PROBLEMS {
+            self.problems.push(p);
+        }
     }
 }
 
@@ -57,13 +72,14 @@ const PAGE: usize = 512;
 
 /// Verifies everything this service can reach, using `threads` workers for manifests and blocks.
 pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError> {
-    let mut report = VerifyReport {
-        problems: export_problems(realm),
-        ..Default::default()
-    };
-    let mut entries = HashSet::new();
-    let mut folders = HashSet::new();
-    let mut files = HashSet::new();
+    let mut report = VerifyReport::default();
+    for p in export_problems(realm) {
+        report.add(p);
+    }
+    // Versions come entry by entry: the state below is the current entry's only (whether it
+    // was counted as a folder / file, the blocks its versions share), not the export's.
+    let mut current: Option<Id> = None;
+    let (mut counted_folder, mut counted_file) = (false, false);
     let mut blocks: Vec<(BlockAccess, VersionMeta)> = Vec::new();
     let mut seen_blocks = HashSet::new();
     let mut folder_parents: HashMap<Id, (Id, VersionMeta)> = HashMap::new();
@@ -78,30 +94,38 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
                 Err(reason) => {
                     report.versions += 1;
                     report.invalid_versions += 1;
-                    report.problems.push(manifest_problem(realm, meta, reason));
+                    report.add(manifest_problem(realm, meta, reason));
                     continue;
                 }
             };
             report.versions += 1;
-            entries.insert(v.meta.vlob_id);
+            if current != Some(v.meta.vlob_id) {
+                current = Some(v.meta.vlob_id);
+                report.entries += 1;
+                (counted_folder, counted_file) = (false, false);
+                seen_blocks.clear();
+            }
             match &v.content {
                 VersionContent::Readable(m) => {
                     report.readable_versions += 1;
                     match &**m {
                         Manifest::Folder(f) => {
-                            folders.insert(v.meta.vlob_id);
+                            if !counted_folder {
+                                counted_folder = true;
+                                report.folders += 1;
+                            }
                             if v.meta.vlob_id != realm.realm_id() {
-                                // Versions come in time order: the latest one wins.
+                                // An entry's versions come in time order: the latest wins.
                                 folder_parents
                                     .insert(v.meta.vlob_id, (f.header.parent, v.meta.clone()));
                             }
                             for reason in folder_version_problems(f, &realm.realm_id()) {
                                 let mut p = manifest_problem(realm, &v.meta, reason);
                                 p.kind = "structure";
-                                report.problems.push(p);
+                                report.add(p);
                             }
                             if !f.duplicate_names.is_empty() {
-                                report.problems.push(manifest_problem(
+                                report.add(manifest_problem(
                                     realm,
                                     &v.meta,
                                     format!(
@@ -112,7 +136,10 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
                             }
                         }
                         Manifest::File(f) => {
-                            files.insert(v.meta.vlob_id);
+                            if !counted_file {
+                                counted_file = true;
+                                report.files += 1;
+                            }
                             for b in &f.blocks {
                                 if seen_blocks.insert((b.id, b.digest, b.size)) {
                                     blocks.push((*b, v.meta.clone()));
@@ -130,16 +157,41 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
                 }
                 VersionContent::Invalid { reason } => {
                     report.invalid_versions += 1;
-                    report
-                        .problems
-                        .push(manifest_problem(realm, &v.meta, reason.clone()));
+                    report.add(manifest_problem(realm, &v.meta, reason.clone()));
                 }
             }
         }
         page.clear();
+        // The page's blocks are checked now: only one page of block references is held.
+        for chunk in blocks.chunks(PAGE) {
+            let results = parallel::try_map(chunk, threads, |(b, _)| {
+                realm.decrypt_block(b).map(|d| d.len() as u64)
+            });
+            for ((b, meta), r) in chunk.iter().zip(results) {
+                let r = r.unwrap_or_else(|reason| {
+                    Err(super::BlockError::Storage {
+                        id: hex::encode(b.id),
+                        reason,
+                    })
+                });
+                match r {
+                    Ok(n) => {
+                        report.blocks_checked += 1;
+                        report.block_bytes_checked += n;
+                    }
+                    Err(super::BlockError::KeyUnavailable { .. }) => report.blocks_unreadable += 1,
+                    Err(e) => {
+                        let mut p = manifest_problem(realm, meta, e.to_string());
+                        p.kind = "block";
+                        report.add(p);
+                    }
+                }
+            }
+        }
+        blocks.clear();
         Ok(())
     };
-    realm.for_each_version_meta(|meta| {
+    realm.for_each_version_meta_by_entry(|meta| {
         page.push(meta);
         if page.len() >= PAGE {
             flush(&mut page, &mut report)?;
@@ -147,39 +199,16 @@ pub fn verify(realm: &Realm, threads: usize) -> Result<VerifyReport, ExportError
         Ok(())
     })?;
     flush(&mut page, &mut report)?;
-    report.problems.extend(too_deep(realm, &folder_parents));
-    let (structure, notices) = snapshot_walk_problems(realm)?;
-    report.problems.extend(structure);
-    report.notices = notices;
-    report.entries = entries.len() as u64;
-    report.folders = folders.len() as u64;
-    report.files = files.len() as u64;
-
-    for chunk in blocks.chunks(PAGE) {
-        let results = parallel::try_map(chunk, threads, |(b, _)| {
-            realm.decrypt_block(b).map(|d| d.len() as u64)
-        });
-        for ((b, meta), r) in chunk.iter().zip(results) {
-            let r = r.unwrap_or_else(|reason| {
-                Err(super::BlockError::Storage {
-                    id: hex::encode(b.id),
-                    reason,
-                })
-            });
-            match r {
-                Ok(n) => {
-                    report.blocks_checked += 1;
-                    report.block_bytes_checked += n;
-                }
-                Err(super::BlockError::KeyUnavailable { .. }) => report.blocks_unreadable += 1,
-                Err(e) => {
-                    let mut p = manifest_problem(realm, meta, e.to_string());
-                    p.kind = "block";
-                    report.problems.push(p);
-                }
-            }
-        }
+    for p in too_deep(realm, &folder_parents) {
+        report.add(p);
     }
+    let (structure, notices, notices_total) = snapshot_walk_problems(realm)?;
+    for p in structure {
+        report.add(p);
+    }
+    report.notices = notices;
+    report.notices_total = notices_total;
+
     Ok(report)
 }
 
@@ -202,11 +231,14 @@ pub fn export_problems(realm: &Realm) -> Vec<Problem> {
 /// an ancestor listed as a child (the root or the folder itself are found version by version),
 /// and, as notices, children whose manifest names another parent. The rules are those of
 /// [`super::walk`], the same as `ls`, `extract` and the mount apply.
-fn snapshot_walk_problems(realm: &Realm) -> Result<(Vec<Problem>, Vec<Problem>), ExportError> {
-    let (mut problems, mut notices) = (Vec::new(), Vec::new());
+/// Structure problems, the first [`MAX_KEPT_PROBLEMS`] notices and the number of notices.
+type WalkFindings = (Vec<Problem>, Vec<Problem>, u64);
+
+fn snapshot_walk_problems(realm: &Realm) -> Result<WalkFindings, ExportError> {
+    let (mut problems, mut notices, mut notices_total) = (Vec::new(), Vec::new(), 0u64);
     let t = realm.snapshot();
     let Some(root) = realm.root_at(t)?.filter(|v| v.folder().is_some()) else {
-        return Ok((problems, notices));
+        return Ok((problems, notices, notices_total));
     };
     let root_id = realm.realm_id();
     let mut walk = Walk::new(realm, t, "/", root, MAX_DEPTH);
@@ -222,13 +254,18 @@ fn snapshot_walk_problems(realm: &Realm) -> Result<(Vec<Problem>, Vec<Problem>),
             reason: p.reason,
         };
         match p.rule {
-            WalkRule::ParentMismatch => notices.push(problem),
+            WalkRule::ParentMismatch => {
+                notices_total += 1;
+                if notices.len() < MAX_KEPT_PROBLEMS {
+                    notices.push(problem);
+                }
+            }
             WalkRule::Cycle if p.id != root_id && p.id != p.folder => problems.push(problem),
             // The others are found version by version (one folder's names, depth).
             _ => {}
         }
     }
-    Ok((problems, notices))
+    Ok((problems, notices, notices_total))
 }
 
 /// Folders nested more than [`MAX_DEPTH`] levels deep, following the `parent` of each folder's

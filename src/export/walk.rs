@@ -241,7 +241,12 @@ pub struct Walk<'r> {
     root_id: Id,
     max_depth: usize,
     stack: Vec<Frame>,
-    /// Entry ID -> the path it was first shown at.
+    /// Entry ID -> the path it was first shown at, for folders and unreadable entries only:
+    /// bounded by the number of folders (and unreadable entries), not of files. A readable
+    /// file needs no entry: the parent rule already shows it at most once (its manifest names
+    /// one parent, any other folder listing it sees a stray, and one folder listing it under
+    /// two names is screened by [`screen_children`]). The same argument holds for readable
+    /// folders; they are kept anyway, as the guard that each folder is expanded once.
     seen: HashMap<Id, String>,
     /// A folder just shown, expanded at the next step (pre-order).
     pending: Option<(Id, String, usize, EntryVersion)>,
@@ -421,7 +426,9 @@ impl<'r> Walk<'r> {
                     reason,
                 })));
             }
-            self.seen.insert(child.id, path.clone());
+            if child.version.file().is_none() {
+                self.seen.insert(child.id, path.clone());
+            }
             if child.version.folder().is_some() {
                 if depth <= self.max_depth {
                     self.pending = Some((child.id, path.clone(), depth, child.version.clone()));

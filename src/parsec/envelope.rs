@@ -7,6 +7,12 @@ use rmpv::Value;
 use super::limits::{self, ObjectLimits};
 use super::{msgpack, FormatError};
 
+thread_local! {
+    /// One zstd decompression context per thread (issue 11: decoders reused).
+    static DCTX: std::cell::RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Wraps msgpack bytes as Parsec does: streaming zstd at level 3, no pledged size
 /// (byte-identical to Parsec's output, spec §8.3).
 pub fn wrap(msgpack: &[u8]) -> Vec<u8> {
@@ -30,17 +36,42 @@ pub fn unwrap_bounded(serialized: &[u8], limits: &ObjectLimits) -> Result<Vec<u8
     if version != 0 {
         return Err(FormatError::FormatVersion(version));
     }
-    let mut decoder =
-        zstd::stream::read::Decoder::new(rest).map_err(|e| FormatError::Zstd(e.to_string()))?;
-    decoder
-        .window_log_max(limits::ZSTD_WINDOW_LOG_MAX)
-        .map_err(|e| FormatError::Zstd(e.to_string()))?;
     let cap = limits.max_decompressed as u64;
     let mut out = Vec::new();
-    decoder
-        .take(cap + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| FormatError::Zstd(e.to_string()))?;
+    let decode = |decoder: &mut dyn Read, out: &mut Vec<u8>| {
+        decoder
+            .take(cap + 1)
+            .read_to_end(out)
+            .map_err(|e| FormatError::Zstd(e.to_string()))
+    };
+    // The thread's decompression context is reused (creating one allocates its buffers for
+    // every manifest); a fresh one is made if it is busy (re-entrance) or cannot be created.
+    DCTX.with(|cell| -> Result<(), FormatError> {
+        let mut slot = cell.try_borrow_mut().ok();
+        if let Some(slot) = slot.as_mut() {
+            if slot.is_none() {
+                **slot = zstd::zstd_safe::DCtx::try_create();
+            }
+        }
+        match slot.as_mut().and_then(|s| s.as_mut()) {
+            Some(context) => {
+                let mut decoder = zstd::stream::read::Decoder::with_context(rest, context);
+                decoder
+                    .window_log_max(limits::ZSTD_WINDOW_LOG_MAX)
+                    .map_err(|e| FormatError::Zstd(e.to_string()))?;
+                decode(&mut decoder, &mut out)?;
+            }
+            None => {
+                let mut decoder = zstd::stream::read::Decoder::new(rest)
+                    .map_err(|e| FormatError::Zstd(e.to_string()))?;
+                decoder
+                    .window_log_max(limits::ZSTD_WINDOW_LOG_MAX)
+                    .map_err(|e| FormatError::Zstd(e.to_string()))?;
+                decode(&mut decoder, &mut out)?;
+            }
+        }
+        Ok(())
+    })?;
     if out.len() as u64 > cap {
         return Err(FormatError::Zstd(format!(
             "{} refused: it decompresses to more than {cap} bytes",
@@ -66,6 +97,30 @@ mod tests {
         let env = wrap(&msgpack);
         assert_eq!(hex::encode(&env), "0028b52ffd0058950200840483a474797065d9257365717565737465725f7265766f6b65645f736572766963655f6365727469666963617465a974696d657374616d70d70100035e2efad68000aa6964d8020001020038a9c27ad519");
         assert_eq!(unwrap(&env).unwrap(), msgpack);
+    }
+
+    #[test]
+    fn the_reused_context_decodes_correctly_after_a_failure() {
+        let msgpack = vec![0x91u8, 0x2a];
+        let good = wrap(&msgpack);
+        let truncated = &good[..good.len() - 3];
+        let mut garbage = good.clone();
+        garbage[5] ^= 0xff;
+        for _ in 0..3 {
+            assert_eq!(unwrap(&good).unwrap(), msgpack);
+            assert!(unwrap(truncated).is_err());
+            assert!(unwrap(&garbage).is_err());
+        }
+        // Other threads have their own context.
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let good = good.clone();
+                std::thread::spawn(move || unwrap(&good).unwrap())
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), msgpack);
+        }
     }
 
     #[test]
