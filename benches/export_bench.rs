@@ -122,9 +122,17 @@ impl Run {
 /// harness's own RSS (the kernel keeps the pre-exec high-water mark of a vfork-ed child).
 const GNU_TIME: &str = "/usr/bin/time";
 
+/// The PIN for the CLI children, taken before the harness opens the key in-process: the token
+/// layer removes `SEQUESTER_CUSTODY_PIN` from its process environment once read, so children
+/// would not inherit it.
+static CHILD_PIN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
 /// Wraps `program args…` in GNU time writing the peak RSS (KiB) to `rss_file`.
 fn timed_command(program: &std::ffi::OsStr, rss_file: &Path) -> Command {
     let mut c = Command::new(GNU_TIME);
+    if let Some(Some(pin)) = CHILD_PIN.get() {
+        c.env("SEQUESTER_CUSTODY_PIN", pin);
+    }
     c.arg("-f")
         .arg("%M %U %S")
         .arg("-o")
@@ -991,6 +999,7 @@ fn main() {
 }
 
 fn real_main() -> Res<()> {
+    CHILD_PIN.get_or_init(|| std::env::var("SEQUESTER_CUSTODY_PIN").ok());
     let a = parse_args()?;
     fs::create_dir_all(&a.work)?;
     // SAFETY: sodium_init is thread-safe and idempotent (the libsodium baseline calls libsodium
