@@ -280,7 +280,7 @@ impl ExportFs {
         let ino = {
             let mut inodes = self.inodes();
             let view = inodes.view_for(t);
-            inodes.intern(view, self.realm.realm_id(), HISTORY_INO, &t.to_rfc3339())
+            inodes.lookup(view, self.realm.realm_id(), HISTORY_INO, &t.to_rfc3339())
         };
         Ok(self.attr(ino, &root))
     }
@@ -328,7 +328,7 @@ impl ExportFs {
         if v.manifest().is_some_and(|m| m.header().parent != node.id) {
             return Err(Errno::ENOENT);
         }
-        let ino = self.inodes().intern(node.view, child.id, parent, name);
+        let ino = self.inodes().lookup(node.view, child.id, parent, name);
         Ok(self.attr(ino, &v))
     }
 
@@ -385,7 +385,7 @@ impl ExportFs {
         {
             let mut inodes = self.inodes();
             for c in &children {
-                let child_ino = inodes.intern(node.view, c.id, ino, c.name.as_str());
+                let child_ino = inodes.listing_ino(node.view, c.id);
                 items.push(DirItem {
                     ino: child_ino,
                     kind: Self::kind_of(&c.version),
@@ -511,6 +511,11 @@ impl Filesystem for ExportFs {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
+    }
+
+    /// Also serves `batch_forget` (fuser's default splits it; its `ForgetOne` is not nameable).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inodes().forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
