@@ -470,3 +470,76 @@ fn integrity_errors_give_eio_and_a_log_line_without_crashing() {
     );
     assert_eq!(common::file_sha256(&damaged), damaged_sha);
 }
+
+/// The inode table follows what the kernel holds: after `find` it has a node per entry, and once
+/// the kernel drops its dentry cache (its `forget`s) the nodes are gone. The table's size is read
+/// from the `-vv` debug line each `statfs` logs.
+#[test]
+fn forgotten_entries_leave_the_inode_table() {
+    let Some(env) = setup("mount-forget", 600, 0) else {
+        return;
+    };
+    let drop_caches = Path::new("/proc/sys/vm/drop_caches");
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !common::available(
+        "root (to write /proc/sys/vm/drop_caches)",
+        root && std::fs::OpenOptions::new()
+            .write(true)
+            .open(drop_caches)
+            .is_ok(),
+    ) {
+        return;
+    }
+    let (m, mp) = env.mount(&["-vv"]);
+    let statfs = || {
+        let st = std::process::Command::new("stat")
+            .arg("-f")
+            .arg(&mp)
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{}", common::stderr(&st));
+    };
+    statfs();
+    let find = std::process::Command::new("find")
+        .arg(&mp)
+        .args([
+            "-path",
+            mp.join(".history").to_str().unwrap(),
+            "-prune",
+            "-o",
+        ])
+        .args(["-type", "f", "-print"])
+        .output()
+        .unwrap();
+    assert!(find.status.success());
+    let found = String::from_utf8_lossy(&find.stdout).lines().count();
+    assert!(found >= 600, "{found}");
+    // Attributes of every file: a lookup each (find may skip files thanks to d_type).
+    let walked = walk(&mp).len();
+    statfs();
+    for _ in 0..3 {
+        std::fs::write(drop_caches, "2\n").unwrap();
+        // The kernel sends its forgets asynchronously.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    statfs();
+    let (status, stderr) = m.stop(libc::SIGINT);
+    assert!(status.success(), "{stderr}");
+    let counts: Vec<usize> = stderr
+        .lines()
+        .filter_map(|l| l.split("debug: inode table: ").nth(1))
+        .map(|n| n.trim_end_matches(" nodes").parse().unwrap())
+        .collect();
+    eprintln!("inode table sizes (start, after the walk, after drop_caches): {counts:?}");
+    assert_eq!(counts.len(), 3, "{stderr}");
+    assert!(counts[0] <= 2, "{counts:?}");
+    assert!(
+        counts[1] >= walked,
+        "{counts:?} after walking {walked} entries"
+    );
+    assert!(
+        counts[2] < counts[1] / 10,
+        "{counts:?}: the forgets did not shrink the table"
+    );
+}

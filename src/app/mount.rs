@@ -110,6 +110,7 @@ pub fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
             gid,
             read_threads: cores,
             readahead_blocks: 4,
+            debug: global.verbose >= 2,
         },
         threads: args.threads.unwrap_or((cores * 2).max(4)),
         fs_name: format!("sequester-custody:{realm_id}"),

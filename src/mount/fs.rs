@@ -43,6 +43,8 @@ pub struct FsOptions {
     pub read_threads: usize,
     /// Blocks decrypted ahead of a sequential reader.
     pub readahead_blocks: usize,
+    /// Debug log lines (`-vv`): the inode table's size at each `statfs` (e.g. `stat -f`).
+    pub debug: bool,
 }
 
 struct DirItem {
@@ -697,6 +699,12 @@ impl Filesystem for ExportFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        if self.opts.debug {
+            log(&format!(
+                "debug: inode table: {} nodes",
+                self.inodes().node_count()
+            ));
+        }
         let info = self.realm.info();
         let blocks = info.blocks_total_bytes.div_ceil(4096);
         reply.statfs(blocks, 0, 0, 0, 0, 4096, 255, 4096);
