@@ -955,52 +955,29 @@ impl CustodyRecordWriter {
         problems: &[super::verify::Problem],
     ) -> Result<(), ExportError> {
         use std::io::Write;
-        if path.symlink_metadata().is_ok() {
-            return Err(ExportError::Io(format!(
-                "{} already exists",
-                path.display()
-            )));
-        }
-        let parent = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(parent)
-            .map_err(|e| io_err("cannot create a temporary file in", parent, e))?;
-        let head = serde_json::to_string_pretty(header)
-            .map_err(|e| ExportError::Io(format!("cannot write {}: {e}", path.display())))?;
-        // The header's own closing brace is dropped: the lists follow in the same object.
-        let head = head
-            .trim_end()
-            .strip_suffix('}')
-            .expect("a struct serializes to an object")
-            .trim_end();
-        let problems = serde_json::to_string_pretty(problems)
-            .map_err(|e| ExportError::Io(format!("cannot write {}: {e}", path.display())))?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-        let written = (|| -> std::io::Result<()> {
+        let json_err = std::io::Error::other;
+        publish_new(path, |out| {
+            let head = serde_json::to_string_pretty(header).map_err(json_err)?;
+            // The header's own closing brace is dropped: the lists follow in the same object.
+            let head = head
+                .trim_end()
+                .strip_suffix('}')
+                .expect("a struct serializes to an object")
+                .trim_end();
+            let problems = serde_json::to_string_pretty(problems).map_err(json_err)?;
             out.write_all(head.as_bytes())?;
             out.write_all(b",\n")?;
-            self.folders.copy_into("folders", &mut out)?;
+            self.folders.copy_into("folders", out)?;
             out.write_all(b",\n")?;
-            self.files.copy_into("files", &mut out)?;
+            self.files.copy_into("files", out)?;
             out.write_all(b",\n")?;
-            self.unreadable.copy_into("unreadable", &mut out)?;
+            self.unreadable.copy_into("unreadable", out)?;
             write!(
                 out,
                 ",\n  \"problems\": {}\n}}\n",
                 problems.replace('\n', "\n  ")
-            )?;
-            out.flush()
-        })();
-        written.map_err(|e| io_err("cannot write", path, e))?;
-        drop(out);
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| io_err("cannot sync", path, e))?;
-        tmp.persist_noclobber(path)
-            .map_err(|e| io_err("cannot write", path, e.error))?;
-        Ok(())
+            )
+        })
     }
 }
 
@@ -1020,9 +997,13 @@ impl ExtractSink for CustodyRecordWriter {
     }
 }
 
-/// Writes `value` as pretty JSON to `path` atomically (temp file in the same directory, then
-/// rename). Refuses to overwrite.
-pub fn write_json_atomic(path: &Path, value: &impl serde::Serialize) -> Result<(), ExportError> {
+/// Creates `path` (refusing to overwrite) with what `write` puts in a buffered temporary file in
+/// the same directory; synced, then renamed into place: never a half-written file at `path`.
+fn publish_new(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> std::io::Result<()>,
+) -> Result<(), ExportError> {
+    use std::io::Write;
     if path.symlink_metadata().is_ok() {
         return Err(ExportError::Io(format!(
             "{} already exists",
@@ -1035,13 +1016,10 @@ pub fn write_json_atomic(path: &Path, value: &impl serde::Serialize) -> Result<(
         .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(parent)
         .map_err(|e| io_err("cannot create a temporary file in", parent, e))?;
-    use std::io::Write;
     // Buffered: unbuffered, serde_json issues one write(2) per token (millions for a record of
     // 100k files).
     let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-    serde_json::to_writer_pretty(&mut out, value)
-        .map_err(|e| ExportError::Io(format!("cannot write {}: {e}", path.display())))?;
-    out.write_all(b"\n")
+    write(&mut out)
         .and_then(|_| out.flush())
         .map_err(|e| io_err("cannot write", path, e))?;
     drop(out);
