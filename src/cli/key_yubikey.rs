@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use super::{CommandResult, GlobalOpts};
-use crate::crypto::rsa_public;
-use crate::token::yubikey::{self, attestation::AttestationReport, YubikeyKey};
-use crate::token::{KeyHandle, KeyInfo, KeySpec, TokenDescription};
+use sequester_custody::crypto::rsa_public;
+use sequester_custody::token::yubikey::{self, attestation::AttestationReport, YubikeyKey};
+use sequester_custody::token::{KeyHandle, KeyInfo, KeySpec, TokenDescription};
 
 #[derive(Serialize)]
 struct ShownYubikeyKey<'a> {
@@ -131,9 +131,9 @@ pub fn show(
     if let Ok(report) = &attestation {
         // `info()` attested without the root; the verdict with the root is the one to show.
         info.provenance.verdict = if report.generated_on_device {
-            crate::token::ProvenanceVerdict::GeneratedOnToken
+            sequester_custody::token::ProvenanceVerdict::GeneratedOnToken
         } else {
-            crate::token::ProvenanceVerdict::Unknown
+            sequester_custody::token::ProvenanceVerdict::Unknown
         };
     }
     print(&key, &info, attestation, None, global, public_out)

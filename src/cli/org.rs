@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use super::{CommandResult, GlobalOpts};
-use crate::export::anchor::{self, OrganizationAddr, PinStore};
+use sequester_custody::export::anchor::{self, OrganizationAddr, PinStore};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum OrgCommand {

@@ -10,10 +10,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::crypto::rsa_public;
-use crate::token::pkcs11::{keygen, pem_key, Pkcs11Key};
-use crate::token::uri::Pkcs11Uri;
-use crate::token::{self, KeyHandle, KeyInfo, KeySpec, MechanismPath, Role, TokenError};
+use sequester_custody::crypto::rsa_public;
+use sequester_custody::token::pkcs11::{keygen, pem_key, Pkcs11Key};
+use sequester_custody::token::uri::Pkcs11Uri;
+use sequester_custody::token::{self, KeyHandle, KeyInfo, KeySpec, MechanismPath, Role, TokenError};
 
 use super::ceremony::{recorded, CeremonyArgs, Recorder};
 use super::token::mechanism_paths;
@@ -116,8 +116,8 @@ struct ShownKey<'a> {
     #[serde(flatten)]
     info: &'a KeyInfo,
     public_key_pem: String,
-    token: crate::token::TokenDescription,
-    mechanisms: Option<crate::token::pkcs11::Negotiated>,
+    token: sequester_custody::token::TokenDescription,
+    mechanisms: Option<sequester_custody::token::pkcs11::Negotiated>,
 }
 
 #[derive(Serialize)]
@@ -136,7 +136,7 @@ struct TestReport {
 
 /// Writes `text` to a new file at `path` atomically (refuses to replace an existing file).
 pub(super) fn write_new_file(path: &Path, text: &str) -> anyhow::Result<()> {
-    Ok(crate::ceremony::files::write_atomic(
+    Ok(sequester_custody::ceremony::files::write_atomic(
         path,
         text.as_bytes(),
         false,
@@ -150,7 +150,7 @@ fn print_key(key: &Pkcs11Key, global: &GlobalOpts, public_out: Option<&Path>) ->
 /// Shows any backend's key; `negotiated` is known for PKCS#11 keys.
 fn print_any_key(
     key: &dyn KeyHandle,
-    negotiated: Option<crate::token::pkcs11::Negotiated>,
+    negotiated: Option<sequester_custody::token::pkcs11::Negotiated>,
     global: &GlobalOpts,
     public_out: Option<&Path>,
 ) -> CommandResult {
@@ -178,7 +178,7 @@ fn print_any_key(
 }
 
 /// One line: hardened, or UNSAFE and refused.
-pub(super) fn custody_verdict(p: &crate::token::Provenance) -> String {
+pub(super) fn custody_verdict(p: &sequester_custody::token::Provenance) -> String {
     if p.weaknesses.is_empty() {
         "hardened: not extractable, not modifiable, no sign-recover".into()
     } else if token::unsafe_keys_allowed() {
@@ -197,8 +197,8 @@ pub(super) fn custody_verdict(p: &crate::token::Provenance) -> String {
 
 fn print_key_text(
     info: &KeyInfo,
-    token: &crate::token::TokenDescription,
-    negotiated: Option<&crate::token::pkcs11::Negotiated>,
+    token: &sequester_custody::token::TokenDescription,
+    negotiated: Option<&sequester_custody::token::pkcs11::Negotiated>,
 ) {
     println!("key:         {}", info.label);
     println!("uri:         {}", info.uri);

@@ -12,15 +12,15 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use super::{CommandResult, GlobalOpts};
-use crate::export::anchor::{self, AnchorInputs, TrustReport};
-use crate::export::extract::{self, CustodyRecord, ExtractOptions, Progress};
-use crate::export::walk::{self, Walk, WalkProblem, WalkStep};
-use crate::export::{
+use sequester_custody::export::anchor::{self, AnchorInputs, TrustReport};
+use sequester_custody::export::extract::{self, CustodyRecord, ExtractOptions, Progress};
+use sequester_custody::export::walk::{self, Walk, WalkProblem, WalkStep};
+use sequester_custody::export::{
     parallel, parse_id, terminal, timeline, verify, EntryVersion, ExportFile, OpenOptions, Realm,
     UnlockOptions, VersionContent,
 };
-use crate::parsec::manifest::Manifest;
-use crate::parsec::DateTime;
+use sequester_custody::parsec::manifest::Manifest;
+use sequester_custody::parsec::DateTime;
 
 /// The trust anchor (shared by every export command and `mount`): what the export's root key must
 /// match. A pin recorded with `org pin` for the export's organisation is used as well.
@@ -282,9 +282,9 @@ fn unlock(
         .map_err(anyhow::Error::msg)?;
     // Checked before touching the token: a non-sequestered export needs no PIN.
     if export.sequester_topic()?.is_none() {
-        return Err(crate::export::ExportError::NotSequestered.into());
+        return Err(sequester_custody::export::ExportError::NotSequestered.into());
     }
-    let key = crate::token::open_key(&args.key).context("opening the service key")?;
+    let key = sequester_custody::token::open_key(&args.key).context("opening the service key")?;
     let key_opened = started.elapsed();
     let realm = export.unlock(key.as_ref(), &UnlockOptions { service_id })?;
     if global.verbose > 0 && !global.json {
@@ -692,7 +692,7 @@ fn ls(
     let path = normalize(path);
     let start = match realm.resolve(&path, t) {
         Ok(v) => v,
-        Err(crate::export::ExportError::NoSuchPath(_)) if path == "/" => {
+        Err(sequester_custody::export::ExportError::NoSuchPath(_)) if path == "/" => {
             let first = realm.file().time_range()?.map(|(a, _)| a);
             bail!(
                 "the workspace did not exist yet at {t}{}",
@@ -891,7 +891,7 @@ fn cat(
         print_json(&json!({
             "context": context_json(&realm, &trust, t),
             "entry": entry_json(&realm, &path, &v),
-            "sha256": crate::crypto::sha256_hex(&data),
+            "sha256": sequester_custody::crypto::sha256_hex(&data),
             "content_base64": base64::engine::general_purpose::STANDARD.encode(&data),
         }))?;
         return Ok(ExitCode::SUCCESS);
@@ -1023,7 +1023,7 @@ fn timeline_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> 
             writeln!(o, "{}", terminal::escape(&line))
         };
         n += 1;
-        written.map_err(|e| crate::export::ExportError::Io(format!("cannot write: {e}")))
+        written.map_err(|e| sequester_custody::export::ExportError::Io(format!("cannot write: {e}")))
     });
     streamed?;
     if global.json {
@@ -1290,7 +1290,7 @@ fn extract_cmd(
     });
     let report = match extracted {
         Ok(r) => r,
-        Err(crate::export::ExportError::Interrupted) => {
+        Err(sequester_custody::export::ExportError::Interrupted) => {
             bar.finish();
             eprintln!("interrupted: nothing was written to {}", dest.display());
             return Ok(ExitCode::from(130));
@@ -1299,7 +1299,7 @@ fn extract_cmd(
     };
     let (export_sha256, export_size) = match hashed {
         Ok(Ok(h)) => h,
-        Ok(Err(crate::export::ExportError::Interrupted)) => {
+        Ok(Err(sequester_custody::export::ExportError::Interrupted)) => {
             // Ctrl-C after the extraction, while the export was still being hashed.
             let _ = std::fs::remove_dir_all(&dest);
             bar.finish();

@@ -9,16 +9,16 @@ use serde_json::json;
 
 use super::ceremony::{CeremonyArgs, Recorder};
 use super::{CommandResult, GlobalOpts};
-use crate::ceremony::journal::Journal;
-use crate::ceremony::plan::write_certificate;
-use crate::ceremony::sign::{self, RevocationRequest, ServiceCertificateRequest, SigningPolicy};
-use crate::ceremony::topic::{self, SequesterTopic};
-use crate::ceremony::transcript::KeyRecord;
-use crate::ceremony::CeremonyError;
-use crate::parsec::sequester::{SequesterCertificate, ServiceId};
-use crate::parsec::spki::{RsaPublicKeyDer, MIN_SIGNING_BITS};
-use crate::parsec::DateTime;
-use crate::token::open_key;
+use sequester_custody::ceremony::journal::Journal;
+use sequester_custody::ceremony::plan::write_certificate;
+use sequester_custody::ceremony::sign::{self, RevocationRequest, ServiceCertificateRequest, SigningPolicy};
+use sequester_custody::ceremony::topic::{self, SequesterTopic};
+use sequester_custody::ceremony::transcript::KeyRecord;
+use sequester_custody::ceremony::CeremonyError;
+use sequester_custody::parsec::sequester::{SequesterCertificate, ServiceId};
+use sequester_custody::parsec::spki::{RsaPublicKeyDer, MIN_SIGNING_BITS};
+use sequester_custody::parsec::DateTime;
+use sequester_custody::token::open_key;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum CertCommand {
@@ -179,7 +179,7 @@ fn load_journal(args: &SigningArgs) -> anyhow::Result<Option<(Journal, String)>>
             let path = args
                 .journal
                 .clone()
-                .unwrap_or_else(crate::ceremony::journal::default_path);
+                .unwrap_or_else(sequester_custody::ceremony::journal::default_path);
             Ok(Some((Journal::load(&path)?, org.clone())))
         }
     }
@@ -188,7 +188,7 @@ fn load_journal(args: &SigningArgs) -> anyhow::Result<Option<(Journal, String)>>
 /// The sequester topic of `--export`, checked against `--organization`.
 fn load_topic(
     args: &SigningArgs,
-    authority: &dyn crate::token::KeyHandle,
+    authority: &dyn sequester_custody::token::KeyHandle,
     rec: &mut Recorder,
 ) -> anyhow::Result<Option<SequesterTopic>> {
     let Some(path) = &args.export else {
@@ -240,7 +240,7 @@ fn sign_service(args: &ServiceArgs, rec: &mut Recorder) -> anyhow::Result<Writte
         uri: args
             .service_key
             .as_deref()
-            .map(crate::ceremony::transcript::redact_args_one),
+            .map(sequester_custody::ceremony::transcript::redact_args_one),
         label: None,
         bits: service_key.bits(),
         fingerprint: service_key.fingerprint(),
@@ -491,7 +491,7 @@ fn show(args: ShowArgs, global: &GlobalOpts) -> CommandResult {
 
 fn show_authority(
     args: &ShowArgs,
-    cert: &crate::parsec::sequester::AuthorityCertificate,
+    cert: &sequester_custody::parsec::sequester::AuthorityCertificate,
     verified: bool,
     matched_authority: bool,
     global: &GlobalOpts,

@@ -8,11 +8,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::{CommandResult, GlobalOpts};
-use crate::ceremony::plan::{self, KeyProvider, Plan, RunOptions, StepStatus};
-use crate::ceremony::sign::SigningPolicy;
-use crate::ceremony::transcript::{self, EntryContent, KeyRecord, Transcript};
-use crate::parsec::spki::{RsaPublicKeyDer, MIN_SIGNING_BITS};
-use crate::token::{KeyHandle, Role, TokenError};
+use sequester_custody::ceremony::plan::{self, KeyProvider, Plan, RunOptions, StepStatus};
+use sequester_custody::ceremony::sign::SigningPolicy;
+use sequester_custody::ceremony::transcript::{self, EntryContent, KeyRecord, Transcript};
+use sequester_custody::parsec::spki::{RsaPublicKeyDer, MIN_SIGNING_BITS};
+use sequester_custody::token::{KeyHandle, Role, TokenError};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum CeremonyCommand {
@@ -187,7 +187,7 @@ struct TokenProvider;
 
 impl KeyProvider for TokenProvider {
     fn open_key(&self, uri: &str) -> Result<Box<dyn KeyHandle>, TokenError> {
-        crate::token::open_key(uri)
+        sequester_custody::token::open_key(uri)
     }
 
     fn generate_key(
@@ -197,9 +197,9 @@ impl KeyProvider for TokenProvider {
         label: &str,
         bits: usize,
     ) -> Result<Box<dyn KeyHandle>, TokenError> {
-        crate::token::generate_key(
+        sequester_custody::token::generate_key(
             token_uri,
-            &crate::token::KeySpec {
+            &sequester_custody::token::KeySpec {
                 role,
                 label: label.to_string(),
                 bits,

@@ -10,9 +10,9 @@ use anyhow::{bail, Context};
 
 use super::export::KeyArgs;
 use super::{CommandResult, GlobalOpts};
-use crate::export::{parse_id, ExportFile, OpenOptions, UnlockOptions};
-use crate::mount::{self, Ended, FsOptions, MountOptions};
-use crate::parsec::DateTime;
+use sequester_custody::export::{parse_id, ExportFile, OpenOptions, UnlockOptions};
+use sequester_custody::mount::{self, Ended, FsOptions, MountOptions};
+use sequester_custody::parsec::DateTime;
 
 #[derive(Debug, clap::Args)]
 pub struct MountArgs {
@@ -50,7 +50,7 @@ pub fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
     }
     let trust = super::export::check_anchor(&export, &args.key.anchor, global)?;
     if export.sequester_topic()?.is_none() {
-        return Err(crate::export::ExportError::NotSequestered.into());
+        return Err(sequester_custody::export::ExportError::NotSequestered.into());
     }
     let service_id = args
         .key
@@ -60,7 +60,7 @@ pub fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let realm = {
-        let key = crate::token::open_key(&args.key.key).context("opening the service key")?;
+        let key = sequester_custody::token::open_key(&args.key.key).context("opening the service key")?;
         export.unlock(key.as_ref(), &UnlockOptions { service_id })?
         // The token session closes here: the mount never needs the token again.
     };
@@ -100,7 +100,7 @@ pub fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
     }
     let name = realm.realm_name_at(at).to_string();
     let realm_id = hex::encode(realm.realm_id());
-    let cores = crate::export::parallel::default_threads();
+    let cores = sequester_custody::export::parallel::default_threads();
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let opts = MountOptions {
@@ -129,7 +129,7 @@ pub fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
             // The workspace name is the export's: escaped for the terminal.
             println!(
                 "Mounted {} ({realm_id}) as of {at} at {}; Ctrl-C to unmount",
-                crate::export::terminal::escape(&name),
+                sequester_custody::export::terminal::escape(&name),
                 mountpoint.display()
             );
             println!(
@@ -155,7 +155,7 @@ pub fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let arenas = crate::export::parallel::default_threads().max(2);
+        let arenas = sequester_custody::export::parallel::default_threads().max(2);
         // SAFETY: mallopt only sets an allocator tunable; called before the mount's threads exist.
         unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas.min(64) as libc::c_int) };
     }

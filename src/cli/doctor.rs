@@ -12,10 +12,10 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use super::{CommandResult, GlobalOpts};
-use crate::ceremony::{journal, transcript};
-use crate::token::pkcs11::{self, module, registry};
-use crate::token::profile;
-use crate::token::uri::Pkcs11Uri;
+use sequester_custody::ceremony::{journal, transcript};
+use sequester_custody::token::pkcs11::{self, module, registry};
+use sequester_custody::token::profile;
+use sequester_custody::token::uri::Pkcs11Uri;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DoctorArgs {
@@ -324,7 +324,7 @@ fn token_check(uri: &str, label: &str) -> Check {
     let details = pkcs11::token_details(&uri);
     match details {
         Ok(d) => {
-            let paths = |p: &[crate::token::MechanismPath]| {
+            let paths = |p: &[sequester_custody::token::MechanismPath]| {
                 if p.is_empty() {
                     "none".to_string()
                 } else {
