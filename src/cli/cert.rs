@@ -11,7 +11,9 @@ use super::ceremony::{CeremonyArgs, Recorder};
 use super::{CommandResult, GlobalOpts};
 use sequester_custody::ceremony::journal::Journal;
 use sequester_custody::ceremony::plan::write_certificate;
-use sequester_custody::ceremony::sign::{self, RevocationRequest, ServiceCertificateRequest, SigningPolicy};
+use sequester_custody::ceremony::sign::{
+    self, RevocationRequest, ServiceCertificateRequest, SigningPolicy,
+};
 use sequester_custody::ceremony::topic::{self, SequesterTopic};
 use sequester_custody::ceremony::transcript::KeyRecord;
 use sequester_custody::ceremony::CeremonyError;
@@ -21,7 +23,7 @@ use sequester_custody::parsec::DateTime;
 use sequester_custody::token::open_key;
 
 #[derive(Debug, clap::Subcommand)]
-pub enum CertCommand {
+pub(crate) enum CertCommand {
     /// Sign a sequester service certificate with the authority key held on a token.
     Service(ServiceArgs),
     /// Sign a sequester service revocation certificate with the authority key on a token.
@@ -33,45 +35,45 @@ pub enum CertCommand {
 
 /// Options shared by the signing commands.
 #[derive(Debug, clap::Args)]
-pub struct SigningArgs {
+pub(crate) struct SigningArgs {
     /// The authority private key: `pkcs11:…;object=…` URI.
     #[arg(long)]
-    pub authority: String,
+    pub(crate) authority: String,
     /// Refuse to sign unless the token's authority key equals this public key (PEM).
     #[arg(long, value_name = "FILE")]
-    pub authority_public: Option<PathBuf>,
+    pub(crate) authority_public: Option<PathBuf>,
     /// Certificate timestamp (RFC 3339; default: now).
     #[arg(long)]
-    pub timestamp: Option<DateTime>,
+    pub(crate) timestamp: Option<DateTime>,
     /// Accept a timestamp more than 5 minutes in the future.
     #[arg(long)]
-    pub allow_future: bool,
+    pub(crate) allow_future: bool,
     /// Output file, or directory (Parsec's file name is used). Default: current directory.
     #[arg(short, long, value_name = "DIR|FILE")]
-    pub output: Option<PathBuf>,
+    pub(crate) output: Option<PathBuf>,
     /// Organisation the certificate is for: checks and updates the local journal of the last
     /// signed timestamp and the services signed.
     #[arg(long)]
-    pub organization: Option<String>,
+    pub(crate) organization: Option<String>,
     /// A realm export of the organisation: its sequester topic (verified with the authority
     /// key) gives the timestamp to exceed and, for revocations, the services that exist.
     #[arg(long, value_name = "EXPORT.sqlite")]
-    pub export: Option<PathBuf>,
+    pub(crate) export: Option<PathBuf>,
     /// Journal file (default: $XDG_STATE_HOME/sequester-custody/journal.json).
     #[arg(long, value_name = "FILE", requires = "organization")]
-    pub journal: Option<PathBuf>,
+    pub(crate) journal: Option<PathBuf>,
     /// TEST ONLY: accept keys down to this size, never below 1024 (the published Parsec fixture
     /// keys are 1024-bit).
     #[arg(long, hide = true)]
-    pub insecure_min_bits: Option<usize>,
+    pub(crate) insecure_min_bits: Option<usize>,
     #[command(flatten)]
-    pub ceremony: CeremonyArgs,
+    pub(crate) ceremony: CeremonyArgs,
 }
 
 #[derive(Debug, clap::Args)]
-pub struct ServiceArgs {
+pub(crate) struct ServiceArgs {
     #[command(flatten)]
-    pub signing: SigningArgs,
+    pub(crate) signing: SigningArgs,
     /// The service public key as a `BEGIN PUBLIC KEY` PEM file.
     #[arg(
         long,
@@ -79,45 +81,45 @@ pub struct ServiceArgs {
         conflicts_with = "service_key",
         required_unless_present = "service_key"
     )]
-    pub service_public_key: Option<PathBuf>,
+    pub(crate) service_public_key: Option<PathBuf>,
     /// Read the service public key from a key on a token (`pkcs11:` URI).
     #[arg(long, value_name = "URI")]
-    pub service_key: Option<String>,
+    pub(crate) service_key: Option<String>,
     /// Human name of the service (shown by Parsec clients).
     #[arg(long)]
-    pub label: String,
+    pub(crate) label: String,
     /// Service ID (32 hex digits or a UUID; default: random).
     #[arg(long)]
-    pub service_id: Option<ServiceId>,
+    pub(crate) service_id: Option<ServiceId>,
 }
 
 #[derive(Debug, clap::Args)]
-pub struct RevokeArgs {
+pub(crate) struct RevokeArgs {
     #[command(flatten)]
-    pub signing: SigningArgs,
+    pub(crate) signing: SigningArgs,
     /// The service to revoke.
     #[arg(long, required_unless_present = "service_certificate")]
-    pub service_id: Option<ServiceId>,
+    pub(crate) service_id: Option<ServiceId>,
     /// The service's certificate file (its ID is revoked; verified with --authority-public or
     /// the token's authority key).
     #[arg(long, value_name = "FILE", conflicts_with = "service_id")]
-    pub service_certificate: Option<PathBuf>,
+    pub(crate) service_certificate: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
-pub struct ShowArgs {
+pub(crate) struct ShowArgs {
     /// Certificate file (PEM).
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// Authority public key (PEM) to verify the signature with (for an authority certificate:
     /// to compare with the key it carries).
     #[arg(long, value_name = "FILE")]
-    pub authority_public: Option<PathBuf>,
+    pub(crate) authority_public: Option<PathBuf>,
     /// Organisation root verify key (64 hex digits) to verify a raw authority certificate.
     #[arg(long, value_name = "HEX")]
-    pub root_verify_key: Option<String>,
+    pub(crate) root_verify_key: Option<String>,
 }
 
-pub fn run(cmd: CertCommand, global: &GlobalOpts) -> CommandResult {
+pub(crate) fn run(cmd: CertCommand, global: &GlobalOpts) -> CommandResult {
     match cmd {
         CertCommand::Service(args) => service(args, global),
         CertCommand::Revoke(args) => revoke(args, global),

@@ -25,22 +25,22 @@ use sequester_custody::parsec::DateTime;
 /// The trust anchor (shared by every export command and `mount`): what the export's root key must
 /// match. A pin recorded with `org pin` for the export's organisation is used as well.
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct AnchorArgs {
+pub(crate) struct AnchorArgs {
     /// The organisation address as Parsec shows it (`parsec3://HOST/ORG?p=…`), obtained from the
     /// organisation out of band: the export must be of that organisation and root key.
     #[arg(long, value_name = "ADDR")]
-    pub org: Option<String>,
+    pub(crate) org: Option<String>,
     /// The organisation's root verify key, 64 hex digits, obtained out of band.
     #[arg(long, value_name = "HEX64")]
-    pub root_key: Option<String>,
+    pub(crate) root_key: Option<String>,
     /// Pin file (default: pins.json beside the ceremony journal,
     /// $XDG_STATE_HOME/sequester-custody/pins.json).
     #[arg(long, value_name = "FILE", env = "SEQUESTER_CUSTODY_PINS")]
-    pub pins: Option<PathBuf>,
+    pub(crate) pins: Option<PathBuf>,
 }
 
 impl AnchorArgs {
-    pub fn pin_path(&self) -> PathBuf {
+    pub(crate) fn pin_path(&self) -> PathBuf {
         self.pins.clone().unwrap_or_else(anchor::default_pin_path)
     }
 }
@@ -88,22 +88,22 @@ macro_rules! safe_println {
 
 /// Arguments shared by every command that reads content.
 #[derive(Debug, clap::Args)]
-pub struct KeyArgs {
+pub(crate) struct KeyArgs {
     /// The service private key on a token: `pkcs11:…` or `yubikey:…` URI.
     #[arg(long, env = "SEQUESTER_CUSTODY_KEY")]
-    pub key: String,
+    pub(crate) key: String,
     /// Service ID (32 hex digits), only when the token key matches several services.
     #[arg(long)]
-    pub service_id: Option<String>,
+    pub(crate) service_id: Option<String>,
     /// Read an export whose `*_done` flags are not all set.
     #[arg(long)]
-    pub allow_incomplete: bool,
+    pub(crate) allow_incomplete: bool,
     #[command(flatten)]
-    pub anchor: AnchorArgs,
+    pub(crate) anchor: AnchorArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]
-pub enum ExportCommand {
+pub(crate) enum ExportCommand {
     /// Organisation, realm, snapshot, sizes, completeness, sequester services and key indexes (no
     /// key needed).
     Info {
@@ -185,7 +185,7 @@ pub enum ExportCommand {
     Mount(super::mount::MountArgs),
 }
 
-pub fn run(cmd: ExportCommand, global: &GlobalOpts) -> CommandResult {
+pub(crate) fn run(cmd: ExportCommand, global: &GlobalOpts) -> CommandResult {
     match cmd {
         ExportCommand::Mount(args) => super::mount::run(args, global),
         ExportCommand::Info {
@@ -1023,7 +1023,8 @@ fn timeline_cmd(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -> 
             writeln!(o, "{}", terminal::escape(&line))
         };
         n += 1;
-        written.map_err(|e| sequester_custody::export::ExportError::Io(format!("cannot write: {e}")))
+        written
+            .map_err(|e| sequester_custody::export::ExportError::Io(format!("cannot write: {e}")))
     });
     streamed?;
     if global.json {

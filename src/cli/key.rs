@@ -13,17 +13,20 @@ use zeroize::Zeroizing;
 use sequester_custody::crypto::rsa_public;
 use sequester_custody::token::pkcs11::{keygen, pem_key, Pkcs11Key};
 use sequester_custody::token::uri::Pkcs11Uri;
-use sequester_custody::token::{self, KeyHandle, KeyInfo, KeySpec, MechanismPath, Role, TokenError};
+use sequester_custody::token::{
+    self, KeyHandle, KeyInfo, KeySpec, MechanismPath, Role, TokenError,
+};
 
 use super::ceremony::{recorded, CeremonyArgs, Recorder};
+use super::files::write_new_file;
 use super::token::mechanism_paths;
 use super::{CommandResult, GlobalOpts};
 
 /// Environment variable holding the passphrase of an encrypted key file for `key import`.
-pub const KEY_PASSPHRASE_ENV: &str = "SEQUESTER_CUSTODY_KEY_PASSPHRASE";
+pub(crate) const KEY_PASSPHRASE_ENV: &str = "SEQUESTER_CUSTODY_KEY_PASSPHRASE";
 
 #[derive(Debug, clap::Subcommand)]
-pub enum KeyCommand {
+pub(crate) enum KeyCommand {
     /// Generate an RSA key pair on a token for a role.
     Generate {
         /// `authority` (signs certificates) or `service` (decrypts realm exports).
@@ -134,15 +137,6 @@ struct TestReport {
     latency_ms_max: f64,
 }
 
-/// Writes `text` to a new file at `path` atomically (refuses to replace an existing file).
-pub(super) fn write_new_file(path: &Path, text: &str) -> anyhow::Result<()> {
-    Ok(sequester_custody::ceremony::files::write_atomic(
-        path,
-        text.as_bytes(),
-        false,
-    )?)
-}
-
 fn print_key(key: &Pkcs11Key, global: &GlobalOpts, public_out: Option<&Path>) -> CommandResult {
     print_any_key(key, Some(key.negotiated()), global, public_out)
 }
@@ -178,7 +172,7 @@ fn print_any_key(
 }
 
 /// One line: hardened, or UNSAFE and refused.
-pub(super) fn custody_verdict(p: &sequester_custody::token::Provenance) -> String {
+fn custody_verdict(p: &sequester_custody::token::Provenance) -> String {
     if p.weaknesses.is_empty() {
         "hardened: not extractable, not modifiable, no sign-recover".into()
     } else if token::unsafe_keys_allowed() {
@@ -264,7 +258,7 @@ fn millis(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-pub fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
+pub(crate) fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
     match cmd {
         KeyCommand::Generate {
             role,

@@ -15,23 +15,23 @@ use sequester_custody::mount::{self, Ended, FsOptions, MountOptions};
 use sequester_custody::parsec::DateTime;
 
 #[derive(Debug, clap::Args)]
-pub struct MountArgs {
+pub(crate) struct MountArgs {
     /// The realm export (opened read-only; never modified).
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// An existing, empty directory.
-    pub mountpoint: PathBuf,
+    pub(crate) mountpoint: PathBuf,
     #[command(flatten)]
-    pub key: KeyArgs,
+    pub(crate) key: KeyArgs,
     /// Time of interest shown at the mount root (RFC 3339); default: the snapshot time. Any
     /// other instant is under `/.history/<RFC3339>/`.
     #[arg(long)]
-    pub at: Option<String>,
+    pub(crate) at: Option<String>,
     /// FUSE request threads (default: 2 x cores, at least 4).
     #[arg(long)]
-    pub threads: Option<usize>,
+    pub(crate) threads: Option<usize>,
 }
 
-pub fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
+pub(crate) fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
     limit_malloc_arenas();
     // Checked before the token: a bad mount point must not cost a PIN entry.
     mount::check_mount_point(&args.mountpoint)?;
@@ -60,7 +60,8 @@ pub fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let realm = {
-        let key = sequester_custody::token::open_key(&args.key.key).context("opening the service key")?;
+        let key =
+            sequester_custody::token::open_key(&args.key.key).context("opening the service key")?;
         export.unlock(key.as_ref(), &UnlockOptions { service_id })?
         // The token session closes here: the mount never needs the token again.
     };

@@ -9,7 +9,7 @@ use super::{CommandResult, GlobalOpts};
 use sequester_custody::export::anchor::{self, OrganizationAddr, PinStore};
 
 #[derive(Debug, clap::Subcommand)]
-pub enum OrgCommand {
+pub(crate) enum OrgCommand {
     /// Record the root verify key of an organisation from its address (`parsec3://HOST/ORG?p=…`),
     /// obtained from the organisation out of band. Every later export of that organisation ID
     /// must carry that root key, or is refused.
@@ -38,7 +38,7 @@ fn load(pins: Option<PathBuf>) -> anyhow::Result<PinStore> {
     )?)
 }
 
-pub fn run(cmd: OrgCommand, global: &GlobalOpts) -> CommandResult {
+pub(crate) fn run(cmd: OrgCommand, global: &GlobalOpts) -> CommandResult {
     match cmd {
         OrgCommand::Pin { address, pins } => {
             let addr = OrganizationAddr::parse(address.trim())?;

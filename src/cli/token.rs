@@ -10,7 +10,7 @@ use sequester_custody::token::{yubikey, TokenError};
 use super::{CommandResult, GlobalOpts};
 
 #[derive(Debug, clap::Subcommand)]
-pub enum TokenCommand {
+pub(crate) enum TokenCommand {
     /// Modules of the HSM profiles that are installed, their tokens, flags and free slots; and
     /// the YubiKeys reachable over PC/SC (native `yubikey:` backend).
     List {
@@ -26,7 +26,7 @@ pub enum TokenCommand {
     },
 }
 
-pub fn run(cmd: TokenCommand, global: &GlobalOpts) -> CommandResult {
+pub(crate) fn run(cmd: TokenCommand, global: &GlobalOpts) -> CommandResult {
     match cmd {
         TokenCommand::List { modules } => {
             let listing = list_modules(&modules)?;
