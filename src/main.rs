@@ -16,7 +16,8 @@ struct Cli {
     /// Machine-readable JSON on stdout.
     #[arg(long, global = true)]
     json: bool,
-    /// More detail (mechanism paths, timings); repeat for debug output.
+    /// More detail (mechanisms, timings, key attributes); `-vv` adds debug lines to
+    /// `export mount` (inode table size).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
     #[command(subcommand)]

@@ -28,15 +28,15 @@ pub(crate) enum CertCommand {
     Service(ServiceArgs),
     /// Sign a sequester service revocation certificate with the authority key on a token.
     Revoke(RevokeArgs),
-    /// Decode and print a service or revocation certificate file; verify it with
-    /// --authority-public.
+    /// Decode and print a sequester service, revocation or authority certificate file; verify
+    /// it with --authority-public (--root-verify-key for a raw authority certificate).
     Show(ShowArgs),
 }
 
 /// Options shared by the signing commands.
 #[derive(Debug, clap::Args)]
 pub(crate) struct SigningArgs {
-    /// The authority private key: `pkcs11:…;object=…` URI.
+    /// The authority private key: `pkcs11:…;object=…` or `yubikey:serial=…;slot=…` URI.
     #[arg(long)]
     pub(crate) authority: String,
     /// Refuse to sign unless the token's authority key equals this public key (PEM).
@@ -82,7 +82,7 @@ pub(crate) struct ServiceArgs {
         required_unless_present = "service_key"
     )]
     pub(crate) service_public_key: Option<PathBuf>,
-    /// Read the service public key from a key on a token (`pkcs11:` URI).
+    /// Read the service public key from a key on a token (`pkcs11:` or `yubikey:` URI).
     #[arg(long, value_name = "URI")]
     pub(crate) service_key: Option<String>,
     /// Human name of the service (shown by Parsec clients).
@@ -108,7 +108,7 @@ pub(crate) struct RevokeArgs {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ShowArgs {
-    /// Certificate file (PEM).
+    /// Certificate file: Parsec PEM, or the raw signed bytes.
     pub(crate) file: PathBuf,
     /// Authority public key (PEM) to verify the signature with (for an authority certificate:
     /// to compare with the key it carries).

@@ -1,4 +1,4 @@
-//! `export` commands: read a realm export through the token (issue 4).
+//! `export` commands: read a realm export through the token.
 //!
 //! Output: human text on stdout (file content only for `cat`), context and warnings on stderr;
 //! `--json` puts one JSON document on stdout.
@@ -107,7 +107,9 @@ pub(crate) enum ExportCommand {
     /// Organisation, realm, snapshot, sizes, completeness, sequester services and key indexes (no
     /// key needed).
     Info {
+        /// The realm export (opened read-only; never modified).
         file: PathBuf,
+        /// Read an export whose `*_done` flags are not all set.
         #[arg(long)]
         allow_incomplete: bool,
         #[command(flatten)]
@@ -117,12 +119,14 @@ pub(crate) enum ExportCommand {
     /// wrong AND the root key is anchored (pin, --org or --root-key); 2 = problems found, 3 =
     /// consistent but not anchored, 4 = the anchor does not match.
     Verify {
+        /// The realm export (opened read-only; never modified).
         file: PathBuf,
         #[command(flatten)]
         key: KeyArgs,
     },
     /// List a folder as it was at T.
     Ls {
+        /// The realm export (opened read-only; never modified).
         file: PathBuf,
         /// Folder (or file) path inside the workspace; default `/`.
         path: Option<String>,
@@ -140,16 +144,21 @@ pub(crate) enum ExportCommand {
     },
     /// Write a file's content at T to stdout.
     Cat {
+        /// The realm export (opened read-only; never modified).
         file: PathBuf,
+        /// File path inside the workspace.
         path: String,
         #[command(flatten)]
         key: KeyArgs,
+        /// Time of interest (RFC 3339); default: the snapshot time.
         #[arg(long)]
         at: Option<String>,
     },
     /// Every version of an entry (found by its path at T, or `id:<hex>`).
     History {
+        /// The realm export (opened read-only; never modified).
         file: PathBuf,
+        /// Path inside the workspace, or `id:<32 hex digits>` (the entry ID).
         path: String,
         #[command(flatten)]
         key: KeyArgs,
@@ -159,18 +168,22 @@ pub(crate) enum ExportCommand {
     },
     /// Every change in time order.
     Timeline {
+        /// The realm export (opened read-only; never modified).
         file: PathBuf,
         #[command(flatten)]
         key: KeyArgs,
     },
     /// Write the tree at T to DEST (atomically) and DEST.custody.json beside it.
     Extract {
+        /// The realm export (opened read-only; never modified).
         file: PathBuf,
+        /// New destination folder (must not exist).
         dest: PathBuf,
         /// Sub-tree to extract; default `/`.
         path: Option<String>,
         #[command(flatten)]
         key: KeyArgs,
+        /// Time of interest (RFC 3339); default: the snapshot time.
         #[arg(long)]
         at: Option<String>,
         /// Worker threads decrypting blocks (default: all cores).

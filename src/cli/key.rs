@@ -38,7 +38,8 @@ pub(crate) enum KeyCommand {
         /// Modulus size: 2048, 3072 or 4096.
         #[arg(long, default_value_t = token::DEFAULT_KEY_BITS)]
         bits: usize,
-        /// The token: `pkcs11:token=…?module-path=…`.
+        /// The token: `pkcs11:token=…?module-path=…`, or a YubiKey PIV slot
+        /// `yubikey:serial=…;slot=9c` (authority) / `slot=9d` (service).
         #[arg(long = "token", value_name = "URI")]
         token_uri: String,
         /// Write the public key (SPKI PEM, as Parsec loads it) to FILE.
@@ -56,13 +57,14 @@ pub(crate) enum KeyCommand {
     },
     /// List the RSA private keys on a token.
     List {
-        /// The token: `pkcs11:token=…?module-path=…`.
+        /// The token: `pkcs11:token=…?module-path=…` or `yubikey:serial=…`.
         #[arg(long = "token", value_name = "URI")]
         token_uri: String,
     },
     /// Show a key: public key (SPKI PEM), fingerprint, size, usage, provenance, mechanism paths.
     Show {
-        /// The key: `pkcs11:token=…;object=…;type=private?module-path=…`.
+        /// The key: `pkcs11:token=…;object=…;type=private?module-path=…` or
+        /// `yubikey:serial=…;slot=…`.
         uri: String,
         /// Also write the public key (SPKI PEM) to FILE.
         #[arg(long, value_name = "FILE")]
@@ -76,11 +78,13 @@ pub(crate) enum KeyCommand {
     /// sensitive, non-extractable token key. The passphrase of an encrypted key comes from
     /// --passphrase-file, SEQUESTER_CUSTODY_KEY_PASSPHRASE or a prompt.
     Import {
+        /// `authority` (signs certificates) or `service` (decrypts realm exports).
         #[arg(long)]
         role: Role,
+        /// Label (CKA_LABEL) of the imported key.
         #[arg(long)]
         label: String,
-        /// The token: `pkcs11:token=…?module-path=…`.
+        /// The PKCS#11 token: `pkcs11:token=…?module-path=…` (no import into a YubiKey).
         #[arg(long = "token", value_name = "URI")]
         token_uri: String,
         /// The PEM key file.
@@ -105,6 +109,7 @@ pub(crate) enum KeyCommand {
     /// Round trip through the token for the key's role (service: host OAEP encrypt, token
     /// decrypt; authority: token sign, host verify), with mechanism path and latency.
     Test {
+        /// The key: `pkcs11:…;object=…` or `yubikey:serial=…;slot=…`.
         uri: String,
         /// Number of operations to time.
         #[arg(long, default_value_t = 1)]

@@ -14,19 +14,26 @@ pub(crate) enum OrgCommand {
     /// obtained from the organisation out of band. Every later export of that organisation ID
     /// must carry that root key, or is refused.
     Pin {
+        /// The organisation address (`parsec3://HOST/ORG?p=…`).
         address: String,
-        /// Pin file (default: pins.json beside the ceremony journal).
+        /// Pin file (default: pins.json beside the ceremony journal,
+        /// $XDG_STATE_HOME/sequester-custody/pins.json).
         #[arg(long, value_name = "FILE", env = "SEQUESTER_CUSTODY_PINS")]
         pins: Option<PathBuf>,
     },
     /// List the pinned organisations.
     List {
+        /// Pin file (default: pins.json beside the ceremony journal,
+        /// $XDG_STATE_HOME/sequester-custody/pins.json).
         #[arg(long, value_name = "FILE", env = "SEQUESTER_CUSTODY_PINS")]
         pins: Option<PathBuf>,
     },
     /// Remove the pin of an organisation ID.
     Unpin {
+        /// The organisation ID, as `org list` shows it.
         organization_id: String,
+        /// Pin file (default: pins.json beside the ceremony journal,
+        /// $XDG_STATE_HOME/sequester-custody/pins.json).
         #[arg(long, value_name = "FILE", env = "SEQUESTER_CUSTODY_PINS")]
         pins: Option<PathBuf>,
     },
