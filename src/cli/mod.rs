@@ -11,7 +11,6 @@ mod files;
 pub(crate) mod generate;
 pub(crate) mod key;
 mod key_yubikey;
-pub(crate) mod mount;
 pub(crate) mod org;
 pub(crate) mod token;
 

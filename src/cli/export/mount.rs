@@ -8,11 +8,14 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
-use super::export::KeyArgs;
-use super::{CommandResult, GlobalOpts};
-use sequester_custody::export::{parse_id, ExportFile, OpenOptions, UnlockOptions};
+use sequester_custody::export::{parse_id, UnlockOptions};
 use sequester_custody::mount::{self, Ended, FsOptions, MountOptions};
 use sequester_custody::parsec::DateTime;
+
+use super::anchor::check_anchor;
+use super::options::KeyArgs;
+use super::unlock::open;
+use crate::cli::{CommandResult, GlobalOpts};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct MountArgs {
@@ -35,20 +38,8 @@ pub(crate) fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
     limit_malloc_arenas();
     // Checked before the token: a bad mount point must not cost a PIN entry.
     mount::check_mount_point(&args.mountpoint)?;
-    let export = ExportFile::open(
-        &args.file,
-        &OpenOptions {
-            allow_incomplete: args.key.allow_incomplete,
-        },
-    )?;
-    if !export.info().is_complete() {
-        eprintln!(
-            "WARNING: {} is a PARTIAL export (not done: {}); what follows may be missing data",
-            args.file.display(),
-            export.info().missing_parts().join(", ")
-        );
-    }
-    let trust = super::export::check_anchor(&export, &args.key.anchor, global)?;
+    let export = open(&args.file, args.key.allow_incomplete)?;
+    let trust = check_anchor(&export, &args.key.anchor, global)?;
     if export.sequester_topic()?.is_none() {
         return Err(sequester_custody::export::ExportError::NotSequestered.into());
     }
