@@ -1,5 +1,5 @@
 //! The `sequester-custody` binary: parses arguments, runs the command, prints errors.
-//! The commands live in [`cli`] (binary only); the work they do lives in the library.
+//! The commands live in `src/cli/` (binary only); the work they do lives in the library.
 
 use std::process::ExitCode;
 
