@@ -81,7 +81,7 @@ export SOFTHSM2_CONF="$token_dir/softhsm2.conf"
 key_uri="pkcs11:token=$label;object=bench-service;type=private?module-path=$module"
 
 # --- exports, keyed by parameters + writer source + service key -------------------------------
-writer_version="$(cat src/export/writer.rs src/export/writer/*.rs src/app/generate.rs \
+writer_version="$(cat src/export/writer.rs src/export/writer/*.rs src/cli/generate.rs \
   src/parsec/*.rs | sha256sum | cut -c1-16)"
 pub_digest="$(sha256sum < "$token_dir/service.pub.pem" | cut -c1-16)"
 generate() { # name, generate-export arguments...

@@ -7,9 +7,10 @@
 //! - [`export`]: the realm export reader (and a writer for tests and benchmarks).
 //! - [`mount`]: a read-only FUSE view of an export.
 //! - [`ceremony`]: key-ceremony transcript and plans.
-//! - [`app`]: command implementations used by the thin binary in `src/main.rs`.
+//!
+//! The command-line interface (clap commands and their output) is part of the binary only
+//! (`src/main.rs` and `src/cli/`), built on this library's public API.
 
-pub mod app;
 pub mod ceremony;
 pub mod crypto;
 pub mod export;

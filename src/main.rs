@@ -1,10 +1,12 @@
 //! The `sequester-custody` binary: parses arguments, runs the command, prints errors.
-//! All the work lives in the library (`sequester_custody::app` and below).
+//! The commands live in `src/cli/` (binary only); the work they do lives in the library.
 
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use sequester_custody::app::{self, GlobalOpts};
+mod cli;
+
+use cli::GlobalOpts;
 
 /// Parsec sequester keys in hardware: key ceremonies and realm export investigation through a
 /// PKCS#11 token or a YubiKey.
@@ -14,7 +16,8 @@ struct Cli {
     /// Machine-readable JSON on stdout.
     #[arg(long, global = true)]
     json: bool,
-    /// More detail (mechanism paths, timings); repeat for debug output.
+    /// More detail (mechanisms, timings, key attributes); `-vv` adds debug lines to
+    /// `export mount` (inode table size).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
     #[command(subcommand)]
@@ -25,35 +28,35 @@ struct Cli {
 enum Command {
     /// Tokens: list modules and tokens, show one.
     #[command(subcommand)]
-    Token(app::token::TokenCommand),
+    Token(cli::token::TokenCommand),
     /// Keys on tokens: generate, list, show, import, test.
     #[command(subcommand)]
-    Key(app::key::KeyCommand),
+    Key(cli::key::KeyCommand),
     /// Parsec sequester service and revocation certificates.
     #[command(subcommand)]
-    Cert(app::cert::CertCommand),
+    Cert(cli::cert::CertCommand),
     /// Ceremony transcripts and plans.
     #[command(subcommand)]
-    Ceremony(app::ceremony::CeremonyCommand),
+    Ceremony(cli::ceremony::CeremonyCommand),
     /// Read a realm export: info, verify, ls, cat, history, timeline, extract, mount.
     #[command(subcommand)]
-    Export(app::export::ExportCommand),
+    Export(cli::export::ExportCommand),
     /// Organisation trust anchors: pin, list and unpin root verify keys.
     #[command(subcommand)]
-    Org(app::org::OrgCommand),
+    Org(cli::org::OrgCommand),
     /// Check this machine: pcscd and readers, PKCS#11 modules and tokens, FUSE, clock, files.
-    Doctor(app::doctor::DoctorArgs),
+    Doctor(cli::doctor::DoctorArgs),
     /// Write a synthetic realm export (tests, benchmarks, demo).
     #[command(name = "generate-export", hide = true)]
-    GenerateExport(app::generate::GenerateArgs),
+    GenerateExport(cli::generate::GenerateArgs),
     /// Write the man pages and shell completions of this CLI (Debian package build).
     #[command(name = "generate-assets", hide = true)]
-    GenerateAssets(app::assets::AssetsArgs),
+    GenerateAssets(cli::assets::AssetsArgs),
 }
 
 fn main() -> ExitCode {
     restore_default_sigpipe();
-    if let Err(e) = app::forbid_core_dumps() {
+    if let Err(e) = cli::forbid_core_dumps() {
         eprintln!("warning: cannot disable core dumps: {e}");
     }
     let cli = Cli::parse();
@@ -62,15 +65,15 @@ fn main() -> ExitCode {
         verbose: cli.verbose,
     };
     let result = match cli.command {
-        Command::Token(cmd) => app::token::run(cmd, &global),
-        Command::Key(cmd) => app::key::run(cmd, &global),
-        Command::Cert(cmd) => app::cert::run(cmd, &global),
-        Command::Ceremony(cmd) => app::ceremony::run(cmd, &global),
-        Command::Export(cmd) => app::export::run(cmd, &global),
-        Command::Org(cmd) => app::org::run(cmd, &global),
-        Command::Doctor(args) => app::doctor::run(args, &global),
-        Command::GenerateExport(args) => app::generate::run(args, &global),
-        Command::GenerateAssets(args) => app::assets::run(args, Cli::command()),
+        Command::Token(cmd) => cli::token::run(cmd, &global),
+        Command::Key(cmd) => cli::key::run(cmd, &global),
+        Command::Cert(cmd) => cli::cert::run(cmd, &global),
+        Command::Ceremony(cmd) => cli::ceremony::run(cmd, &global),
+        Command::Export(cmd) => cli::export::run(cmd, &global),
+        Command::Org(cmd) => cli::org::run(cmd, &global),
+        Command::Doctor(args) => cli::doctor::run(args, &global),
+        Command::GenerateExport(args) => cli::generate::run(args, &global),
+        Command::GenerateAssets(args) => cli::assets::run(args, Cli::command()),
     };
     match result {
         Ok(code) => code,

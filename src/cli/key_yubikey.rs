@@ -1,4 +1,4 @@
-//! `key generate`, `key show` for `yubikey:` URIs (issue 6): the output of `key` for PIV
+//! `key generate`, `key show` for `yubikey:` URIs: the output of `key` for PIV
 //! keys, including the attestation verdict.
 
 use std::path::Path;
@@ -6,10 +6,11 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
+use super::files::write_new_file;
 use super::{CommandResult, GlobalOpts};
-use crate::crypto::rsa_public;
-use crate::token::yubikey::{self, attestation::AttestationReport, YubikeyKey};
-use crate::token::{KeyHandle, KeyInfo, KeySpec, TokenDescription};
+use sequester_custody::crypto::rsa_public;
+use sequester_custody::token::yubikey::{self, attestation::AttestationReport, YubikeyKey};
+use sequester_custody::token::{KeyHandle, KeyInfo, KeySpec, TokenDescription};
 
 #[derive(Serialize)]
 struct ShownYubikeyKey<'a> {
@@ -33,7 +34,7 @@ fn print(
 ) -> CommandResult {
     let pem = rsa_public::spki_pem(&info.spki_der);
     if let Some(path) = public_out {
-        super::key::write_new_file(path, &pem)?;
+        write_new_file(path, &pem)?;
     }
     let (fw0, fw1, fw2) = key.firmware();
     let firmware = format!("{fw0}.{fw1}.{fw2}");
@@ -93,7 +94,7 @@ fn print(
 }
 
 /// `key generate --token yubikey:…`.
-pub fn generate(
+pub(crate) fn generate(
     rec: &mut super::ceremony::Recorder,
     token_uri: &str,
     spec: &KeySpec,
@@ -116,7 +117,7 @@ pub fn generate(
 }
 
 /// `key show yubikey:…;slot=… [--attestation-root FILE]` (no PIN needed).
-pub fn show(
+pub(crate) fn show(
     uri: &str,
     attestation_root: Option<&Path>,
     global: &GlobalOpts,
@@ -131,9 +132,9 @@ pub fn show(
     if let Ok(report) = &attestation {
         // `info()` attested without the root; the verdict with the root is the one to show.
         info.provenance.verdict = if report.generated_on_device {
-            crate::token::ProvenanceVerdict::GeneratedOnToken
+            sequester_custody::token::ProvenanceVerdict::GeneratedOnToken
         } else {
-            crate::token::ProvenanceVerdict::Unknown
+            sequester_custody::token::ProvenanceVerdict::Unknown
         };
     }
     print(&key, &info, attestation, None, global, public_out)

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::{CommandResult, GlobalOpts};
-use crate::export::writer::scenario::{self, ServiceInput, Shape};
-use crate::export::writer::WriterConfig;
+use sequester_custody::export::writer::scenario::{self, ServiceInput, Shape};
+use sequester_custody::export::writer::WriterConfig;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ShapeName {

@@ -6,27 +6,34 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use super::{CommandResult, GlobalOpts};
-use crate::export::anchor::{self, OrganizationAddr, PinStore};
+use sequester_custody::export::anchor::{self, OrganizationAddr, PinStore};
 
 #[derive(Debug, clap::Subcommand)]
-pub enum OrgCommand {
+pub(crate) enum OrgCommand {
     /// Record the root verify key of an organisation from its address (`parsec3://HOST/ORG?p=…`),
     /// obtained from the organisation out of band. Every later export of that organisation ID
     /// must carry that root key, or is refused.
     Pin {
+        /// The organisation address (`parsec3://HOST/ORG?p=…`).
         address: String,
-        /// Pin file (default: pins.json beside the ceremony journal).
+        /// Pin file (default: pins.json beside the ceremony journal,
+        /// $XDG_STATE_HOME/sequester-custody/pins.json).
         #[arg(long, value_name = "FILE", env = "SEQUESTER_CUSTODY_PINS")]
         pins: Option<PathBuf>,
     },
     /// List the pinned organisations.
     List {
+        /// Pin file (default: pins.json beside the ceremony journal,
+        /// $XDG_STATE_HOME/sequester-custody/pins.json).
         #[arg(long, value_name = "FILE", env = "SEQUESTER_CUSTODY_PINS")]
         pins: Option<PathBuf>,
     },
     /// Remove the pin of an organisation ID.
     Unpin {
+        /// The organisation ID, as `org list` shows it.
         organization_id: String,
+        /// Pin file (default: pins.json beside the ceremony journal,
+        /// $XDG_STATE_HOME/sequester-custody/pins.json).
         #[arg(long, value_name = "FILE", env = "SEQUESTER_CUSTODY_PINS")]
         pins: Option<PathBuf>,
     },
@@ -38,7 +45,7 @@ fn load(pins: Option<PathBuf>) -> anyhow::Result<PinStore> {
     )?)
 }
 
-pub fn run(cmd: OrgCommand, global: &GlobalOpts) -> CommandResult {
+pub(crate) fn run(cmd: OrgCommand, global: &GlobalOpts) -> CommandResult {
     match cmd {
         OrgCommand::Pin { address, pins } => {
             let addr = OrganizationAddr::parse(address.trim())?;

@@ -12,21 +12,21 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use super::{CommandResult, GlobalOpts};
-use crate::ceremony::{journal, transcript};
-use crate::token::pkcs11::{self, module, registry};
-use crate::token::profile;
-use crate::token::uri::Pkcs11Uri;
+use sequester_custody::ceremony::{journal, transcript};
+use sequester_custody::token::pkcs11::{self, module, registry};
+use sequester_custody::token::profile;
+use sequester_custody::token::uri::Pkcs11Uri;
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct DoctorArgs {
+pub(crate) struct DoctorArgs {
     /// Also check this PKCS#11 module (repeatable).
     #[arg(long = "module", value_name = "PATH")]
-    pub modules: Vec<PathBuf>,
+    pub(crate) modules: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Ok,
     Warn,
     Fail,
@@ -34,14 +34,14 @@ pub enum Verdict {
 
 /// One check's result.
 #[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    pub verdict: Verdict,
+pub(crate) struct Check {
+    pub(crate) verdict: Verdict,
     /// Which area: pcscd, pkcs11, fuse, clock, profiles, journal, transcript.
-    pub area: &'static str,
+    pub(crate) area: &'static str,
     /// What was found.
-    pub what: String,
+    pub(crate) what: String,
     /// What to do about it (empty when nothing is to be done).
-    pub fix: String,
+    pub(crate) fix: String,
 }
 
 impl Check {
@@ -55,7 +55,7 @@ impl Check {
     }
 }
 
-pub fn run(args: DoctorArgs, global: &GlobalOpts) -> CommandResult {
+pub(crate) fn run(args: DoctorArgs, global: &GlobalOpts) -> CommandResult {
     let checks = checks(&args.modules);
     let failed = checks.iter().any(|c| c.verdict == Verdict::Fail);
     let mut out = std::io::stdout().lock();
@@ -84,7 +84,7 @@ pub fn run(args: DoctorArgs, global: &GlobalOpts) -> CommandResult {
 }
 
 /// Every check, in display order.
-pub fn checks(extra_modules: &[PathBuf]) -> Vec<Check> {
+pub(crate) fn checks(extra_modules: &[PathBuf]) -> Vec<Check> {
     let mut checks = Vec::new();
     checks.extend(pcscd());
     checks.extend(pkcs11_modules(extra_modules));
@@ -324,7 +324,7 @@ fn token_check(uri: &str, label: &str) -> Check {
     let details = pkcs11::token_details(&uri);
     match details {
         Ok(d) => {
-            let paths = |p: &[crate::token::MechanismPath]| {
+            let paths = |p: &[sequester_custody::token::MechanismPath]| {
                 if p.is_empty() {
                     "none".to_string()
                 } else {

@@ -8,49 +8,40 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
-use super::export::KeyArgs;
-use super::{CommandResult, GlobalOpts};
-use crate::export::{parse_id, ExportFile, OpenOptions, UnlockOptions};
-use crate::mount::{self, Ended, FsOptions, MountOptions};
-use crate::parsec::DateTime;
+use sequester_custody::export::{parse_id, UnlockOptions};
+use sequester_custody::mount::{self, Ended, FsOptions, MountOptions};
+use sequester_custody::parsec::DateTime;
+
+use super::anchor::check_anchor;
+use super::options::KeyArgs;
+use super::unlock::open;
+use crate::cli::{CommandResult, GlobalOpts};
 
 #[derive(Debug, clap::Args)]
-pub struct MountArgs {
+pub(crate) struct MountArgs {
     /// The realm export (opened read-only; never modified).
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// An existing, empty directory.
-    pub mountpoint: PathBuf,
+    pub(crate) mountpoint: PathBuf,
     #[command(flatten)]
-    pub key: KeyArgs,
+    pub(crate) key: KeyArgs,
     /// Time of interest shown at the mount root (RFC 3339); default: the snapshot time. Any
     /// other instant is under `/.history/<RFC3339>/`.
     #[arg(long)]
-    pub at: Option<String>,
+    pub(crate) at: Option<String>,
     /// FUSE request threads (default: 2 x cores, at least 4).
     #[arg(long)]
-    pub threads: Option<usize>,
+    pub(crate) threads: Option<usize>,
 }
 
-pub fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
+pub(crate) fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
     limit_malloc_arenas();
     // Checked before the token: a bad mount point must not cost a PIN entry.
     mount::check_mount_point(&args.mountpoint)?;
-    let export = ExportFile::open(
-        &args.file,
-        &OpenOptions {
-            allow_incomplete: args.key.allow_incomplete,
-        },
-    )?;
-    if !export.info().is_complete() {
-        eprintln!(
-            "WARNING: {} is a PARTIAL export (not done: {}); what follows may be missing data",
-            args.file.display(),
-            export.info().missing_parts().join(", ")
-        );
-    }
-    let trust = super::export::check_anchor(&export, &args.key.anchor, global)?;
+    let export = open(&args.file, args.key.allow_incomplete)?;
+    let trust = check_anchor(&export, &args.key.anchor, global)?;
     if export.sequester_topic()?.is_none() {
-        return Err(crate::export::ExportError::NotSequestered.into());
+        return Err(sequester_custody::export::ExportError::NotSequestered.into());
     }
     let service_id = args
         .key
@@ -60,7 +51,8 @@ pub fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let realm = {
-        let key = crate::token::open_key(&args.key.key).context("opening the service key")?;
+        let key =
+            sequester_custody::token::open_key(&args.key.key).context("opening the service key")?;
         export.unlock(key.as_ref(), &UnlockOptions { service_id })?
         // The token session closes here: the mount never needs the token again.
     };
@@ -100,7 +92,7 @@ pub fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
     }
     let name = realm.realm_name_at(at).to_string();
     let realm_id = hex::encode(realm.realm_id());
-    let cores = crate::export::parallel::default_threads();
+    let cores = sequester_custody::export::parallel::default_threads();
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let opts = MountOptions {
@@ -129,7 +121,7 @@ pub fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
             // The workspace name is the export's: escaped for the terminal.
             println!(
                 "Mounted {} ({realm_id}) as of {at} at {}; Ctrl-C to unmount",
-                crate::export::terminal::escape(&name),
+                sequester_custody::export::terminal::escape(&name),
                 mountpoint.display()
             );
             println!(
@@ -155,7 +147,7 @@ pub fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let arenas = crate::export::parallel::default_threads().max(2);
+        let arenas = sequester_custody::export::parallel::default_threads().max(2);
         // SAFETY: mallopt only sets an allocator tunable; called before the mount's threads exist.
         unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas.min(64) as libc::c_int) };
     }

@@ -10,20 +10,23 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::crypto::rsa_public;
-use crate::token::pkcs11::{keygen, pem_key, Pkcs11Key};
-use crate::token::uri::Pkcs11Uri;
-use crate::token::{self, KeyHandle, KeyInfo, KeySpec, MechanismPath, Role, TokenError};
+use sequester_custody::crypto::rsa_public;
+use sequester_custody::token::pkcs11::{keygen, pem_key, Pkcs11Key};
+use sequester_custody::token::uri::Pkcs11Uri;
+use sequester_custody::token::{
+    self, KeyHandle, KeyInfo, KeySpec, MechanismPath, Role, TokenError,
+};
 
 use super::ceremony::{recorded, CeremonyArgs, Recorder};
+use super::files::write_new_file;
 use super::token::mechanism_paths;
 use super::{CommandResult, GlobalOpts};
 
 /// Environment variable holding the passphrase of an encrypted key file for `key import`.
-pub const KEY_PASSPHRASE_ENV: &str = "SEQUESTER_CUSTODY_KEY_PASSPHRASE";
+pub(crate) const KEY_PASSPHRASE_ENV: &str = "SEQUESTER_CUSTODY_KEY_PASSPHRASE";
 
 #[derive(Debug, clap::Subcommand)]
-pub enum KeyCommand {
+pub(crate) enum KeyCommand {
     /// Generate an RSA key pair on a token for a role.
     Generate {
         /// `authority` (signs certificates) or `service` (decrypts realm exports).
@@ -35,7 +38,8 @@ pub enum KeyCommand {
         /// Modulus size: 2048, 3072 or 4096.
         #[arg(long, default_value_t = token::DEFAULT_KEY_BITS)]
         bits: usize,
-        /// The token: `pkcs11:token=…?module-path=…`.
+        /// The token: `pkcs11:token=…?module-path=…`, or a YubiKey PIV slot
+        /// `yubikey:serial=…;slot=9c` (authority) / `slot=9d` (service).
         #[arg(long = "token", value_name = "URI")]
         token_uri: String,
         /// Write the public key (SPKI PEM, as Parsec loads it) to FILE.
@@ -53,13 +57,14 @@ pub enum KeyCommand {
     },
     /// List the RSA private keys on a token.
     List {
-        /// The token: `pkcs11:token=…?module-path=…`.
+        /// The token: `pkcs11:token=…?module-path=…` or `yubikey:serial=…`.
         #[arg(long = "token", value_name = "URI")]
         token_uri: String,
     },
     /// Show a key: public key (SPKI PEM), fingerprint, size, usage, provenance, mechanism paths.
     Show {
-        /// The key: `pkcs11:token=…;object=…;type=private?module-path=…`.
+        /// The key: `pkcs11:token=…;object=…;type=private?module-path=…` or
+        /// `yubikey:serial=…;slot=…`.
         uri: String,
         /// Also write the public key (SPKI PEM) to FILE.
         #[arg(long, value_name = "FILE")]
@@ -73,11 +78,13 @@ pub enum KeyCommand {
     /// sensitive, non-extractable token key. The passphrase of an encrypted key comes from
     /// --passphrase-file, SEQUESTER_CUSTODY_KEY_PASSPHRASE or a prompt.
     Import {
+        /// `authority` (signs certificates) or `service` (decrypts realm exports).
         #[arg(long)]
         role: Role,
+        /// Label (CKA_LABEL) of the imported key.
         #[arg(long)]
         label: String,
-        /// The token: `pkcs11:token=…?module-path=…`.
+        /// The PKCS#11 token: `pkcs11:token=…?module-path=…` (no import into a YubiKey).
         #[arg(long = "token", value_name = "URI")]
         token_uri: String,
         /// The PEM key file.
@@ -102,6 +109,7 @@ pub enum KeyCommand {
     /// Round trip through the token for the key's role (service: host OAEP encrypt, token
     /// decrypt; authority: token sign, host verify), with mechanism path and latency.
     Test {
+        /// The key: `pkcs11:…;object=…` or `yubikey:serial=…;slot=…`.
         uri: String,
         /// Number of operations to time.
         #[arg(long, default_value_t = 1)]
@@ -116,8 +124,8 @@ struct ShownKey<'a> {
     #[serde(flatten)]
     info: &'a KeyInfo,
     public_key_pem: String,
-    token: crate::token::TokenDescription,
-    mechanisms: Option<crate::token::pkcs11::Negotiated>,
+    token: sequester_custody::token::TokenDescription,
+    mechanisms: Option<sequester_custody::token::pkcs11::Negotiated>,
 }
 
 #[derive(Serialize)]
@@ -134,15 +142,6 @@ struct TestReport {
     latency_ms_max: f64,
 }
 
-/// Writes `text` to a new file at `path` atomically (refuses to replace an existing file).
-pub(super) fn write_new_file(path: &Path, text: &str) -> anyhow::Result<()> {
-    Ok(crate::ceremony::files::write_atomic(
-        path,
-        text.as_bytes(),
-        false,
-    )?)
-}
-
 fn print_key(key: &Pkcs11Key, global: &GlobalOpts, public_out: Option<&Path>) -> CommandResult {
     print_any_key(key, Some(key.negotiated()), global, public_out)
 }
@@ -150,7 +149,7 @@ fn print_key(key: &Pkcs11Key, global: &GlobalOpts, public_out: Option<&Path>) ->
 /// Shows any backend's key; `negotiated` is known for PKCS#11 keys.
 fn print_any_key(
     key: &dyn KeyHandle,
-    negotiated: Option<crate::token::pkcs11::Negotiated>,
+    negotiated: Option<sequester_custody::token::pkcs11::Negotiated>,
     global: &GlobalOpts,
     public_out: Option<&Path>,
 ) -> CommandResult {
@@ -178,7 +177,7 @@ fn print_any_key(
 }
 
 /// One line: hardened, or UNSAFE and refused.
-pub(super) fn custody_verdict(p: &crate::token::Provenance) -> String {
+fn custody_verdict(p: &sequester_custody::token::Provenance) -> String {
     if p.weaknesses.is_empty() {
         "hardened: not extractable, not modifiable, no sign-recover".into()
     } else if token::unsafe_keys_allowed() {
@@ -197,8 +196,8 @@ pub(super) fn custody_verdict(p: &crate::token::Provenance) -> String {
 
 fn print_key_text(
     info: &KeyInfo,
-    token: &crate::token::TokenDescription,
-    negotiated: Option<&crate::token::pkcs11::Negotiated>,
+    token: &sequester_custody::token::TokenDescription,
+    negotiated: Option<&sequester_custody::token::pkcs11::Negotiated>,
 ) {
     println!("key:         {}", info.label);
     println!("uri:         {}", info.uri);
@@ -264,7 +263,7 @@ fn millis(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-pub fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
+pub(crate) fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
     match cmd {
         KeyCommand::Generate {
             role,

@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::token::pkcs11::{list_modules, token_details, ModuleListing};
-use crate::token::uri::Pkcs11Uri;
-use crate::token::{yubikey, TokenError};
+use sequester_custody::token::pkcs11::{list_modules, token_details, ModuleListing};
+use sequester_custody::token::uri::Pkcs11Uri;
+use sequester_custody::token::{yubikey, TokenError};
 
 use super::{CommandResult, GlobalOpts};
 
 #[derive(Debug, clap::Subcommand)]
-pub enum TokenCommand {
+pub(crate) enum TokenCommand {
     /// Modules of the HSM profiles that are installed, their tokens, flags and free slots; and
     /// the YubiKeys reachable over PC/SC (native `yubikey:` backend).
     List {
@@ -26,7 +26,7 @@ pub enum TokenCommand {
     },
 }
 
-pub fn run(cmd: TokenCommand, global: &GlobalOpts) -> CommandResult {
+pub(crate) fn run(cmd: TokenCommand, global: &GlobalOpts) -> CommandResult {
     match cmd {
         TokenCommand::List { modules } => {
             let listing = list_modules(&modules)?;
@@ -185,7 +185,7 @@ fn print_yubikeys(yubikeys: &Result<yubikey::CardListing, TokenError>) {
 }
 
 /// Mechanism paths in preference order, `a > b`, or `NONE`.
-pub(crate) fn mechanism_paths(v: &[crate::token::MechanismPath]) -> String {
+pub(crate) fn mechanism_paths(v: &[sequester_custody::token::MechanismPath]) -> String {
     if v.is_empty() {
         "NONE".to_string()
     } else {

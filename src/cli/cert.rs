@@ -9,69 +9,71 @@ use serde_json::json;
 
 use super::ceremony::{CeremonyArgs, Recorder};
 use super::{CommandResult, GlobalOpts};
-use crate::ceremony::journal::Journal;
-use crate::ceremony::plan::write_certificate;
-use crate::ceremony::sign::{self, RevocationRequest, ServiceCertificateRequest, SigningPolicy};
-use crate::ceremony::topic::{self, SequesterTopic};
-use crate::ceremony::transcript::KeyRecord;
-use crate::ceremony::CeremonyError;
-use crate::parsec::sequester::{SequesterCertificate, ServiceId};
-use crate::parsec::spki::{RsaPublicKeyDer, MIN_SIGNING_BITS};
-use crate::parsec::DateTime;
-use crate::token::open_key;
+use sequester_custody::ceremony::journal::Journal;
+use sequester_custody::ceremony::plan::write_certificate;
+use sequester_custody::ceremony::sign::{
+    self, RevocationRequest, ServiceCertificateRequest, SigningPolicy,
+};
+use sequester_custody::ceremony::topic::{self, SequesterTopic};
+use sequester_custody::ceremony::transcript::KeyRecord;
+use sequester_custody::ceremony::CeremonyError;
+use sequester_custody::parsec::sequester::{SequesterCertificate, ServiceId};
+use sequester_custody::parsec::spki::{RsaPublicKeyDer, MIN_SIGNING_BITS};
+use sequester_custody::parsec::DateTime;
+use sequester_custody::token::open_key;
 
 #[derive(Debug, clap::Subcommand)]
-pub enum CertCommand {
+pub(crate) enum CertCommand {
     /// Sign a sequester service certificate with the authority key held on a token.
     Service(ServiceArgs),
     /// Sign a sequester service revocation certificate with the authority key on a token.
     Revoke(RevokeArgs),
-    /// Decode and print a service or revocation certificate file; verify it with
-    /// --authority-public.
+    /// Decode and print a sequester service, revocation or authority certificate file; verify
+    /// it with --authority-public (--root-verify-key for a raw authority certificate).
     Show(ShowArgs),
 }
 
 /// Options shared by the signing commands.
 #[derive(Debug, clap::Args)]
-pub struct SigningArgs {
-    /// The authority private key: `pkcs11:…;object=…` URI.
+pub(crate) struct SigningArgs {
+    /// The authority private key: `pkcs11:…;object=…` or `yubikey:serial=…;slot=…` URI.
     #[arg(long)]
-    pub authority: String,
+    pub(crate) authority: String,
     /// Refuse to sign unless the token's authority key equals this public key (PEM).
     #[arg(long, value_name = "FILE")]
-    pub authority_public: Option<PathBuf>,
+    pub(crate) authority_public: Option<PathBuf>,
     /// Certificate timestamp (RFC 3339; default: now).
     #[arg(long)]
-    pub timestamp: Option<DateTime>,
+    pub(crate) timestamp: Option<DateTime>,
     /// Accept a timestamp more than 5 minutes in the future.
     #[arg(long)]
-    pub allow_future: bool,
+    pub(crate) allow_future: bool,
     /// Output file, or directory (Parsec's file name is used). Default: current directory.
     #[arg(short, long, value_name = "DIR|FILE")]
-    pub output: Option<PathBuf>,
+    pub(crate) output: Option<PathBuf>,
     /// Organisation the certificate is for: checks and updates the local journal of the last
     /// signed timestamp and the services signed.
     #[arg(long)]
-    pub organization: Option<String>,
+    pub(crate) organization: Option<String>,
     /// A realm export of the organisation: its sequester topic (verified with the authority
     /// key) gives the timestamp to exceed and, for revocations, the services that exist.
     #[arg(long, value_name = "EXPORT.sqlite")]
-    pub export: Option<PathBuf>,
+    pub(crate) export: Option<PathBuf>,
     /// Journal file (default: $XDG_STATE_HOME/sequester-custody/journal.json).
     #[arg(long, value_name = "FILE", requires = "organization")]
-    pub journal: Option<PathBuf>,
+    pub(crate) journal: Option<PathBuf>,
     /// TEST ONLY: accept keys down to this size, never below 1024 (the published Parsec fixture
     /// keys are 1024-bit).
     #[arg(long, hide = true)]
-    pub insecure_min_bits: Option<usize>,
+    pub(crate) insecure_min_bits: Option<usize>,
     #[command(flatten)]
-    pub ceremony: CeremonyArgs,
+    pub(crate) ceremony: CeremonyArgs,
 }
 
 #[derive(Debug, clap::Args)]
-pub struct ServiceArgs {
+pub(crate) struct ServiceArgs {
     #[command(flatten)]
-    pub signing: SigningArgs,
+    pub(crate) signing: SigningArgs,
     /// The service public key as a `BEGIN PUBLIC KEY` PEM file.
     #[arg(
         long,
@@ -79,45 +81,45 @@ pub struct ServiceArgs {
         conflicts_with = "service_key",
         required_unless_present = "service_key"
     )]
-    pub service_public_key: Option<PathBuf>,
-    /// Read the service public key from a key on a token (`pkcs11:` URI).
+    pub(crate) service_public_key: Option<PathBuf>,
+    /// Read the service public key from a key on a token (`pkcs11:` or `yubikey:` URI).
     #[arg(long, value_name = "URI")]
-    pub service_key: Option<String>,
+    pub(crate) service_key: Option<String>,
     /// Human name of the service (shown by Parsec clients).
     #[arg(long)]
-    pub label: String,
+    pub(crate) label: String,
     /// Service ID (32 hex digits or a UUID; default: random).
     #[arg(long)]
-    pub service_id: Option<ServiceId>,
+    pub(crate) service_id: Option<ServiceId>,
 }
 
 #[derive(Debug, clap::Args)]
-pub struct RevokeArgs {
+pub(crate) struct RevokeArgs {
     #[command(flatten)]
-    pub signing: SigningArgs,
+    pub(crate) signing: SigningArgs,
     /// The service to revoke.
     #[arg(long, required_unless_present = "service_certificate")]
-    pub service_id: Option<ServiceId>,
+    pub(crate) service_id: Option<ServiceId>,
     /// The service's certificate file (its ID is revoked; verified with --authority-public or
     /// the token's authority key).
     #[arg(long, value_name = "FILE", conflicts_with = "service_id")]
-    pub service_certificate: Option<PathBuf>,
+    pub(crate) service_certificate: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
-pub struct ShowArgs {
-    /// Certificate file (PEM).
-    pub file: PathBuf,
+pub(crate) struct ShowArgs {
+    /// Certificate file: Parsec PEM, or the raw signed bytes.
+    pub(crate) file: PathBuf,
     /// Authority public key (PEM) to verify the signature with (for an authority certificate:
     /// to compare with the key it carries).
     #[arg(long, value_name = "FILE")]
-    pub authority_public: Option<PathBuf>,
+    pub(crate) authority_public: Option<PathBuf>,
     /// Organisation root verify key (64 hex digits) to verify a raw authority certificate.
     #[arg(long, value_name = "HEX")]
-    pub root_verify_key: Option<String>,
+    pub(crate) root_verify_key: Option<String>,
 }
 
-pub fn run(cmd: CertCommand, global: &GlobalOpts) -> CommandResult {
+pub(crate) fn run(cmd: CertCommand, global: &GlobalOpts) -> CommandResult {
     match cmd {
         CertCommand::Service(args) => service(args, global),
         CertCommand::Revoke(args) => revoke(args, global),
@@ -179,7 +181,7 @@ fn load_journal(args: &SigningArgs) -> anyhow::Result<Option<(Journal, String)>>
             let path = args
                 .journal
                 .clone()
-                .unwrap_or_else(crate::ceremony::journal::default_path);
+                .unwrap_or_else(sequester_custody::ceremony::journal::default_path);
             Ok(Some((Journal::load(&path)?, org.clone())))
         }
     }
@@ -188,7 +190,7 @@ fn load_journal(args: &SigningArgs) -> anyhow::Result<Option<(Journal, String)>>
 /// The sequester topic of `--export`, checked against `--organization`.
 fn load_topic(
     args: &SigningArgs,
-    authority: &dyn crate::token::KeyHandle,
+    authority: &dyn sequester_custody::token::KeyHandle,
     rec: &mut Recorder,
 ) -> anyhow::Result<Option<SequesterTopic>> {
     let Some(path) = &args.export else {
@@ -240,7 +242,7 @@ fn sign_service(args: &ServiceArgs, rec: &mut Recorder) -> anyhow::Result<Writte
         uri: args
             .service_key
             .as_deref()
-            .map(crate::ceremony::transcript::redact_args_one),
+            .map(sequester_custody::ceremony::transcript::redact_args_one),
         label: None,
         bits: service_key.bits(),
         fingerprint: service_key.fingerprint(),
@@ -491,7 +493,7 @@ fn show(args: ShowArgs, global: &GlobalOpts) -> CommandResult {
 
 fn show_authority(
     args: &ShowArgs,
-    cert: &crate::parsec::sequester::AuthorityCertificate,
+    cert: &sequester_custody::parsec::sequester::AuthorityCertificate,
     verified: bool,
     matched_authority: bool,
     global: &GlobalOpts,

@@ -8,14 +8,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::{CommandResult, GlobalOpts};
-use crate::ceremony::plan::{self, KeyProvider, Plan, RunOptions, StepStatus};
-use crate::ceremony::sign::SigningPolicy;
-use crate::ceremony::transcript::{self, EntryContent, KeyRecord, Transcript};
-use crate::parsec::spki::{RsaPublicKeyDer, MIN_SIGNING_BITS};
-use crate::token::{KeyHandle, Role, TokenError};
+use sequester_custody::ceremony::plan::{self, KeyProvider, Plan, RunOptions, StepStatus};
+use sequester_custody::ceremony::sign::SigningPolicy;
+use sequester_custody::ceremony::transcript::{self, EntryContent, KeyRecord, Transcript};
+use sequester_custody::parsec::spki::{RsaPublicKeyDer, MIN_SIGNING_BITS};
+use sequester_custody::token::{KeyHandle, Role, TokenError};
 
 #[derive(Debug, clap::Subcommand)]
-pub enum CeremonyCommand {
+pub(crate) enum CeremonyCommand {
     /// Check a transcript's hash chain and print its head digest (write it on the paper record).
     Verify(VerifyArgs),
     /// Execute a ceremony plan (TOML) step by step, confirming each step.
@@ -23,49 +23,53 @@ pub enum CeremonyCommand {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct VerifyArgs {
+pub(crate) struct VerifyArgs {
     /// Transcript file (JSON lines).
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// The plan (TOML); relative paths in it are relative to its directory.
-    pub plan: PathBuf,
+    pub(crate) plan: PathBuf,
     /// Do not ask for confirmation before each step.
     #[arg(long)]
-    pub yes: bool,
+    pub(crate) yes: bool,
     /// Operator names (added to those in the plan).
     #[arg(long = "operator", value_name = "NAME")]
-    pub operators: Vec<String>,
+    pub(crate) operators: Vec<String>,
     /// Accept timestamps more than 5 minutes in the future.
     #[arg(long)]
-    pub allow_future: bool,
+    pub(crate) allow_future: bool,
     /// TEST ONLY: accept keys down to this size.
     #[arg(long, hide = true)]
-    pub insecure_min_bits: Option<usize>,
+    pub(crate) insecure_min_bits: Option<usize>,
 }
 
 /// Transcript options of the commands that use or create private keys.
 #[derive(Debug, Clone, clap::Args)]
-pub struct CeremonyArgs {
+pub(crate) struct CeremonyArgs {
     /// Ceremony transcript to append to (default: ./sequester-custody-transcript.jsonl).
     #[arg(long, value_name = "FILE", env = "SEQUESTER_CUSTODY_TRANSCRIPT")]
-    pub transcript: Option<PathBuf>,
+    pub(crate) transcript: Option<PathBuf>,
     /// Name of an operator present (repeatable); recorded in the transcript.
     #[arg(long = "operator", value_name = "NAME")]
-    pub operators: Vec<String>,
+    pub(crate) operators: Vec<String>,
 }
 
 /// Builds one transcript entry while a command runs, and appends it at the end (success or
 /// failure). Announces the transcript location on stderr.
-pub struct Recorder {
+pub(crate) struct Recorder {
     transcript: Transcript,
-    pub entry: EntryContent,
+    pub(crate) entry: EntryContent,
 }
 
 impl Recorder {
-    pub fn start(command: &str, args: &CeremonyArgs, _global: &GlobalOpts) -> anyhow::Result<Self> {
+    pub(crate) fn start(
+        command: &str,
+        args: &CeremonyArgs,
+        _global: &GlobalOpts,
+    ) -> anyhow::Result<Self> {
         let path = args
             .transcript
             .clone()
@@ -88,12 +92,12 @@ impl Recorder {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.transcript.path
     }
 
     /// Records the authority key and its token.
-    pub fn add_authority(&mut self, key: &dyn KeyHandle, uri: &str) {
+    pub(crate) fn add_authority(&mut self, key: &dyn KeyHandle, uri: &str) {
         self.entry.add_token(key.token());
         if let Ok(k) = RsaPublicKeyDer::from_der(key.public_key_spki()) {
             self.entry.keys.push(KeyRecord {
@@ -107,7 +111,7 @@ impl Recorder {
     }
 
     /// Records any key used or created (role `authority`, `service`, …) and its token.
-    pub fn add_key(&mut self, role: &str, key: &dyn KeyHandle) {
+    pub(crate) fn add_key(&mut self, role: &str, key: &dyn KeyHandle) {
         self.entry.add_token(key.token());
         if let Ok(k) = RsaPublicKeyDer::from_der(key.public_key_spki()) {
             let info = key.info().ok();
@@ -121,12 +125,12 @@ impl Recorder {
         }
     }
 
-    pub fn ok(&mut self) -> anyhow::Result<String> {
+    pub(crate) fn ok(&mut self) -> anyhow::Result<String> {
         self.entry.result = "ok".into();
         Ok(self.transcript.append(self.entry.clone())?)
     }
 
-    pub fn fail(&mut self, err: &anyhow::Error) -> anyhow::Result<String> {
+    pub(crate) fn fail(&mut self, err: &anyhow::Error) -> anyhow::Result<String> {
         self.entry.result = format!("failed: {err:#}");
         Ok(self.transcript.append(self.entry.clone())?)
     }
@@ -136,7 +140,7 @@ impl Recorder {
 /// body's value and the new head digest. For commands that create or use a private key, e.g.
 /// `key generate`: `recorded("key generate", &args.ceremony, global, |rec| { …;
 /// rec.add_key("authority", key.as_ref()); rec.entry.add_output(path)?; Ok(value) })`.
-pub fn recorded<T>(
+pub(crate) fn recorded<T>(
     command: &str,
     args: &CeremonyArgs,
     global: &GlobalOpts,
@@ -155,7 +159,7 @@ pub fn recorded<T>(
     }
 }
 
-pub fn run(cmd: CeremonyCommand, global: &GlobalOpts) -> CommandResult {
+pub(crate) fn run(cmd: CeremonyCommand, global: &GlobalOpts) -> CommandResult {
     match cmd {
         CeremonyCommand::Verify(args) => verify(args, global),
         CeremonyCommand::Run(args) => run_plan(args, global),
@@ -187,7 +191,7 @@ struct TokenProvider;
 
 impl KeyProvider for TokenProvider {
     fn open_key(&self, uri: &str) -> Result<Box<dyn KeyHandle>, TokenError> {
-        crate::token::open_key(uri)
+        sequester_custody::token::open_key(uri)
     }
 
     fn generate_key(
@@ -197,9 +201,9 @@ impl KeyProvider for TokenProvider {
         label: &str,
         bits: usize,
     ) -> Result<Box<dyn KeyHandle>, TokenError> {
-        crate::token::generate_key(
+        sequester_custody::token::generate_key(
             token_uri,
-            &crate::token::KeySpec {
+            &sequester_custody::token::KeySpec {
                 role,
                 label: label.to_string(),
                 bits,

@@ -14,14 +14,14 @@ use clap_complete::Shell;
 use super::CommandResult;
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct AssetsArgs {
+pub(crate) struct AssetsArgs {
     /// Directory to write `man/` and `completions/` into (created if missing).
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
 }
 
 /// Writes one man page per (non-hidden) command and subcommand, and the bash, zsh and fish
 /// completions, for `cmd` (the binary's `Cli::command()`).
-pub fn run(args: AssetsArgs, cmd: clap::Command) -> CommandResult {
+pub(crate) fn run(args: AssetsArgs, cmd: clap::Command) -> CommandResult {
     let man = args.dir.join("man");
     let completions = args.dir.join("completions");
     for dir in [&man, &completions] {

@@ -1,0 +1,13 @@
+//! Files the commands write for the user (public keys): shared by the `key` command and its
+//! YubiKey part, so neither imports the other.
+
+use std::path::Path;
+
+/// Writes `text` to a new file at `path` atomically (refuses to replace an existing file).
+pub(crate) fn write_new_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    Ok(sequester_custody::ceremony::files::write_atomic(
+        path,
+        text.as_bytes(),
+        false,
+    )?)
+}
