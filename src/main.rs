@@ -43,9 +43,6 @@ enum Command {
     Org(app::org::OrgCommand),
     /// Check this machine: pcscd and readers, PKCS#11 modules and tokens, FUSE, clock, files.
     Doctor(app::doctor::DoctorArgs),
-    /// Write a synthetic realm export (tests, benchmarks, demo).
-    #[command(name = "generate-export", hide = true)]
-    GenerateExport(app::generate::GenerateArgs),
     /// Write the man pages and shell completions of this CLI (Debian package build).
     #[command(name = "generate-assets", hide = true)]
     GenerateAssets(app::assets::AssetsArgs),
@@ -69,7 +66,6 @@ fn main() -> ExitCode {
         Command::Export(cmd) => app::export::run(cmd, &global),
         Command::Org(cmd) => app::org::run(cmd, &global),
         Command::Doctor(args) => app::doctor::run(args, &global),
-        Command::GenerateExport(args) => app::generate::run(args, &global),
         Command::GenerateAssets(args) => app::assets::run(args, Cli::command()),
     };
     match result {

@@ -7,7 +7,6 @@ pub mod ceremony;
 pub mod cert;
 pub mod doctor;
 pub mod export;
-pub mod generate;
 pub mod key;
 mod key_yubikey;
 pub mod mount;

@@ -48,19 +48,19 @@ pub use truth::{
     WriteStats,
 };
 
-use crate::crypto::symmetric::{
+use sequester_custody::crypto::symmetric::{
     derive_key, ed25519_public, ed25519_sign, secretbox_seal_with_nonce, CANARY_DERIVATION_ID,
     REALM_NAME_DERIVATION_ID,
 };
-use crate::parsec::device::{DeviceCertificate, Id, UserCertificate};
-use crate::parsec::envelope::wrap;
-use crate::parsec::manifest::{folder_manifest_msgpack, BlockAccess, FileManifest, ManifestHeader};
-use crate::parsec::realm::{
+use sequester_custody::parsec::device::{DeviceCertificate, Id, UserCertificate};
+use sequester_custody::parsec::envelope::wrap;
+use sequester_custody::parsec::manifest::{folder_manifest_msgpack, BlockAccess, FileManifest, ManifestHeader};
+use sequester_custody::parsec::realm::{
     KeyRotationCertificate, KeysBundle, KeysBundleAccess, NameCertificate, RoleCertificate,
 };
-use crate::parsec::sequester::{self, AuthorityCertificate, RevokedServiceCertificate};
-use crate::parsec::DateTime;
-use crate::token::KeyHandle;
+use sequester_custody::parsec::sequester::{self, AuthorityCertificate, RevokedServiceCertificate};
+use sequester_custody::parsec::DateTime;
+use sequester_custody::token::KeyHandle;
 use pool::Pool;
 use store::{Done, Store};
 
@@ -419,7 +419,7 @@ impl ExportWriter {
     pub fn revoke_user(&mut self, user: usize) -> Result<DateTime, WriterError> {
         let t = self.tick();
         let user_id = self.user(user)?.user_id;
-        let mut w = crate::parsec::msgpack::Writer::new();
+        let mut w = sequester_custody::parsec::msgpack::Writer::new();
         w.map(4)
             .field("type", |w| {
                 w.str("revoked_user_certificate");
