@@ -11,12 +11,10 @@ use rsa::{Oaep, RsaPrivateKey};
 use sequester_custody::crypto::symmetric::{
     derive_key, ed25519_verify, secretbox_open, CANARY_DERIVATION_ID, REALM_NAME_DERIVATION_ID,
 };
-use sequester_export_writer::scenario::{self, ServiceInput, Shape};
-use sequester_export_writer::{
-    Content, EntryKind, ExportWriter, GroundTruth, WriterConfig,
-};
 use sequester_custody::parsec::envelope::unwrap;
 use sequester_custody::parsec::msgpack::{as_uuid, decode, Map};
+use sequester_export_writer::scenario::{self, ServiceInput, Shape};
+use sequester_export_writer::{Content, EntryKind, ExportWriter, GroundTruth, WriterConfig};
 use sha2::{Digest, Sha256};
 
 fn test_key(seed: u64, bits: usize) -> RsaPrivateKey {

@@ -48,20 +48,22 @@ pub use truth::{
     WriteStats,
 };
 
+use pool::Pool;
 use sequester_custody::crypto::symmetric::{
     derive_key, ed25519_public, ed25519_sign, secretbox_seal_with_nonce, CANARY_DERIVATION_ID,
     REALM_NAME_DERIVATION_ID,
 };
 use sequester_custody::parsec::device::{DeviceCertificate, Id, UserCertificate};
 use sequester_custody::parsec::envelope::wrap;
-use sequester_custody::parsec::manifest::{folder_manifest_msgpack, BlockAccess, FileManifest, ManifestHeader};
+use sequester_custody::parsec::manifest::{
+    folder_manifest_msgpack, BlockAccess, FileManifest, ManifestHeader,
+};
 use sequester_custody::parsec::realm::{
     KeyRotationCertificate, KeysBundle, KeysBundleAccess, NameCertificate, RoleCertificate,
 };
 use sequester_custody::parsec::sequester::{self, AuthorityCertificate, RevokedServiceCertificate};
 use sequester_custody::parsec::DateTime;
 use sequester_custody::token::KeyHandle;
-use pool::Pool;
 use store::{Done, Store};
 
 /// Parsec's default block size.

@@ -207,10 +207,7 @@ fn run(args: GenerateArgs) -> anyhow::Result<()> {
 }
 
 /// Streams `value` as JSON to a temporary sibling of `path`, then renames it into place.
-fn write_json_atomic(
-    path: &std::path::Path,
-    value: &impl serde::Serialize,
-) -> anyhow::Result<()> {
+fn write_json_atomic(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     let dir = match path.parent() {
