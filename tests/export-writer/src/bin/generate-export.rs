@@ -2,6 +2,7 @@
 //! benchmarks and the demo. Not an investigation tool: the data is made up, and this binary is
 //! never shipped (`cargo run -p sequester-export-writer --bin generate-export -- --help`).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -179,8 +180,11 @@ fn run(args: GenerateArgs) -> anyhow::Result<()> {
         write_json_atomic(path, &truth)?;
     }
     let s = &truth.stats;
+    // writeln!, not println!: a closed stdout (`generate-export … | head`) is an error, not a panic.
+    let mut stdout = std::io::stdout().lock();
     if args.json {
-        println!(
+        writeln!(
+            stdout,
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "output": args.output,
@@ -188,9 +192,10 @@ fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 "snapshot": truth.snapshot,
                 "stats": s,
             }))?
-        );
+        )?;
     } else {
-        println!(
+        writeln!(
+            stdout,
             "Wrote {} (realm {}, snapshot {}): {} files, {:.1} MiB plaintext, {} blocks, {} manifests, {:.1} s ({:.0} MB/s)",
             args.output.display(),
             truth.realm_id,
@@ -201,14 +206,13 @@ fn run(args: GenerateArgs) -> anyhow::Result<()> {
             s.vlob_atoms,
             s.seconds,
             s.plaintext_bytes as f64 / 1e6 / s.seconds.max(1e-9)
-        );
+        )?;
     }
     Ok(())
 }
 
 /// Streams `value` as JSON to a temporary sibling of `path`, then renames it into place.
 fn write_json_atomic(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
-    use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
