@@ -1,4 +1,7 @@
-//! Realm export WRITER, for tests, benchmarks and demos (issue 4 §4).
+//! Synthetic realm export WRITER, for tests, benchmarks and the demo: a development-only
+//! workspace crate, never in the shipped binary or package. It uses only the public API of
+//! `sequester_custody` (the Parsec encoders of its `parsec` module and its crypto primitives), so
+//! what it writes is encoded by the same code the reader's decoders are tested against.
 //!
 //! Builds a valid Parsec realm export (schema v1, spec §5.2) of any size and shape, with its own
 //! organisation root key, users and Ed25519 devices, a sequester authority (a software RSA key or
