@@ -55,6 +55,7 @@ packages_ensure build runtime bench
 
 log "building (release)"
 cargo build --release --quiet --bin sequester-custody
+cargo build --release --quiet -p sequester-export-writer --bin generate-export
 cli="$CARGO_TARGET_DIR/release/sequester-custody"
 
 # --- token with the service key (cached with the exports that were encrypted to it) -----------
@@ -81,7 +82,7 @@ export SOFTHSM2_CONF="$token_dir/softhsm2.conf"
 key_uri="pkcs11:token=$label;object=bench-service;type=private?module-path=$module"
 
 # --- exports, keyed by parameters + writer source + service key -------------------------------
-writer_version="$(cat src/export/writer.rs src/export/writer/*.rs src/cli/generate.rs \
+writer_version="$(cat tests/export-writer/src/*.rs tests/export-writer/src/bin/*.rs \
   src/parsec/*.rs | sha256sum | cut -c1-16)"
 pub_digest="$(sha256sum < "$token_dir/service.pub.pem" | cut -c1-16)"
 generate() { # name, generate-export arguments...
@@ -92,7 +93,7 @@ generate() { # name, generate-export arguments...
   if [[ ! -s "$out" ]]; then
     log "generating $name export ($*) -> $out"
     # generate-export writes a temporary sibling and renames it: no half-written cache entry.
-    "$cli" generate-export "$out" --service-pubkey "$token_dir/service.pub.pem" "$@" >&2
+    "$CARGO_TARGET_DIR/release/generate-export" "$out" --service-pubkey "$token_dir/service.pub.pem" "$@" >&2
     # Older versions of this export (other writer or parameters) are stale: drop them.
     for old in "$cache/$name"-*.sqlite; do
       [[ "$old" == "$out" ]] || rm -f "$old"

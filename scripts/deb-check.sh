@@ -35,12 +35,18 @@ for f in ./usr/bin/sequester-custody \
          ./usr/share/doc/sequester-custody/README.md; do
   grep -qF "$f" <<<"$contents" || fail "$f missing from the package"
 done
+# Development tooling (the export writer's `generate-export`) never ships: one binary only.
+bins="$(grep -oE '\./usr/bin/[^/]+$' <<<"$contents" || true)"
+[[ "$bins" == "./usr/bin/sequester-custody" ]] || fail "unexpected binaries in the package: $bins"
 
 # Installed exactly as the README tells the investigator.
 cp "$deb" /tmp/
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall "/tmp/$(basename "$deb")" >&2
 installed=/usr/bin/sequester-custody
 "$installed" --version
+if "$installed" generate-export --help >/dev/null 2>&1; then
+  fail "the installed binary has a generate-export command"
+fi
 
 work="$(mktemp -d -t sequester-deb-XXXXXX)"
 trap 'rm -rf "$work"' EXIT

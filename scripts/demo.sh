@@ -31,7 +31,10 @@ packages_ensure build runtime demo
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
 
 cargo build --quiet --bin sequester-custody
+# The synthetic-export writer is a development-only workspace member, not part of the tool.
+cargo build --quiet -p sequester-export-writer --bin generate-export
 bin="$CARGO_TARGET_DIR/debug/sequester-custody"
+generate_export="$CARGO_TARGET_DIR/debug/generate-export"
 
 work="$(mktemp -d -t sequester-demo-XXXXXX)"
 mnt="$work/mnt"
@@ -92,7 +95,7 @@ run "$bin" ceremony verify "$work/transcript.jsonl"
 step "3a. A realm export whose sequester accesses are encrypted to the token's service key"
 # Synthetic data from the export writer (tests/benchmarks tool): rotations, renames, deletions,
 # and files encrypted with a key this service never receives.
-run "$bin" generate-export "$work/export.sqlite" --shape mixed \
+run "$generate_export" "$work/export.sqlite" --shape mixed \
     --service-pubkey "$work/service.pub.pem" --truth "$work/truth.json"
 sum_before="$(sha256sum "$work/export.sqlite" | cut -d' ' -f1)"
 

@@ -46,4 +46,9 @@ cargo build --all-targets
 if [[ ( ${#extra[@]} -eq 0 && -z "${SKIP_APT:-}" ) || -n "${DEB_CHECK:-}" ]]; then
   bash scripts/deb-check.sh
 fi
-cargo test --no-fail-fast "${extra[@]}" 2>&1
+if [[ ${#extra[@]} -eq 0 ]]; then
+  # Everything, with the development-only export writer crate's own tests (tests/export-writer).
+  cargo test --no-fail-fast --workspace 2>&1
+else
+  cargo test --no-fail-fast "${extra[@]}" 2>&1
+fi

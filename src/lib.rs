@@ -4,7 +4,8 @@
 //! - [`crypto`]: host-side primitives (secretbox, KDF, Ed25519, RSA padding done on the host).
 //! - [`token`]: the token abstraction ([`token::KeyHandle`]) and its backends (PKCS#11, YubiKey PIV).
 //! - [`parsec`]: Parsec's byte formats (data format v0, certificates, armor, PEM). Pure, no I/O.
-//! - [`export`]: the realm export reader (and a writer for tests and benchmarks).
+//! - [`export`]: the realm export reader (the synthetic-export writer for tests and benchmarks is
+//!   the development-only workspace crate `tests/export-writer`).
 //! - [`mount`]: a read-only FUSE view of an export.
 //! - [`ceremony`]: key-ceremony transcript and plans.
 //!

@@ -46,9 +46,6 @@ enum Command {
     Org(cli::org::OrgCommand),
     /// Check this machine: pcscd and readers, PKCS#11 modules and tokens, FUSE, clock, files.
     Doctor(cli::doctor::DoctorArgs),
-    /// Write a synthetic realm export (tests, benchmarks, demo).
-    #[command(name = "generate-export", hide = true)]
-    GenerateExport(cli::generate::GenerateArgs),
     /// Write the man pages and shell completions of this CLI (Debian package build).
     #[command(name = "generate-assets", hide = true)]
     GenerateAssets(cli::assets::AssetsArgs),
@@ -72,7 +69,6 @@ fn main() -> ExitCode {
         Command::Export(cmd) => cli::export::run(cmd, &global),
         Command::Org(cmd) => cli::org::run(cmd, &global),
         Command::Doctor(args) => cli::doctor::run(args, &global),
-        Command::GenerateExport(args) => cli::generate::run(args, &global),
         Command::GenerateAssets(args) => cli::assets::run(args, Cli::command()),
     };
     match result {

@@ -1,5 +1,5 @@
-//! Exports written by our writer (`export::writer`): same format as the real exports, and what
-//! the writer put in is what a reader gets out, at several instants.
+//! Exports written by our writer (`sequester_export_writer`, in tests/export-writer): same format
+//! as the real exports, and what the writer put in is what a reader gets out, at several instants.
 
 mod common;
 
@@ -11,12 +11,10 @@ use rsa::{Oaep, RsaPrivateKey};
 use sequester_custody::crypto::symmetric::{
     derive_key, ed25519_verify, secretbox_open, CANARY_DERIVATION_ID, REALM_NAME_DERIVATION_ID,
 };
-use sequester_custody::export::writer::scenario::{self, ServiceInput, Shape};
-use sequester_custody::export::writer::{
-    Content, EntryKind, ExportWriter, GroundTruth, WriterConfig,
-};
 use sequester_custody::parsec::envelope::unwrap;
 use sequester_custody::parsec::msgpack::{as_uuid, decode, Map};
+use sequester_export_writer::scenario::{self, ServiceInput, Shape};
+use sequester_export_writer::{Content, EntryKind, ExportWriter, GroundTruth, WriterConfig};
 use sha2::{Digest, Sha256};
 
 fn test_key(seed: u64, bits: usize) -> RsaPrivateKey {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use rsa::RsaPrivateKey;
-use sequester_custody::export::writer::forge::ForgedManifest;
-use sequester_custody::export::writer::{Content, ExportWriter, WriterConfig};
+use sequester_export_writer::forge::ForgedManifest;
+use sequester_export_writer::{Content, ExportWriter, WriterConfig};
 
 use mount_support::{fuse_available, Mount};
 

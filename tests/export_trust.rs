@@ -11,7 +11,7 @@ use std::process::Output;
 use common::{run_cli, stderr, stdout, SoftHsm};
 use rsa::RsaPrivateKey;
 use sequester_custody::export::anchor::{fingerprint, OrganizationAddr};
-use sequester_custody::export::writer::{Content, ExportWriter, WriterConfig};
+use sequester_export_writer::{Content, ExportWriter, WriterConfig};
 use serde_json::Value;
 
 const ORG: &str = "GeneratedOrg";

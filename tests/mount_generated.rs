@@ -13,10 +13,8 @@ use std::time::Duration;
 
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use rsa::RsaPrivateKey;
-use sequester_custody::export::writer::scenario::{self, ServiceInput};
-use sequester_custody::export::writer::{
-    Content, EntryKind, ExportWriter, GroundTruth, WriterConfig,
-};
+use sequester_export_writer::scenario::{self, ServiceInput};
+use sequester_export_writer::{Content, EntryKind, ExportWriter, GroundTruth, WriterConfig};
 use sha2::{Digest, Sha256};
 
 use mount_support::{fuse_available, wait_unmounted, Mount};

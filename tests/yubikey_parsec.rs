@@ -8,6 +8,8 @@ mod yubikey_common;
 use std::path::{Path, PathBuf};
 
 use common::{run_cli, stderr, stdout};
+use sequester_export_writer::scenario::{self, ServiceInput, Shape};
+use sequester_export_writer::WriterConfig;
 use yubikey_common::{Session, PIN};
 
 fn oracle_python() -> Option<PathBuf> {
@@ -172,25 +174,24 @@ fn certificate_signed_on_the_card_is_accepted_by_parsec_and_export_decrypts() {
 
     // A realm export for the card's service key: the 9d key decrypts the access rows.
     let export = dir.join("export.sqlite");
-    let truth_path = dir.join("truth.json");
-    let out = run_cli(
-        &[
-            "generate-export",
-            "--shape",
-            "small",
-            "--files",
-            "6",
-            "--folders",
-            "2",
-            "--service-pubkey",
-            service_pub.to_str().unwrap(),
-            "--truth",
-            truth_path.to_str().unwrap(),
-            export.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(out.status.success(), "generate-export: {}", stderr(&out));
+    let spki_der = pem::parse(std::fs::read(&service_pub).unwrap())
+        .unwrap()
+        .into_contents();
+    let shape = Shape::SmallFiles {
+        files: 6,
+        folders: 2,
+        min_size: 1 << 10,
+        max_size: 16 << 10,
+    };
+    let config = WriterConfig {
+        record_tree: true,
+        ..WriterConfig::default()
+    };
+    let services = [ServiceInput {
+        label: "Generated Service 1".into(),
+        spki_der,
+    }];
+    let truth = scenario::generate(&export, config, &shape, &services).expect("generate export");
     let before = common::file_sha256(&export);
     let dest = dir.join("extracted");
     let out = run_cli(
@@ -211,8 +212,7 @@ fn certificate_signed_on_the_card_is_accepted_by_parsec_and_export_decrypts() {
         "the export must stay byte-identical"
     );
 
-    let truth: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&truth_path).unwrap()).unwrap();
+    let truth = serde_json::to_value(&truth).unwrap();
     let last = truth["checkpoints"].as_array().unwrap().last().unwrap();
     let mut files = 0;
     for entry in last["entries"].as_array().unwrap() {

@@ -8,7 +8,6 @@ pub(crate) mod cert;
 pub(crate) mod doctor;
 pub(crate) mod export;
 mod files;
-pub(crate) mod generate;
 pub(crate) mod key;
 mod key_yubikey;
 pub(crate) mod org;

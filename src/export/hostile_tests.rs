@@ -1,6 +1,7 @@
 //! Hostile exports (issue 10 items 2 and 3): real SQLite exports made by the writer, with forged
-//! manifest versions (`writer::forge`), read through the library. Each operation must end
-//! quickly, report the forged entries as per-entry problems, and still give the valid rest.
+//! manifest versions (`sequester_export_writer::forge`), read through the library. Each
+//! operation must end quickly, report the forged entries as per-entry problems, and still give
+//! the valid rest.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -9,11 +10,13 @@ use std::time::Duration;
 use super::extract::{self, ExtractOptions, NoProgress, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE};
 use super::tests::SoftwareKey;
 use super::walk::{Walk, WalkRule, WalkStep, MAX_DEPTH};
-use super::writer::forge::ForgedManifest;
-use super::writer::{Content, ExportWriter, ServiceId, WriterConfig};
 use super::{timeline, verify, ExportFile, OpenOptions, Realm, UnlockOptions};
 use crate::parsec::device::Id;
 use crate::parsec::DateTime;
+// The writer (a dev-dependency) links its own copy of this library: only bytes, files, IDs and
+// instants (as microseconds) cross between the two.
+use sequester_export_writer::forge::ForgedManifest;
+use sequester_export_writer::{Content, ExportWriter, ServiceId, WriterConfig};
 
 const SERVICE1: &str = "sequester_service_1.00000000000000000000000000000001.private.pem";
 
@@ -555,7 +558,7 @@ fn time_is_bounded_even_at_other_instants() {
     // the good one and nothing is reported.
     let mut before = DateTime(0);
     let h = hostile(|w, root, mut children, _| {
-        before = w.now();
+        before = DateTime(w.now().0);
         children.push(("loop".into(), root));
         w.forge_manifest(root, root, ForgedManifest::Folder(children))
             .unwrap();

@@ -26,7 +26,6 @@ pub mod terminal;
 pub mod timeline;
 pub mod verify;
 pub mod walk;
-pub mod writer;
 
 pub use cache::LruCache;
 pub use chain::{Device, Organization, RealmCertificates, RealmName, RecoveryReport, User};

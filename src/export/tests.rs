@@ -236,8 +236,7 @@ fn realm_is_send_sync_and_reads_in_parallel() {
 
 #[test]
 fn extract_of_a_generated_export_with_multi_block_and_sparse_files() {
-    use crate::export::writer::content::Content;
-    use crate::export::writer::{ExportWriter, WriterConfig};
+    use sequester_export_writer::{Content, ExportWriter, WriterConfig};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("generated.sqlite");
     let key = SoftwareKey::from_fixture(SERVICE1);
@@ -272,7 +271,8 @@ fn extract_of_a_generated_export_with_multi_block_and_sparse_files() {
     for (p, c) in &contents {
         w.write_file(p, c.clone()).unwrap();
     }
-    let at = w.checkpoint("all").unwrap();
+    // The writer links its own copy of this library: its instants cross as microseconds.
+    let at = DateTime(w.checkpoint("all").unwrap().0);
     w.finish().unwrap();
 
     let file = ExportFile::open(&path, &OpenOptions::default()).unwrap();
@@ -450,10 +450,9 @@ fn open_and_unlock_never_read_manifests_or_blocks() {
 /// (certificate events, overwrites), and the last sync is the snapshot.
 fn careful_client_export(
     dir: &std::path::Path,
-    tamper: impl FnOnce(&mut crate::export::writer::ExportWriter),
+    tamper: impl FnOnce(&mut sequester_export_writer::ExportWriter),
 ) -> (Realm, DateTime) {
-    use crate::export::writer::content::Content;
-    use crate::export::writer::{ExportWriter, WriterConfig};
+    use sequester_export_writer::{Content, ExportWriter, WriterConfig};
     let path = dir.join("careful.sqlite");
     let key = SoftwareKey::from_fixture(SERVICE1);
     let config = WriterConfig {
@@ -473,7 +472,7 @@ fn careful_client_export(
     w.set_author(1);
     w.write_file("/bob.txt", Content::bytes(b"by bob".to_vec()))
         .unwrap();
-    let before = w.checkpoint("before").unwrap();
+    let before = DateTime(w.checkpoint("before").unwrap().0);
     tamper(&mut w);
     w.sync().unwrap();
     w.finish().unwrap();
@@ -493,7 +492,7 @@ fn invalid_reason(realm: &Realm, path: &str) -> Option<String> {
 
 #[test]
 fn a_manifest_by_a_revoked_user_after_revocation_is_invalid() {
-    use crate::export::writer::content::Content;
+    use sequester_export_writer::Content;
     let dir = tempfile::tempdir().unwrap();
     let (realm, before) = careful_client_export(dir.path(), |w| {
         w.revoke_user(1).unwrap();
@@ -517,7 +516,7 @@ fn a_manifest_by_a_revoked_user_after_revocation_is_invalid() {
 
 #[test]
 fn a_reader_role_author_or_a_user_without_role_cannot_write() {
-    use crate::export::writer::content::Content;
+    use sequester_export_writer::Content;
     let dir = tempfile::tempdir().unwrap();
     let (realm, _) = careful_client_export(dir.path(), |w| {
         w.set_realm_role(2, Some("READER")).unwrap();

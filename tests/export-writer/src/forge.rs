@@ -7,11 +7,13 @@
 use sha2::Sha256;
 
 use super::{new_id, secretbox_seal_with_nonce, ExportWriter, WriterError};
-use crate::crypto::symmetric::{derive_key, ed25519_sign};
-use crate::parsec::device::Id;
-use crate::parsec::envelope::wrap;
-use crate::parsec::manifest::{folder_manifest_msgpack, BlockAccess, FileManifest, ManifestHeader};
-use crate::parsec::DateTime;
+use sequester_custody::crypto::symmetric::{derive_key, ed25519_sign};
+use sequester_custody::parsec::device::Id;
+use sequester_custody::parsec::envelope::wrap;
+use sequester_custody::parsec::manifest::{
+    folder_manifest_msgpack, BlockAccess, FileManifest, ManifestHeader,
+};
+use sequester_custody::parsec::DateTime;
 
 use super::store::Done;
 

@@ -9,13 +9,13 @@ use rsa::{Oaep, RsaPrivateKey};
 use sha2::Sha256;
 
 use super::*;
-use crate::crypto::symmetric::{ed25519_public, secretbox_open};
-use crate::parsec::device::{type_of, DeviceCertificate, UserCertificate};
-use crate::parsec::manifest::Manifest;
-use crate::parsec::realm::{
+use sequester_custody::crypto::symmetric::{ed25519_public, secretbox_open};
+use sequester_custody::parsec::device::{type_of, DeviceCertificate, UserCertificate};
+use sequester_custody::parsec::manifest::Manifest;
+use sequester_custody::parsec::realm::{
     KeyRotationCertificate, KeysBundle, KeysBundleAccess, NameCertificate, RoleCertificate,
 };
-use crate::parsec::sequester::{
+use sequester_custody::parsec::sequester::{
     AuthorityCertificate, RevokedServiceCertificate, ServiceCertificate,
 };
 

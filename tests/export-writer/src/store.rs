@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use rusqlite::{params, Connection};
 
 use super::WriterError;
-use crate::parsec::device::Id;
+use sequester_custody::parsec::device::Id;
 
 /// Schema of a realm export, version 1 (spec §5.2). Column order, types, defaults and
 /// constraints are those of the server's exports; `tests/export_generated.rs` compares them

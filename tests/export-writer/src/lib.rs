@@ -1,4 +1,7 @@
-//! Realm export WRITER, for tests, benchmarks and demos (issue 4 §4).
+//! Synthetic realm export WRITER, for tests, benchmarks and the demo: a development-only
+//! workspace crate, never in the shipped binary or package. It uses only the public API of
+//! `sequester_custody` (the Parsec encoders of its `parsec` module and its crypto primitives), so
+//! what it writes is encoded by the same code the reader's decoders are tested against.
 //!
 //! Builds a valid Parsec realm export (schema v1, spec §5.2) of any size and shape, with its own
 //! organisation root key, users and Ed25519 devices, a sequester authority (a software RSA key or
@@ -48,20 +51,22 @@ pub use truth::{
     WriteStats,
 };
 
-use crate::crypto::symmetric::{
+use pool::Pool;
+use sequester_custody::crypto::symmetric::{
     derive_key, ed25519_public, ed25519_sign, secretbox_seal_with_nonce, CANARY_DERIVATION_ID,
     REALM_NAME_DERIVATION_ID,
 };
-use crate::parsec::device::{DeviceCertificate, Id, UserCertificate};
-use crate::parsec::envelope::wrap;
-use crate::parsec::manifest::{folder_manifest_msgpack, BlockAccess, FileManifest, ManifestHeader};
-use crate::parsec::realm::{
+use sequester_custody::parsec::device::{DeviceCertificate, Id, UserCertificate};
+use sequester_custody::parsec::envelope::wrap;
+use sequester_custody::parsec::manifest::{
+    folder_manifest_msgpack, BlockAccess, FileManifest, ManifestHeader,
+};
+use sequester_custody::parsec::realm::{
     KeyRotationCertificate, KeysBundle, KeysBundleAccess, NameCertificate, RoleCertificate,
 };
-use crate::parsec::sequester::{self, AuthorityCertificate, RevokedServiceCertificate};
-use crate::parsec::DateTime;
-use crate::token::KeyHandle;
-use pool::Pool;
+use sequester_custody::parsec::sequester::{self, AuthorityCertificate, RevokedServiceCertificate};
+use sequester_custody::parsec::DateTime;
+use sequester_custody::token::KeyHandle;
 use store::{Done, Store};
 
 /// Parsec's default block size.
@@ -419,7 +424,7 @@ impl ExportWriter {
     pub fn revoke_user(&mut self, user: usize) -> Result<DateTime, WriterError> {
         let t = self.tick();
         let user_id = self.user(user)?.user_id;
-        let mut w = crate::parsec::msgpack::Writer::new();
+        let mut w = sequester_custody::parsec::msgpack::Writer::new();
         w.map(4)
             .field("type", |w| {
                 w.str("revoked_user_certificate");

@@ -1,17 +1,19 @@
-//! `generate-export` (hidden): writes a synthetic realm export with the export writer, for tests,
-//! benchmarks and the demo. Not an investigation tool: the data is made up.
+//! `generate-export`: writes a synthetic realm export with the export writer, for tests,
+//! benchmarks and the demo. Not an investigation tool: the data is made up, and this binary is
+//! never shipped (`cargo run -p sequester-export-writer --bin generate-export -- --help`).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 
-use super::{CommandResult, GlobalOpts};
-use sequester_custody::export::writer::scenario::{self, ServiceInput, Shape};
-use sequester_custody::export::writer::WriterConfig;
+use clap::Parser;
+use sequester_export_writer::scenario::{self, ServiceInput, Shape};
+use sequester_export_writer::WriterConfig;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum ShapeName {
+enum ShapeName {
     /// Every reader path: rotations, renames, deletions, overwrites, partial readability.
     Mixed,
     /// Files of 4–64 MiB up to --size.
@@ -22,53 +24,58 @@ pub enum ShapeName {
     History,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct GenerateArgs {
+/// Write a synthetic Parsec realm export (tests, benchmarks, demo) and optionally its ground truth.
+#[derive(Debug, Parser)]
+#[command(name = "generate-export", version)]
+struct GenerateArgs {
+    /// Machine-readable JSON on stdout.
+    #[arg(long)]
+    json: bool,
     /// Output export file (written to a temporary sibling, then renamed).
-    pub output: PathBuf,
+    output: PathBuf,
     #[arg(long, value_enum, default_value = "mixed")]
-    pub shape: ShapeName,
+    shape: ShapeName,
     /// Public key of a sequester service (PEM `PUBLIC KEY` or SPKI DER file); repeat for more.
     /// With `mixed`, the first is the main service and the second a late, revoked one.
     #[arg(long = "service-pubkey", value_name = "FILE")]
-    pub service_pubkeys: Vec<PathBuf>,
+    service_pubkeys: Vec<PathBuf>,
     /// Where to write the ground truth (JSON).
     #[arg(long)]
-    pub truth: Option<PathBuf>,
+    truth: Option<PathBuf>,
     /// Approximate plaintext size for `large` (bytes; suffixes K, M, G accepted).
     #[arg(long, default_value = "1G", value_parser = parse_size)]
-    pub size: u64,
+    size: u64,
     /// Number of files (`small`, `history`; extra small files for `mixed`).
     #[arg(long)]
-    pub files: Option<usize>,
+    files: Option<usize>,
     #[arg(long, default_value_t = 3000)]
-    pub folders: usize,
+    folders: usize,
     /// Smallest file of `small` (bytes; suffixes K, M, G accepted).
     #[arg(long, default_value = "1K", value_parser = parse_size)]
-    pub min_file_size: u64,
+    min_file_size: u64,
     /// Largest file of `small` (the 1,000,000-entry benchmark export uses small files).
     #[arg(long, default_value = "16K", value_parser = parse_size)]
-    pub max_file_size: u64,
+    max_file_size: u64,
     #[arg(long, default_value_t = 50)]
-    pub versions: usize,
+    versions: usize,
     #[arg(long, default_value_t = 20)]
-    pub rotations: usize,
+    rotations: usize,
     /// Number of multi-MiB files for `mixed`.
     #[arg(long, default_value_t = 0)]
-    pub big_files: usize,
+    big_files: usize,
     #[arg(long, default_value = "512K", value_parser = parse_size)]
-    pub blocksize: u64,
+    blocksize: u64,
     #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    seed: u64,
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    threads: usize,
     /// Size of the generated authority RSA key.
     #[arg(long, default_value_t = 2048)]
-    pub authority_bits: usize,
+    authority_bits: usize,
 }
 
-pub fn parse_size(s: &str) -> Result<u64, String> {
+fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
         Some((i, _)) => {
@@ -106,7 +113,17 @@ fn read_spki(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-pub fn run(args: GenerateArgs, global: &GlobalOpts) -> CommandResult {
+fn main() -> ExitCode {
+    match run(GenerateArgs::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let services = args
         .service_pubkeys
         .iter()
@@ -163,8 +180,11 @@ pub fn run(args: GenerateArgs, global: &GlobalOpts) -> CommandResult {
         write_json_atomic(path, &truth)?;
     }
     let s = &truth.stats;
-    if global.json {
-        println!(
+    // writeln!, not println!: a closed stdout (`generate-export … | head`) is an error, not a panic.
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        writeln!(
+            stdout,
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "output": args.output,
@@ -172,9 +192,10 @@ pub fn run(args: GenerateArgs, global: &GlobalOpts) -> CommandResult {
                 "snapshot": truth.snapshot,
                 "stats": s,
             }))?
-        );
+        )?;
     } else {
-        println!(
+        writeln!(
+            stdout,
             "Wrote {} (realm {}, snapshot {}): {} files, {:.1} MiB plaintext, {} blocks, {} manifests, {:.1} s ({:.0} MB/s)",
             args.output.display(),
             truth.realm_id,
@@ -185,17 +206,13 @@ pub fn run(args: GenerateArgs, global: &GlobalOpts) -> CommandResult {
             s.vlob_atoms,
             s.seconds,
             s.plaintext_bytes as f64 / 1e6 / s.seconds.max(1e-9)
-        );
+        )?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Streams `value` as JSON to a temporary sibling of `path`, then renames it into place.
-pub fn write_json_atomic(
-    path: &std::path::Path,
-    value: &impl serde::Serialize,
-) -> anyhow::Result<()> {
-    use std::io::Write;
+fn write_json_atomic(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::parsec::DateTime;
+use sequester_custody::parsec::DateTime;
 
 fn ser_dt<S: serde::Serializer>(t: &DateTime, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&t.to_rfc3339())
