@@ -42,7 +42,11 @@ fn inner_sign() {
     if !in_isolated_child() {
         return;
     }
-    let key = open_key(&std::env::var("INNER_URI").unwrap()).unwrap();
+    let key = open_key(
+        &std::env::var("INNER_URI").unwrap(),
+        sequester_custody::token::interaction::non_interactive(),
+    )
+    .unwrap();
     let public = RsaPublicKey::from_public_key_der(key.public_key_spki()).unwrap();
     for message in [
         &b""[..],
@@ -79,7 +83,11 @@ fn inner_decrypt() {
     if !in_isolated_child() {
         return;
     }
-    let key = open_key(&std::env::var("INNER_URI").unwrap()).unwrap();
+    let key = open_key(
+        &std::env::var("INNER_URI").unwrap(),
+        sequester_custody::token::interaction::non_interactive(),
+    )
+    .unwrap();
     let expected_path = expect_path("INNER_EXPECT_PATH");
     let public = RsaPublicKey::from_public_key_der(key.public_key_spki()).unwrap();
     let secret: [u8; 32] = rand::random();
@@ -323,7 +331,11 @@ fn inner_v6() {
     if !in_isolated_child() {
         return;
     }
-    let key = open_key(&std::env::var("INNER_URI").unwrap()).unwrap();
+    let key = open_key(
+        &std::env::var("INNER_URI").unwrap(),
+        sequester_custody::token::interaction::non_interactive(),
+    )
+    .unwrap();
     let (plain, path) = key
         .decrypt_oaep_sha256(&hex::decode(V6_RSA_BLOCK).unwrap())
         .unwrap();

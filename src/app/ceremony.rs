@@ -187,7 +187,7 @@ struct TokenProvider;
 
 impl KeyProvider for TokenProvider {
     fn open_key(&self, uri: &str) -> Result<Box<dyn KeyHandle>, TokenError> {
-        crate::token::open_key(uri)
+        crate::token::open_key(uri, super::token::terminal())
     }
 
     fn generate_key(
@@ -206,6 +206,7 @@ impl KeyProvider for TokenProvider {
                 allow_insecure_test_size: false,
                 always_authenticate: false,
             },
+            super::token::terminal(),
         )
     }
 }

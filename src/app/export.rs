@@ -284,7 +284,8 @@ fn unlock(
     if export.sequester_topic()?.is_none() {
         return Err(crate::export::ExportError::NotSequestered.into());
     }
-    let key = crate::token::open_key(&args.key).context("opening the service key")?;
+    let key = crate::token::open_key(&args.key, super::token::terminal())
+        .context("opening the service key")?;
     let key_opened = started.elapsed();
     let realm = export.unlock(key.as_ref(), &UnlockOptions { service_id })?;
     if global.verbose > 0 && !global.json {

@@ -13,7 +13,10 @@ use zeroize::Zeroizing;
 use crate::crypto::rsa_public;
 use crate::token::pkcs11::{keygen, pem_key, Pkcs11Key};
 use crate::token::uri::Pkcs11Uri;
-use crate::token::{self, KeyHandle, KeyInfo, KeySpec, MechanismPath, Role, TokenError};
+use crate::token::{
+    self, Access, GeneratedKey, KeyHandle, KeyInfo, KeySpec, MechanismPath, OpenedKey, Role,
+    TokenError,
+};
 
 use super::ceremony::{recorded, CeremonyArgs, Recorder};
 use super::token::mechanism_paths;
@@ -293,7 +296,7 @@ pub fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
             Ok(code)
         }
         KeyCommand::List { token_uri } => {
-            let keys = token::list_keys(&token_uri)?;
+            let keys = token::list_keys(&token_uri, &super::token::TerminalInteraction)?;
             if global.json {
                 println!("{}", serde_json::to_string_pretty(&keys)?);
                 return Ok(ExitCode::SUCCESS);
@@ -323,23 +326,15 @@ pub fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
             uri,
             public_out,
             attestation_root,
-        } => {
-            if uri.starts_with("yubikey:") {
-                return super::key_yubikey::show(
-                    &uri,
-                    attestation_root.as_deref(),
-                    global,
-                    public_out.as_deref(),
-                );
-            }
-            if uri.starts_with("pkcs11:") {
-                let key = Pkcs11Key::open(&Pkcs11Uri::parse(&uri)?)?;
-                print_key(&key, global, public_out.as_deref())
-            } else {
-                let key = token::open_key(&uri)?;
-                print_any_key(key.as_ref(), None, global, public_out.as_deref())
-            }
-        }
+        } => match token::open_backend_key(&uri, Access::Inspect, super::token::terminal())? {
+            OpenedKey::Yubikey(key) => super::key_yubikey::show(
+                &key,
+                attestation_root.as_deref(),
+                global,
+                public_out.as_deref(),
+            ),
+            OpenedKey::Pkcs11(key) => print_key(&key, global, public_out.as_deref()),
+        },
         KeyCommand::Import {
             role,
             label,
@@ -402,17 +397,13 @@ fn generate(
         }
     }
     token::check_key_size(spec.bits, spec.allow_insecure_test_size)?;
-    if token_uri.starts_with("yubikey:") {
-        return super::key_yubikey::generate(rec, token_uri, spec, global, public_out);
-    }
     let start = Instant::now();
-    if !token_uri.starts_with("pkcs11:") {
-        // Other backends through the generic dispatcher.
-        let key = token::generate_key(token_uri, spec)?;
-        rec.add_key(&spec.role.to_string(), key.as_ref());
-        return print_any_key(key.as_ref(), None, global, public_out);
-    }
-    let key = keygen::generate(&Pkcs11Uri::parse(token_uri)?, spec)?;
+    let key = match token::generate(token_uri, spec, super::token::terminal())? {
+        GeneratedKey::Yubikey(generated) => {
+            return super::key_yubikey::generate(rec, generated, spec, global, public_out);
+        }
+        GeneratedKey::Pkcs11(key) => key,
+    };
     rec.add_key(&spec.role.to_string(), &key);
     if global.verbose > 0 && !global.json {
         eprintln!("generated in {:.0} ms", millis(start.elapsed()));
@@ -445,7 +436,7 @@ fn import(
     rec.entry.add_input(input)?;
     let host_key = pem_key::parse_private_key_pem(&text, || read_passphrase(passphrase_file))?;
     drop(text);
-    let key = keygen::import(&token_uri, &host_key, spec)?;
+    let key = keygen::import(&token_uri, &host_key, spec, super::token::terminal())?;
     drop(host_key);
     rec.add_key(&spec.role.to_string(), &key);
     print_key(&key, global, public_out)
@@ -454,7 +445,7 @@ fn import(
 /// `key test`: a round trip through the token for the key's role.
 fn round_trip(rec: &mut Recorder, uri: &str, rounds: u32, global: &GlobalOpts) -> CommandResult {
     let rounds = rounds.max(1);
-    let key = token::open_key(uri)?;
+    let key = token::open_key(uri, super::token::terminal())?;
     let info = key.info()?;
     rec.add_key(
         &info

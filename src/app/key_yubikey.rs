@@ -92,15 +92,14 @@ fn print(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `key generate --token yubikey:…`.
+/// `key generate --token yubikey:…`: shows the generated key and its attestation.
 pub fn generate(
     rec: &mut super::ceremony::Recorder,
-    token_uri: &str,
+    generated: yubikey::Generated,
     spec: &KeySpec,
     global: &GlobalOpts,
     public_out: Option<&Path>,
 ) -> CommandResult {
-    let generated = yubikey::generate(token_uri, spec)?;
     rec.add_key(&spec.role.to_string(), &generated.key);
     let info = generated.key.info()?;
     let attestation = generated.key.attest(None).map_err(|e| e.to_string());
@@ -115,9 +114,9 @@ pub fn generate(
     )
 }
 
-/// `key show yubikey:…;slot=… [--attestation-root FILE]` (no PIN needed).
+/// `key show yubikey:…;slot=… [--attestation-root FILE]` (opened without a PIN).
 pub fn show(
-    uri: &str,
+    key: &YubikeyKey,
     attestation_root: Option<&Path>,
     global: &GlobalOpts,
     public_out: Option<&Path>,
@@ -125,7 +124,6 @@ pub fn show(
     let roots = attestation_root
         .map(yubikey::attestation::load_roots)
         .transpose()?;
-    let key = yubikey::open_yubikey_key(uri, false)?;
     let attestation = key.attest(roots.as_deref()).map_err(|e| e.to_string());
     let mut info = key.info()?;
     if let Ok(report) = &attestation {
@@ -136,5 +134,5 @@ pub fn show(
             crate::token::ProvenanceVerdict::Unknown
         };
     }
-    print(&key, &info, attestation, None, global, public_out)
+    print(key, &info, attestation, None, global, public_out)
 }
