@@ -10,7 +10,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::crypto::rsa_public;
+use crate::parsec::spki;
 use crate::token::pkcs11::{keygen, pem_key, Pkcs11Key};
 use crate::token::uri::Pkcs11Uri;
 use crate::token::{
@@ -139,10 +139,10 @@ struct TestReport {
 
 /// Writes `text` to a new file at `path` atomically (refuses to replace an existing file).
 pub(super) fn write_new_file(path: &Path, text: &str) -> anyhow::Result<()> {
-    Ok(crate::ceremony::files::write_atomic(
+    Ok(crate::fsutil::write_atomic(
         path,
         text.as_bytes(),
-        false,
+        crate::fsutil::Existing::Keep,
     )?)
 }
 
@@ -158,7 +158,7 @@ fn print_any_key(
     public_out: Option<&Path>,
 ) -> CommandResult {
     let info = key.info()?;
-    let pem = rsa_public::spki_pem(&info.spki_der);
+    let pem = spki::spki_pem(&info.spki_der);
     if let Some(path) = public_out {
         write_new_file(path, &pem)?;
     }
@@ -454,7 +454,7 @@ fn round_trip(rec: &mut Recorder, uri: &str, rounds: u32, global: &GlobalOpts) -
             .unwrap_or_else(|| "unknown".into()),
         key.as_ref(),
     );
-    let public = rsa_public::parse_spki_der(key.public_key_spki())?;
+    let public = spki::parse_spki_der_lenient(key.public_key_spki())?;
     let mut times = Vec::new();
     let mut path = None;
     let operation;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use super::{CommandResult, GlobalOpts};
-use crate::crypto::rsa_public;
+use crate::parsec::spki;
 use crate::token::yubikey::{self, attestation::AttestationReport, YubikeyKey};
 use crate::token::{KeyHandle, KeyInfo, KeySpec, TokenDescription};
 
@@ -31,7 +31,7 @@ fn print(
     global: &GlobalOpts,
     public_out: Option<&Path>,
 ) -> CommandResult {
-    let pem = rsa_public::spki_pem(&info.spki_der);
+    let pem = spki::spki_pem(&info.spki_der);
     if let Some(path) = public_out {
         super::key::write_new_file(path, &pem)?;
     }

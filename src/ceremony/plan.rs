@@ -43,6 +43,7 @@ use super::sign::{
 };
 use super::transcript::{EntryContent, KeyRecord, Transcript};
 use super::{files, journal::Journal, CeremonyError};
+use crate::fsutil::{self, Existing};
 use crate::parsec::sequester::ServiceId;
 use crate::parsec::spki::RsaPublicKeyDer;
 use crate::parsec::DateTime;
@@ -472,7 +473,8 @@ fn run_step(
                 entry.detail("provenance", info.provenance.verdict);
             }
             if let Some(p) = public_path {
-                let written = files::write_atomic(&p, public.to_pem().as_bytes(), false)
+                let written = fsutil::write_atomic(&p, public.to_pem().as_bytes(), Existing::Keep)
+                    .map_err(CeremonyError::from)
                     .and_then(|_| entry.add_output(&p));
                 if let Err(e) = written {
                     return Err(CeremonyError::Plan(format!(
@@ -495,7 +497,7 @@ fn run_step(
                 .push(key_record("existing", Some(&u.uri), None, &public));
             if let Some(p) = &u.public_out {
                 let p = out_dir.join(p);
-                files::write_atomic(&p, public.to_pem().as_bytes(), false)?;
+                fsutil::write_atomic(&p, public.to_pem().as_bytes(), Existing::Keep)?;
                 entry.add_output(&p)?;
                 outputs.push(p);
             }
@@ -611,7 +613,7 @@ pub fn write_certificate(
         Some(target.as_deref().unwrap_or(base_dir)),
         &signed.file_name,
     );
-    files::write_atomic(&path, signed.pem.as_bytes(), false)?;
+    fsutil::write_atomic(&path, signed.pem.as_bytes(), Existing::Keep)?;
     let summary = signed.summary();
     entry.detail("certificate", &summary);
     entry.detail("mechanism", signed.mechanism);

@@ -387,7 +387,7 @@ pub const DEFAULT_KEY_BITS: usize = 4096;
 /// Key size policy (spec §1.5): at most 4096 bits, a multiple of 8, at least 2048 unless the
 /// test-only override is given (and never below 1024).
 pub fn check_key_size(bits: usize, allow_insecure_test_size: bool) -> Result<(), TokenError> {
-    if bits > crate::crypto::rsa_public::MAX_MODULUS_BITS {
+    if bits > crate::parsec::spki::MAX_BITS {
         return Err(TokenError::Refused(format!(
             "{bits}-bit RSA: Parsec clients (RustCrypto) reject keys above 4096 bits"
         )));

@@ -24,7 +24,8 @@ use super::super::{
 use super::mechanisms::{self, Negotiated};
 use super::module::TokenRef;
 use super::{ck_error, session};
-use crate::crypto::{rsa_padding, rsa_public};
+use crate::crypto::rsa_padding;
+use crate::parsec::spki;
 
 /// A private RSA key on a PKCS#11 token, with a logged-in session.
 pub struct Pkcs11Key {
@@ -363,9 +364,9 @@ impl Pkcs11Key {
             .unwrap_or_default();
         let id = read_bytes(&session, handle, AttributeType::Id)?.unwrap_or_default();
         let (n, e) = public_components(&session, handle, &id)?;
-        let spki_der = rsa_public::spki_from_modulus_exponent(&n, &e)
+        let spki_der = spki::spki_der_from_components(&n, &e)
             .map_err(|e| TokenError::UnsupportedKey(e.to_string()))?;
-        let public = rsa_public::parse_spki_der(&spki_der)
+        let public = spki::parse_spki_der_lenient(&spki_der)
             .map_err(|e| TokenError::UnsupportedKey(e.to_string()))?;
         let can_sign = read_bool(&session, handle, AttributeType::Sign).unwrap_or(false);
         let can_decrypt = read_bool(&session, handle, AttributeType::Decrypt).unwrap_or(false);
@@ -774,7 +775,7 @@ impl KeyHandle for Pkcs11Key {
             role: self.role(),
             bits: self.bits(),
             spki_der: self.spki_der.clone(),
-            fingerprint: rsa_public::spki_fingerprint(&self.spki_der),
+            fingerprint: spki::spki_fingerprint(&self.spki_der),
             can_sign: self.can_sign,
             can_decrypt: self.can_decrypt,
             provenance: self.provenance()?,
