@@ -168,7 +168,7 @@ pub fn yubikey_uri(data: &[u8]) {
 /// Ceremony plans (TOML), parsed and statically checked.
 pub fn ceremony_plan(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    if let Ok(plan) = crate::ceremony::plan::Plan::parse(&text) {
+    if let Ok(plan) = crate::ceremony::plan::CeremonyPlan::parse(&text) {
         if plan.check().is_ok() {
             for step in &plan.steps {
                 let _ = step.describe();

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::{CommandResult, GlobalOpts};
-use crate::ceremony::plan::{self, KeyProvider, Plan, RunOptions, StepStatus};
+use crate::ceremony::plan::{self, CeremonyPlan, KeyProvider, RunOptions, StepStatus};
 use crate::ceremony::sign::SigningPolicy;
 use crate::ceremony::transcript::{self, EntryContent, KeyRecord, Transcript};
 use crate::parsec::spki::{RsaPublicKeyDer, MIN_SIGNING_BITS};
@@ -212,7 +212,7 @@ impl KeyProvider for TokenProvider {
 }
 
 fn run_plan(args: RunArgs, global: &GlobalOpts) -> CommandResult {
-    let mut plan = Plan::load(&args.plan)?;
+    let mut plan = CeremonyPlan::load(&args.plan)?;
     plan.operators.extend(args.operators.iter().cloned());
     plan.check()?;
     let plan_dir = args

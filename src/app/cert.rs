@@ -12,7 +12,7 @@ use super::{CommandResult, GlobalOpts};
 use crate::ceremony::journal::Journal;
 use crate::ceremony::plan::write_certificate;
 use crate::ceremony::sign::{self, RevocationRequest, ServiceCertificateRequest, SigningPolicy};
-use crate::ceremony::topic::{self, SequesterTopic};
+use crate::ceremony::topic::{self, CeremonyTopic};
 use crate::ceremony::transcript::KeyRecord;
 use crate::ceremony::CeremonyError;
 use crate::parsec::sequester::{SequesterCertificate, ServiceId};
@@ -190,13 +190,13 @@ fn load_topic(
     args: &SigningArgs,
     authority: &dyn crate::token::KeyHandle,
     rec: &mut Recorder,
-) -> anyhow::Result<Option<SequesterTopic>> {
+) -> anyhow::Result<Option<CeremonyTopic>> {
     let Some(path) = &args.export else {
         return Ok(None);
     };
     rec.entry.add_input(path)?;
     let key = RsaPublicKeyDer::from_der(authority.public_key_spki())?;
-    let topic = SequesterTopic::from_export(path, &key)?;
+    let topic = CeremonyTopic::from_export(path, &key)?;
     if let Some(org) = &args.organization {
         if *org != topic.organization {
             return Err(CeremonyError::OrganizationMismatch(format!(

@@ -51,7 +51,7 @@ use crate::token::{KeyHandle, Role, TokenError};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Plan {
+pub struct CeremonyPlan {
     #[serde(default)]
     pub title: Option<String>,
     #[serde(default)]
@@ -129,7 +129,7 @@ pub struct RevocationStep {
 /// Key sizes a plan may generate.
 pub const PLAN_KEY_SIZES: [usize; 3] = [2048, 3072, 4096];
 
-impl Plan {
+impl CeremonyPlan {
     pub fn parse(text: &str) -> Result<Self, CeremonyError> {
         toml::from_str(text).map_err(|e| CeremonyError::Plan(format!("invalid plan: {e}")))
     }
@@ -310,7 +310,7 @@ pub struct RunOptions<'a> {
 }
 
 /// Where the plan's outputs and transcript go.
-pub fn resolve_paths(plan: &Plan, plan_dir: &Path) -> (PathBuf, PathBuf) {
+pub fn resolve_paths(plan: &CeremonyPlan, plan_dir: &Path) -> (PathBuf, PathBuf) {
     let out = plan_dir.join(
         plan.output_dir
             .clone()
@@ -331,7 +331,7 @@ struct NamedKey {
 
 /// Runs a checked plan.
 pub fn run(
-    plan: &Plan,
+    plan: &CeremonyPlan,
     plan_dir: &Path,
     provider: &dyn KeyProvider,
     opts: RunOptions,
@@ -661,13 +661,13 @@ service_id = "00000000000000000000000000000001"
 
     #[test]
     fn plan_parses_and_checks() {
-        let plan = Plan::parse(PLAN).unwrap();
+        let plan = CeremonyPlan::parse(PLAN).unwrap();
         plan.check().unwrap();
         assert_eq!(plan.steps.len(), 4);
         assert!(plan.steps[2].describe().contains("Service 1"));
 
         let bad = |from: &str, to: &str| {
-            Plan::parse(&PLAN.replacen(from, to, 1))
+            CeremonyPlan::parse(&PLAN.replacen(from, to, 1))
                 .and_then(|p| p.check())
                 .unwrap_err()
                 .to_string()
