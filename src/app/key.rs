@@ -400,9 +400,9 @@ fn generate(
     let start = Instant::now();
     let key = match token::generate(token_uri, spec, super::token::terminal())? {
         GeneratedKey::Yubikey(generated) => {
-            return super::key_yubikey::generate(rec, generated, spec, global, public_out);
+            return super::key_yubikey::generate(rec, *generated, spec, global, public_out);
         }
-        GeneratedKey::Pkcs11(key) => key,
+        GeneratedKey::Pkcs11(key) => *key,
     };
     rec.add_key(&spec.role.to_string(), &key);
     if global.verbose > 0 && !global.json {
