@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use ::yubikey::{piv, PinPolicy, TouchPolicy};
-use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
+use rsa::pkcs8::DecodePublicKey;
 use rsa::traits::PublicKeyParts;
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -31,6 +31,7 @@ use super::{
     TokenDescription, TokenError,
 };
 use crate::crypto::rsa_padding;
+use crate::parsec::spki;
 use card::Card;
 pub use card::MgmKeyKind;
 use uri::{PinPolicyOpt, TouchPolicyOpt, YubikeyUri};
@@ -73,13 +74,11 @@ pub enum PivAlgorithm {
 
 /// Normalises any RSA SPKI to rsaEncryption + NULL (spec §1.5) and returns it with its size.
 fn normalise_spki(der: &[u8]) -> Result<(Vec<u8>, usize), TokenError> {
-    let key = rsa::RsaPublicKey::from_public_key_der(der)
+    let key = spki::parse_spki_der_lenient(der)
         .map_err(|_| TokenError::UnsupportedKey("the slot does not hold an RSA key".into()))?;
     let bits = key.n().bits();
-    let der = key
-        .to_public_key_der()
-        .map_err(|e| backend_err("encoding the public key", e))?
-        .into_vec();
+    let der = spki::spki_der_from_components(&key.n().to_bytes_be(), &key.e().to_bytes_be())
+        .map_err(|e| backend_err("encoding the public key", e))?;
     Ok((der, bits))
 }
 
