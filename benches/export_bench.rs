@@ -678,7 +678,10 @@ struct Opened {
 
 fn open_in_process(path: &Path, key_uri: &str) -> Res<Opened> {
     let t0 = Instant::now();
-    let key = sequester_custody::token::open_key(key_uri)?;
+    let key = sequester_custody::token::open_key(
+        key_uri,
+        sequester_custody::token::interaction::non_interactive(),
+    )?;
     let login = t0.elapsed();
     let t1 = Instant::now();
     let export = ExportFile::open(path, &OpenOptions::default())?;

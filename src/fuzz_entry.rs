@@ -6,9 +6,9 @@
 //! is taken as msgpack and wrapped in an envelope first, so that the fuzzer explores the msgpack
 //! structure instead of the zstd framing.
 
-use crate::crypto::{rsa_padding, rsa_public};
+use crate::crypto::rsa_padding;
 use crate::parsec::manifest::Manifest;
-use crate::parsec::spki::RsaPublicKeyDer;
+use crate::parsec::spki::{self, RsaPublicKeyDer};
 use crate::parsec::{armor, cert_pem, device, envelope, limits, msgpack, realm, sequester};
 
 /// A public key generated for the fuzz targets only (no private key is kept anywhere).
@@ -133,8 +133,7 @@ pub fn rsa_armor(data: &[u8]) {
 /// DER SubjectPublicKeyInfo (certificates' keys, token-read keys).
 pub fn spki_der(data: &[u8]) {
     let _ = RsaPublicKeyDer::from_der(data);
-    let _ = rsa_public::parse_spki_der(data);
-    let _ = rsa_public::spki_modulus_bits(data);
+    let _ = spki::parse_spki_der_lenient(data);
 }
 
 /// PEM operator files: certificate files and public keys.
@@ -142,7 +141,6 @@ pub fn pem(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let _ = cert_pem::decode(&text, None);
     let _ = RsaPublicKeyDer::from_pem(&text);
-    let _ = rsa_public::parse_spki_pem(&text);
 }
 
 /// RFC 7512 PKCS#11 URIs.
@@ -170,7 +168,7 @@ pub fn yubikey_uri(data: &[u8]) {
 /// Ceremony plans (TOML), parsed and statically checked.
 pub fn ceremony_plan(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    if let Ok(plan) = crate::ceremony::plan::Plan::parse(&text) {
+    if let Ok(plan) = crate::ceremony::plan::CeremonyPlan::parse(&text) {
         if plan.check().is_ok() {
             for step in &plan.steps {
                 let _ = step.describe();

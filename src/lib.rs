@@ -15,6 +15,7 @@
 pub mod ceremony;
 pub mod crypto;
 pub mod export;
+pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzz_entry;
 pub mod mount;

@@ -7,6 +7,9 @@ use common::*;
 use rsa::pkcs8::DecodePublicKey;
 use rsa::rand_core::OsRng;
 use rsa::{Oaep, Pss, RsaPublicKey};
+use std::sync::Arc;
+
+use sequester_custody::token::interaction::{Interaction, PinKind, PinRequest};
 use sequester_custody::token::{open_key, MechanismPath, TokenError};
 use sha2::{Digest, Sha256};
 
@@ -42,7 +45,11 @@ fn inner_sign() {
     if !in_isolated_child() {
         return;
     }
-    let key = open_key(&std::env::var("INNER_URI").unwrap()).unwrap();
+    let key = open_key(
+        &std::env::var("INNER_URI").unwrap(),
+        sequester_custody::token::interaction::non_interactive(),
+    )
+    .unwrap();
     let public = RsaPublicKey::from_public_key_der(key.public_key_spki()).unwrap();
     for message in [
         &b""[..],
@@ -79,7 +86,11 @@ fn inner_decrypt() {
     if !in_isolated_child() {
         return;
     }
-    let key = open_key(&std::env::var("INNER_URI").unwrap()).unwrap();
+    let key = open_key(
+        &std::env::var("INNER_URI").unwrap(),
+        sequester_custody::token::interaction::non_interactive(),
+    )
+    .unwrap();
     let expected_path = expect_path("INNER_EXPECT_PATH");
     let public = RsaPublicKey::from_public_key_der(key.public_key_spki()).unwrap();
     let secret: [u8; 32] = rand::random();
@@ -323,7 +334,11 @@ fn inner_v6() {
     if !in_isolated_child() {
         return;
     }
-    let key = open_key(&std::env::var("INNER_URI").unwrap()).unwrap();
+    let key = open_key(
+        &std::env::var("INNER_URI").unwrap(),
+        sequester_custody::token::interaction::non_interactive(),
+    )
+    .unwrap();
     let (plain, path) = key
         .decrypt_oaep_sha256(&hex::decode(V6_RSA_BLOCK).unwrap())
         .unwrap();
@@ -357,5 +372,79 @@ fn spec_vector_v6_decrypts_on_token() {
             TestToken::Kryoptic(_) => "native-oaep-sha256",
         };
         run_isolated("inner_v6", &inner_env(&t, &t.env(), "service-1", expected));
+    }
+}
+
+/// An [`Interaction`] that answers every PIN request with one PIN and records the requests.
+struct RecordingInteraction {
+    pin: String,
+    asked: std::sync::Mutex<Vec<(String, PinKind)>>,
+}
+
+impl Interaction for RecordingInteraction {
+    fn ask_pin(&self, request: &PinRequest<'_>) -> Result<zeroize::Zeroizing<String>, TokenError> {
+        self.asked
+            .lock()
+            .unwrap()
+            .push((request.token_label.to_string(), request.kind));
+        Ok(zeroize::Zeroizing::new(self.pin.clone()))
+    }
+    fn touch_needed(&self, _token_label: &str, _what: &str) {}
+    fn warn(&self, _message: &str) {}
+}
+
+/// In a child process without SEQUESTER_CUSTODY_PIN: the token layer asks its caller for the PIN
+/// (never a terminal); without a way to ask, a clear error and no PIN is presented.
+#[test]
+#[ignore = "run in a child process by the_pin_is_asked_of_the_callers_interaction"]
+fn inner_interaction() {
+    if !in_isolated_child() {
+        return;
+    }
+    assert!(std::env::var_os(sequester_custody::token::pin::PIN_ENV).is_none());
+    let uri = std::env::var("INNER_URI").unwrap();
+    let err = open_key(
+        &uri,
+        sequester_custody::token::interaction::non_interactive(),
+    )
+    .err()
+    .expect("no PIN source and no prompt");
+    assert!(matches!(err, TokenError::PinSource(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("a PIN is needed") && text.contains("no prompt is available"),
+        "{text}"
+    );
+    let recording = Arc::new(RecordingInteraction {
+        pin: std::env::var("INNER_PIN").unwrap(),
+        asked: Default::default(),
+    });
+    let key = open_key(&uri, recording.clone()).unwrap();
+    let (sig, _) = key.sign_pss_sha256(b"asked once").unwrap();
+    assert_eq!(sig.len(), 256);
+    let asked = recording.asked.lock().unwrap().clone();
+    assert_eq!(
+        asked,
+        [(std::env::var("INNER_TOKEN_LABEL").unwrap(), PinKind::User)]
+    );
+}
+
+#[test]
+fn the_pin_is_asked_of_the_callers_interaction() {
+    for t in TestToken::both("asks") {
+        generate(&t, "authority", "auth", &t.env());
+        let mut env: Vec<_> = t
+            .env()
+            .into_iter()
+            .filter(|(k, _)| k != sequester_custody::token::pin::PIN_ENV)
+            .collect();
+        env.push(("INNER_URI".into(), t.key_uri("auth")));
+        env.push(("INNER_PIN".into(), t.user_pin().into()));
+        let token_label = match &t {
+            TestToken::SoftHsm(h) => h.label.clone(),
+            TestToken::Kryoptic(k) => k.label.clone(),
+        };
+        env.push(("INNER_TOKEN_LABEL".into(), token_label));
+        run_isolated("inner_interaction", &env);
     }
 }

@@ -54,10 +54,20 @@ fn generates_signs_and_decrypts_on_the_card() {
     let pin = session.pin_file("pin", yubikey_common::PIN);
     let token = format!("{}?pin-source=file:{}", card.uri(), pin.display());
 
-    let authority = yk::generate(&token, &spec(Role::Authority, 2048)).unwrap();
+    let authority = yk::generate(
+        &token,
+        &spec(Role::Authority, 2048),
+        &sequester_custody::token::NonInteractive,
+    )
+    .unwrap();
     assert_eq!(authority.key.slot(), 0x9c);
     assert_eq!(authority.mgm_key, MgmKeyKind::FactoryDefault);
-    let service = yk::generate(&token, &spec(Role::Service, 2048)).unwrap();
+    let service = yk::generate(
+        &token,
+        &spec(Role::Service, 2048),
+        &sequester_custody::token::NonInteractive,
+    )
+    .unwrap();
     assert_eq!(service.key.slot(), 0x9d);
     assert_ne!(
         authority.key.public_key_spki(),
@@ -81,7 +91,11 @@ fn generates_signs_and_decrypts_on_the_card() {
     );
 
     // Sign: EMSA-PSS on the host, raw RSA on the card; verify with the public key only.
-    let signer = yk::open_key(&session.key_uri(card, "9c")).unwrap();
+    let signer = yk::open_key(
+        &session.key_uri(card, "9c"),
+        &sequester_custody::token::NonInteractive,
+    )
+    .unwrap();
     let message = b"\x00 a Parsec envelope stand-in";
     let (sig, path) = signer.sign_pss_sha256(message).unwrap();
     assert_eq!(path, MechanismPath::RawRsaHostPss);
@@ -98,7 +112,11 @@ fn generates_signs_and_decrypts_on_the_card() {
         .is_err());
 
     // Decrypt: raw RSA on the card, EME-OAEP decoding on the host.
-    let decrypter = yk::open_key(&session.key_uri(card, "9d")).unwrap();
+    let decrypter = yk::open_key(
+        &session.key_uri(card, "9d"),
+        &sequester_custody::token::NonInteractive,
+    )
+    .unwrap();
     let service_pub = rsa::RsaPublicKey::from_public_key_der(decrypter.public_key_spki()).unwrap();
     let secret = [0x5au8; 32];
     let block = service_pub
@@ -142,7 +160,11 @@ fn generates_signs_and_decrypts_on_the_card() {
     ));
 
     // The slot is never overwritten.
-    match yk::generate(&token, &spec(Role::Authority, 2048)) {
+    match yk::generate(
+        &token,
+        &spec(Role::Authority, 2048),
+        &sequester_custody::token::NonInteractive,
+    ) {
         Err(TokenError::Refused(msg)) => assert!(msg.contains("already holds a key"), "{msg}"),
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }
@@ -150,6 +172,7 @@ fn generates_signs_and_decrypts_on_the_card() {
     let extra = yk::generate(
         &format!("{};slot=82?pin-source=file:{}", card.uri(), pin.display()),
         &spec(Role::Service, 2048),
+        &sequester_custody::token::NonInteractive,
     )
     .unwrap();
     assert_eq!(extra.key.slot(), 0x82);
@@ -179,13 +202,20 @@ fn wrong_pin_reports_retries_and_spends_exactly_one() {
     let card = session.card();
     let pin = session.pin_file("pin", yubikey_common::PIN);
     let token = format!("{}?pin-source=file:{}", card.uri(), pin.display());
-    yk::generate(&token, &spec(Role::Service, 2048)).unwrap();
+    yk::generate(
+        &token,
+        &spec(Role::Service, 2048),
+        &sequester_custody::token::NonInteractive,
+    )
+    .unwrap();
     let before = yk::card_info(&card.uri()).unwrap().pin_retries;
     assert!(before >= 2, "{before}");
 
     let wrong = session.pin_file("wrong", "654321");
     let uri = format!("{};slot=9d?pin-source=file:{}", card.uri(), wrong.display());
-    let err = yk::open_key(&uri).err().expect("wrong PIN refused");
+    let err = yk::open_key(&uri, &sequester_custody::token::NonInteractive)
+        .err()
+        .expect("wrong PIN refused");
     let text = err.to_string();
     match &err {
         TokenError::WrongPin { state, .. } => {
@@ -200,7 +230,11 @@ fn wrong_pin_reports_retries_and_spends_exactly_one() {
     // Not retried: exactly one attempt was spent.
     assert_eq!(yk::card_info(&card.uri()).unwrap().pin_retries, before - 1);
     // The right PIN resets the counter.
-    yk::open_key(&session.key_uri(card, "9d")).unwrap();
+    yk::open_key(
+        &session.key_uri(card, "9d"),
+        &sequester_custody::token::NonInteractive,
+    )
+    .unwrap();
     assert_eq!(yk::card_info(&card.uri()).unwrap().pin_retries, before);
 }
 
@@ -213,7 +247,11 @@ fn rsa_3072_needs_firmware_5_7() {
     let (old, new) = (&session.cards[0], &session.cards[1]);
     for bits in [3072, 4096] {
         let token = format!("{}?pin-source=file:{}", old.uri(), pin.display());
-        match yk::generate(&token, &spec(Role::Service, bits)) {
+        match yk::generate(
+            &token,
+            &spec(Role::Service, bits),
+            &sequester_custody::token::NonInteractive,
+        ) {
             Err(TokenError::Refused(msg)) => {
                 assert!(msg.contains("needs YubiKey firmware 5.7"), "{msg}")
             }
@@ -224,8 +262,18 @@ fn rsa_3072_needs_firmware_5_7() {
 
     // Firmware 5.7: RSA-3072 through our own PIV commands (the yubikey crate stops at 2048).
     let token = format!("{}?pin-source=file:{}", new.uri(), pin.display());
-    let authority = yk::generate(&token, &spec(Role::Authority, 3072)).unwrap();
-    let service = yk::generate(&token, &spec(Role::Service, 3072)).unwrap();
+    let authority = yk::generate(
+        &token,
+        &spec(Role::Authority, 3072),
+        &sequester_custody::token::NonInteractive,
+    )
+    .unwrap();
+    let service = yk::generate(
+        &token,
+        &spec(Role::Service, 3072),
+        &sequester_custody::token::NonInteractive,
+    )
+    .unwrap();
     drop((authority, service));
     let listed = yk::list_keys(&new.uri()).unwrap();
     assert_eq!(
@@ -236,7 +284,11 @@ fn rsa_3072_needs_firmware_5_7() {
         vec![("9c", 3072), ("9d", 3072)]
     );
 
-    let signer = yk::open_key(&session.key_uri(new, "9c")).unwrap();
+    let signer = yk::open_key(
+        &session.key_uri(new, "9c"),
+        &sequester_custody::token::NonInteractive,
+    )
+    .unwrap();
     let (sig, _) = signer.sign_pss_sha256(b"\x00big").unwrap();
     assert_eq!(sig.len(), 384);
     let public = rsa::RsaPublicKey::from_public_key_der(signer.public_key_spki()).unwrap();
@@ -248,7 +300,11 @@ fn rsa_3072_needs_firmware_5_7() {
         )
         .unwrap();
 
-    let decrypter = yk::open_key(&session.key_uri(new, "9d")).unwrap();
+    let decrypter = yk::open_key(
+        &session.key_uri(new, "9d"),
+        &sequester_custody::token::NonInteractive,
+    )
+    .unwrap();
     let public = rsa::RsaPublicKey::from_public_key_der(decrypter.public_key_spki()).unwrap();
     let block = public
         .encrypt(
@@ -276,7 +332,11 @@ fn management_key_from_file_or_refused() {
         pin.display(),
         wrong_mgm.display()
     );
-    match yk::generate(&uri, &spec(Role::Service, 2048)) {
+    match yk::generate(
+        &uri,
+        &spec(Role::Service, 2048),
+        &sequester_custody::token::NonInteractive,
+    ) {
         Err(TokenError::NotPermitted { reason, .. }) => {
             assert!(reason.contains("refused the management key"), "{reason}")
         }
@@ -289,7 +349,12 @@ fn management_key_from_file_or_refused() {
         pin.display(),
         default_mgm.display()
     );
-    let generated = yk::generate(&uri, &spec(Role::Service, 2048)).unwrap();
+    let generated = yk::generate(
+        &uri,
+        &spec(Role::Service, 2048),
+        &sequester_custody::token::NonInteractive,
+    )
+    .unwrap();
     assert_eq!(generated.mgm_key, MgmKeyKind::FromFile);
 }
 
@@ -336,6 +401,7 @@ fn aes_management_key_is_detected_and_used() {
     match yk::generate(
         &format!("{}?pin-source=file:{}", card.uri(), pin.display()),
         &spec(Role::Service, 2048),
+        &sequester_custody::token::NonInteractive,
     ) {
         Err(TokenError::NotPermitted { reason, .. }) => {
             assert!(reason.contains("AES-256"), "{reason}");
@@ -353,6 +419,7 @@ fn aes_management_key_is_detected_and_used() {
             wrong.display()
         ),
         &spec(Role::Service, 2048),
+        &sequester_custody::token::NonInteractive,
     ) {
         Err(TokenError::NotPermitted { reason, .. }) => {
             assert!(reason.contains("refused the management key"), "{reason}")
@@ -370,6 +437,7 @@ fn aes_management_key_is_detected_and_used() {
                 short.display()
             ),
             &spec(Role::Service, 2048),
+            &sequester_custody::token::NonInteractive,
         ),
         Err(TokenError::PinSource(_))
     ));
@@ -383,6 +451,7 @@ fn aes_management_key_is_detected_and_used() {
             right.display()
         ),
         &spec(Role::Service, 2048),
+        &sequester_custody::token::NonInteractive,
     )
     .unwrap();
     assert_eq!(generated.mgm_key, MgmKeyKind::FromFile);
@@ -400,8 +469,17 @@ fn a_pin_changed_mid_run_costs_exactly_one_retry() {
     let card = session.card();
     let pin = session.pin_file("pin", yubikey_common::PIN);
     let token = format!("{}?pin-source=file:{}", card.uri(), pin.display());
-    yk::generate(&token, &spec(Role::Service, 2048)).unwrap();
-    let key = yk::open_key(&session.key_uri(card, "9d")).unwrap();
+    yk::generate(
+        &token,
+        &spec(Role::Service, 2048),
+        &sequester_custody::token::NonInteractive,
+    )
+    .unwrap();
+    let key = yk::open_key(
+        &session.key_uri(card, "9d"),
+        &sequester_custody::token::NonInteractive,
+    )
+    .unwrap();
     let public = rsa::RsaPublicKey::from_public_key_der(key.public_key_spki()).unwrap();
     let block = |secret: &[u8]| {
         public
@@ -443,7 +521,10 @@ fn a_pin_changed_mid_run_costs_exactly_one_retry() {
         }
     }
     // A new key opened with the same (now wrong) PIN file is refused before the card is asked.
-    match yk::open_key(&session.key_uri(card, "9d")) {
+    match yk::open_key(
+        &session.key_uri(card, "9d"),
+        &sequester_custody::token::NonInteractive,
+    ) {
         Err(e @ TokenError::PinLatched { .. }) => assert!(e.is_fatal()),
         Err(other) => panic!("expected PinLatched, got {other:?}"),
         Ok(_) => panic!("expected PinLatched, got a key"),
@@ -461,7 +542,7 @@ fn a_pin_changed_mid_run_costs_exactly_one_retry() {
         card.uri(),
         new_pin.display()
     );
-    let key = yk::open_key(&uri).unwrap();
+    let key = yk::open_key(&uri, &sequester_custody::token::NonInteractive).unwrap();
     assert_eq!(
         key.decrypt_oaep_sha256(&block(b"row 6"))
             .unwrap()
@@ -482,11 +563,21 @@ fn authority_slots_default_to_pin_always_and_touch_always() {
     let card = session.card();
     let pin = session.pin_file("pin", yubikey_common::PIN);
     let token = format!("{}?pin-source=file:{}", card.uri(), pin.display());
-    let authority = yk::generate(&token, &spec(Role::Authority, 2048)).unwrap();
+    let authority = yk::generate(
+        &token,
+        &spec(Role::Authority, 2048),
+        &sequester_custody::token::NonInteractive,
+    )
+    .unwrap();
     assert_eq!(authority.pin_policy, PinPolicyOpt::Always);
     assert_eq!(authority.touch_policy, TouchPolicyOpt::Always);
     drop(authority);
-    let service = yk::generate(&token, &spec(Role::Service, 2048)).unwrap();
+    let service = yk::generate(
+        &token,
+        &spec(Role::Service, 2048),
+        &sequester_custody::token::NonInteractive,
+    )
+    .unwrap();
     assert_eq!(service.pin_policy, PinPolicyOpt::Once);
     assert_eq!(service.touch_policy, TouchPolicyOpt::Never);
     drop(service);
@@ -495,7 +586,12 @@ fn authority_slots_default_to_pin_always_and_touch_always() {
         card.uri(),
         pin.display()
     );
-    let authority = yk::generate(&cached, &spec(Role::Authority, 2048)).unwrap();
+    let authority = yk::generate(
+        &cached,
+        &spec(Role::Authority, 2048),
+        &sequester_custody::token::NonInteractive,
+    )
+    .unwrap();
     assert_eq!(authority.pin_policy, PinPolicyOpt::Always);
     assert_eq!(authority.touch_policy, TouchPolicyOpt::Cached);
     // The authority key signs (the emulated card has no touch sensor and grants it).
@@ -519,13 +615,22 @@ fn a_rewritten_slot_certificate_cannot_change_the_role() {
     let card = session.card();
     let pin = session.pin_file("pin", yubikey_common::PIN);
     let token = format!("{}?pin-source=file:{}", card.uri(), pin.display());
-    let service = yk::generate(&token, &spec(Role::Service, 2048)).unwrap();
+    let service = yk::generate(
+        &token,
+        &spec(Role::Service, 2048),
+        &sequester_custody::token::NonInteractive,
+    )
+    .unwrap();
     let spki = service.key.public_key_spki().to_vec();
     drop(service);
 
     // Generation refuses the other role in 9c/9d.
     let in_9d = format!("{};slot=9d?pin-source=file:{}", card.uri(), pin.display());
-    match yk::generate(&in_9d, &spec(Role::Authority, 2048)) {
+    match yk::generate(
+        &in_9d,
+        &spec(Role::Authority, 2048),
+        &sequester_custody::token::NonInteractive,
+    ) {
         Err(TokenError::Refused(msg)) => assert!(msg.contains("holds the service key"), "{msg}"),
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }
@@ -553,7 +658,10 @@ fn a_rewritten_slot_certificate_cannot_change_the_role() {
         .unwrap();
         assert!(yk.disconnect(pcsc::Disposition::LeaveCard).is_ok());
     }
-    match yk::open_key(&session.key_uri(card, "9d")) {
+    match yk::open_key(
+        &session.key_uri(card, "9d"),
+        &sequester_custody::token::NonInteractive,
+    ) {
         Err(TokenError::Refused(msg)) => {
             assert!(msg.contains("claims the authority role"), "{msg}")
         }

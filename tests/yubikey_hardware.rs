@@ -48,6 +48,7 @@ fn generated_key_is_attested_up_to_the_yubico_root() {
     let generated = yk::generate(
         &format!("yubikey:serial={serial};slot=95"),
         &spec(Role::Service),
+        &sequester_custody::token::NonInteractive,
     )
     .expect("generate in retired slot 95 (reset the applet if it is taken)");
     let report =
@@ -67,6 +68,7 @@ fn touch_policy_always_waits_for_a_touch() {
     let generated = yk::generate(
         &format!("yubikey:serial={serial};slot=94?touch-policy=always"),
         &spec(Role::Authority),
+        &sequester_custody::token::NonInteractive,
     )
     .expect("generate in retired slot 94");
     eprintln!("Touch the YubiKey within 15 s to sign...");
@@ -83,7 +85,11 @@ fn rsa_4096_generated_on_5_7_and_refused_before() {
     let info = yk::card_info(&format!("yubikey:serial={serial}")).unwrap();
     let mut big = spec(Role::Authority);
     big.bits = 4096;
-    let result = yk::generate(&format!("yubikey:serial={serial};slot=93"), &big);
+    let result = yk::generate(
+        &format!("yubikey:serial={serial};slot=93"),
+        &big,
+        &sequester_custody::token::NonInteractive,
+    );
     let version: Vec<u32> = info
         .firmware
         .split('.')

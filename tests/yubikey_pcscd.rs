@@ -12,7 +12,11 @@ fn pcscd_not_running_is_reported_as_such() {
     std::env::set_var("PCSCLITE_CSOCK_NAME", dir.path().join("no-pcscd.comm"));
     for result in [
         yubikey::card_info("yubikey:").map(|_| ()),
-        yubikey::open_key("yubikey:serial=12345678;slot=9d").map(|_| ()),
+        yubikey::open_key(
+            "yubikey:serial=12345678;slot=9d",
+            &sequester_custody::token::NonInteractive,
+        )
+        .map(|_| ()),
         yubikey::list_keys("yubikey:").map(|_| ()),
     ] {
         match result {

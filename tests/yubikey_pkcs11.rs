@@ -61,7 +61,8 @@ fn card_with_keys(authority_slot: &str) -> Option<Keys> {
             allow_insecure_test_size: false,
             always_authenticate: false,
         };
-        let generated = yk::generate(&uri, &spec).unwrap();
+        let generated =
+            yk::generate(&uri, &spec, &sequester_custody::token::NonInteractive).unwrap();
         token::KeyHandle::public_key_spki(&generated.key).to_vec()
     };
     let authority_spki = gen(authority_slot, Role::Authority);
@@ -84,7 +85,11 @@ fn pkcs11_uri(module: &Path, selector: &str, id: &str, pin_file: &Path) -> Strin
 
 fn round_trips(keys: &Keys, module: &Path, selector: &str, authority_id: &str) {
     // Decryption through the module.
-    let service = token::open_key(&pkcs11_uri(module, selector, "03", &keys.pin_file)).unwrap();
+    let service = token::open_key(
+        &pkcs11_uri(module, selector, "03", &keys.pin_file),
+        sequester_custody::token::interaction::non_interactive(),
+    )
+    .unwrap();
     assert_eq!(service.public_key_spki(), &keys.service_spki[..]);
     let public = rsa::RsaPublicKey::from_public_key_der(&keys.service_spki).unwrap();
     let secret = [0x42u8; 32];
@@ -100,8 +105,11 @@ fn round_trips(keys: &Keys, module: &Path, selector: &str, authority_id: &str) {
     drop(service);
 
     // Signing through the module.
-    let authority =
-        token::open_key(&pkcs11_uri(module, selector, authority_id, &keys.pin_file)).unwrap();
+    let authority = token::open_key(
+        &pkcs11_uri(module, selector, authority_id, &keys.pin_file),
+        sequester_custody::token::interaction::non_interactive(),
+    )
+    .unwrap();
     assert_eq!(authority.public_key_spki(), &keys.authority_spki[..]);
     let message = b"\x00envelope";
     let (sig, path) = authority.sign_pss_sha256(message).unwrap();
@@ -141,7 +149,11 @@ fn opensc_decrypts_and_signs_with_keys_generated_by_the_yubikey_backend() {
     // Check that this key really takes that path, and that it works for every signature of
     // one open key, not only the first.
     let uri = Pkcs11Uri::parse(&pkcs11_uri(&module, &selector, "02", &keys.pin_file)).unwrap();
-    let authority = Pkcs11Key::open(&uri).unwrap();
+    let authority = Pkcs11Key::open(
+        &uri,
+        sequester_custody::token::interaction::non_interactive(),
+    )
+    .unwrap();
     assert!(
         authority.always_authenticate(),
         "OpenSC should report CKA_ALWAYS_AUTHENTICATE on the 9c key"
@@ -165,12 +177,15 @@ fn opensc_decrypts_and_signs_with_keys_generated_by_the_yubikey_backend() {
     // reads the wrong one from its pin-source.
     let service = Pkcs11Key::open(
         &Pkcs11Uri::parse(&pkcs11_uri(&module, &selector, "03", &keys.pin_file)).unwrap(),
+        sequester_custody::token::interaction::non_interactive(),
     )
     .unwrap();
     let wrong = keys.session.pin_file("wrong", "654321");
-    let authority =
-        Pkcs11Key::open(&Pkcs11Uri::parse(&pkcs11_uri(&module, &selector, "02", &wrong)).unwrap())
-            .unwrap();
+    let authority = Pkcs11Key::open(
+        &Pkcs11Uri::parse(&pkcs11_uri(&module, &selector, "02", &wrong)).unwrap(),
+        sequester_custody::token::interaction::non_interactive(),
+    )
+    .unwrap();
     match authority.sign_pss_sha256(b"wrong PIN") {
         Err(TokenError::WrongPin { .. }) => {}
         other => panic!("expected a wrong PIN, got {other:?}"),

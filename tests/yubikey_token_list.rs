@@ -41,7 +41,7 @@ fn token_list_and_info_show_yubikeys_with_serial_firmware_reader_and_pin_retries
         allow_insecure_test_size: false,
         always_authenticate: false,
     };
-    match yk::generate(&wrong_uri, &spec) {
+    match yk::generate(&wrong_uri, &spec, &sequester_custody::token::NonInteractive) {
         Err(TokenError::WrongPin { .. }) => {}
         other => panic!("expected a wrong PIN, got {:?}", other.err()),
     }

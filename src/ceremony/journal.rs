@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::sign::NotAfter;
-use super::{files, CeremonyError};
+use super::CeremonyError;
+use crate::fsutil;
 use crate::parsec::sequester::{SequesterCertificate, ServiceId};
 use crate::parsec::DateTime;
 
@@ -138,7 +139,11 @@ impl Journal {
             }
         }
         let text = serde_json::to_string_pretty(self).expect("journal serializes") + "\n";
-        files::write_atomic(&self.path, text.as_bytes(), true)
+        Ok(fsutil::write_atomic(
+            &self.path,
+            text.as_bytes(),
+            fsutil::Existing::Replace,
+        )?)
     }
 }
 

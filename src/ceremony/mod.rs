@@ -1,6 +1,6 @@
 //! Key ceremony (issue 3): certificates signed through a token ([`sign`]), the hash-chained
 //! transcript ([`transcript`]), the per-organisation timestamp journal ([`journal`]), declarative
-//! plans ([`plan`]) and atomic file output ([`files`]).
+//! plans ([`plan`]) and where outputs go ([`files`]; written with [`crate::fsutil`]).
 //!
 //! Every private-key operation goes through [`crate::token::KeyHandle`]; nothing here knows PKCS#11.
 
@@ -87,6 +87,23 @@ pub enum CeremonyError {
     Transcript { path: PathBuf, reason: String },
     #[error("plan: {0}")]
     Plan(String),
+}
+
+impl From<crate::fsutil::FileError> for CeremonyError {
+    fn from(e: crate::fsutil::FileError) -> Self {
+        use crate::fsutil::FileError;
+        match e {
+            FileError::Exists { path } => CeremonyError::io(
+                path,
+                "already exists; refusing to overwrite (choose another output)",
+            ),
+            FileError::NoDirectory { path } => {
+                CeremonyError::io(path, "output directory does not exist")
+            }
+            FileError::Io { path, source } => CeremonyError::io(path, source),
+            FileError::Interrupted => CeremonyError::io(PathBuf::new(), "interrupted"),
+        }
+    }
 }
 
 impl CeremonyError {

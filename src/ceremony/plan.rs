@@ -43,6 +43,7 @@ use super::sign::{
 };
 use super::transcript::{EntryContent, KeyRecord, Transcript};
 use super::{files, journal::Journal, CeremonyError};
+use crate::fsutil::{self, Existing};
 use crate::parsec::sequester::ServiceId;
 use crate::parsec::spki::RsaPublicKeyDer;
 use crate::parsec::DateTime;
@@ -50,7 +51,7 @@ use crate::token::{KeyHandle, Role, TokenError};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Plan {
+pub struct CeremonyPlan {
     #[serde(default)]
     pub title: Option<String>,
     #[serde(default)]
@@ -128,7 +129,7 @@ pub struct RevocationStep {
 /// Key sizes a plan may generate.
 pub const PLAN_KEY_SIZES: [usize; 3] = [2048, 3072, 4096];
 
-impl Plan {
+impl CeremonyPlan {
     pub fn parse(text: &str) -> Result<Self, CeremonyError> {
         toml::from_str(text).map_err(|e| CeremonyError::Plan(format!("invalid plan: {e}")))
     }
@@ -309,7 +310,7 @@ pub struct RunOptions<'a> {
 }
 
 /// Where the plan's outputs and transcript go.
-pub fn resolve_paths(plan: &Plan, plan_dir: &Path) -> (PathBuf, PathBuf) {
+pub fn resolve_paths(plan: &CeremonyPlan, plan_dir: &Path) -> (PathBuf, PathBuf) {
     let out = plan_dir.join(
         plan.output_dir
             .clone()
@@ -330,7 +331,7 @@ struct NamedKey {
 
 /// Runs a checked plan.
 pub fn run(
-    plan: &Plan,
+    plan: &CeremonyPlan,
     plan_dir: &Path,
     provider: &dyn KeyProvider,
     opts: RunOptions,
@@ -472,7 +473,8 @@ fn run_step(
                 entry.detail("provenance", info.provenance.verdict);
             }
             if let Some(p) = public_path {
-                let written = files::write_atomic(&p, public.to_pem().as_bytes(), false)
+                let written = fsutil::write_atomic(&p, public.to_pem().as_bytes(), Existing::Keep)
+                    .map_err(CeremonyError::from)
                     .and_then(|_| entry.add_output(&p));
                 if let Err(e) = written {
                     return Err(CeremonyError::Plan(format!(
@@ -495,7 +497,7 @@ fn run_step(
                 .push(key_record("existing", Some(&u.uri), None, &public));
             if let Some(p) = &u.public_out {
                 let p = out_dir.join(p);
-                files::write_atomic(&p, public.to_pem().as_bytes(), false)?;
+                fsutil::write_atomic(&p, public.to_pem().as_bytes(), Existing::Keep)?;
                 entry.add_output(&p)?;
                 outputs.push(p);
             }
@@ -611,7 +613,7 @@ pub fn write_certificate(
         Some(target.as_deref().unwrap_or(base_dir)),
         &signed.file_name,
     );
-    files::write_atomic(&path, signed.pem.as_bytes(), false)?;
+    fsutil::write_atomic(&path, signed.pem.as_bytes(), Existing::Keep)?;
     let summary = signed.summary();
     entry.detail("certificate", &summary);
     entry.detail("mechanism", signed.mechanism);
@@ -659,13 +661,13 @@ service_id = "00000000000000000000000000000001"
 
     #[test]
     fn plan_parses_and_checks() {
-        let plan = Plan::parse(PLAN).unwrap();
+        let plan = CeremonyPlan::parse(PLAN).unwrap();
         plan.check().unwrap();
         assert_eq!(plan.steps.len(), 4);
         assert!(plan.steps[2].describe().contains("Service 1"));
 
         let bad = |from: &str, to: &str| {
-            Plan::parse(&PLAN.replacen(from, to, 1))
+            CeremonyPlan::parse(&PLAN.replacen(from, to, 1))
                 .and_then(|p| p.check())
                 .unwrap_err()
                 .to_string()

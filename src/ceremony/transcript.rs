@@ -102,7 +102,7 @@ impl EntryContent {
     pub fn add_input(&mut self, path: &Path) -> Result<(), CeremonyError> {
         self.inputs.push(FileRecord {
             path: path.display().to_string(),
-            sha256: super::files::file_sha256(path)?,
+            sha256: crate::fsutil::hash_file(path)?,
         });
         Ok(())
     }
@@ -110,7 +110,7 @@ impl EntryContent {
     pub fn add_output(&mut self, path: &Path) -> Result<(), CeremonyError> {
         self.outputs.push(FileRecord {
             path: path.display().to_string(),
-            sha256: super::files::file_sha256(path)?,
+            sha256: crate::fsutil::hash_file(path)?,
         });
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::{CommandResult, GlobalOpts};
-use sequester_custody::ceremony::plan::{self, KeyProvider, Plan, RunOptions, StepStatus};
+use sequester_custody::ceremony::plan::{self, CeremonyPlan, KeyProvider, RunOptions, StepStatus};
 use sequester_custody::ceremony::sign::SigningPolicy;
 use sequester_custody::ceremony::transcript::{self, EntryContent, KeyRecord, Transcript};
 use sequester_custody::parsec::spki::{RsaPublicKeyDer, MIN_SIGNING_BITS};
@@ -191,7 +191,7 @@ struct TokenProvider;
 
 impl KeyProvider for TokenProvider {
     fn open_key(&self, uri: &str) -> Result<Box<dyn KeyHandle>, TokenError> {
-        sequester_custody::token::open_key(uri)
+        sequester_custody::token::open_key(uri, super::token::terminal())
     }
 
     fn generate_key(
@@ -210,12 +210,13 @@ impl KeyProvider for TokenProvider {
                 allow_insecure_test_size: false,
                 always_authenticate: false,
             },
+            super::token::terminal(),
         )
     }
 }
 
 fn run_plan(args: RunArgs, global: &GlobalOpts) -> CommandResult {
-    let mut plan = Plan::load(&args.plan)?;
+    let mut plan = CeremonyPlan::load(&args.plan)?;
     plan.operators.extend(args.operators.iter().cloned());
     plan.check()?;
     let plan_dir = args

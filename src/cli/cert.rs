@@ -11,10 +11,8 @@ use super::ceremony::{CeremonyArgs, Recorder};
 use super::{CommandResult, GlobalOpts};
 use sequester_custody::ceremony::journal::Journal;
 use sequester_custody::ceremony::plan::write_certificate;
-use sequester_custody::ceremony::sign::{
-    self, RevocationRequest, ServiceCertificateRequest, SigningPolicy,
-};
-use sequester_custody::ceremony::topic::{self, SequesterTopic};
+use sequester_custody::ceremony::sign::{self, RevocationRequest, ServiceCertificateRequest, SigningPolicy};
+use sequester_custody::ceremony::topic::{self, CeremonyTopic};
 use sequester_custody::ceremony::transcript::KeyRecord;
 use sequester_custody::ceremony::CeremonyError;
 use sequester_custody::parsec::sequester::{SequesterCertificate, ServiceId};
@@ -192,13 +190,13 @@ fn load_topic(
     args: &SigningArgs,
     authority: &dyn sequester_custody::token::KeyHandle,
     rec: &mut Recorder,
-) -> anyhow::Result<Option<SequesterTopic>> {
+) -> anyhow::Result<Option<CeremonyTopic>> {
     let Some(path) = &args.export else {
         return Ok(None);
     };
     rec.entry.add_input(path)?;
     let key = RsaPublicKeyDer::from_der(authority.public_key_spki())?;
-    let topic = SequesterTopic::from_export(path, &key)?;
+    let topic = CeremonyTopic::from_export(path, &key)?;
     if let Some(org) = &args.organization {
         if *org != topic.organization {
             return Err(CeremonyError::OrganizationMismatch(format!(
@@ -230,7 +228,7 @@ fn sign_service(args: &ServiceArgs, rec: &mut Recorder) -> anyhow::Result<Writte
                 .map_err(|e| CeremonyError::ServiceKeyPolicy(format!("{}: {e}", p.display())))?
         }
         (None, Some(uri)) => {
-            let handle = open_key(uri)?;
+            let handle = open_key(uri, super::token::terminal())?;
             rec.entry.add_token(handle.token());
             RsaPublicKeyDer::from_der(handle.public_key_spki())
                 .map_err(|e| CeremonyError::ServiceKeyPolicy(e.to_string()))?
@@ -268,7 +266,7 @@ fn sign_service(args: &ServiceArgs, rec: &mut Recorder) -> anyhow::Result<Writte
         .check_signing_policy(policy.min_bits)
         .map_err(|e| CeremonyError::ServiceKeyPolicy(e.to_string()))?;
     sign::check_timestamp(request.timestamp.unwrap_or(now), now, &policy)?;
-    let authority = open_key(&s.authority)?;
+    let authority = open_key(&s.authority, super::token::terminal())?;
     rec.add_authority(authority.as_ref(), &s.authority);
     if let Some(topic) = load_topic(s, authority.as_ref(), rec)? {
         policy.not_after = topic::latest(policy.not_after.take(), Some(topic.not_after()));
@@ -305,7 +303,7 @@ fn sign_revocation(args: &RevokeArgs, rec: &mut Recorder) -> anyhow::Result<Writ
             },
         )?;
     }
-    let authority = open_key(&s.authority)?;
+    let authority = open_key(&s.authority, super::token::terminal())?;
     rec.add_authority(authority.as_ref(), &s.authority);
     let service_id = match (&args.service_id, &args.service_certificate) {
         (Some(id), _) => *id,

@@ -3,11 +3,9 @@
 
 use std::path::Path;
 
+use sequester_custody::fsutil::{self, Existing};
+
 /// Writes `text` to a new file at `path` atomically (refuses to replace an existing file).
 pub(crate) fn write_new_file(path: &Path, text: &str) -> anyhow::Result<()> {
-    Ok(sequester_custody::ceremony::files::write_atomic(
-        path,
-        text.as_bytes(),
-        false,
-    )?)
+    Ok(fsutil::write_atomic(path, text.as_bytes(), Existing::Keep)?)
 }

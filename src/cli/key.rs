@@ -10,11 +10,12 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use sequester_custody::crypto::rsa_public;
+use sequester_custody::parsec::spki;
 use sequester_custody::token::pkcs11::{keygen, pem_key, Pkcs11Key};
 use sequester_custody::token::uri::Pkcs11Uri;
 use sequester_custody::token::{
-    self, KeyHandle, KeyInfo, KeySpec, MechanismPath, Role, TokenError,
+    self, Access, GeneratedKey, KeyHandle, KeyInfo, KeySpec, MechanismPath, OpenedKey, Role,
+    TokenError,
 };
 
 use super::ceremony::{recorded, CeremonyArgs, Recorder};
@@ -154,7 +155,7 @@ fn print_any_key(
     public_out: Option<&Path>,
 ) -> CommandResult {
     let info = key.info()?;
-    let pem = rsa_public::spki_pem(&info.spki_der);
+    let pem = spki::spki_pem(&info.spki_der);
     if let Some(path) = public_out {
         write_new_file(path, &pem)?;
     }
@@ -292,7 +293,7 @@ pub(crate) fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
             Ok(code)
         }
         KeyCommand::List { token_uri } => {
-            let keys = token::list_keys(&token_uri)?;
+            let keys = token::list_keys(&token_uri, &super::token::TerminalInteraction)?;
             if global.json {
                 println!("{}", serde_json::to_string_pretty(&keys)?);
                 return Ok(ExitCode::SUCCESS);
@@ -322,23 +323,15 @@ pub(crate) fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
             uri,
             public_out,
             attestation_root,
-        } => {
-            if uri.starts_with("yubikey:") {
-                return super::key_yubikey::show(
-                    &uri,
-                    attestation_root.as_deref(),
-                    global,
-                    public_out.as_deref(),
-                );
-            }
-            if uri.starts_with("pkcs11:") {
-                let key = Pkcs11Key::open(&Pkcs11Uri::parse(&uri)?)?;
-                print_key(&key, global, public_out.as_deref())
-            } else {
-                let key = token::open_key(&uri)?;
-                print_any_key(key.as_ref(), None, global, public_out.as_deref())
-            }
-        }
+        } => match token::open_backend_key(&uri, Access::Inspect, super::token::terminal())? {
+            OpenedKey::Yubikey(key) => super::key_yubikey::show(
+                &key,
+                attestation_root.as_deref(),
+                global,
+                public_out.as_deref(),
+            ),
+            OpenedKey::Pkcs11(key) => print_key(&key, global, public_out.as_deref()),
+        },
         KeyCommand::Import {
             role,
             label,
@@ -401,17 +394,13 @@ fn generate(
         }
     }
     token::check_key_size(spec.bits, spec.allow_insecure_test_size)?;
-    if token_uri.starts_with("yubikey:") {
-        return super::key_yubikey::generate(rec, token_uri, spec, global, public_out);
-    }
     let start = Instant::now();
-    if !token_uri.starts_with("pkcs11:") {
-        // Other backends through the generic dispatcher.
-        let key = token::generate_key(token_uri, spec)?;
-        rec.add_key(&spec.role.to_string(), key.as_ref());
-        return print_any_key(key.as_ref(), None, global, public_out);
-    }
-    let key = keygen::generate(&Pkcs11Uri::parse(token_uri)?, spec)?;
+    let key = match token::generate(token_uri, spec, super::token::terminal())? {
+        GeneratedKey::Yubikey(generated) => {
+            return super::key_yubikey::generate(rec, *generated, spec, global, public_out);
+        }
+        GeneratedKey::Pkcs11(key) => *key,
+    };
     rec.add_key(&spec.role.to_string(), &key);
     if global.verbose > 0 && !global.json {
         eprintln!("generated in {:.0} ms", millis(start.elapsed()));
@@ -444,7 +433,7 @@ fn import(
     rec.entry.add_input(input)?;
     let host_key = pem_key::parse_private_key_pem(&text, || read_passphrase(passphrase_file))?;
     drop(text);
-    let key = keygen::import(&token_uri, &host_key, spec)?;
+    let key = keygen::import(&token_uri, &host_key, spec, super::token::terminal())?;
     drop(host_key);
     rec.add_key(&spec.role.to_string(), &key);
     print_key(&key, global, public_out)
@@ -453,7 +442,7 @@ fn import(
 /// `key test`: a round trip through the token for the key's role.
 fn round_trip(rec: &mut Recorder, uri: &str, rounds: u32, global: &GlobalOpts) -> CommandResult {
     let rounds = rounds.max(1);
-    let key = token::open_key(uri)?;
+    let key = token::open_key(uri, super::token::terminal())?;
     let info = key.info()?;
     rec.add_key(
         &info
@@ -462,7 +451,7 @@ fn round_trip(rec: &mut Recorder, uri: &str, rounds: u32, global: &GlobalOpts) -
             .unwrap_or_else(|| "unknown".into()),
         key.as_ref(),
     );
-    let public = rsa_public::parse_spki_der(key.public_key_spki())?;
+    let public = spki::parse_spki_der_lenient(key.public_key_spki())?;
     let mut times = Vec::new();
     let mut path = None;
     let operation;

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::files::write_new_file;
 use super::{CommandResult, GlobalOpts};
-use sequester_custody::crypto::rsa_public;
+use sequester_custody::parsec::spki;
 use sequester_custody::token::yubikey::{self, attestation::AttestationReport, YubikeyKey};
 use sequester_custody::token::{KeyHandle, KeyInfo, KeySpec, TokenDescription};
 
@@ -32,7 +32,7 @@ fn print(
     global: &GlobalOpts,
     public_out: Option<&Path>,
 ) -> CommandResult {
-    let pem = rsa_public::spki_pem(&info.spki_der);
+    let pem = spki::spki_pem(&info.spki_der);
     if let Some(path) = public_out {
         write_new_file(path, &pem)?;
     }
@@ -93,15 +93,14 @@ fn print(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `key generate --token yubikey:…`.
+/// `key generate --token yubikey:…`: shows the generated key and its attestation.
 pub(crate) fn generate(
     rec: &mut super::ceremony::Recorder,
-    token_uri: &str,
+    generated: yubikey::Generated,
     spec: &KeySpec,
     global: &GlobalOpts,
     public_out: Option<&Path>,
 ) -> CommandResult {
-    let generated = yubikey::generate(token_uri, spec)?;
     rec.add_key(&spec.role.to_string(), &generated.key);
     let info = generated.key.info()?;
     let attestation = generated.key.attest(None).map_err(|e| e.to_string());
@@ -116,9 +115,9 @@ pub(crate) fn generate(
     )
 }
 
-/// `key show yubikey:…;slot=… [--attestation-root FILE]` (no PIN needed).
+/// `key show yubikey:…;slot=… [--attestation-root FILE]` (opened without a PIN).
 pub(crate) fn show(
-    uri: &str,
+    key: &YubikeyKey,
     attestation_root: Option<&Path>,
     global: &GlobalOpts,
     public_out: Option<&Path>,
@@ -126,7 +125,6 @@ pub(crate) fn show(
     let roots = attestation_root
         .map(yubikey::attestation::load_roots)
         .transpose()?;
-    let key = yubikey::open_yubikey_key(uri, false)?;
     let attestation = key.attest(roots.as_deref()).map_err(|e| e.to_string());
     let mut info = key.info()?;
     if let Ok(report) = &attestation {
@@ -137,5 +135,5 @@ pub(crate) fn show(
             sequester_custody::token::ProvenanceVerdict::Unknown
         };
     }
-    print(&key, &info, attestation, None, global, public_out)
+    print(key, &info, attestation, None, global, public_out)
 }

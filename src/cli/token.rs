@@ -1,11 +1,55 @@
-//! `token` commands: `token list`, `token info URI`.
+//! `token` commands: `token list`, `token info URI`; and the terminal side of the token
+//! layer's [`Interaction`] (PIN prompts without echo, touch requests and warnings on stderr).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use zeroize::Zeroizing;
+
+use sequester_custody::token::interaction::{PinKind, PinRequest};
 use sequester_custody::token::pkcs11::{list_modules, token_details, ModuleListing};
 use sequester_custody::token::uri::Pkcs11Uri;
-use sequester_custody::token::{yubikey, TokenError};
+use sequester_custody::token::{yubikey, Backend, Interaction, SharedInteraction, TokenError};
+
+/// The CLI's [`Interaction`]: asks on the terminal, tells on stderr.
+pub(crate) struct TerminalInteraction;
+
+impl Interaction for TerminalInteraction {
+    fn ask_pin(&self, request: &PinRequest<'_>) -> Result<Zeroizing<String>, TokenError> {
+        let which = match request.kind {
+            PinKind::User => "PIN",
+            PinKind::ContextSpecific => "PIN (for this operation)",
+        };
+        let retries = match request.retries_left {
+            Some(1) => " [last attempt before the PIN locks]".to_string(),
+            Some(n) => format!(" [{n} attempts left]"),
+            None => String::new(),
+        };
+        let prompt = format!("{which} for token `{}`{retries}: ", request.token_label);
+        let pin = rpassword::prompt_password(prompt).map_err(|e| {
+            TokenError::PinSource(format!(
+                "no PIN: no terminal to prompt on ({e}); use `pin-source=file:…` in the URI or \
+                 set {}",
+                sequester_custody::token::pin::PIN_ENV
+            ))
+        })?;
+        Ok(Zeroizing::new(pin))
+    }
+
+    fn touch_needed(&self, token_label: &str, what: &str) {
+        eprintln!("Touch the {token_label} now ({what})");
+    }
+
+    fn warn(&self, message: &str) {
+        eprintln!("WARNING: {message}");
+    }
+}
+
+/// The CLI's interaction, shared with the key handles it opens.
+pub(crate) fn terminal() -> SharedInteraction {
+    Arc::new(TerminalInteraction)
+}
 
 use super::{CommandResult, GlobalOpts};
 
@@ -79,7 +123,7 @@ pub(crate) fn run(cmd: TokenCommand, global: &GlobalOpts) -> CommandResult {
             print_yubikeys(&yubikeys);
             Ok(ExitCode::SUCCESS)
         }
-        TokenCommand::Info { uri } if uri.starts_with("yubikey:") => {
+        TokenCommand::Info { uri } if matches!(Backend::of_uri(&uri), Ok(Backend::Yubikey)) => {
             let card = yubikey::card_info(&uri)?;
             if global.json {
                 let mut v = serde_json::to_value(&card)?;

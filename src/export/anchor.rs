@@ -294,8 +294,12 @@ impl PinStore {
             std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         }
         let text = serde_json::to_string_pretty(self).map_err(|e| err(e.to_string()))? + "\n";
-        crate::ceremony::files::write_atomic(&self.path, text.as_bytes(), true)
-            .map_err(|e| err(e.to_string()))
+        crate::fsutil::write_atomic(
+            &self.path,
+            text.as_bytes(),
+            crate::fsutil::Existing::Replace,
+        )
+        .map_err(|e| err(e.to_string()))
     }
 }
 

@@ -5,6 +5,11 @@
 //! algorithm, modulus a multiple of 8 bits and at most 4096 bits, RustCrypto's exponent bounds).
 //! [`RsaPublicKeyDer::check_signing_policy`] adds what this tool demands before it signs
 //! (spec §4.2 step 1, §4.6): a minimum size and an odd exponent >= 3.
+//!
+//! The one home of RSA public keys in the crate: the token layer builds and reads a token key's
+//! SPKI with [`spki_der_from_components`] and [`parse_spki_der_lenient`] (which also describe a
+//! key Parsec would refuse, so that it can be named and then refused), and everything shows keys
+//! with [`spki_pem`] and [`spki_fingerprint`].
 
 use rsa::traits::PublicKeyParts;
 use rsa::BigUint;
@@ -140,11 +145,7 @@ impl RsaPublicKeyDer {
 
     /// `-----BEGIN PUBLIC KEY-----` PEM, 64 columns, LF (as Parsec writes it).
     pub fn to_pem(&self) -> String {
-        let block = pem::Pem::new("PUBLIC KEY", self.der.clone());
-        pem::encode_config(
-            &block,
-            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-        )
+        spki_pem(&self.der)
     }
 
     pub fn der(&self) -> &[u8] {
@@ -170,7 +171,7 @@ impl RsaPublicKeyDer {
 
     /// SHA-256 of the SPKI DER, lowercase hex: the key fingerprint shown everywhere.
     pub fn fingerprint(&self) -> String {
-        crate::crypto::sha256_hex(&self.der)
+        spki_fingerprint(&self.der)
     }
 
     /// The key as the `rsa` crate's type (for OAEP/PSS helpers).
@@ -203,6 +204,65 @@ impl TryFrom<&rsa::RsaPublicKey> for RsaPublicKeyDer {
     fn try_from(key: &rsa::RsaPublicKey) -> Result<Self, FormatError> {
         Self::from_components(&key.n().to_bytes_be(), &key.e().to_bytes_be())
     }
+}
+
+/// Largest modulus [`parse_spki_der_lenient`] and [`spki_der_from_components`] describe.
+const LENIENT_MAX_BITS: usize = 16384;
+
+/// PEM (`BEGIN PUBLIC KEY`, 64-column base64, LF) of a DER SPKI, as Parsec writes it.
+pub fn spki_pem(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("PUBLIC KEY", der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+/// SHA-256 of a DER SPKI, lowercase hex: the key fingerprint shown everywhere.
+pub fn spki_fingerprint(der: &[u8]) -> String {
+    crate::crypto::sha256_hex(der)
+}
+
+/// The DER SPKI (rsaEncryption + NULL) of a big-endian modulus and public exponent, as a
+/// token reports them (`CKA_MODULUS`, `CKA_PUBLIC_EXPONENT`). Up to 16384-bit moduli, so that a
+/// caller can still describe (and then refuse) an oversized key; [`RsaPublicKeyDer::from_der`]
+/// decides whether Parsec accepts it.
+pub fn spki_der_from_components(modulus: &[u8], exponent: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let key = rsa::RsaPublicKey::new_with_max_size(
+        BigUint::from_bytes_be(modulus),
+        BigUint::from_bytes_be(exponent),
+        LENIENT_MAX_BITS,
+    )
+    .map_err(|e| key_err(e.to_string()))?;
+    Ok(rsa::pkcs8::EncodePublicKey::to_public_key_der(&key)
+        .map_err(|e| key_err(e.to_string()))?
+        .into_vec())
+}
+
+/// Reads any rsaEncryption SPKI of up to 16384 bits into the `rsa` crate's type, without
+/// Parsec's checks (size, NULL parameters, exponent bounds): for keys read from a token, which
+/// are described first and judged by their users. Use [`RsaPublicKeyDer::from_der`] for keys
+/// from files, certificates and exports.
+pub fn parse_spki_der_lenient(der: &[u8]) -> Result<rsa::RsaPublicKey, FormatError> {
+    let not_spki = |e: String| {
+        key_err(format!(
+            "not a SubjectPublicKeyInfo with rsaEncryption: {e}"
+        ))
+    };
+    let spki = spki::SubjectPublicKeyInfoRef::try_from(der).map_err(|e| not_spki(e.to_string()))?;
+    if spki.algorithm.oid != RSA_ENCRYPTION_OID {
+        return Err(not_spki(format!(
+            "algorithm {} is not rsaEncryption",
+            spki.algorithm.oid
+        )));
+    }
+    let pk = pkcs1::RsaPublicKey::try_from(spki.subject_public_key.raw_bytes())
+        .map_err(|e| not_spki(e.to_string()))?;
+    rsa::RsaPublicKey::new_with_max_size(
+        BigUint::from_bytes_be(pk.modulus.as_bytes()),
+        BigUint::from_bytes_be(pk.public_exponent.as_bytes()),
+        LENIENT_MAX_BITS,
+    )
+    .map_err(|e| key_err(e.to_string()))
 }
 
 /// Encodes a DER value, for tests building odd SPKIs.
@@ -262,6 +322,25 @@ mod tests {
     }
 
     #[test]
+    fn pem_and_components_round_trip_byte_identical_to_parsec() {
+        use rsa::pkcs8::EncodePublicKey;
+        let text = fixture("sequester_authority.public.pem");
+        let key = RsaPublicKeyDer::from_pem(&text).unwrap();
+        let der =
+            spki_der_from_components(&key.modulus().to_bytes_be(), &key.exponent().to_bytes_be())
+                .unwrap();
+        assert_eq!(der, key.der());
+        assert_eq!(spki_pem(&der), text, "byte-identical to Parsec's PEM");
+        let via_rsa = parse_spki_der_lenient(&der)
+            .unwrap()
+            .to_public_key_pem(rsa::pkcs8::LineEnding::LF)
+            .unwrap();
+        assert_eq!(via_rsa, text, "the rsa crate's encoder agrees");
+        assert_eq!(spki_fingerprint(&der), key.fingerprint());
+        assert_eq!(spki_fingerprint(&der).len(), 64);
+    }
+
+    #[test]
     fn refuses_what_parsec_refuses() {
         let good = RsaPublicKeyDer::from_pem(&fixture("sequester_authority.public.pem")).unwrap();
         let n = good.modulus().clone();
@@ -309,6 +388,19 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("PKCS#1"));
+        // The lenient reader describes what Parsec refuses, up to 16384 bits.
+        let der = encode_spki("1.2.840.113549.1.1.1", true, &pkcs1(&big, 65537));
+        let described = parse_spki_der_lenient(&der).unwrap();
+        assert_eq!(described.n().bits(), 4104);
+        let der = spki_der_from_components(&big.to_bytes_be(), &[1, 0, 1]).unwrap();
+        assert_eq!(parse_spki_der_lenient(&der).unwrap().n().bits(), 4104);
+        let huge = (BigUint::from(1u8) << 16400usize) + BigUint::from(1u8);
+        assert!(spki_der_from_components(&huge.to_bytes_be(), &[1, 0, 1]).is_err());
+        let der = encode_spki("1.2.840.113549.1.1.10", true, &pkcs1(&n, 65537));
+        assert!(parse_spki_der_lenient(&der)
+            .unwrap_err()
+            .to_string()
+            .contains("not rsaEncryption"));
         let private = fixture("sequester_authority.private.pem");
         assert!(RsaPublicKeyDer::from_pem(&private)
             .unwrap_err()

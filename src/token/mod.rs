@@ -1,7 +1,9 @@
 //! The token abstraction.
 //!
 //! Every backend (PKCS#11, YubiKey PIV) implements [`KeyHandle`] for one private key held on a
-//! token; [`open_key`], [`generate_key`] and [`list_keys`] dispatch on the URI scheme. Callers
+//! token; [`open_key`], [`generate`] and [`list_keys`] dispatch on the URI scheme ([`Backend`]),
+//! nowhere else does. The token layer never prompts or prints: PIN requests, touch requests
+//! and warnings go to the caller's [`Interaction`]. Callers
 //! never see PKCS#11 or PIV types, and no method returns private key material: the private half
 //! never leaves the token.
 //!
@@ -13,6 +15,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+pub use interaction::{Interaction, NonInteractive, SharedInteraction};
+
+pub mod interaction;
 pub mod pin;
 pub mod pkcs11;
 pub mod profile;
@@ -267,21 +272,100 @@ impl TokenError {
     }
 }
 
-/// Opens the private key a URI designates: `pkcs11:` (RFC 7512) goes to the PKCS#11 backend,
-/// `yubikey:` to the YubiKey PIV backend. Logs in as needed (PIN from `pin-source`,
-/// `SEQUESTER_CUSTODY_PIN` or a prompt; a wrong PIN is never retried).
-pub fn open_key(uri: &str) -> Result<Box<dyn KeyHandle>, TokenError> {
-    if uri.starts_with("pkcs11:") {
-        let parsed = uri::Pkcs11Uri::parse(uri)?;
-        Ok(Box::new(pkcs11::Pkcs11Key::open(&parsed)?))
-    } else if uri.starts_with("yubikey:") {
-        yubikey::open_key(uri)
-    } else {
-        Err(TokenError::BadUri {
-            uri: uri::redact_pin_value(uri),
-            reason: "expected a `pkcs11:` or `yubikey:` URI".into(),
-        })
+/// The backend a key or token URI selects: the only place that looks at the URI scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `pkcs11:` (RFC 7512).
+    Pkcs11,
+    /// `yubikey:` (PIV over PC/SC).
+    Yubikey,
+}
+
+impl Backend {
+    /// The backend of `uri`, from its scheme.
+    pub fn of_uri(uri: &str) -> Result<Backend, TokenError> {
+        if uri.starts_with("pkcs11:") {
+            Ok(Backend::Pkcs11)
+        } else if uri.starts_with("yubikey:") {
+            Ok(Backend::Yubikey)
+        } else {
+            Err(TokenError::BadUri {
+                uri: uri::redact_pin_value(uri),
+                reason: "expected a `pkcs11:` or `yubikey:` URI".into(),
+            })
+        }
     }
+}
+
+/// What opening a key is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Private-key operations: the PIN is verified now.
+    Use,
+    /// The public key and provenance only: no PIN where the backend allows it (YubiKey); a
+    /// PKCS#11 private key object is only visible after login, so PKCS#11 still logs in.
+    Inspect,
+}
+
+/// A key opened by [`open_backend_key`], as its backend's own type (for callers that show
+/// backend-specific details, such as a YubiKey attestation).
+pub enum OpenedKey {
+    Pkcs11(Box<pkcs11::Pkcs11Key>),
+    Yubikey(Box<yubikey::YubikeyKey>),
+}
+
+impl OpenedKey {
+    /// The key through the backend-neutral interface.
+    pub fn handle(&self) -> &dyn KeyHandle {
+        match self {
+            OpenedKey::Pkcs11(key) => key.as_ref(),
+            OpenedKey::Yubikey(key) => key.as_ref(),
+        }
+    }
+
+    pub fn into_handle(self) -> Box<dyn KeyHandle> {
+        match self {
+            OpenedKey::Pkcs11(key) => key,
+            OpenedKey::Yubikey(key) => key,
+        }
+    }
+}
+
+/// Opens the private key any key URI designates, in its backend's own type. Logs in as
+/// `access` needs (PIN from `pin-source`, `SEQUESTER_CUSTODY_PIN` or `interaction`; a wrong
+/// PIN is never retried).
+pub fn open_backend_key(
+    uri: &str,
+    access: Access,
+    interaction: SharedInteraction,
+) -> Result<OpenedKey, TokenError> {
+    match Backend::of_uri(uri)? {
+        Backend::Pkcs11 => {
+            let parsed = uri::Pkcs11Uri::parse(uri)?;
+            Ok(OpenedKey::Pkcs11(Box::new(pkcs11::Pkcs11Key::open(
+                &parsed,
+                interaction,
+            )?)))
+        }
+        Backend::Yubikey => {
+            let login = match access {
+                Access::Use => Some(interaction.as_ref()),
+                Access::Inspect => None,
+            };
+            Ok(OpenedKey::Yubikey(Box::new(yubikey::open_yubikey_key(
+                uri, login,
+            )?)))
+        }
+    }
+}
+
+/// Opens the private key a URI designates for use: `pkcs11:` (RFC 7512) goes to the PKCS#11
+/// backend, `yubikey:` to the YubiKey PIV backend.
+pub fn open_key(
+    uri: &str,
+    interaction: SharedInteraction,
+) -> Result<Box<dyn KeyHandle>, TokenError> {
+    Ok(open_backend_key(uri, Access::Use, interaction)?.into_handle())
 }
 
 /// What to create on a token (`key generate`, `key import`).
@@ -305,7 +389,7 @@ pub const DEFAULT_KEY_BITS: usize = 4096;
 /// Key size policy (spec §1.5): at most 4096 bits, a multiple of 8, at least 2048 unless the
 /// test-only override is given (and never below 1024).
 pub fn check_key_size(bits: usize, allow_insecure_test_size: bool) -> Result<(), TokenError> {
-    if bits > crate::crypto::rsa_public::MAX_MODULUS_BITS {
+    if bits > crate::parsec::spki::MAX_BITS {
         return Err(TokenError::Refused(format!(
             "{bits}-bit RSA: Parsec clients (RustCrypto) reject keys above 4096 bits"
         )));
@@ -329,29 +413,75 @@ pub fn check_key_size(bits: usize, allow_insecure_test_size: bool) -> Result<(),
     Ok(())
 }
 
-/// Generates a key pair for `spec.role` on the token `token_uri` designates.
-pub fn generate_key(token_uri: &str, spec: &KeySpec) -> Result<Box<dyn KeyHandle>, TokenError> {
-    if token_uri.starts_with("pkcs11:") {
-        let parsed = uri::Pkcs11Uri::parse(token_uri)?;
-        Ok(Box::new(pkcs11::keygen::generate(&parsed, spec)?))
-    } else if token_uri.starts_with("yubikey:") {
-        yubikey::generate_key(token_uri, spec)
-    } else {
-        Err(TokenError::UnsupportedKey(format!(
-            "key generation through this command needs a `pkcs11:` token URI, got `{}`",
-            uri::redact_pin_value(token_uri)
-        )))
+/// A key generated by [`generate`], as its backend's own type.
+pub enum GeneratedKey {
+    Pkcs11(Box<pkcs11::Pkcs11Key>),
+    /// With the management key and policies the card used.
+    Yubikey(Box<yubikey::Generated>),
+}
+
+impl GeneratedKey {
+    /// The key through the backend-neutral interface.
+    pub fn handle(&self) -> &dyn KeyHandle {
+        match self {
+            GeneratedKey::Pkcs11(key) => key.as_ref(),
+            GeneratedKey::Yubikey(generated) => &generated.key,
+        }
+    }
+
+    pub fn into_handle(self) -> Box<dyn KeyHandle> {
+        match self {
+            GeneratedKey::Pkcs11(key) => key,
+            GeneratedKey::Yubikey(generated) => Box::new(generated.key),
+        }
     }
 }
 
-/// Lists the RSA private keys on the token `token_uri` designates (logs in).
-pub fn list_keys(token_uri: &str) -> Result<Vec<KeyInfo>, TokenError> {
-    if token_uri.starts_with("yubikey:") {
+/// Generates a key pair for `spec.role` on the token `token_uri` designates (any backend).
+pub fn generate(
+    token_uri: &str,
+    spec: &KeySpec,
+    interaction: SharedInteraction,
+) -> Result<GeneratedKey, TokenError> {
+    match Backend::of_uri(token_uri)? {
+        Backend::Pkcs11 => {
+            let parsed = uri::Pkcs11Uri::parse(token_uri)?;
+            Ok(GeneratedKey::Pkcs11(Box::new(pkcs11::keygen::generate(
+                &parsed,
+                spec,
+                interaction,
+            )?)))
+        }
+        Backend::Yubikey => Ok(GeneratedKey::Yubikey(Box::new(yubikey::generate(
+            token_uri,
+            spec,
+            interaction.as_ref(),
+        )?))),
+    }
+}
+
+/// [`generate`], through the backend-neutral interface.
+pub fn generate_key(
+    token_uri: &str,
+    spec: &KeySpec,
+    interaction: SharedInteraction,
+) -> Result<Box<dyn KeyHandle>, TokenError> {
+    Ok(generate(token_uri, spec, interaction)?.into_handle())
+}
+
+/// Lists the RSA private keys on the token `token_uri` designates (a PKCS#11 token is logged
+/// into; a YubiKey needs no PIN).
+pub fn list_keys(
+    token_uri: &str,
+    interaction: &dyn Interaction,
+) -> Result<Vec<KeyInfo>, TokenError> {
+    if Backend::of_uri(token_uri)? == Backend::Yubikey {
         return yubikey::list_keys(token_uri);
     }
     let parsed = uri::Pkcs11Uri::parse(token_uri)?;
+    let pin_source = parsed.pin_source.as_deref();
     let token = pkcs11::module::select_token(&parsed)?;
-    let session = pkcs11::session::open_logged_in(&token, false, parsed.pin_source.as_deref())?;
+    let session = pkcs11::session::open_logged_in(&token, false, pin_source, interaction)?;
     let mut selector = parsed.clone();
     selector.object_type = None;
     let handles = pkcs11::key::find_private_keys(&session, &selector)?;
@@ -359,7 +489,7 @@ pub fn list_keys(token_uri: &str) -> Result<Vec<KeyInfo>, TokenError> {
     // object handles just found.
     let mut out = Vec::new();
     for handle in handles {
-        let session = pkcs11::session::open_logged_in(&token, false, parsed.pin_source.as_deref())?;
+        let session = pkcs11::session::open_logged_in(&token, false, pin_source, interaction)?;
         let key = pkcs11::Pkcs11Key::from_handle(token.clone(), session, handle)?;
         out.push(key.info()?);
     }

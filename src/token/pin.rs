@@ -1,5 +1,6 @@
 //! Where a token PIN comes from: `pin-source=file:…` in the key URI, the environment variable
-//! `SEQUESTER_CUSTODY_PIN`, or a prompt without echo — never argv. The PIN is zeroized on drop.
+//! `SEQUESTER_CUSTODY_PIN`, or the caller's [`Interaction`] (the CLI prompts without echo) —
+//! never argv. The PIN is zeroized on drop.
 //!
 //! Hygiene: the environment variable is taken out of the process environment (and its bytes
 //! overwritten) the first time it is read, so child processes and `/proc/PID/environ` never
@@ -13,6 +14,7 @@ use std::sync::{Mutex, OnceLock};
 
 use zeroize::Zeroizing;
 
+use super::interaction::{Interaction, PinRequest};
 use super::TokenError;
 
 /// Environment variable holding the user PIN (for automation and tests).
@@ -26,11 +28,12 @@ pub enum PinOrigin {
     Prompt,
 }
 
-/// Resolves the PIN for `token_label`: `pin_source` (the URI's `pin-source`, `file:` URI or a
-/// plain path) first, then [`PIN_ENV`], then an interactive prompt on the terminal.
+/// Resolves the PIN for `request.token_label`: `pin_source` (the URI's `pin-source`, `file:` URI
+/// or a plain path) first, then [`PIN_ENV`], then `interaction` (asked once).
 pub fn resolve_pin(
     pin_source: Option<&str>,
-    token_label: &str,
+    request: &PinRequest<'_>,
+    interaction: &dyn Interaction,
 ) -> Result<(Zeroizing<String>, PinOrigin), TokenError> {
     if let Some(source) = pin_source {
         return Ok((read_pin_file(source)?, PinOrigin::File));
@@ -38,12 +41,7 @@ pub fn resolve_pin(
     if let Some(pin) = environment_pin()? {
         return Ok((pin, PinOrigin::Environment));
     }
-    let pin = rpassword::prompt_password(format!("PIN for token `{token_label}`: ")).map_err(|e| {
-        TokenError::PinSource(format!(
-            "no PIN: no terminal to prompt on ({e}); use `pin-source=file:…` in the URI or set {PIN_ENV}"
-        ))
-    })?;
-    Ok((Zeroizing::new(pin), PinOrigin::Prompt))
+    Ok((interaction.ask_pin(request)?, PinOrigin::Prompt))
 }
 
 /// What became of [`PIN_ENV`]: read once, then kept here (not in the environment).

@@ -20,16 +20,18 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use ::yubikey::{piv, PinPolicy, TouchPolicy};
-use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
+use rsa::pkcs8::DecodePublicKey;
 use rsa::traits::PublicKeyParts;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+use super::interaction::{Interaction, PinKind, PinRequest};
 use super::{
     KeyHandle, KeyInfo, KeySpec, MechanismPath, Provenance, ProvenanceVerdict, Role,
     TokenDescription, TokenError,
 };
 use crate::crypto::rsa_padding;
+use crate::parsec::spki;
 use card::Card;
 pub use card::MgmKeyKind;
 use uri::{PinPolicyOpt, TouchPolicyOpt, YubikeyUri};
@@ -63,7 +65,7 @@ fn algorithm_for_bits(bits: usize) -> Option<piv::AlgorithmId> {
 }
 
 /// How RSA operations reach the card: through the `yubikey` crate (1024/2048) or through our
-/// own PIV commands (3072/4096, firmware 5.7+; see [`raw`]).
+/// own PIV commands (3072/4096, firmware 5.7+; see `raw`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PivAlgorithm {
     Crate(piv::AlgorithmId),
@@ -72,13 +74,11 @@ pub enum PivAlgorithm {
 
 /// Normalises any RSA SPKI to rsaEncryption + NULL (spec §1.5) and returns it with its size.
 fn normalise_spki(der: &[u8]) -> Result<(Vec<u8>, usize), TokenError> {
-    let key = rsa::RsaPublicKey::from_public_key_der(der)
+    let key = spki::parse_spki_der_lenient(der)
         .map_err(|_| TokenError::UnsupportedKey("the slot does not hold an RSA key".into()))?;
     let bits = key.n().bits();
-    let der = key
-        .to_public_key_der()
-        .map_err(|e| backend_err("encoding the public key", e))?
-        .into_vec();
+    let der = spki::spki_der_from_components(&key.n().to_bytes_be(), &key.e().to_bytes_be())
+        .map_err(|e| backend_err("encoding the public key", e))?;
     Ok((der, bits))
 }
 
@@ -434,14 +434,20 @@ fn op_error(card: &Card, operation: &str, err: ::yubikey::Error) -> TokenError {
 }
 
 /// Opens the key a `yubikey:` URI designates and verifies the PIN (from `pin-source`,
-/// `SEQUESTER_CUSTODY_PIN` or a prompt). A wrong PIN is reported with the retries left.
-pub fn open_key(uri: &str) -> Result<Box<dyn KeyHandle>, TokenError> {
-    Ok(Box::new(open_yubikey_key(uri, true)?))
+/// `SEQUESTER_CUSTODY_PIN` or `interaction`). A wrong PIN is reported with the retries left.
+pub fn open_key(
+    uri: &str,
+    interaction: &dyn Interaction,
+) -> Result<Box<dyn KeyHandle>, TokenError> {
+    Ok(Box::new(open_yubikey_key(uri, Some(interaction))?))
 }
 
-/// [`open_key`] returning the concrete type (attestation, serial); `with_pin = false` opens
-/// for reading only (public key, attestation).
-pub fn open_yubikey_key(uri: &str, with_pin: bool) -> Result<YubikeyKey, TokenError> {
+/// [`open_key`] returning the concrete type (attestation, serial); `login = None` opens for
+/// reading only (public key, attestation), without a PIN.
+pub fn open_yubikey_key(
+    uri: &str,
+    login: Option<&dyn Interaction>,
+) -> Result<YubikeyKey, TokenError> {
     let parsed = YubikeyUri::parse(uri)?;
     let slot = parsed.slot.ok_or_else(|| TokenError::BadUri {
         uri: uri.to_string(),
@@ -459,8 +465,8 @@ pub fn open_yubikey_key(uri: &str, with_pin: bool) -> Result<YubikeyKey, TokenEr
     let (spki, bits) = normalise_spki(&spki)?;
     let role = checked_role(subject.as_deref(), slot, card.serial)?;
     let metadata_evidence = check_slot_metadata(&mut card, slot, &spki)?;
-    let pin = if with_pin {
-        let (pin, _origin) = super::pin::resolve_pin(parsed.pin_source.as_deref(), &card.label())?;
+    let pin = if let Some(interaction) = login {
+        let pin = resolve_card_pin(&mut card, parsed.pin_source.as_deref(), interaction)?;
         card::verify_pin(&mut card, &pin)?;
         Some(pin)
     } else {
@@ -515,7 +521,11 @@ pub struct Generated {
 /// optional `pin-policy`, `touch-policy`, `mgm-key-source`). Slot by role unless given:
 /// authority 9c, service 9d (further services: give a retired slot 82..95). Refuses to
 /// overwrite a slot that already holds a key.
-pub fn generate(token_uri: &str, spec: &KeySpec) -> Result<Generated, TokenError> {
+pub fn generate(
+    token_uri: &str,
+    spec: &KeySpec,
+    interaction: &dyn Interaction,
+) -> Result<Generated, TokenError> {
     let parsed = YubikeyUri::parse(token_uri)?;
     super::check_key_size(spec.bits, spec.allow_insecure_test_size)?;
     let slot = parsed.slot.unwrap_or_else(|| uri::default_slot(spec.role));
@@ -549,9 +559,10 @@ pub fn generate(token_uri: &str, spec: &KeySpec) -> Result<Generated, TokenError
             card.serial
         )));
     }
-    let (pin, _origin) = super::pin::resolve_pin(parsed.pin_source.as_deref(), &card.label())?;
+    let pin = resolve_card_pin(&mut card, parsed.pin_source.as_deref(), interaction)?;
     card::verify_pin(&mut card, &pin)?;
-    let mgm_key = card::authenticate_admin(&mut card, parsed.mgm_key_source.as_deref())?;
+    let mgm_key =
+        card::authenticate_admin(&mut card, parsed.mgm_key_source.as_deref(), interaction)?;
 
     let (default_pin, default_touch) = default_policies(spec.role);
     let pin_policy = parsed.pin_policy.unwrap_or(default_pin);
@@ -593,10 +604,7 @@ pub fn generate(token_uri: &str, spec: &KeySpec) -> Result<Generated, TokenError
     // Right before the signature, as PIN policy `always` (and slot 9c on some cards) demands.
     card::verify_pin(&mut card, &pin)?;
     if touch_policy != TouchPolicyOpt::Never {
-        eprintln!(
-            "Touch the YubiKey {} now (its slot certificate is being signed)",
-            card.serial
-        );
+        interaction.touch_needed(&card.label(), "its slot certificate is being signed");
     }
     let cn = match spec.role {
         Role::Authority => AUTHORITY_CN,
@@ -648,9 +656,24 @@ pub fn default_policies(role: Role) -> (PinPolicyOpt, TouchPolicyOpt) {
     }
 }
 
-/// [`generate`] for the generic `key generate` path.
-pub fn generate_key(token_uri: &str, spec: &KeySpec) -> Result<Box<dyn KeyHandle>, TokenError> {
-    Ok(Box::new(generate(token_uri, spec)?.key))
+/// The card's PIN from `pin_source`, the environment or `interaction` (told the retries left).
+fn resolve_card_pin(
+    card: &mut Card,
+    pin_source: Option<&str>,
+    interaction: &dyn Interaction,
+) -> Result<Zeroizing<String>, TokenError> {
+    let retries_left = if pin_source.is_none() {
+        card::pin_retries(card).ok().map(u32::from)
+    } else {
+        None
+    };
+    let label = card.label();
+    let request = PinRequest {
+        token_label: &label,
+        kind: PinKind::User,
+        retries_left,
+    };
+    Ok(super::pin::resolve_pin(pin_source, &request, interaction)?.0)
 }
 
 fn sanitize_rdn(label: &str) -> String {
@@ -844,7 +867,7 @@ pub fn attestation_report(
         .map(attestation::load_roots)
         .transpose()
         .map_err(|e| TokenError::Refused(e.to_string()))?;
-    let key = open_yubikey_key(key_uri, false)?;
+    let key = open_yubikey_key(key_uri, None)?;
     key.attest(roots.as_deref())
 }
 

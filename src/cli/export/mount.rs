@@ -51,8 +51,8 @@ pub(crate) fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let realm = {
-        let key =
-            sequester_custody::token::open_key(&args.key.key).context("opening the service key")?;
+        let key = sequester_custody::token::open_key(&args.key.key, crate::cli::token::terminal())
+            .context("opening the service key")?;
         export.unlock(key.as_ref(), &UnlockOptions { service_id })?
         // The token session closes here: the mount never needs the token again.
     };

@@ -49,7 +49,8 @@ pub(crate) fn unlock(
     if export.sequester_topic()?.is_none() {
         return Err(sequester_custody::export::ExportError::NotSequestered.into());
     }
-    let key = sequester_custody::token::open_key(&args.key).context("opening the service key")?;
+    let key = sequester_custody::token::open_key(&args.key, crate::cli::token::terminal())
+        .context("opening the service key")?;
     let key_opened = started.elapsed();
     let realm = export.unlock(key.as_ref(), &UnlockOptions { service_id })?;
     if global.verbose > 0 && !global.json {

@@ -14,6 +14,7 @@ use rsa::traits::PublicKeyParts;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::super::interaction::{self, PinKind, PinRequest, SharedInteraction};
 use super::super::pin::resolve_pin;
 use super::super::uri::Pkcs11Uri;
 use super::super::{
@@ -23,7 +24,8 @@ use super::super::{
 use super::mechanisms::{self, Negotiated};
 use super::module::TokenRef;
 use super::{ck_error, session};
-use crate::crypto::{rsa_padding, rsa_public};
+use crate::crypto::rsa_padding;
+use crate::parsec::spki;
 
 /// A private RSA key on a PKCS#11 token, with a logged-in session.
 pub struct Pkcs11Key {
@@ -48,6 +50,8 @@ pub struct Pkcs11Key {
     /// The first fatal error of an operation: no later operation touches the token.
     fatal: Mutex<Option<String>>,
     context_auth: Mutex<ContextAuth>,
+    /// Asked for the context-specific PIN when no source gives it.
+    interaction: SharedInteraction,
 }
 
 /// The PIN for the context-specific logins of a `CKA_ALWAYS_AUTHENTICATE` key. Kept (zeroized
@@ -360,9 +364,9 @@ impl Pkcs11Key {
             .unwrap_or_default();
         let id = read_bytes(&session, handle, AttributeType::Id)?.unwrap_or_default();
         let (n, e) = public_components(&session, handle, &id)?;
-        let spki_der = rsa_public::spki_from_modulus_exponent(&n, &e)
+        let spki_der = spki::spki_der_from_components(&n, &e)
             .map_err(|e| TokenError::UnsupportedKey(e.to_string()))?;
-        let public = rsa_public::parse_spki_der(&spki_der)
+        let public = spki::parse_spki_der_lenient(&spki_der)
             .map_err(|e| TokenError::UnsupportedKey(e.to_string()))?;
         let can_sign = read_bool(&session, handle, AttributeType::Sign).unwrap_or(false);
         let can_decrypt = read_bool(&session, handle, AttributeType::Decrypt).unwrap_or(false);
@@ -388,17 +392,21 @@ impl Pkcs11Key {
             weaknesses,
             fatal: Mutex::new(None),
             context_auth: Mutex::new(ContextAuth::Unresolved { pin_source: None }),
+            interaction: interaction::non_interactive(),
         })
     }
 
     /// Where the PIN for context-specific logins comes from: the PIN already read for the
-    /// session login if there was one, else `pin_source` (then the environment, then a prompt),
-    /// read at the first operation. Without `CKA_ALWAYS_AUTHENTICATE` the PIN is not kept.
+    /// session login if there was one, else `pin_source` (then the environment, then
+    /// `interaction`), read at the first operation. Without `CKA_ALWAYS_AUTHENTICATE` the PIN
+    /// is not kept.
     pub fn with_pin_source(
-        self,
+        mut self,
         pin_source: Option<&str>,
         login_pin: Option<Zeroizing<String>>,
+        interaction: SharedInteraction,
     ) -> Pkcs11Key {
+        self.interaction = interaction;
         let auth = match login_pin {
             Some(pin) if self.always_authenticate => ContextAuth::Pin(pin),
             _ => ContextAuth::Unresolved {
@@ -414,8 +422,9 @@ impl Pkcs11Key {
         self.always_authenticate
     }
 
-    /// Opens the single private key the URI designates (logging in as needed).
-    pub fn open(uri: &Pkcs11Uri) -> Result<Pkcs11Key, TokenError> {
+    /// Opens the single private key the URI designates (logging in as needed; a PIN no source
+    /// gives is asked of `interaction`).
+    pub fn open(uri: &Pkcs11Uri, interaction: SharedInteraction) -> Result<Pkcs11Key, TokenError> {
         if !uri.names_object() {
             return Err(TokenError::BadUri {
                 uri: uri.to_uri_string(),
@@ -433,13 +442,22 @@ impl Pkcs11Key {
             }
         }
         let token = super::module::select_token(uri)?;
-        let (session, login_pin) =
-            session::open_logged_in_keeping_pin(&token, false, uri.pin_source.as_deref())?;
+        let (session, login_pin) = session::open_logged_in_keeping_pin(
+            &token,
+            false,
+            uri.pin_source.as_deref(),
+            interaction.as_ref(),
+        )?;
         let mut found = find_private_keys(&session, uri)?;
         match found.len() {
             0 => Err(TokenError::NoSuchKey(uri.object_selector())),
-            1 => Ok(Pkcs11Key::from_handle(token, session, found.remove(0))?
-                .with_pin_source(uri.pin_source.as_deref(), login_pin)),
+            1 => Ok(
+                Pkcs11Key::from_handle(token, session, found.remove(0))?.with_pin_source(
+                    uri.pin_source.as_deref(),
+                    login_pin,
+                    interaction,
+                ),
+            ),
             count => Err(TokenError::AmbiguousKey {
                 selector: uri.object_selector(),
                 count,
@@ -552,8 +570,13 @@ impl Pkcs11Key {
             *auth = if self.token.info()?.protected_authentication_path() {
                 ContextAuth::PinPad
             } else {
+                let request = PinRequest {
+                    token_label: &self.token.description.label,
+                    kind: PinKind::ContextSpecific,
+                    retries_left: None,
+                };
                 ContextAuth::Pin(
-                    resolve_pin(pin_source.as_deref(), &self.token.description.label)?.0,
+                    resolve_pin(pin_source.as_deref(), &request, self.interaction.as_ref())?.0,
                 )
             };
         }
@@ -752,7 +775,7 @@ impl KeyHandle for Pkcs11Key {
             role: self.role(),
             bits: self.bits(),
             spki_der: self.spki_der.clone(),
-            fingerprint: rsa_public::spki_fingerprint(&self.spki_der),
+            fingerprint: spki::spki_fingerprint(&self.spki_der),
             can_sign: self.can_sign,
             can_decrypt: self.can_decrypt,
             provenance: self.provenance()?,

@@ -11,6 +11,7 @@ use cryptoki::session::Session;
 use rsa::traits::{PrivateKeyParts, PublicKeyParts};
 use zeroize::Zeroize;
 
+use super::super::interaction::{Interaction, SharedInteraction};
 use super::super::uri::Pkcs11Uri;
 use super::super::{KeySpec, Role, TokenError};
 use super::key::{find_private_keys, read_allowed_mechanisms, read_bool, Pkcs11Key};
@@ -20,7 +21,10 @@ use super::{ck_error, session};
 
 const RSA_F4: [u8; 3] = [0x01, 0x00, 0x01];
 
-fn open_for_writing(token_uri: &Pkcs11Uri) -> Result<(TokenRef, Session), TokenError> {
+fn open_for_writing(
+    token_uri: &Pkcs11Uri,
+    interaction: &dyn Interaction,
+) -> Result<(TokenRef, Session), TokenError> {
     if token_uri.names_object() {
         return Err(TokenError::BadUri {
             uri: token_uri.to_uri_string(),
@@ -28,7 +32,8 @@ fn open_for_writing(token_uri: &Pkcs11Uri) -> Result<(TokenRef, Session), TokenE
         });
     }
     let token = select_token(token_uri)?;
-    let session = session::open_logged_in(&token, true, token_uri.pin_source.as_deref())?;
+    let session =
+        session::open_logged_in(&token, true, token_uri.pin_source.as_deref(), interaction)?;
     Ok((token, session))
 }
 
@@ -259,9 +264,13 @@ fn creation_error(operation: &str, err: cryptoki::error::Error) -> TokenError {
 }
 
 /// Generates an RSA key pair for `spec.role` on the token `token_uri` designates.
-pub fn generate(token_uri: &Pkcs11Uri, spec: &KeySpec) -> Result<Pkcs11Key, TokenError> {
+pub fn generate(
+    token_uri: &Pkcs11Uri,
+    spec: &KeySpec,
+    interaction: SharedInteraction,
+) -> Result<Pkcs11Key, TokenError> {
     super::super::check_key_size(spec.bits, spec.allow_insecure_test_size)?;
-    let (token, session) = open_for_writing(token_uri)?;
+    let (token, session) = open_for_writing(token_uri, interaction.as_ref())?;
     refuse_existing_label(&session, &spec.label)?;
     let id = random_id(&session)?;
     let hardening = Hardening::for_role(&token, spec, spec.bits)?;
@@ -288,8 +297,13 @@ pub fn generate(token_uri: &Pkcs11Uri, spec: &KeySpec) -> Result<Pkcs11Key, Toke
         )
         .map_err(|e| creation_error("C_GenerateKeyPair", e))?;
     check_honoured(&session, &hardening, private, Some(public))?;
-    Ok(Pkcs11Key::from_handle(token, session, private)?
-        .with_pin_source(token_uri.pin_source.as_deref(), None))
+    Ok(
+        Pkcs11Key::from_handle(token, session, private)?.with_pin_source(
+            token_uri.pin_source.as_deref(),
+            None,
+            interaction,
+        ),
+    )
 }
 
 /// Imports a host RSA private key as a sensitive, non-extractable token key (and its public
@@ -298,6 +312,7 @@ pub fn import(
     token_uri: &Pkcs11Uri,
     key: &rsa::RsaPrivateKey,
     spec: &KeySpec,
+    interaction: SharedInteraction,
 ) -> Result<Pkcs11Key, TokenError> {
     super::super::check_key_size(key.n().bits(), spec.allow_insecure_test_size)?;
     if key.primes().len() != 2 {
@@ -310,7 +325,7 @@ pub fn import(
             "public exponent is not 65537".into(),
         ));
     }
-    let (token, session) = open_for_writing(token_uri)?;
+    let (token, session) = open_for_writing(token_uri, interaction.as_ref())?;
     refuse_existing_label(&session, &spec.label)?;
     let id = random_id(&session)?;
     let hardening = Hardening::for_role(&token, spec, key.n().bits())?;
@@ -379,6 +394,11 @@ pub fn import(
     // Not fatal: the private object carries the modulus and exponent, which is all the public
     // key needs; some tokens refuse public objects with these usage flags.
     let _ = session.create_object(&public_template);
-    Ok(Pkcs11Key::from_handle(token, session, private)?
-        .with_pin_source(token_uri.pin_source.as_deref(), None))
+    Ok(
+        Pkcs11Key::from_handle(token, session, private)?.with_pin_source(
+            token_uri.pin_source.as_deref(),
+            None,
+            interaction,
+        ),
+    )
 }

@@ -6,6 +6,7 @@ use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::types::AuthPin;
 use zeroize::Zeroizing;
 
+use super::super::interaction::{Interaction, PinKind, PinRequest};
 use super::super::pin::{latch_on_rejection, refuse_if_rejected, resolve_pin};
 use super::super::TokenError;
 use super::ck_error;
@@ -40,8 +41,10 @@ pub fn open_logged_in(
     token: &TokenRef,
     read_write: bool,
     pin_source: Option<&str>,
+    interaction: &dyn Interaction,
 ) -> Result<Session, TokenError> {
-    open_logged_in_keeping_pin(token, read_write, pin_source).map(|(session, _)| session)
+    open_logged_in_keeping_pin(token, read_write, pin_source, interaction)
+        .map(|(session, _)| session)
 }
 
 /// [`open_logged_in`], also returning the PIN that was used, if one was read (a key with
@@ -51,6 +54,7 @@ pub fn open_logged_in_keeping_pin(
     token: &TokenRef,
     read_write: bool,
     pin_source: Option<&str>,
+    interaction: &dyn Interaction,
 ) -> Result<(Session, Option<Zeroizing<String>>), TokenError> {
     let ctx = &token.module.ctx;
     let session = if read_write {
@@ -59,7 +63,7 @@ pub fn open_logged_in_keeping_pin(
         ctx.open_ro_session(token.slot)
     }
     .map_err(|e| ck_error("C_OpenSession", e))?;
-    let pin = login(token, &session, pin_source)?;
+    let pin = login(token, &session, pin_source, interaction)?;
     Ok((session, pin))
 }
 
@@ -86,6 +90,7 @@ fn login(
     token: &TokenRef,
     session: &Session,
     pin_source: Option<&str>,
+    interaction: &dyn Interaction,
 ) -> Result<Option<Zeroizing<String>>, TokenError> {
     if let Ok(info) = session.get_session_info() {
         if matches!(
@@ -110,7 +115,12 @@ fn login(
         // PIN pad on the reader: the PIN never passes through this process.
         return login_result(token, None, session.login(UserType::User, None)).map(|()| None);
     }
-    let (pin, _origin) = resolve_pin(pin_source, &token.description.label)?;
+    let request = PinRequest {
+        token_label: &token.description.label,
+        kind: PinKind::User,
+        retries_left: info.user_pin_final_try().then_some(1),
+    };
+    let (pin, _origin) = resolve_pin(pin_source, &request, interaction)?;
     refuse_if_rejected(&latch_id(token), Some(&pin), &token.description.label)?;
     let auth = AuthPin::new(pin.as_str().into());
     login_result(

@@ -4,6 +4,7 @@
 use ::yubikey::{piv, Error as YkError, MgmKey, YubiKey};
 use zeroize::Zeroizing;
 
+use super::super::interaction::Interaction;
 use super::super::TokenError;
 use super::raw;
 
@@ -234,24 +235,25 @@ fn read_mgm_key_bytes(source: &str, expected_len: usize) -> Result<Zeroizing<Vec
     Ok(bytes)
 }
 
-fn default_key_warning(card: &Card, algorithm: u8) {
-    eprintln!(
-        "WARNING: YubiKey {} still uses the FACTORY DEFAULT {} management key: anyone who \
+fn default_key_warning(card: &Card, algorithm: u8, interaction: &dyn Interaction) {
+    interaction.warn(&format!(
+        "YubiKey {} still uses the FACTORY DEFAULT {} management key: anyone who \
          holds the card can overwrite its keys and certificates. Before production use set a \
          PIN-protected random key: `ykman piv access change-management-key --generate --protect`.",
         card.serial,
         raw::management_algorithm_name(algorithm)
-    );
+    ));
 }
 
 /// Authenticates with the management key (needed to generate keys and write certificates).
 /// Order: `mgm-key-source` file, then the PIN-protected key on the card (the PIN must already
-/// be verified), then the factory default, with a loud warning. 3DES keys go through the
+/// be verified), then the factory default, with a loud warning through `interaction`. 3DES keys go through the
 /// `yubikey` crate; AES keys (the default of firmware 5.7) through [`raw`], which the card
 /// accepts for the following commands of either handle.
 pub fn authenticate_admin(
     card: &mut Card,
     mgm_key_source: Option<&str>,
+    interaction: &dyn Interaction,
 ) -> Result<MgmKeyKind, TokenError> {
     let algorithm = if card.version >= (5, 3, 0) {
         raw::RawPiv::connect(&card.reader)?.management_key_algorithm()
@@ -305,7 +307,7 @@ pub fn authenticate_admin(
         let default = MgmKey::default();
         let bytes: &[u8; 24] = default.as_ref();
         if try_key(card, bytes)? {
-            default_key_warning(card, algorithm);
+            default_key_warning(card, algorithm, interaction);
             return Ok(MgmKeyKind::FactoryDefault);
         }
     }
