@@ -5,6 +5,9 @@
 //! `KRYOPTIC_CONF`, so tests never share token state.
 #![allow(dead_code)]
 
+pub mod mount;
+pub mod yubikey;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
