@@ -1,7 +1,6 @@
 //! `cert show` on Parsec-made certificates (spec vector V5, the fixture's sequester topic) and on
 //! damaged files: each damage has its own message, and nothing is ever written.
 
-
 use std::path::{Path, PathBuf};
 
 use crate::common::{fixture, run_cli, stderr, stdout};

@@ -1,7 +1,6 @@
 //! `generate-assets DIR`: one man page per visible command and subcommand, generated from the
 //! CLI definition itself, and bash/zsh/fish completions (the Debian package ships them).
 
-
 use crate::common::{run_cli, stderr};
 
 #[test]

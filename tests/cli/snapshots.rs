@@ -65,7 +65,10 @@ fn fixture_and_error_snapshots() {
     let Some(hsm) = SoftHsm::new("snapshots") else {
         return;
     };
-    assert_eq!(USER_PIN, "123456", "the snapshots give this PIN on their command lines");
+    assert_eq!(
+        USER_PIN, "123456",
+        "the snapshots give this PIN on their command lines"
+    );
     for (pem, label, id) in SERVICE_KEYS {
         hsm.import_with_softhsm_util(&fixture(pem), label, id);
     }

@@ -8,8 +8,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::common::{fixture, SoftHsm};
 use crate::common::mount::{fuse_available, wait_unmounted, Mount};
+use crate::common::{fixture, SoftHsm};
 
 const SERVICE1: &str = "sequester_service_1.00000000000000000000000000000001.private.pem";
 const SERVICE2: &str = "sequester_service_2.00000000000000000000000000000002.private.pem";

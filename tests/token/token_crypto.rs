@@ -1,7 +1,6 @@
 //! Signing and decryption through real SoftHSM2 and kryoptic tokens, checked with the `rsa`
 //! crate, on every mechanism path (native, host digest, raw RSA + host padding).
 
-
 use crate::common::*;
 use rsa::pkcs8::DecodePublicKey;
 use rsa::rand_core::OsRng;

@@ -2,7 +2,6 @@
 //! unknown / ambiguous token, unknown key, malformed URIs, PIN sources. Each is a specific error,
 //! a non-zero exit and no panic.
 
-
 use crate::common::*;
 
 fn generate(t: &TestToken, role: &str, label: &str) {

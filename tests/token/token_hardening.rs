@@ -3,7 +3,6 @@
 //! tool). Role flips, sign-recover, copies, wrapping, reading secret components and mechanisms
 //! outside `CKA_ALLOWED_MECHANISMS` are refused; the tool's own paths still work (`key test`).
 
-
 use crate::common::*;
 
 fn cli_ok(args: &[&str], env: &[(String, String)]) -> serde_json::Value {

@@ -1,6 +1,5 @@
 //! `key import` of legacy openssl keys into real SoftHSM2 and kryoptic tokens.
 
-
 use std::path::Path;
 use std::process::Command;
 

@@ -1,7 +1,6 @@
 //! Key generation on real SoftHSM2 and kryoptic tokens: sizes, attributes, provenance, and that
 //! the private key cannot be read, wrapped or made extractable.
 
-
 use crate::common::*;
 
 fn json(out: &std::process::Output) -> serde_json::Value {

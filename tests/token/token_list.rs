@@ -1,6 +1,5 @@
 //! `token list` and `token info` against real SoftHSM2 and kryoptic tokens.
 
-
 use crate::common::*;
 
 #[test]

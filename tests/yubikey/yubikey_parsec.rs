@@ -7,8 +7,8 @@ use crate::common::yubikey as yubikey_common;
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{run_cli, stderr, stdout};
 use crate::common::yubikey::{Session, PIN};
+use crate::common::{run_cli, stderr, stdout};
 
 fn oracle_python() -> Option<PathBuf> {
     let py = std::env::var_os("PARSEC_ORACLE_PY")
