@@ -11,23 +11,11 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{run_cli, shared_dir, stderr, stdout};
+use crate::common::{run_cli, sh_quote, shared_dir, stderr, stdout};
 use sequester_custody::parsec::cert_pem;
 use sequester_custody::parsec::spki::RsaPublicKeyDer;
 
 /// The venv Python with parsec-cloud 3.9.3 (`PARSEC_ORACLE_PY`, set by scripts/test.sh).
-fn oracle_python() -> Option<PathBuf> {
-    let py = std::env::var_os("PARSEC_ORACLE_PY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/parsec-oracle-venv/bin/python"));
-    let ok = py.is_file();
-    common::available(
-        "Parsec oracle venv (PARSEC_ORACLE_PY; ../shared/interop/setup.sh)",
-        ok,
-    )
-    .then_some(py)
-}
-
 /// One test token: environment, URIs. Keeps the token alive.
 struct Token {
     name: &'static str,
@@ -112,7 +100,7 @@ fn oracle(py: &Path, script: &str, args: &[&str]) -> (i32, serde_json::Value) {
 }
 
 fn judge_token(token: Token, bits: usize) {
-    let Some(py) = oracle_python() else { return };
+    let Some(py) = common::oracle_python() else { return };
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).display().to_string();
     let authority = token.keygen(
@@ -271,13 +259,9 @@ fn kryoptic_4096_certificates_judged_by_the_server() {
 }
 
 /// Single quotes for `sh -c`.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 #[test]
 fn make_export_hook_mode_registers_then_revokes_a_service_signed_on_softhsm() {
-    let Some(py) = oracle_python() else { return };
+    let Some(py) = common::oracle_python() else { return };
     let Some(token) = softhsm("hook") else { return };
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).display().to_string();

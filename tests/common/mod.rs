@@ -77,6 +77,57 @@ pub fn available(what: &str, ok: bool) -> bool {
     ok
 }
 
+/// The real Parsec server's python (the interop venv): `PARSEC_ORACLE_PY`, else the venv
+/// `scripts/test.sh` sets up. See [`oracle_python`] for the checked form.
+pub fn oracle_python_path() -> PathBuf {
+    std::env::var_os("PARSEC_ORACLE_PY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/parsec-oracle-venv/bin/python"))
+}
+
+/// [`oracle_python_path`] when it is installed; a skip (or failure, see [`available`]) otherwise.
+pub fn oracle_python() -> Option<PathBuf> {
+    let py = oracle_python_path();
+    available(
+        "Parsec oracle venv (PARSEC_ORACLE_PY; bash ../shared/interop/setup.sh)",
+        py.is_file(),
+    )
+    .then_some(py)
+}
+
+/// Single-quotes a value for `sh -c`.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Every regular file under `root`, as `/relative/path`.
+pub fn files_under(root: &Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+                out.insert(format!("/{rel}"));
+            }
+        }
+    }
+    out
+}
+
+/// The SubjectPublicKeyInfo DER of a host RSA key.
+pub fn spki_der(key: &rsa::RsaPrivateKey) -> Vec<u8> {
+    use rsa::pkcs8::EncodePublicKey;
+    key.to_public_key()
+        .to_public_key_der()
+        .unwrap()
+        .as_bytes()
+        .to_vec()
+}
+
 pub fn softhsm_module() -> Option<PathBuf> {
     [
         "/usr/lib/softhsm/libsofthsm2.so",
@@ -224,6 +275,17 @@ impl SoftHsm {
                     .to_string(),
             ),
         ]
+    }
+
+    /// A fresh token holding `key` as object `svc` (id 01), imported with softhsm2-util.
+    pub fn with_service_key(key: &rsa::RsaPrivateKey, label: &str) -> Option<SoftHsm> {
+        use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+        let hsm = SoftHsm::new(label)?;
+        let pem = hsm.dir.path().join("svc.pem");
+        std::fs::write(&pem, key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
+        hsm.import_with_softhsm_util(&pem, "svc", "01");
+        std::fs::remove_file(&pem).unwrap();
+        Some(hsm)
     }
 
     /// `pkcs11:` URI of a key on this token, with the module path.

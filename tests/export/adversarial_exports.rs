@@ -473,9 +473,7 @@ struct Case {
 }
 
 fn generate(out: &Path) -> (Value, Vec<Case>) {
-    let py = std::env::var_os("PARSEC_ORACLE_PY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/parsec-oracle-venv/bin/python"));
+    let py = common::oracle_python_path();
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/adversarial/make_adversarial.py");
     let shared = common::shared_dir();
@@ -1083,13 +1081,7 @@ fn mount_case(ctx: &Ctx, case: &Case, exp: &Expect, work: &Path, whole_ok: bool)
 
 #[test]
 fn hostile_exports_through_the_real_server() {
-    let py = std::env::var_os("PARSEC_ORACLE_PY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/parsec-oracle-venv/bin/python"));
-    if !common::available(
-        "Parsec oracle venv (bash ../shared/interop/setup.sh)",
-        py.exists(),
-    ) {
+    if common::oracle_python().is_none() {
         return;
     }
     // One token per worker: concurrent processes on one SoftHSM2 token directory occasionally

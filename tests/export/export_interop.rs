@@ -11,24 +11,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{run_cli, stderr, SoftHsm};
+use crate::common::{files_under, run_cli, sh_quote, stderr, SoftHsm};
 use serde_json::Value;
-
-fn oracle_python() -> PathBuf {
-    std::env::var_os("PARSEC_ORACLE_PY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/parsec-oracle-venv/bin/python"))
-}
 
 fn cli(hsm: &SoftHsm, args: &[&str]) -> std::process::Output {
     let out = run_cli(args, &hsm.env());
     assert!(out.status.success(), "{args:?}: {}", stderr(&out));
     out
-}
-
-/// Single-quotes a value for `sh -c`.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 struct Made {
@@ -95,7 +84,7 @@ fn make_export(hsm: &SoftHsm) -> Made {
     );
     let export = dir.path().join("export.sqlite");
     let expected = dir.path().join("expected.json");
-    let mut cmd = Command::new(oracle_python());
+    let mut cmd = Command::new(common::oracle_python_path());
     cmd.arg(common::shared_dir().join("interop/make_export.py"))
         .args(["--authority-pub", auth_pub.to_str().unwrap()])
         .args(["--service-cert-cmd", &service_hook("A")])
@@ -129,42 +118,13 @@ fn sha256_file(p: &Path) -> String {
     common::file_sha256(p)
 }
 
-/// Every regular file under `root`, as `/relative/path`.
-fn files_under(root: &Path) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let ty = e.file_type().unwrap();
-            if ty.is_dir() {
-                stack.push(e.path());
-            } else {
-                let rel = e
-                    .path()
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .to_string();
-                out.insert(format!("/{rel}"));
-            }
-        }
-    }
-    out
-}
-
 fn below_any(path: &str, folders: &BTreeSet<String>) -> bool {
     folders.iter().any(|f| path.starts_with(&format!("{f}/")))
 }
 
 #[test]
 fn real_server_export_extracts_exactly_as_expected() {
-    let py = oracle_python();
-    if !common::available(
-        "Parsec oracle venv (bash ../shared/interop/setup.sh)",
-        py.exists(),
-    ) {
+    if common::oracle_python().is_none() {
         return;
     }
     let Some(hsm) = SoftHsm::new("export-interop") else {

@@ -22,15 +22,6 @@ fn service_key() -> RsaPrivateKey {
     RsaPrivateKey::new(&mut rng, 1024).unwrap()
 }
 
-fn spki(key: &RsaPrivateKey) -> Vec<u8> {
-    use rsa::pkcs8::EncodePublicKey;
-    key.to_public_key()
-        .to_public_key_der()
-        .unwrap()
-        .as_bytes()
-        .to_vec()
-}
-
 /// The same workspace history; `forged_root` replaces only the organisation root key.
 fn write_export(path: &Path, key: &RsaPrivateKey, forged_root: Option<u64>) -> [u8; 32] {
     let config = WriterConfig {
@@ -41,7 +32,7 @@ fn write_export(path: &Path, key: &RsaPrivateKey, forged_root: Option<u64>) -> [
         ..WriterConfig::default()
     };
     let mut w = ExportWriter::create(path, config).unwrap();
-    w.add_service("investigation", &spki(key)).unwrap();
+    w.add_service("investigation", &common::spki_der(key)).unwrap();
     w.rotate_key().unwrap();
     w.write_file("/report.txt", Content::bytes(b"quarterly figures".to_vec()))
         .unwrap();
@@ -51,16 +42,6 @@ fn write_export(path: &Path, key: &RsaPrivateKey, forged_root: Option<u64>) -> [
     let root = w.root_verify_key();
     w.finish().unwrap();
     root
-}
-
-fn token_with(key: &RsaPrivateKey, label: &str) -> Option<SoftHsm> {
-    use rsa::pkcs8::{EncodePrivateKey, LineEnding};
-    let hsm = SoftHsm::new(label)?;
-    let pem = hsm.dir.path().join("svc.pem");
-    std::fs::write(&pem, key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
-    hsm.import_with_softhsm_util(&pem, "svc", "01");
-    std::fs::remove_file(&pem).unwrap();
-    Some(hsm)
 }
 
 fn address(root: [u8; 32], org: &str) -> String {
@@ -92,7 +73,7 @@ impl Case {
         let genuine_root = write_export(&genuine, &key, None);
         let forged_root = write_export(&forged, &key, Some(666));
         assert_ne!(genuine_root, forged_root);
-        let hsm = token_with(&key, label)?;
+        let hsm = SoftHsm::with_service_key(&key, label)?;
         Some(Case {
             dir,
             hsm,
@@ -332,7 +313,7 @@ fn revoked_and_reader_authors_are_flagged_by_verify_ls_and_extract() {
         ..WriterConfig::default()
     };
     let mut w = ExportWriter::create(&path, config).unwrap();
-    w.add_service("investigation", &spki(&key)).unwrap();
+    w.add_service("investigation", &common::spki_der(&key)).unwrap();
     w.rotate_key().unwrap();
     w.write_file("/bob.txt", Content::bytes(b"alice".to_vec()))
         .unwrap();
@@ -353,7 +334,7 @@ fn revoked_and_reader_authors_are_flagged_by_verify_ls_and_extract() {
     w.sync().unwrap();
     let root = w.root_verify_key();
     w.finish().unwrap();
-    let Some(hsm) = token_with(&key, "trust-authors") else {
+    let Some(hsm) = SoftHsm::with_service_key(&key, "trust-authors") else {
         return;
     };
     let uri = hsm.key_uri("svc");

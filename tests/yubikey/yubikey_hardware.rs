@@ -8,7 +8,7 @@
 //! SEQUESTER_YUBIKEY_SERIAL=12345678 \
 //! SEQUESTER_YUBIKEY_ROOT=/path/to/yubico-piv-ca-1.pem \
 //! SEQUESTER_CUSTODY_PIN=123456 \
-//!   cargo test --test yubikey_hardware -- --ignored --test-threads=1 --nocapture
+//!   cargo test --test yubikey yubikey_hardware -- --ignored --test-threads=1 --nocapture
 //! ```
 //! See docs/yubikey.md ("Hardware test procedure").
 

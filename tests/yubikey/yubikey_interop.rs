@@ -10,41 +10,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{run_cli, stderr};
+use crate::common::{files_under, run_cli, sh_quote, stderr};
 use serde_json::Value;
-
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-fn files_under(root: &Path) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                let rel = e.path().strip_prefix(root).unwrap().display().to_string();
-                out.insert(format!("/{rel}"));
-            }
-        }
-    }
-    out
-}
 
 #[test]
 fn real_server_export_with_certificate_and_decryption_on_the_card() {
-    let py = std::env::var_os("PARSEC_ORACLE_PY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/parsec-oracle-venv/bin/python"));
-    if !common::available(
-        "Parsec oracle venv (bash ../shared/interop/setup.sh)",
-        py.exists(),
-    ) {
+    let Some(py) = common::oracle_python() else {
         return;
-    }
+    };
     let Some(session) = yubikey_common::start(&["5.4.3"]) else {
         return;
     };

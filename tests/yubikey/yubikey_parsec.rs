@@ -10,17 +10,6 @@ use std::path::{Path, PathBuf};
 use crate::common::yubikey::{Session, PIN};
 use crate::common::{run_cli, stderr, stdout};
 
-fn oracle_python() -> Option<PathBuf> {
-    let py = std::env::var_os("PARSEC_ORACLE_PY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/parsec-oracle-venv/bin/python"));
-    common::available(
-        "Parsec oracle venv (PARSEC_ORACLE_PY; ../shared/interop/setup.sh)",
-        py.exists(),
-    )
-    .then_some(py)
-}
-
 /// PIN for the card; key generation and certificates go to a transcript in the test dir.
 fn env_in(dir: &Path) -> Vec<(String, String)> {
     vec![
@@ -146,7 +135,7 @@ fn certificate_signed_on_the_card_is_accepted_by_parsec_and_export_decrypts() {
     );
     assert!(out.status.success(), "cert service: {}", stderr(&out));
 
-    if let Some(py) = oracle_python() {
+    if let Some(py) = common::oracle_python() {
         let judged = std::process::Command::new(py)
             .arg(common::shared_dir().join("interop/verify_service_cert.py"))
             .arg(&authority_pub)
