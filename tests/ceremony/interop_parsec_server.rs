@@ -8,7 +8,7 @@
 
 use crate::common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::common::{run_cli, sh_quote, shared_dir, stderr, stdout};
@@ -100,7 +100,9 @@ fn oracle(py: &Path, script: &str, args: &[&str]) -> (i32, serde_json::Value) {
 }
 
 fn judge_token(token: Token, bits: usize) {
-    let Some(py) = common::oracle_python() else { return };
+    let Some(py) = common::oracle_python() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).display().to_string();
     let authority = token.keygen(
@@ -261,7 +263,9 @@ fn kryoptic_4096_certificates_judged_by_the_server() {
 /// Single quotes for `sh -c`.
 #[test]
 fn make_export_hook_mode_registers_then_revokes_a_service_signed_on_softhsm() {
-    let Some(py) = common::oracle_python() else { return };
+    let Some(py) = common::oracle_python() else {
+        return;
+    };
     let Some(token) = softhsm("hook") else { return };
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).display().to_string();

@@ -8,7 +8,7 @@
 use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use crate::common::{files_under, run_cli, sh_quote, stderr, SoftHsm};
@@ -114,10 +114,6 @@ fn make_export(hsm: &SoftHsm) -> Made {
     }
 }
 
-fn sha256_file(p: &Path) -> String {
-    common::file_sha256(p)
-}
-
 fn below_any(path: &str, folders: &BTreeSet<String>) -> bool {
     folders.iter().any(|f| path.starts_with(&format!("{f}/")))
 }
@@ -131,7 +127,7 @@ fn real_server_export_extracts_exactly_as_expected() {
         return;
     };
     let made = make_export(&hsm);
-    let export_sha = sha256_file(&made.export);
+    let export_sha = common::file_sha256(&made.export);
     assert_eq!(made.expected["export"]["sha256"], export_sha);
 
     let services = made.expected["sequester_services"].as_array().unwrap();
@@ -174,7 +170,11 @@ fn real_server_export_extracts_exactly_as_expected() {
                 "{label} at {snap_label}: {}",
                 stderr(&out)
             );
-            assert_eq!(sha256_file(&made.export), export_sha, "export modified");
+            assert_eq!(
+                common::file_sha256(&made.export),
+                export_sha,
+                "export modified"
+            );
             let record_path = made
                 .dir
                 .path()
@@ -227,7 +227,7 @@ fn real_server_export_extracts_exactly_as_expected() {
             );
             for (p, sha) in &exp_readable {
                 let local = dest.join(p.trim_start_matches('/'));
-                assert_eq!(&sha256_file(&local), sha, "{ctx}: {p}");
+                assert_eq!(&common::file_sha256(&local), sha, "{ctx}: {p}");
             }
             let recorded: BTreeMap<String, String> = record["files"]
                 .as_array()
@@ -320,5 +320,5 @@ fn real_server_export_extracts_exactly_as_expected() {
         assert_eq!(v["consistent"], true, "{v}");
         assert_eq!(v["result"], "not_anchored", "{v}");
     }
-    assert_eq!(sha256_file(&made.export), export_sha);
+    assert_eq!(common::file_sha256(&made.export), export_sha);
 }

@@ -32,7 +32,8 @@ fn write_export(path: &Path, key: &RsaPrivateKey, forged_root: Option<u64>) -> [
         ..WriterConfig::default()
     };
     let mut w = ExportWriter::create(path, config).unwrap();
-    w.add_service("investigation", &common::spki_der(key)).unwrap();
+    w.add_service("investigation", &common::spki_der(key))
+        .unwrap();
     w.rotate_key().unwrap();
     w.write_file("/report.txt", Content::bytes(b"quarterly figures".to_vec()))
         .unwrap();
@@ -313,7 +314,8 @@ fn revoked_and_reader_authors_are_flagged_by_verify_ls_and_extract() {
         ..WriterConfig::default()
     };
     let mut w = ExportWriter::create(&path, config).unwrap();
-    w.add_service("investigation", &common::spki_der(&key)).unwrap();
+    w.add_service("investigation", &common::spki_der(&key))
+        .unwrap();
     w.rotate_key().unwrap();
     w.write_file("/bob.txt", Content::bytes(b"alice".to_vec()))
         .unwrap();

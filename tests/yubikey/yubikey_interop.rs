@@ -7,7 +7,7 @@ use crate::common;
 use crate::common::yubikey as yubikey_common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+
 use std::process::Command;
 
 use crate::common::{files_under, run_cli, sh_quote, stderr};

@@ -5,7 +5,7 @@
 use crate::common;
 use crate::common::yubikey as yubikey_common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::common::yubikey::{Session, PIN};
 use crate::common::{run_cli, stderr, stdout};
