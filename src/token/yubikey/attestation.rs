@@ -387,7 +387,7 @@ fn anchor(
     }
 }
 
-/// [`anchor`] for a CA certificate given as DER, against the shipped Yubico CAs only: the
+/// `anchor` for a CA certificate given as DER, against the shipped Yubico CAs only: the
 /// root's subject, or why it does not chain.
 pub fn shipped_anchor_of(cert_der: &[u8]) -> Result<String, String> {
     let cert = parse(cert_der, "certificate").map_err(|e| e.to_string())?;
