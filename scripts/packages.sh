@@ -46,6 +46,7 @@ SYS_CRATE_PACKAGES=(
   "linux-raw-sys=none:headers"   # Linux syscall constants as Rust source
   "js-sys=none:wasm"             # WebAssembly only
   "wasm-bindgen-shared=none:wasm" # WebAssembly only (its `links` key only guards versions)
+  "rayon-core=none:rust"         # pure Rust (trycmd, tests only); its `links` key only guards versions
   "windows-sys=none:windows"     # Windows only
 )
 

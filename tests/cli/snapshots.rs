@@ -72,25 +72,25 @@ fn fixture_and_error_snapshots() {
     for (pem, label, id) in SERVICE_KEYS {
         hsm.import_with_softhsm_util(&fixture(pem), label, id);
     }
-    let cases = cases();
-    // The PIN is on each command line of the snapshots instead (`SEQUESTER_CUSTODY_PIN=… cmd`):
-    // trycmd lets the environment set here win over a command's own, and one command needs a
-    // wrong PIN.
-    for (key, value) in hsm.env() {
-        if key != "SEQUESTER_CUSTODY_PIN" {
-            cases.env(key, value);
+    // One file at a time: trycmd runs case files in parallel, and concurrent processes on one
+    // SoftHSM2 token directory occasionally fail to find the token. Steps of a file run in order.
+    for file in ["export.trycmd", "errors.trycmd"] {
+        let cases = cases();
+        // The PIN is on each command line instead (`SEQUESTER_CUSTODY_PIN=… cmd`): trycmd lets
+        // the environment set here win over a command's own, and one command needs a wrong PIN.
+        for (key, value) in hsm.env() {
+            if key != "SEQUESTER_CUSTODY_PIN" {
+                cases.env(key, value);
+            }
         }
+        // No pin file: verify is unanchored unless the command names the root key.
+        let pins = hsm.dir.path().join("pins.json");
+        cases.env("SEQUESTER_CUSTODY_PINS", pins.display().to_string());
+        cases
+            .insert_var("[TOKENDIR]", hsm.dir.path().display().to_string())
+            .unwrap();
+        cases.case(format!("tests/cli/snapshots/{file}")).run();
     }
-    // No pin file: verify is unanchored unless the command names the root key.
-    let pins = hsm.dir.path().join("pins.json");
-    cases.env("SEQUESTER_CUSTODY_PINS", pins.display().to_string());
-    cases
-        .insert_var("[TOKENDIR]", hsm.dir.path().display().to_string())
-        .unwrap();
-    cases
-        .case("tests/cli/snapshots/export.trycmd")
-        .case("tests/cli/snapshots/errors.trycmd");
-    cases.run();
     assert_eq!(
         crate::common::file_sha256(&fixture(EXPORT)),
         EXPORT_SHA256,
