@@ -61,7 +61,7 @@ export SEQUESTER_CUSTODY_TRANSCRIPT="$work/transcript.jsonl"
   --in "$fixtures/sequester_service_1.00000000000000000000000000000001.private.pem" >/dev/null
 key="pkcs11:token=deb-check;object=svc1;type=private?module-name=softhsm2"
 "$installed" key test "$key" --rounds 2
-# Anchored by the fixture organisation's root verify key (as tests/export_fixture.rs does).
+# Anchored by the fixture organisation's root verify key (as tests/export/export_fixture.rs does).
 fixture_root=c118b50c90876d8feac2ffe02d59c26f447064289091c1993d3aec170fd6a9c2
 "$installed" --json export verify "$fixtures/sequestered_export.sqlite" --key "$key" \
   --root-key "$fixture_root" > "$work/verify.json"

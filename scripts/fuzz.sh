@@ -3,7 +3,7 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]      (default 180 s, every target)
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). Logs go to
 # $FUZZ_LOG_DIR (default /var/tmp/sequester-fuzz-logs); new crash inputs to fuzz/artifacts/TARGET/
-# (copy them to fuzz/regressions/TARGET/ once fixed: tests/fuzz_corpus.rs replays them).
+# (copy them to fuzz/regressions/TARGET/ once fixed: tests/export/fuzz_corpus.rs replays them).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # The fuzz targets link the library: the same build packages as the binary.

@@ -5,7 +5,7 @@
 #   packages_ensure build demo       # installs what is missing (apt-get, as root)
 #
 # SKIP_APT=1: install nothing; packages_ensure reports what is missing and returns 1.
-# tests/packages.rs checks that every `-sys` crate (and every crate with a `links` key) in
+# tests/cli/packages.rs checks that every `-sys` crate (and every crate with a `links` key) in
 # Cargo.lock is mapped below, and that the package it maps to is in PACKAGES_BUILD.
 
 # Building the binary (cargo itself comes from rustup).
@@ -36,7 +36,7 @@ PACKAGES_BENCH=(time softhsm2 fuse3)
 PACKAGES_DEB=(dpkg-dev man-db)
 
 # Crates that link a system library (or could): crate=Debian package providing it, or
-# crate=none:why. tests/packages.rs fails on a crate missing here.
+# crate=none:why. tests/cli/packages.rs fails on a crate missing here.
 SYS_CRATE_PACKAGES=(
   "pcsc-sys=libpcsclite-dev"
   "libsqlite3-sys=gcc"           # rusqlite's `bundled` feature: SQLite compiled from source
@@ -46,6 +46,7 @@ SYS_CRATE_PACKAGES=(
   "linux-raw-sys=none:headers"   # Linux syscall constants as Rust source
   "js-sys=none:wasm"             # WebAssembly only
   "wasm-bindgen-shared=none:wasm" # WebAssembly only (its `links` key only guards versions)
+  "rayon-core=none:rust"         # pure Rust (trycmd, tests only); its `links` key only guards versions
   "windows-sys=none:windows"     # Windows only
 )
 

@@ -3,6 +3,7 @@
 #
 #   scripts/test.sh            # install what is missing, build helper tokens, run all tests
 #   scripts/test.sh -- FILTER  # pass extra arguments to `cargo test`
+#   LINT=0 scripts/test.sh     # without the fmt/clippy/doc gates (LINT=1: with them, filtered)
 #
 # A full run also builds, installs and checks the Debian package (scripts/deb-check.sh); a
 # filtered run or SKIP_APT=1 skips that unless DEB_CHECK=1.
@@ -38,17 +39,41 @@ done
 
 # --- the suite -------------------------------------------------------------------------------------
 export SEQUESTER_TEST_REQUIRE_ALL=1
+# Every skipped test appends a line here (tests/common: `skip`); counted after the run.
+skip_log="$(mktemp "${TMPDIR:-/tmp}/sequester-test-skips.XXXXXX")"
+trap 'rm -f "$skip_log"' EXIT
+export SEQUESTER_TEST_SKIP_LOG="$skip_log"
 extra=()
 if [[ "${1:-}" == "--" ]]; then shift; extra=("$@"); fi
+
+# --- lint gates: formatting, clippy, rustdoc (warnings are errors) ------------------------------
+# Full runs (CI) always; filtered runs only with LINT=1; LINT=0 never.
+if [[ "${LINT:-}" == 1 || ( ${#extra[@]} -eq 0 && "${LINT:-}" != 0 ) ]]; then
+  log "cargo fmt --check"
+  cargo fmt --all --check
+  log "cargo clippy --all-targets -- -D warnings"
+  cargo clippy --all-targets -- -D warnings
+  log "cargo doc --no-deps (RUSTDOCFLAGS=-D warnings)"
+  RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+  # The PKCS#11-only build goes here once the cargo features exist:
+  #   cargo clippy --all-targets --no-default-features -- -D warnings
+  #   RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --no-default-features
+fi
+
 cargo build --all-targets
 # The Debian package, built from this build, installed and run: full runs that may install
 # (CI), or DEB_CHECK=1.
 if [[ ( ${#extra[@]} -eq 0 && -z "${SKIP_APT:-}" ) || -n "${DEB_CHECK:-}" ]]; then
   bash scripts/deb-check.sh
 fi
+status=0
 if [[ ${#extra[@]} -eq 0 ]]; then
   # Everything, with the development-only export writer crate's own tests (tests/export-writer).
-  cargo test --no-fail-fast --workspace 2>&1
+  cargo test --no-fail-fast --workspace 2>&1 || status=$?
 else
-  cargo test --no-fail-fast "${extra[@]}" 2>&1
+  cargo test --no-fail-fast "${extra[@]}" 2>&1 || status=$?
 fi
+skips=$(grep -c '^SKIPPED ' "$skip_log" || true)
+log "$skips test(s) skipped"
+[[ "$skips" == 0 ]] || sed 's/^/[test.sh]   /' "$skip_log" >&2
+exit "$status"

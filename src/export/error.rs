@@ -4,7 +4,7 @@ use crate::parsec::FormatError;
 use crate::token::TokenError;
 
 /// Fatal errors: the command cannot go on. Problems confined to one entry, version or block are
-/// not errors of this type but states ([`super::EntryState`], [`super::BlockError`]).
+/// not errors of this type but states ([`super::VersionContent`], [`super::BlockError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("cannot open {path}: {reason}")]

@@ -65,7 +65,7 @@ fn algorithm_for_bits(bits: usize) -> Option<piv::AlgorithmId> {
 }
 
 /// How RSA operations reach the card: through the `yubikey` crate (1024/2048) or through our
-/// own PIV commands (3072/4096, firmware 5.7+; see `raw`).
+/// own PIV commands (3072/4096, firmware 5.7+; see the `raw` module).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PivAlgorithm {
     Crate(piv::AlgorithmId),

@@ -5,6 +5,9 @@
 //! `KRYOPTIC_CONF`, so tests never share token state.
 #![allow(dead_code)]
 
+pub mod mount;
+pub mod yubikey;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -32,15 +35,97 @@ pub fn require_all() -> bool {
     std::env::var_os("SEQUESTER_TEST_REQUIRE_ALL").is_some()
 }
 
-/// Skips (returns false) or fails, depending on [`require_all`].
+/// When set, every skip appends its `SKIPPED …` line to this file: libtest hides the stderr of
+/// passing tests, so `scripts/test.sh` counts the skips from here at the end of the run.
+pub const SKIP_LOG_ENV: &str = "SEQUESTER_TEST_SKIP_LOG";
+
+/// The running test's name (libtest runs each test on a thread named after it).
+pub fn current_test_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("<unnamed test thread>")
+        .to_string()
+}
+
+/// A test that cannot run here: `SKIPPED <test>: <reason>` on stderr and in the skip log, and a
+/// failure when [`require_all`] is set.
+pub fn skip(reason: &str) {
+    let line = format!("SKIPPED {}: {reason}", current_test_name());
+    if require_all() {
+        panic!("{line} (SEQUESTER_TEST_REQUIRE_ALL is set: a missing component is a failure)");
+    }
+    eprintln!("{line}");
+    if let Some(log) = std::env::var_os(SKIP_LOG_ENV) {
+        use std::io::Write;
+        // One write per line on an O_APPEND file: parallel tests do not interleave.
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut file| file.write_all(format!("{line}\n").as_bytes()));
+        if let Err(e) = written {
+            panic!("{line}; could not record it in {SKIP_LOG_ENV}: {e}");
+        }
+    }
+}
+
+/// Skips (returns false, see [`skip`]) or fails, depending on [`require_all`].
 pub fn available(what: &str, ok: bool) -> bool {
     if !ok {
-        if require_all() {
-            panic!("{what} is required (SEQUESTER_TEST_REQUIRE_ALL is set) but not available");
-        }
-        eprintln!("SKIPPED: {what} not available");
+        skip(&format!("{what} not available"));
     }
     ok
+}
+
+/// The real Parsec server's python (the interop venv): `PARSEC_ORACLE_PY`, else the venv
+/// `scripts/test.sh` sets up. See [`oracle_python`] for the checked form.
+pub fn oracle_python_path() -> PathBuf {
+    std::env::var_os("PARSEC_ORACLE_PY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/parsec-oracle-venv/bin/python"))
+}
+
+/// [`oracle_python_path`] when it is installed; a skip (or failure, see [`available`]) otherwise.
+pub fn oracle_python() -> Option<PathBuf> {
+    let py = oracle_python_path();
+    available(
+        "Parsec oracle venv (PARSEC_ORACLE_PY; bash ../shared/interop/setup.sh)",
+        py.is_file(),
+    )
+    .then_some(py)
+}
+
+/// Single-quotes a value for `sh -c`.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Every regular file under `root`, as `/relative/path`.
+pub fn files_under(root: &Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+                out.insert(format!("/{rel}"));
+            }
+        }
+    }
+    out
+}
+
+/// The SubjectPublicKeyInfo DER of a host RSA key.
+pub fn spki_der(key: &rsa::RsaPrivateKey) -> Vec<u8> {
+    use rsa::pkcs8::EncodePublicKey;
+    key.to_public_key()
+        .to_public_key_der()
+        .unwrap()
+        .as_bytes()
+        .to_vec()
 }
 
 pub fn softhsm_module() -> Option<PathBuf> {
@@ -190,6 +275,17 @@ impl SoftHsm {
                     .to_string(),
             ),
         ]
+    }
+
+    /// A fresh token holding `key` as object `svc` (id 01), imported with softhsm2-util.
+    pub fn with_service_key(key: &rsa::RsaPrivateKey, label: &str) -> Option<SoftHsm> {
+        use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+        let hsm = SoftHsm::new(label)?;
+        let pem = hsm.dir.path().join("svc.pem");
+        std::fs::write(&pem, key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
+        hsm.import_with_softhsm_util(&pem, "svc", "01");
+        std::fs::remove_file(&pem).unwrap();
+        Some(hsm)
     }
 
     /// `pkcs11:` URI of a key on this token, with the module path.
@@ -468,11 +564,17 @@ pub const ISOLATED_ENV: &str = "SEQUESTER_TEST_ISOLATED";
 /// Runs the `#[ignore]`d test `name` of the current test binary in a child process with `env`.
 /// PKCS#11 modules read their configuration (SOFTHSM2_CONF, KRYOPTIC_CONF) once per process, so
 /// in-process token work runs in a child to keep one fresh token per test.
+#[track_caller]
 pub fn run_isolated(name: &str, env: &[(String, String)]) {
     let exe = std::env::current_exe().unwrap();
+    let caller_module = Path::new(std::panic::Location::caller().file())
+        .file_stem()
+        .and_then(|stem| stem.to_str())
+        .unwrap_or_default();
+    let full_name = ignored_test_path(&exe, caller_module, name);
     let out = Command::new(exe)
         .args([
-            name,
+            full_name.as_str(),
             "--exact",
             "--ignored",
             "--nocapture",
@@ -487,6 +589,33 @@ pub fn run_isolated(name: &str, env: &[(String, String)]) {
         out.status.success() && text.contains("1 passed"),
         "isolated test {name} failed:\n{text}"
     );
+}
+
+/// The full name (`module::name`) of the `#[ignore]`d test `name` in this test binary: tests
+/// live in one module per former test file, and `--exact` needs the whole path. The caller's own
+/// module wins when several modules have a test of that name.
+fn ignored_test_path(exe: &Path, caller_module: &str, name: &str) -> String {
+    let out = Command::new(exe)
+        .args(["--list", "--ignored"])
+        .output()
+        .unwrap();
+    let suffix = format!("::{name}");
+    let matches: Vec<String> = stdout(&out)
+        .lines()
+        .filter_map(|line| line.strip_suffix(": test"))
+        .filter(|test| *test == name || test.ends_with(&suffix))
+        .map(str::to_string)
+        .collect();
+    let own = format!("{caller_module}::{name}");
+    if matches.contains(&own) {
+        return own;
+    }
+    assert_eq!(
+        matches.len(),
+        1,
+        "exactly one ignored test named {name} expected in this binary, found {matches:?}"
+    );
+    matches.into_iter().next().unwrap()
 }
 
 /// True in the child process of [`run_isolated`]; the `#[ignore]`d inner tests return early

@@ -374,6 +374,7 @@ mod tests {
                 std::env::var_os("SEQUESTER_TEST_REQUIRE_ALL").is_none(),
                 "SoftHSM2 is not installed"
             );
+            eprintln!("SKIPPED raw_functions_are_cryptokis: SoftHSM2 not installed");
             return;
         };
         let ctx = Pkcs11::new(module).unwrap();
