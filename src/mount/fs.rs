@@ -19,7 +19,7 @@ use fuser::{
 };
 
 use super::inodes::{Inodes, Node, HISTORY_INO, HISTORY_PLACEHOLDER_BASE, ROOT_INO};
-use super::prefetch::Prefetcher;
+use super::prefetch::{ListAhead, Prefetcher};
 use crate::export::walk::{screen_child, screen_children, MAX_DEPTH};
 use crate::export::{terminal, BlockError, ChildEntry, EntryVersion, Realm, VersionContent};
 use crate::parsec::manifest::{FileManifest, Manifest};
@@ -65,6 +65,7 @@ pub struct ExportFs {
     files: Mutex<HashMap<u64, Arc<Manifest>>>,
     instants: OnceLock<Vec<DateTime>>,
     prefetch: Prefetcher,
+    list_ahead: ListAhead,
 }
 
 /// Logs one line on stderr (the mount runs in the foreground; the investigator sees it).
@@ -97,6 +98,7 @@ impl ExportFs {
         }
         let inodes = Mutex::new(Inodes::new(realm.realm_id(), opts.at));
         let prefetch = Prefetcher::new(realm.clone(), opts.read_threads.max(1));
+        let list_ahead = ListAhead::new(realm.clone(), opts.read_threads.max(1));
         Ok(ExportFs {
             realm,
             opts,
@@ -106,6 +108,7 @@ impl ExportFs {
             files: Mutex::new(HashMap::new()),
             instants: OnceLock::new(),
             prefetch,
+            list_ahead,
         })
     }
 
@@ -364,6 +367,7 @@ impl ExportFs {
             }
             _ => return Err(self.refuse(ino, &v)),
         };
+        self.list_ahead.listed(&node.id, t);
         let lineage = self.inodes().lineage(ino, MAX_DEPTH + 1);
         if lineage.len() > MAX_DEPTH + 1 {
             return Err(self.too_deep(ino));
@@ -383,6 +387,16 @@ impl ExportFs {
                 c.name
             ));
         }
+        // A recursive walk lists these subfolders next: load their children meanwhile.
+        self.list_ahead.request(
+            t,
+            children
+                .iter()
+                .filter_map(|c| c.version.manifest())
+                .filter(|m| matches!(&***m, Manifest::Folder(_)))
+                .cloned()
+                .collect(),
+        );
         let mut items = Vec::with_capacity(children.len() + 1);
         {
             let mut inodes = self.inodes();

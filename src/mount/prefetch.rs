@@ -1,13 +1,16 @@
-//! Read-ahead: a few worker threads decrypt the next blocks of a file being read sequentially,
-//! so that they are in the reader's block cache when the kernel asks for them.
+//! Work ahead of the consumer, on background threads, into the reader's bounded caches:
+//! [`Prefetcher`] decrypts the next blocks of a file being read sequentially, [`ListAhead`]
+//! loads the children of the subfolders of a folder just listed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use crate::export::Realm;
 use crate::parsec::device::Id;
-use crate::parsec::manifest::BlockAccess;
+use crate::parsec::manifest::{BlockAccess, Manifest};
+use crate::parsec::DateTime;
 
 /// Requests beyond this many queued blocks are dropped (read-ahead is only a hint).
 const QUEUE: usize = 64;
@@ -76,5 +79,140 @@ impl Drop for Prefetcher {
     fn drop(&mut self) {
         // Closing the channel stops the workers once the queue is drained.
         self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+/// Most folders whose children were loaded ahead and not listed yet.
+const AHEAD_FOLDERS: usize = 256;
+/// Most child manifests loaded ahead and not listed yet: a few MiB, far below the reader's
+/// manifest cache (32 MiB), so what was loaded ahead is still cached when it is listed.
+const AHEAD_ENTRIES: usize = 8192;
+/// Listings whose subfolders wait to be loaded ahead (deeper listings first).
+const CURSORS: usize = 64;
+/// A consumer that does not list what was loaded ahead for this long is not walking the tree
+/// (a single `ls`): the work ahead is abandoned until the next listing.
+const STALL: Duration = Duration::from_millis(500);
+
+/// The subfolders of one listed folder, to load ahead in listing order.
+struct Cursor {
+    t: DateTime,
+    folders: VecDeque<Arc<Manifest>>,
+}
+
+#[derive(Default)]
+struct AheadState {
+    /// Most recent listing last: a depth-first walker (`ls -R`, `find`) lists the subfolders of
+    /// the folder it just listed next.
+    cursors: Vec<Cursor>,
+    /// Folders whose children are loaded (or being loaded) and not listed yet, with their
+    /// child counts.
+    loaded: HashMap<(Id, DateTime), usize>,
+    loaded_entries: usize,
+    closed: bool,
+}
+
+/// List-ahead: when a folder is listed, a few workers load (decrypt and verify, into the
+/// reader's manifest cache) the children of its subfolders, in listing order, so that a
+/// recursive listing finds them ready. Bounded: at most [`AHEAD_FOLDERS`] folders and
+/// [`AHEAD_ENTRIES`] children loaded ahead of the consumer; each manifest is still checked once
+/// (the reader's cache and single-flight loads).
+pub struct ListAhead {
+    state: Arc<(Mutex<AheadState>, Condvar)>,
+}
+
+impl ListAhead {
+    pub fn new(realm: Arc<Realm>, threads: usize) -> Self {
+        let state: Arc<(Mutex<AheadState>, Condvar)> = Arc::default();
+        for i in 0..threads {
+            let state = state.clone();
+            let realm = realm.clone();
+            let _ = std::thread::Builder::new()
+                .name(format!("listahead-{i}"))
+                .spawn(move || list_ahead_worker(&realm, &state));
+        }
+        ListAhead { state }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AheadState> {
+        self.state.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `folder` at `t` is being listed: what was loaded ahead for it is consumed.
+    pub fn listed(&self, folder: &Id, t: DateTime) {
+        let mut s = self.lock();
+        if let Some(n) = s.loaded.remove(&(*folder, t)) {
+            s.loaded_entries -= n;
+            self.state.1.notify_all();
+        }
+    }
+
+    /// A folder at `t` was listed with these readable subfolders: load their children ahead.
+    pub fn request(&self, t: DateTime, subfolders: Vec<Arc<Manifest>>) {
+        if subfolders.is_empty() {
+            return;
+        }
+        let mut s = self.lock();
+        if s.cursors.len() >= CURSORS {
+            s.cursors.remove(0);
+        }
+        s.cursors.push(Cursor {
+            t,
+            folders: subfolders.into(),
+        });
+        self.state.1.notify_all();
+    }
+}
+
+impl Drop for ListAhead {
+    fn drop(&mut self) {
+        self.lock().closed = true;
+        self.state.1.notify_all();
+    }
+}
+
+fn list_ahead_worker(realm: &Realm, state: &(Mutex<AheadState>, Condvar)) {
+    let (lock, wake) = state;
+    let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        if s.closed {
+            return;
+        }
+        let full = s.loaded.len() >= AHEAD_FOLDERS || s.loaded_entries >= AHEAD_ENTRIES;
+        if s.cursors.is_empty() || full {
+            let (guard, timeout) = wake
+                .wait_timeout(s, STALL)
+                .unwrap_or_else(|p| p.into_inner());
+            s = guard;
+            if timeout.timed_out() && full && !s.cursors.is_empty() {
+                // Nobody lists what was loaded: stop walking ahead (it stays cached).
+                s.cursors.clear();
+                s.loaded.clear();
+                s.loaded_entries = 0;
+            }
+            continue;
+        }
+        let Some(cursor) = s.cursors.last_mut() else {
+            continue;
+        };
+        let t = cursor.t;
+        let Some(folder) = cursor.folders.pop_front() else {
+            s.cursors.pop();
+            continue;
+        };
+        let Manifest::Folder(f) = &*folder else {
+            continue;
+        };
+        let key = (f.header.id, t);
+        if s.loaded.contains_key(&key) {
+            continue;
+        }
+        s.loaded.insert(key, f.children.len());
+        s.loaded_entries += f.children.len();
+        drop(s);
+        // Errors (and panics) are reported when the folder is actually listed.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            realm.children_at_with_threads(f, t, 1)
+        }));
+        s = lock.lock().unwrap_or_else(|p| p.into_inner());
     }
 }
