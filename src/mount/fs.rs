@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
+    Filesystem, FopenFlags, KernelConfig, Generation, INodeNo, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
@@ -30,6 +30,11 @@ pub const HISTORY_NAME: &str = ".history";
 
 /// Attributes never change (the export is immutable): let the kernel cache them.
 const TTL: Duration = Duration::from_secs(3600);
+
+/// Asynchronous (read-ahead, parallel) requests the kernel may queue to us.
+const MAX_BACKGROUND: u16 = 64;
+/// Kernel read-ahead asked for, in bytes (it caps it at what it offers).
+const MAX_READAHEAD: u32 = 1 << 20;
 
 /// Settings of a mount.
 #[derive(Debug, Clone)]
@@ -520,6 +525,18 @@ fn erofs_entry(reply: ReplyEntry) {
 }
 
 impl Filesystem for ExportFs {
+    /// More requests in flight than fuser's defaults: the kernel's asynchronous reads and
+    /// read-ahead of several readers reach all request threads at once, and reads are as large
+    /// as the kernel allows (fewer round trips per block).
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
+        if let Err(max) = config.set_max_readahead(MAX_READAHEAD) {
+            let _ = config.set_max_readahead(max);
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.guarded(parent.0, "looking up a name", || {
             self.lookup_child(parent.0, name)
@@ -714,9 +731,13 @@ impl Filesystem for ExportFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         if self.opts.debug {
+            let ahead = self.list_ahead.stats();
             log(&format!(
-                "debug: inode table: {} nodes",
-                self.inodes().node_count()
+                "debug: inode table: {} nodes; list-ahead: {} folders loaded ahead, {} listings \
+                 found theirs ready",
+                self.inodes().node_count(),
+                ahead.loaded,
+                ahead.hits
             ));
         }
         let info = self.realm.info();

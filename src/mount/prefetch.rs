@@ -109,6 +109,15 @@ struct AheadState {
     loaded: HashMap<(Id, DateTime), usize>,
     loaded_entries: usize,
     closed: bool,
+    /// Folders loaded ahead, and listings that found their folder loaded ahead (`-vv`).
+    stats: ListAheadStats,
+}
+
+/// Counters of [`ListAhead`] since the mount.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ListAheadStats {
+    pub loaded: u64,
+    pub hits: u64,
 }
 
 /// List-ahead: when a folder is listed, a few workers load (decrypt and verify, into the
@@ -142,6 +151,7 @@ impl ListAhead {
         let mut s = self.lock();
         if let Some(n) = s.loaded.remove(&(*folder, t)) {
             s.loaded_entries -= n;
+            s.stats.hits += 1;
             self.state.1.notify_all();
         }
     }
@@ -160,6 +170,12 @@ impl ListAhead {
             folders: subfolders.into(),
         });
         self.state.1.notify_all();
+    }
+}
+
+impl ListAhead {
+    pub fn stats(&self) -> ListAheadStats {
+        self.lock().stats
     }
 }
 
@@ -208,6 +224,7 @@ fn list_ahead_worker(realm: &Realm, state: &(Mutex<AheadState>, Condvar)) {
         }
         s.loaded.insert(key, f.children.len());
         s.loaded_entries += f.children.len();
+        s.stats.loaded += 1;
         drop(s);
         // Errors (and panics) are reported when the folder is actually listed.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
