@@ -13,15 +13,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    Filesystem, FopenFlags, KernelConfig, Generation, INodeNo, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 use super::inodes::{Inodes, Node, HISTORY_INO, HISTORY_PLACEHOLDER_BASE, ROOT_INO};
 use super::prefetch::{ListAhead, Prefetcher};
 use crate::export::walk::{screen_child, screen_children, MAX_DEPTH};
-use crate::export::{terminal, BlockError, ChildEntry, EntryVersion, Realm, VersionContent};
+use crate::export::{
+    terminal, BlockData, BlockError, ChildEntry, EntryVersion, Realm, VersionContent,
+};
 use crate::parsec::manifest::{FileManifest, Manifest};
 use crate::parsec::DateTime;
 
@@ -487,36 +489,65 @@ impl ExportFs {
         file: &FileManifest,
         offset: u64,
         size: u32,
-    ) -> Result<Vec<u8>, Errno> {
-        let data = self
-            .realm
-            .read_range_with(file, offset, size as u64, self.opts.read_threads)
-            .map_err(|e| {
-                let path = self.path_of(ino);
-                match e {
-                    BlockError::KeyUnavailable { .. } => {
-                        log(&format!("EACCES {path}: {e}"));
-                        Errno::EACCES
-                    }
-                    _ => {
-                        log(&format!("EIO {path}: integrity error: {e}"));
-                        Errno::EIO
-                    }
+    ) -> Result<ReadData, Errno> {
+        let refuse = |e: BlockError| {
+            let path = self.path_of(ino);
+            match e {
+                BlockError::KeyUnavailable { .. } => {
+                    log(&format!("EACCES {path}: {e}"));
+                    Errno::EACCES
                 }
-            })?;
-        // Sequential readers: decrypt the next blocks in the background.
-        let end = offset.saturating_add(size as u64);
+                _ => {
+                    log(&format!("EIO {path}: integrity error: {e}"));
+                    Errno::EIO
+                }
+            }
+        };
+        let end = offset.saturating_add(size as u64).min(file.size);
+        // Sequential readers: the next blocks are decrypted on other threads while this one
+        // decrypts the current block (asked first, so that they start at once).
         if self.opts.readahead_blocks > 0 && end < file.size {
             let next: Vec<_> = file
                 .blocks
                 .iter()
-                .filter(|b| b.offset + b.size > end)
+                .filter(|b| b.offset >= end)
                 .take(self.opts.readahead_blocks)
                 .copied()
                 .collect();
             self.prefetch.request(&next);
         }
-        Ok(data)
+        // The usual case, a kernel read inside one block: reply straight from the cached block
+        // (no buffer to zero and fill).
+        if let Some(b) = file
+            .blocks
+            .iter()
+            .find(|b| b.offset <= offset && offset < end && end <= b.offset + b.size)
+        {
+            let data = self.realm.read_block(b).map_err(refuse)?;
+            let range = (offset - b.offset) as usize..(end - b.offset) as usize;
+            if range.end <= data.len() {
+                return Ok(ReadData::Block(data, range));
+            }
+        }
+        self.realm
+            .read_range_with(file, offset, size as u64, self.opts.read_threads)
+            .map(ReadData::Owned)
+            .map_err(refuse)
+    }
+}
+
+/// What a read replies: part of a cached block, or bytes assembled from several blocks.
+enum ReadData {
+    Block(BlockData, std::ops::Range<usize>),
+    Owned(Vec<u8>),
+}
+
+impl ReadData {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            ReadData::Block(b, r) => &b[r.clone()],
+            ReadData::Owned(v) => v,
+        }
     }
 }
 
@@ -610,7 +641,7 @@ impl Filesystem for ExportFs {
         match self.guarded(ino.0, "reading", || {
             self.read_file(ino.0, file, offset, size)
         }) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => reply.data(data.bytes()),
             Err(e) => reply.error(e),
         }
     }
