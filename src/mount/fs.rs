@@ -374,15 +374,17 @@ impl ExportFs {
             }
             _ => return Err(self.refuse(ino, &v)),
         };
-        self.list_ahead.listed(&node.id, t);
         let lineage = self.inodes().lineage(ino, MAX_DEPTH + 1);
         if lineage.len() > MAX_DEPTH + 1 {
             return Err(self.too_deep(ino));
         }
-        let children = self.children(folder, t).map_err(|e| {
-            log(&format!("EIO {}: listing failed: {e}", self.path_of(ino)));
-            Errno::EIO
-        })?;
+        let children = match self.list_ahead.listed(&node.id, t) {
+            Some(loaded_ahead) => loaded_ahead,
+            None => self.children(folder, t).map_err(|e| {
+                log(&format!("EIO {}: listing failed: {e}", self.path_of(ino)));
+                Errno::EIO
+            })?,
+        };
         // The shared structure rules (export::walk): no cycle, one name per entry.
         let root_id = self.realm.realm_id();
         let (children, hidden) =

@@ -5,9 +5,9 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::export::Realm;
+use crate::export::{ChildEntry, Realm};
 use crate::parsec::device::Id;
 use crate::parsec::manifest::{BlockAccess, Manifest};
 use crate::parsec::DateTime;
@@ -89,6 +89,9 @@ const AHEAD_FOLDERS: usize = 256;
 const AHEAD_ENTRIES: usize = 8192;
 /// Listings whose subfolders wait to be loaded ahead (deeper listings first).
 const CURSORS: usize = 64;
+/// A listing waits at most this long for a worker loading the same folder (then loads it
+/// itself; the reader shares each manifest load between them).
+const WAIT_FOR_WORKER: Duration = Duration::from_secs(2);
 /// A consumer that does not list what was loaded ahead for this long is not walking the tree
 /// (a single `ls`): the work ahead is abandoned until the next listing.
 const STALL: Duration = Duration::from_millis(500);
@@ -99,14 +102,21 @@ struct Cursor {
     folders: VecDeque<Arc<Manifest>>,
 }
 
+/// The children of one folder, loaded ahead.
+struct Ahead {
+    /// Counted against [`AHEAD_ENTRIES`].
+    count: usize,
+    /// `None` while a worker loads them.
+    children: Option<Vec<ChildEntry>>,
+}
+
 #[derive(Default)]
 struct AheadState {
     /// Most recent listing last: a depth-first walker (`ls -R`, `find`) lists the subfolders of
     /// the folder it just listed next.
     cursors: Vec<Cursor>,
-    /// Folders whose children are loaded (or being loaded) and not listed yet, with their
-    /// child counts.
-    loaded: HashMap<(Id, DateTime), usize>,
+    /// Folders whose children are loaded (or being loaded) and not listed yet.
+    loaded: HashMap<(Id, DateTime), Ahead>,
     loaded_entries: usize,
     closed: bool,
     /// Folders loaded ahead, and listings that found their folder loaded ahead (`-vv`).
@@ -146,14 +156,32 @@ impl ListAhead {
         self.state.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `folder` at `t` is being listed: what was loaded ahead for it is consumed.
-    pub fn listed(&self, folder: &Id, t: DateTime) {
+    /// `folder` at `t` is being listed: its children as loaded ahead (what
+    /// [`Realm::children_at`] returns), waiting for a worker that is loading them right now;
+    /// `None` if they were not loaded ahead (or failed: the caller loads them and reports why).
+    pub fn listed(&self, folder: &Id, t: DateTime) -> Option<Vec<ChildEntry>> {
+        let key = (*folder, t);
+        let wake = &self.state.1;
         let mut s = self.lock();
-        if let Some(n) = s.loaded.remove(&(*folder, t)) {
-            s.loaded_entries -= n;
-            s.stats.hits += 1;
-            self.state.1.notify_all();
+        let deadline = Instant::now() + WAIT_FOR_WORKER;
+        while s.loaded.get(&key).is_some_and(|a| a.children.is_none()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            s = wake
+                .wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
+        let ahead = s.loaded.remove(&key)?;
+        s.loaded_entries -= ahead.count;
+        if ahead.children.is_some() {
+            s.stats.hits += 1;
+        }
+        drop(s);
+        wake.notify_all();
+        ahead.children
     }
 
     /// A folder at `t` was listed with these readable subfolders: load their children ahead.
@@ -222,14 +250,35 @@ fn list_ahead_worker(realm: &Realm, state: &(Mutex<AheadState>, Condvar)) {
         if s.loaded.contains_key(&key) {
             continue;
         }
-        s.loaded.insert(key, f.children.len());
+        s.loaded.insert(
+            key,
+            Ahead {
+                count: f.children.len(),
+                children: None,
+            },
+        );
         s.loaded_entries += f.children.len();
         s.stats.loaded += 1;
         drop(s);
-        // Errors (and panics) are reported when the folder is actually listed.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // Errors (and panics) are not kept: the listing loads the folder again and reports them.
+        let children = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             realm.children_at_with_threads(f, t, 1)
-        }));
+        }))
+        .ok()
+        .and_then(Result::ok);
         s = lock.lock().unwrap_or_else(|p| p.into_inner());
+        match children {
+            Some(c) => {
+                if let Some(a) = s.loaded.get_mut(&key) {
+                    a.children = Some(c);
+                }
+            }
+            None => {
+                if let Some(a) = s.loaded.remove(&key) {
+                    s.loaded_entries -= a.count;
+                }
+            }
+        }
+        wake.notify_all();
     }
 }
