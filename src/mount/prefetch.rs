@@ -84,17 +84,33 @@ impl Drop for Prefetcher {
 
 /// Most folders whose children were loaded ahead and not listed yet.
 const AHEAD_FOLDERS: usize = 256;
-/// Most child manifests loaded ahead and not listed yet: a few MiB, far below the reader's
-/// manifest cache (32 MiB), so what was loaded ahead is still cached when it is listed.
-const AHEAD_ENTRIES: usize = 8192;
+/// Most weight (see [`weight`]) of the children loaded ahead and not listed yet: a few MiB,
+/// far below the reader's manifest cache (32 MiB), so what was loaded ahead is still cached
+/// when it is listed (and a few huge manifests cannot pile up outside it).
+const AHEAD_ENTRIES: usize = 32768;
 /// Listings whose subfolders wait to be loaded ahead (deeper listings first).
 const CURSORS: usize = 64;
 /// A listing waits at most this long for a worker loading the same folder (then loads it
 /// itself; the reader shares each manifest load between them).
 const WAIT_FOR_WORKER: Duration = Duration::from_secs(2);
-/// A consumer that does not list what was loaded ahead for this long is not walking the tree
-/// (a single `ls`): the work ahead is abandoned until the next listing.
-const STALL: Duration = Duration::from_millis(500);
+/// A consumer that lists nothing loaded ahead for this long is not walking the tree (a single
+/// `ls`): the work ahead is abandoned until the next listing.
+const STALL: Duration = Duration::from_secs(1);
+
+/// What one loaded child holds, in units of about a hundred bytes: one for the entry, one per
+/// block of a file or child of a folder.
+fn weight(children: &[ChildEntry]) -> usize {
+    children
+        .iter()
+        .map(|c| {
+            1 + match c.version.manifest().map(|m| &**m) {
+                Some(Manifest::File(f)) => f.blocks.len(),
+                Some(Manifest::Folder(f)) => f.children.len(),
+                None => 0,
+            }
+        })
+        .sum()
+}
 
 /// The subfolders of one listed folder, to load ahead in listing order.
 struct Cursor {
@@ -132,9 +148,9 @@ pub struct ListAheadStats {
 
 /// List-ahead: when a folder is listed, a few workers load (decrypt and verify, into the
 /// reader's manifest cache) the children of its subfolders, in listing order, so that a
-/// recursive listing finds them ready. Bounded: at most [`AHEAD_FOLDERS`] folders and
-/// [`AHEAD_ENTRIES`] children loaded ahead of the consumer; each manifest is still checked once
-/// (the reader's cache and single-flight loads).
+/// recursive listing finds them ready, and takes them as loaded. Bounded: at most
+/// [`AHEAD_FOLDERS`] folders and [`AHEAD_ENTRIES`] of weight loaded ahead of the consumer; each
+/// manifest is still checked once (the reader's cache and single-flight loads).
 pub struct ListAhead {
     state: Arc<(Mutex<AheadState>, Condvar)>,
 }
@@ -227,7 +243,7 @@ fn list_ahead_worker(realm: &Realm, state: &(Mutex<AheadState>, Condvar)) {
                 .wait_timeout(s, STALL)
                 .unwrap_or_else(|p| p.into_inner());
             s = guard;
-            if timeout.timed_out() && full && !s.cursors.is_empty() {
+            if timeout.timed_out() && !s.loaded.is_empty() {
                 // Nobody lists what was loaded: stop walking ahead (it stays cached).
                 s.cursors.clear();
                 s.loaded.clear();
@@ -269,8 +285,12 @@ fn list_ahead_worker(realm: &Realm, state: &(Mutex<AheadState>, Condvar)) {
         s = lock.lock().unwrap_or_else(|p| p.into_inner());
         match children {
             Some(c) => {
-                if let Some(a) = s.loaded.get_mut(&key) {
+                let w = weight(&c);
+                let state = &mut *s;
+                if let Some(a) = state.loaded.get_mut(&key) {
+                    let reserved = std::mem::replace(&mut a.count, w);
                     a.children = Some(c);
+                    state.loaded_entries = state.loaded_entries - reserved + w;
                 }
             }
             None => {
