@@ -190,6 +190,14 @@ impl ListAhead {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+        // A walker that overtook the workers: what it passed needs no loading any more.
+        for cursor in s.cursors.iter_mut().rev().filter(|c| c.t == t) {
+            let pos = cursor.folders.iter().position(|m| m.header().id == *folder);
+            if let Some(pos) = pos {
+                cursor.folders.drain(..=pos);
+                break;
+            }
+        }
         let ahead = s.loaded.remove(&key)?;
         s.loaded_entries -= ahead.count;
         if ahead.children.is_some() {
