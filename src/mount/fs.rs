@@ -13,15 +13,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 use super::inodes::{Inodes, Node, HISTORY_INO, HISTORY_PLACEHOLDER_BASE, ROOT_INO};
-use super::prefetch::Prefetcher;
+use super::prefetch::{ListAhead, Prefetcher};
 use crate::export::walk::{screen_child, screen_children, MAX_DEPTH};
-use crate::export::{terminal, BlockError, ChildEntry, EntryVersion, Realm, VersionContent};
+use crate::export::{
+    terminal, BlockData, BlockError, ChildEntry, EntryVersion, Realm, VersionContent,
+};
 use crate::parsec::manifest::{FileManifest, Manifest};
 use crate::parsec::DateTime;
 
@@ -30,6 +32,11 @@ pub const HISTORY_NAME: &str = ".history";
 
 /// Attributes never change (the export is immutable): let the kernel cache them.
 const TTL: Duration = Duration::from_secs(3600);
+
+/// Asynchronous (read-ahead, parallel) requests the kernel may queue to us.
+const MAX_BACKGROUND: u16 = 64;
+/// Kernel read-ahead asked for, in bytes (it caps it at what it offers).
+const MAX_READAHEAD: u32 = 1 << 20;
 
 /// Settings of a mount.
 #[derive(Debug, Clone)]
@@ -65,6 +72,7 @@ pub struct ExportFs {
     files: Mutex<HashMap<u64, Arc<Manifest>>>,
     instants: OnceLock<Vec<DateTime>>,
     prefetch: Prefetcher,
+    list_ahead: ListAhead,
 }
 
 /// Logs one line on stderr (the mount runs in the foreground; the investigator sees it).
@@ -97,6 +105,7 @@ impl ExportFs {
         }
         let inodes = Mutex::new(Inodes::new(realm.realm_id(), opts.at));
         let prefetch = Prefetcher::new(realm.clone(), opts.read_threads.max(1));
+        let list_ahead = ListAhead::new(realm.clone(), opts.read_threads.max(1));
         Ok(ExportFs {
             realm,
             opts,
@@ -106,6 +115,7 @@ impl ExportFs {
             files: Mutex::new(HashMap::new()),
             instants: OnceLock::new(),
             prefetch,
+            list_ahead,
         })
     }
 
@@ -368,10 +378,13 @@ impl ExportFs {
         if lineage.len() > MAX_DEPTH + 1 {
             return Err(self.too_deep(ino));
         }
-        let children = self.children(folder, t).map_err(|e| {
-            log(&format!("EIO {}: listing failed: {e}", self.path_of(ino)));
-            Errno::EIO
-        })?;
+        let children = match self.list_ahead.listed(&node.id, t) {
+            Some(loaded_ahead) => loaded_ahead,
+            None => self.children(folder, t).map_err(|e| {
+                log(&format!("EIO {}: listing failed: {e}", self.path_of(ino)));
+                Errno::EIO
+            })?,
+        };
         // The shared structure rules (export::walk): no cycle, one name per entry.
         let root_id = self.realm.realm_id();
         let (children, hidden) =
@@ -383,6 +396,16 @@ impl ExportFs {
                 c.name
             ));
         }
+        // A recursive walk lists these subfolders next: load their children meanwhile.
+        self.list_ahead.request(
+            t,
+            children
+                .iter()
+                .filter_map(|c| c.version.manifest())
+                .filter(|m| matches!(&***m, Manifest::Folder(_)))
+                .cloned()
+                .collect(),
+        );
         let mut items = Vec::with_capacity(children.len() + 1);
         {
             let mut inodes = self.inodes();
@@ -468,36 +491,65 @@ impl ExportFs {
         file: &FileManifest,
         offset: u64,
         size: u32,
-    ) -> Result<Vec<u8>, Errno> {
-        let data = self
-            .realm
-            .read_range_with(file, offset, size as u64, self.opts.read_threads)
-            .map_err(|e| {
-                let path = self.path_of(ino);
-                match e {
-                    BlockError::KeyUnavailable { .. } => {
-                        log(&format!("EACCES {path}: {e}"));
-                        Errno::EACCES
-                    }
-                    _ => {
-                        log(&format!("EIO {path}: integrity error: {e}"));
-                        Errno::EIO
-                    }
+    ) -> Result<ReadData, Errno> {
+        let refuse = |e: BlockError| {
+            let path = self.path_of(ino);
+            match e {
+                BlockError::KeyUnavailable { .. } => {
+                    log(&format!("EACCES {path}: {e}"));
+                    Errno::EACCES
                 }
-            })?;
-        // Sequential readers: decrypt the next blocks in the background.
-        let end = offset.saturating_add(size as u64);
+                _ => {
+                    log(&format!("EIO {path}: integrity error: {e}"));
+                    Errno::EIO
+                }
+            }
+        };
+        let end = offset.saturating_add(size as u64).min(file.size);
+        // Sequential readers: the next blocks are decrypted on other threads while this one
+        // decrypts the current block (asked first, so that they start at once).
         if self.opts.readahead_blocks > 0 && end < file.size {
             let next: Vec<_> = file
                 .blocks
                 .iter()
-                .filter(|b| b.offset + b.size > end)
+                .filter(|b| b.offset >= end)
                 .take(self.opts.readahead_blocks)
                 .copied()
                 .collect();
             self.prefetch.request(&next);
         }
-        Ok(data)
+        // The usual case, a kernel read inside one block: reply straight from the cached block
+        // (no buffer to zero and fill).
+        if let Some(b) = file
+            .blocks
+            .iter()
+            .find(|b| b.offset <= offset && offset < end && end <= b.offset + b.size)
+        {
+            let data = self.realm.read_block(b).map_err(refuse)?;
+            let range = (offset - b.offset) as usize..(end - b.offset) as usize;
+            if range.end <= data.len() {
+                return Ok(ReadData::Block(data, range));
+            }
+        }
+        self.realm
+            .read_range_with(file, offset, size as u64, self.opts.read_threads)
+            .map(ReadData::Owned)
+            .map_err(refuse)
+    }
+}
+
+/// What a read replies: part of a cached block, or bytes assembled from several blocks.
+enum ReadData {
+    Block(BlockData, std::ops::Range<usize>),
+    Owned(Vec<u8>),
+}
+
+impl ReadData {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            ReadData::Block(b, r) => &b[r.clone()],
+            ReadData::Owned(v) => v,
+        }
     }
 }
 
@@ -506,6 +558,18 @@ fn erofs_entry(reply: ReplyEntry) {
 }
 
 impl Filesystem for ExportFs {
+    /// More requests in flight than fuser's defaults: the kernel's asynchronous reads and
+    /// read-ahead of several readers reach all request threads at once, and reads are as large
+    /// as the kernel allows (fewer round trips per block).
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
+        if let Err(max) = config.set_max_readahead(MAX_READAHEAD) {
+            let _ = config.set_max_readahead(max);
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.guarded(parent.0, "looking up a name", || {
             self.lookup_child(parent.0, name)
@@ -579,7 +643,7 @@ impl Filesystem for ExportFs {
         match self.guarded(ino.0, "reading", || {
             self.read_file(ino.0, file, offset, size)
         }) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => reply.data(data.bytes()),
             Err(e) => reply.error(e),
         }
     }
@@ -700,9 +764,13 @@ impl Filesystem for ExportFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         if self.opts.debug {
+            let ahead = self.list_ahead.stats();
             log(&format!(
-                "debug: inode table: {} nodes",
-                self.inodes().node_count()
+                "debug: inode table: {} nodes; list-ahead: {} folders loaded ahead, {} listings \
+                 found theirs ready",
+                self.inodes().node_count(),
+                ahead.loaded,
+                ahead.hits
             ));
         }
         let info = self.realm.info();
