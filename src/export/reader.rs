@@ -11,8 +11,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-use zeroize::Zeroizing;
-
 use super::cache::LruCache;
 use super::chain::{
     self, BundleSource, Organization, RealmCertificates, RealmKeys, RealmName, RecoveryReport,
@@ -22,7 +20,7 @@ use super::error::ExportError;
 use super::inflight::SingleFlight;
 use super::sequester_topic::{self, SequesterService, SequesterTopic};
 use crate::crypto::sha256;
-use crate::crypto::symmetric::{derive_key, secretbox_open};
+use crate::crypto::symmetric::{derive_key, secretbox_open, Plaintext};
 use crate::parsec::device::Id;
 use crate::parsec::entry_name::EntryName;
 use crate::parsec::manifest::{BlockAccess, FileManifest, FolderManifest, Manifest};
@@ -525,8 +523,8 @@ pub enum BlockError {
     Storage { id: String, reason: String },
 }
 
-/// A decrypted, verified block (zeroized on drop).
-pub type BlockData = Arc<Zeroizing<Vec<u8>>>;
+/// A decrypted, verified block (erased on drop).
+pub type BlockData = Arc<Plaintext>;
 
 /// An unlocked realm: the export, the verified chain and the realm keys this service obtained.
 ///
@@ -542,7 +540,7 @@ pub struct Realm {
     token: TokenDescription,
     token_key_fingerprint: String,
     manifests: LruCache<VersionMeta, Manifest>,
-    blocks: LruCache<(Id, [u8; 32], u64), Zeroizing<Vec<u8>>>,
+    blocks: LruCache<(Id, [u8; 32], u64), Plaintext>,
     blocks_in_flight: SingleFlight<(Id, [u8; 32], u64), Result<BlockData, BlockError>>,
     manifests_in_flight: SingleFlight<VersionMeta, Option<EntryVersion>>,
 }
@@ -1134,7 +1132,7 @@ impl Realm {
     }
 
     /// Like [`Self::read_block`] without touching the cache (bulk extraction).
-    pub fn decrypt_block(&self, access: &BlockAccess) -> Result<Zeroizing<Vec<u8>>, BlockError> {
+    pub fn decrypt_block(&self, access: &BlockAccess) -> Result<Plaintext, BlockError> {
         let id_hex = hex::encode(access.id);
         let (key_index, data) = self
             .fetch_block(&access.id)
