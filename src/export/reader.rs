@@ -1239,6 +1239,11 @@ impl Realm {
         Ok(out)
     }
 
+    /// Capacity of the manifest cache (bytes of encrypted manifests).
+    pub fn manifest_cache_capacity(&self) -> usize {
+        self.manifests.capacity()
+    }
+
     /// Statistics of the caches: (manifest entries, manifest weight, block entries, block bytes).
     pub fn cache_usage(&self) -> (usize, usize, usize, usize) {
         (

@@ -231,7 +231,23 @@ struct Frame {
     depth: usize,
     /// In name order, hidden children where they would have been.
     children: std::vec::IntoIter<Screened>,
+    /// Number of children in all (taken from `children` or not).
+    total: usize,
+    /// The children before this index (in the original order) had their own children's
+    /// manifests prefetched, or were not folders.
+    prefetched: usize,
 }
+
+/// Manifests loaded ahead of the walk in one parallel batch: the children of the folder about to
+/// be expanded and of the next folders of the same parent, up to this many. Bounded so that a
+/// batch stays a small part of the manifest cache (it must still be there when the walk gets to
+/// it: each signature is checked once per run), and the walk's memory stays independent of the
+/// entry count.
+pub const PREFETCH_MANIFESTS: usize = 1024;
+
+/// Manifest cache weight assumed per prefetched manifest when sizing a batch (a manifest weighs
+/// its encrypted size; a folder listing many children weighs more).
+const PREFETCH_WEIGHT_ESTIMATE: usize = 8 << 10;
 
 /// Depth-first walk of the tree at `t` below one folder, children in name order, applying the
 /// rules of this module. Iterate with [`Walk::next_step`].
@@ -293,6 +309,7 @@ impl<'r> Walk<'r> {
         let Some(folder) = version.folder() else {
             return Ok(());
         };
+        self.prefetch(folder);
         let threads = if folder.children.len() >= 32 {
             super::parallel::default_threads()
         } else {
@@ -319,9 +336,63 @@ impl<'r> Walk<'r> {
             id,
             path,
             depth,
+            total: items.len(),
             children: items.into_iter(),
+            prefetched: 0,
         });
         Ok(())
+    }
+
+    /// Loads (decrypts, verifies, caches) on all cores the children of `folder`, about to be
+    /// expanded, and of the folders that follow it among its parent's children, up to
+    /// [`PREFETCH_MANIFESTS`]: small folders are then not loaded one thread at a time, and the
+    /// expansion of the next folders finds their children verified in the cache. Results are
+    /// not kept: any problem is found again, and reported, by the walk itself.
+    fn prefetch(&mut self, folder: &FolderManifest) {
+        let threads = super::parallel::default_threads();
+        if threads <= 1 {
+            return;
+        }
+        let budget = PREFETCH_MANIFESTS
+            .min(self.realm.manifest_cache_capacity() / PREFETCH_WEIGHT_ESTIMATE)
+            .max(1);
+        // A folder larger than a batch is loaded on all cores by the expansion itself.
+        if folder.children.len() >= budget {
+            return;
+        }
+        let mut ids: Vec<Id> = Vec::new();
+        let own_prefetched = self.stack.last().is_some_and(|frame| {
+            // The folder being expanded is the item just taken from its parent's frame.
+            frame.prefetched >= frame.total - frame.children.len()
+        });
+        if !own_prefetched {
+            ids.extend(folder.children.iter().map(|c| c.id));
+        }
+        if let Some(frame) = self.stack.last_mut() {
+            // The sibling folders after the one being expanded, not prefetched yet.
+            let front = frame.total - frame.children.len();
+            let from = frame.prefetched.max(front);
+            for item in &frame.children.as_slice()[from - front..] {
+                let more = match item {
+                    Ok(c) => c.version.folder().map_or(0, |f| f.children.len()),
+                    Err(_) => 0,
+                };
+                if ids.len() + more > budget {
+                    break;
+                }
+                if let Ok(c) = item {
+                    if let Some(f) = c.version.folder() {
+                        ids.extend(f.children.iter().map(|c| c.id));
+                    }
+                }
+                frame.prefetched = frame.prefetched.max(from) + 1;
+            }
+        }
+        if ids.len() < 2 * threads {
+            return;
+        }
+        let t = self.t;
+        let _ = super::parallel::map(&ids, threads, |id| self.realm.entry_at(id, t).is_ok());
     }
 
     /// Why a child whose manifest names another parent (a "stray") is not shown: a cycle when
