@@ -10,9 +10,9 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use sha2::{Digest, Sha256};
 
 use super::reader::{split_path, EntryVersion, Realm, VersionContent};
-use crate::crypto::symmetric::Plaintext;
 use super::walk::{join, Walk, WalkStep, MAX_DEPTH};
 use super::{parallel, ExportError};
+use crate::crypto::symmetric::Plaintext;
 use crate::parsec::manifest::{FileManifest, Manifest};
 use crate::parsec::DateTime;
 
@@ -638,7 +638,11 @@ impl Pipeline<'_, '_> {
     fn finish_file(&self, task: &FileTask) -> Result<(), ExportError> {
         let v = &task.version;
         let failed = task.failed.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let missing = task.missing.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let missing = task
+            .missing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let outcome = if let Some(u) = missing {
             Outcome::Unreadable(u)
         } else if let Some(reason) = failed {

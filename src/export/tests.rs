@@ -303,8 +303,17 @@ fn extract_removes_files_whose_blocks_fail_in_any_run() {
         let recorded = report.files.iter().find(|f| f.path == p).unwrap();
         assert_eq!(recorded.sha256, crate::crypto::sha256_hex(&expected), "{p}");
     }
-    let updated = realm.resolve("/d", at).unwrap().folder().unwrap().header.updated;
-    let mtime = std::fs::metadata(dest.join("d")).unwrap().modified().unwrap();
+    let updated = realm
+        .resolve("/d", at)
+        .unwrap()
+        .folder()
+        .unwrap()
+        .header
+        .updated;
+    let mtime = std::fs::metadata(dest.join("d"))
+        .unwrap()
+        .modified()
+        .unwrap();
     let us = mtime
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
