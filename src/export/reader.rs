@@ -944,6 +944,16 @@ impl Realm {
         threads: usize,
     ) -> Result<(Vec<ChildEntry>, Vec<ChildEntry>), ExportError> {
         let versions = super::parallel::map(&folder.children, threads, |c| self.entry_at(&c.id, t));
+        Self::sort_children(folder, versions)
+    }
+
+    /// The part of [`Self::children_and_strays_at`] after the children's versions are loaded
+    /// (`versions[i]` is `entry_at(folder.children[i].id, t)`): for a walk that loaded them
+    /// ahead of time.
+    pub fn sort_children(
+        folder: &FolderManifest,
+        versions: Vec<Result<Option<EntryVersion>, ExportError>>,
+    ) -> Result<(Vec<ChildEntry>, Vec<ChildEntry>), ExportError> {
         let mut out = Vec::with_capacity(folder.children.len());
         let mut strays = Vec::new();
         for (child, version) in folder.children.iter().zip(versions) {

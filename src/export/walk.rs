@@ -236,6 +236,9 @@ struct Frame {
     /// The children before this index (in the original order) had their own children's
     /// manifests prefetched, or were not folders.
     prefetched: usize,
+    /// Child folder ID -> the versions of its children, loaded ahead (in the order of its
+    /// `children`), until the walk expands it.
+    ahead: HashMap<Id, Vec<Option<EntryVersion>>>,
 }
 
 /// Manifests loaded ahead of the walk in one parallel batch: the children of the folder about to
@@ -268,6 +271,8 @@ pub struct Walk<'r> {
     pending: Option<(Id, String, usize, EntryVersion)>,
     /// A problem about the entry just returned (too deep), returned next.
     queued: std::collections::VecDeque<WalkStep>,
+    /// Versions held in the frames' `ahead` maps (bounded by two prefetch batches).
+    ahead_len: usize,
 }
 
 impl<'r> Walk<'r> {
@@ -292,6 +297,7 @@ impl<'r> Walk<'r> {
             seen,
             pending: Some((start.meta.vlob_id, path.to_string(), 0, start)),
             queued: Default::default(),
+            ahead_len: 0,
         }
     }
 
@@ -310,12 +316,24 @@ impl<'r> Walk<'r> {
             return Ok(());
         };
         self.prefetch(folder);
-        let threads = if folder.children.len() >= 32 {
-            super::parallel::default_threads()
-        } else {
-            1
+        let loaded = self
+            .stack
+            .last_mut()
+            .and_then(|frame| frame.ahead.remove(&folder.header.id));
+        let (children, strays) = match loaded {
+            Some(versions) => {
+                self.ahead_len -= versions.len();
+                Realm::sort_children(folder, versions.into_iter().map(Ok).collect())?
+            }
+            None => {
+                let threads = if folder.children.len() >= 32 {
+                    super::parallel::default_threads()
+                } else {
+                    1
+                };
+                self.realm.children_and_strays_at(folder, self.t, threads)?
+            }
         };
-        let (children, strays) = self.realm.children_and_strays_at(folder, self.t, threads)?;
         // The stack holds exactly this folder's ancestors (a frame is popped only once its
         // subtree is done).
         let (shown, problems) =
@@ -339,60 +357,70 @@ impl<'r> Walk<'r> {
             total: items.len(),
             children: items.into_iter(),
             prefetched: 0,
+            ahead: HashMap::new(),
         });
         Ok(())
     }
 
-    /// Loads (decrypts, verifies, caches) on all cores the children of `folder`, about to be
-    /// expanded, and of the folders that follow it among its parent's children, up to
-    /// [`PREFETCH_MANIFESTS`]: small folders are then not loaded one thread at a time, and the
-    /// expansion of the next folders finds their children verified in the cache. Results are
-    /// not kept: any problem is found again, and reported, by the walk itself.
+    /// Loads (decrypts, verifies) on all cores, in one batch, the children of `folder` (about to
+    /// be expanded, unless they were loaded ahead already) and of the folders that follow it
+    /// among its parent's children, up to [`PREFETCH_MANIFESTS`]; the versions are kept in the
+    /// parent's frame until each folder is expanded. Small folders are then not loaded one
+    /// thread at a time, and each manifest is looked up and verified once. At most two batches
+    /// are held ahead (the one being consumed and the next), so memory does not grow with the
+    /// tree.
     fn prefetch(&mut self, folder: &FolderManifest) {
         let threads = super::parallel::default_threads();
-        if threads <= 1 {
-            return;
-        }
         let budget = PREFETCH_MANIFESTS
             .min(self.realm.manifest_cache_capacity() / PREFETCH_WEIGHT_ESTIMATE)
             .max(1);
-        // A folder larger than a batch is loaded on all cores by the expansion itself.
-        if folder.children.len() >= budget {
+        let id = folder.header.id;
+        let ahead_len = self.ahead_len;
+        let Some(frame) = self.stack.last_mut() else {
+            return;
+        };
+        if threads <= 1 || folder.children.len() >= budget || ahead_len >= budget {
             return;
         }
-        let mut ids: Vec<Id> = Vec::new();
-        let own_prefetched = self.stack.last().is_some_and(|frame| {
-            // The folder being expanded is the item just taken from its parent's frame.
-            frame.prefetched >= frame.total - frame.children.len()
-        });
-        if !own_prefetched {
-            ids.extend(folder.children.iter().map(|c| c.id));
+        // Groups (folder ID, its children's IDs) to load.
+        let mut groups: Vec<(Id, Vec<Id>)> = Vec::new();
+        let mut count = 0;
+        if !frame.ahead.contains_key(&id) {
+            groups.push((id, folder.children.iter().map(|c| c.id).collect()));
+            count += folder.children.len();
         }
-        if let Some(frame) = self.stack.last_mut() {
-            // The sibling folders after the one being expanded, not prefetched yet.
-            let front = frame.total - frame.children.len();
-            let from = frame.prefetched.max(front);
-            for item in &frame.children.as_slice()[from - front..] {
-                let more = match item {
-                    Ok(c) => c.version.folder().map_or(0, |f| f.children.len()),
-                    Err(_) => 0,
-                };
-                if ids.len() + more > budget {
-                    break;
-                }
-                if let Ok(c) = item {
-                    if let Some(f) = c.version.folder() {
-                        ids.extend(f.children.iter().map(|c| c.id));
+        // The sibling folders after the one being expanded, not prefetched yet.
+        let front = frame.total - frame.children.len();
+        let from = frame.prefetched.max(front);
+        for item in &frame.children.as_slice()[from - front..] {
+            if let Ok(c) = item {
+                if let Some(f) = c.version.folder() {
+                    if count + f.children.len() > budget {
+                        break;
                     }
+                    count += f.children.len();
+                    groups.push((c.id, f.children.iter().map(|c| c.id).collect()));
                 }
-                frame.prefetched = frame.prefetched.max(from) + 1;
+            }
+            frame.prefetched = frame.prefetched.max(from) + 1;
+        }
+        if count < 2 * threads {
+            return;
+        }
+        let ids: Vec<Id> = groups.iter().flat_map(|(_, g)| g.iter().copied()).collect();
+        let t = self.t;
+        let realm = self.realm;
+        let mut loaded = super::parallel::map(&ids, threads, |id| realm.entry_at(id, t).ok())
+            .into_iter();
+        for (folder_id, children) in groups {
+            let versions: Vec<Option<Option<EntryVersion>>> =
+                loaded.by_ref().take(children.len()).collect();
+            // A storage error is left for the expansion to meet and report.
+            if let Some(versions) = versions.into_iter().collect::<Option<Vec<_>>>() {
+                self.ahead_len += versions.len();
+                frame.ahead.insert(folder_id, versions);
             }
         }
-        if ids.len() < 2 * threads {
-            return;
-        }
-        let t = self.t;
-        let _ = super::parallel::map(&ids, threads, |id| self.realm.entry_at(id, t).is_ok());
     }
 
     /// Why a child whose manifest names another parent (a "stray") is not shown: a cycle when
@@ -463,6 +491,9 @@ impl<'r> Walk<'r> {
                 return Ok(None);
             };
             let Some(item) = frame.children.next() else {
+                // Folders loaded ahead but never expanded (hidden by the rules).
+                let left: usize = frame.ahead.values().map(Vec::len).sum();
+                self.ahead_len -= left;
                 self.stack.pop();
                 continue;
             };
