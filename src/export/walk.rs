@@ -410,8 +410,8 @@ impl<'r> Walk<'r> {
         let ids: Vec<Id> = groups.iter().flat_map(|(_, g)| g.iter().copied()).collect();
         let t = self.t;
         let realm = self.realm;
-        let mut loaded = super::parallel::map(&ids, threads, |id| realm.entry_at(id, t).ok())
-            .into_iter();
+        let mut loaded =
+            super::parallel::map(&ids, threads, |id| realm.entry_at(id, t).ok()).into_iter();
         for (folder_id, children) in groups {
             let versions: Vec<Option<Option<EntryVersion>>> =
                 loaded.by_ref().take(children.len()).collect();
