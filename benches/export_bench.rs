@@ -708,6 +708,58 @@ fn open_in_process(path: &Path, key_uri: &str) -> Res<Opened> {
     })
 }
 
+/// The all-core manifest baseline (issue 11): every manifest of the snapshot (the latest
+/// version of each entry at or before it) decrypted, signature-checked and decoded by the
+/// reader's own `load_version`, on all cores, in a freshly unlocked realm (empty cache), in
+/// `vlob_atom` order, no tree walk. `export ls -R /` and a mount's first `ls -R` do this work
+/// plus the walk and the output. Returns (wall time, manifests loaded, CPU share).
+fn manifest_loop_baseline(export: &Path, key_uri: &str) -> Res<(Duration, usize, f64)> {
+    let realm = open_in_process(export, key_uri)?.realm;
+    let snapshot = realm.snapshot();
+    // Metadata only (small): the latest row at the snapshot of every entry.
+    let mut metas: Vec<sequester_custody::export::VersionMeta> = Vec::new();
+    realm.for_each_version_meta_by_entry(|m| {
+        if m.timestamp > snapshot {
+            return Ok(());
+        }
+        match metas.last_mut() {
+            Some(last) if last.vlob_id == m.vlob_id => *last = m,
+            _ => metas.push(m),
+        }
+        Ok(())
+    })?;
+    let threads = sequester_custody::export::parallel::default_threads();
+    let cpu0 = process_cpu();
+    let t0 = Instant::now();
+    let loaded = sequester_custody::export::parallel::map(&metas, threads, |m| {
+        realm
+            .load_version(m.clone())
+            .map(|v| v.manifest().is_some())
+            .unwrap_or(false)
+    });
+    let wall = t0.elapsed();
+    let share = (process_cpu() - cpu0) / wall.as_secs_f64();
+    let readable = loaded.iter().filter(|ok| **ok).count();
+    if readable != metas.len() {
+        return Err(format!(
+            "manifest baseline: {} of {} manifests did not load",
+            metas.len() - readable,
+            metas.len()
+        )
+        .into());
+    }
+    Ok((wall, metas.len(), share))
+}
+
+/// User + system CPU seconds of this process (all threads).
+fn process_cpu() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
 // ---------------------------------------------------------------------------------------------
 // FUSE mount sessions.
 
@@ -1079,6 +1131,22 @@ fn real_main() -> Res<()> {
     let bl = &base[0];
     let bs = &base[1];
 
+    // The all-core manifest loop, the reference of both first `ls -R` figures (small export).
+    say("manifest baseline small");
+    t.begin();
+    let (manifest_loop, manifests, manifest_share) = manifest_loop_baseline(&a.small, &a.key)?;
+    t.add(
+        "Baseline: in-process all-core loop decrypting + verifying every manifest at the snapshot",
+        "small",
+        format!("{} ({manifests} manifests)", secs(manifest_loop)),
+        time_ratio(manifest_loop, bs),
+    );
+    t.cpu(manifest_share);
+    let vs_manifest_loop = |d: Duration| {
+        let r = d.as_secs_f64() / manifest_loop.as_secs_f64();
+        (format!("{r:.2}× the all-core manifest loop"), r <= 1.3)
+    };
+
     for (name, o, span, share) in &opened {
         let b = if *name == "small" { bs } else { bl };
         t.add_spanned(
@@ -1360,16 +1428,14 @@ fn real_main() -> Res<()> {
             Some(d) => Some(ls_tree(d)?),
             None => None,
         };
-        let (ratio, met) = match &ls_ext {
-            Some(e) => (
-                format!(
-                    "{:.2}× `ls -R` of the extracted tree ({})",
-                    ls_mount.wall.as_secs_f64() / e.wall.as_secs_f64(),
-                    secs(e.wall)
-                ),
-                ls_mount.wall.as_secs_f64() <= 2.0 * e.wall.as_secs_f64(),
+        let (vs_loop, met) = vs_manifest_loop(ls_mount.wall);
+        let ratio = match &ls_ext {
+            Some(e) => format!(
+                "{vs_loop}; {:.2}× `ls -R` of the extracted tree ({})",
+                ls_mount.wall.as_secs_f64() / e.wall.as_secs_f64(),
+                secs(e.wall)
             ),
-            None => (String::new(), false),
+            None => vs_loop,
         };
         t.add_spanned(
             "FUSE: `ls -R` of the whole tree (first / cached)",
@@ -1383,7 +1449,7 @@ fn real_main() -> Res<()> {
             ls_span,
         );
         t.cpu(ls_cores);
-        t.target("≤ 2× extracted tree", met);
+        t.target("first ≤ 1.3× the all-core manifest loop", met);
         t.add_spanned(
             "FUSE: `sha256sum` of every file, 8 parallel readers",
             "small",
@@ -1465,14 +1531,26 @@ fn real_main() -> Res<()> {
             )?,
             "export ls -R",
         )?;
+        let (ratio, met) = if name == "small" {
+            let (vs_loop, met) = vs_manifest_loop(r.wall);
+            (format!("{vs_loop}; {}", time_ratio(r.wall, b)), Some(met))
+        } else {
+            (time_ratio(r.wall, b), None)
+        };
         t.add(
             "`export ls -R /`",
             name,
             format!("{}, RSS {:.0} MiB", secs(r.wall), r.max_rss_mib),
-            time_ratio(r.wall, b),
+            ratio,
         );
         t.cpu(r.share());
-        rss_target(&mut t, r.max_rss_mib);
+        match met {
+            Some(met) => t.target(
+                &format!("≤ 1.3× the all-core manifest loop; RSS < {RSS_LIMIT_MIB:.0} MiB"),
+                met && r.max_rss_mib < RSS_LIMIT_MIB,
+            ),
+            None => rss_target(&mut t, r.max_rss_mib),
+        }
     }
     t.begin();
     let r = must(

@@ -73,6 +73,11 @@ impl<K: Hash + Eq + Clone, V> LruCache<K, V> {
         }
     }
 
+    /// Maximum total weight.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Current total weight.
     pub fn weight(&self) -> usize {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).weight

@@ -5,13 +5,14 @@ use std::fs::{self, File};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use sha2::{Digest, Sha256};
 
 use super::reader::{split_path, EntryVersion, Realm, VersionContent};
 use super::walk::{join, Walk, WalkStep, MAX_DEPTH};
 use super::{parallel, ExportError};
+use crate::crypto::symmetric::Plaintext;
 use crate::parsec::manifest::{FileManifest, Manifest};
 use crate::parsec::DateTime;
 
@@ -323,8 +324,15 @@ pub fn extract(
 
 /// One outcome, delivered to the sink in walk order.
 enum Outcome {
-    Folder(String),
-    File(ExtractedFile),
+    /// A folder created at `local`, `depth` levels below the start; `updated` is its mtime.
+    Folder {
+        path: String,
+        depth: usize,
+        local: PathBuf,
+        updated: DateTime,
+    },
+    /// A file written, `depth` levels below the start.
+    File(ExtractedFile, usize),
     Unreadable(UnreadableEntry),
 }
 
@@ -337,6 +345,22 @@ struct Ordered<'s> {
     pending: std::collections::BTreeMap<u64, Outcome>,
     counts: ExtractCounts,
     error: Option<ExportError>,
+    /// Folders delivered whose subtree may still be incomplete: (depth, local path, mtime).
+    /// An outcome at depth d, delivered, means every earlier entry is finished (files written
+    /// and closed, failed ones removed), so the folders at depth >= d are complete: their mtime
+    /// is set then, once, and nothing in them changes afterwards. Bounded by the walk's depth.
+    open: Vec<(usize, PathBuf, DateTime)>,
+}
+
+impl Ordered<'_> {
+    /// Sets the mtime of the open folders at depth >= `depth` (all of them for 0).
+    fn close_folders(&mut self, depth: usize) -> Result<(), ExportError> {
+        while self.open.last().is_some_and(|(d, ..)| *d >= depth) {
+            let (_, dir, t) = self.open.pop().expect("checked");
+            set_mtime(&dir, t)?;
+        }
+        Ok(())
+    }
 }
 
 struct Delivery<'s> {
@@ -377,15 +401,21 @@ impl<'s> Delivery<'s> {
                 continue;
             }
             let r = match o {
-                Outcome::Folder(p) => {
+                Outcome::Folder {
+                    path,
+                    depth,
+                    local,
+                    updated,
+                } => s.close_folders(depth).and_then(|_| {
+                    s.open.push((depth, local, updated));
                     s.counts.folders += 1;
-                    s.sink.folder(&p)
-                }
-                Outcome::File(f) => {
+                    s.sink.folder(&path)
+                }),
+                Outcome::File(f, depth) => s.close_folders(depth).and_then(|_| {
                     s.counts.files += 1;
                     s.counts.bytes += f.size;
                     s.sink.file(f)
-                }
+                }),
                 Outcome::Unreadable(u) => {
                     s.counts.unreadable += 1;
                     s.sink.unreadable(u)
@@ -406,20 +436,37 @@ struct FileTask {
     seq: u64,
     path: String,
     local: PathBuf,
+    /// Folder levels below the start (for the folders' mtimes, see [`Ordered::open`]).
+    depth: usize,
     version: EntryVersion,
-    /// The folder holding it and that folder's modification time, set again if the file is
-    /// removed (a failed file) after the folder was finished.
-    parent: Option<(PathBuf, DateTime)>,
+    /// The one handle of the file, created by the worker of a one-run file (with the missing
+    /// key check), by the walk for a file of several runs; written through, re-dated through
+    /// (futimens), closed when the last run is done. At most the delivery window of files is in
+    /// flight, so the open handles are bounded whatever the tree holds.
+    handle: OnceLock<File>,
     runs_left: AtomicUsize,
     failed: Mutex<Option<String>>,
-    /// SHA-256 computed while writing, when one run covers the whole file.
-    hash: Mutex<Option<String>>,
+    /// Set instead of creating the file when its blocks need keys this service lacks.
+    missing: Mutex<Option<UnreadableEntry>>,
+    /// SHA-256 of the file's content, fed run after run in file order as runs complete
+    /// (never by reading the file back); `None` once a run failed or was skipped.
+    hash: Mutex<HashState>,
+    /// Signalled when [`HashState::next_run`] moves.
+    hash_turn: Condvar,
+}
+
+struct HashState {
+    next_run: usize,
+    /// Bytes of the file hashed so far (holes before a block are hashed as zeros).
+    position: u64,
+    hasher: Option<Sha256>,
 }
 
 struct Run {
     task: Arc<FileTask>,
+    /// Index of this run in the file (runs are hashed in this order).
+    index: usize,
     blocks: std::ops::Range<usize>,
-    whole: bool,
 }
 
 /// Blocks per unit of parallel work: big files are split across workers, small files stay whole.
@@ -453,12 +500,15 @@ impl Pipeline<'_, '_> {
         self.delivery.deliver(seq, outcome, &self.stop);
     }
 
-    /// Decrypts and writes one run of blocks; the last run of a file finishes it.
+    /// Decrypts and writes one run of blocks, hashes it in turn; the last run of a file
+    /// finishes it.
     fn run(&self, run: Run) {
         let task = &run.task;
+        let mut blocks = Vec::new();
         if !self.stopped() {
-            let outcome =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write_run(&run)));
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.write_run(&run, &mut blocks)
+            }));
             if let Err(payload) = outcome {
                 let what = payload
                     .downcast_ref::<&str>()
@@ -470,6 +520,7 @@ impl Pipeline<'_, '_> {
                 ));
             }
         }
+        self.hash_in_turn(&run, blocks);
         if task.runs_left.fetch_sub(1, Ordering::AcqRel) == 1 && !self.stopped() {
             if let Err(e) = self.finish_file(task) {
                 self.fail(e);
@@ -477,15 +528,68 @@ impl Pipeline<'_, '_> {
         }
     }
 
-    fn write_run(&self, run: &Run) {
+    /// Feeds this run's blocks to the file's hasher once the runs before it have been (always
+    /// taking its turn, even after a failure, so that the later runs never wait forever). Runs
+    /// leave the queue in file order and the earlier ones never wait on later ones, so the wait
+    /// is bounded by one run's work.
+    fn hash_in_turn(&self, run: &Run, blocks: Vec<Plaintext>) {
         let task = &run.task;
         let file = task.version.file().expect("planned files are readable");
-        let handle = match File::options().write(true).open(&task.local) {
-            Ok(h) => h,
-            Err(e) => return self.fail(io_err("cannot open", &task.local, e)),
+        let mut state = task.hash.lock().unwrap_or_else(|p| p.into_inner());
+        while state.next_run != run.index {
+            state = task
+                .hash_turn
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        let complete = blocks.len() == run.blocks.len()
+            && task
+                .failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none();
+        if !complete {
+            state.hasher = None;
+        }
+        let HashState {
+            position, hasher, ..
+        } = &mut *state;
+        if let Some(h) = hasher.as_mut() {
+            for (b, data) in file.blocks[run.blocks.clone()].iter().zip(&blocks) {
+                hash_zeros(h, b.offset - *position);
+                h.update(&data[..]);
+                *position = b.offset + b.size;
+            }
+            if run.blocks.end == file.blocks.len() {
+                hash_zeros(h, file.size - *position);
+                *position = file.size;
+            }
+        }
+        state.next_run += 1;
+        drop(state);
+        task.hash_turn.notify_all();
+    }
+
+    /// Decrypts and writes the blocks of one run, keeping them in `blocks` for the hash. The
+    /// first run of a one-run file checks its keys and creates the file.
+    fn write_run(&self, run: &Run, blocks: &mut Vec<Plaintext>) {
+        let task = &run.task;
+        let file = task.version.file().expect("planned files are readable");
+        let handle = match task.handle.get() {
+            Some(h) => h,
+            None => {
+                if let Some(u) = missing_keys(self.realm, &task.path, &task.version) {
+                    *task.failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(MISSING_KEYS.into());
+                    *task.missing.lock().unwrap_or_else(|p| p.into_inner()) = Some(u);
+                    return;
+                }
+                match self.create_file(&task.local, file) {
+                    Ok(h) => task.handle.get_or_init(|| h),
+                    Err(e) => return self.fail(e),
+                }
+            }
         };
-        let mut hasher = run.whole.then(Sha256::new);
-        let mut position = 0u64;
         for b in &file.blocks[run.blocks.clone()] {
             if self.stopped()
                 || task
@@ -498,15 +602,11 @@ impl Pipeline<'_, '_> {
             }
             match self.realm.decrypt_block(b) {
                 Ok(data) => {
-                    if let Some(h) = hasher.as_mut() {
-                        hash_zeros(h, b.offset - position);
-                        h.update(&data[..]);
-                        position = b.offset + b.size;
-                    }
                     if let Err(e) = handle.write_all_at(&data, b.offset) {
                         return self.fail(io_err("cannot write", &task.local, e));
                     }
                     self.progress.advance(b.size);
+                    blocks.push(data);
                 }
                 Err(e) => {
                     *task.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
@@ -514,21 +614,41 @@ impl Pipeline<'_, '_> {
                 }
             }
         }
-        if let Some(mut h) = hasher {
-            hash_zeros(&mut h, file.size - position);
-            *task.hash.lock().unwrap_or_else(|p| p.into_inner()) = Some(hex::encode(h.finalize()));
-        }
     }
 
-    /// Hashes what is on disk (what the custody record vouches for) and sets the mtime, or
-    /// removes a file whose blocks failed verification; then delivers its outcome.
+    /// Creates a file (never over an existing one) with the extraction's mode, sized when its
+    /// blocks do not reach its end (a tail of zeros).
+    fn create_file(&self, path: &Path, file: &FileManifest) -> Result<File, ExportError> {
+        let f = File::options()
+            .write(true)
+            .create_new(true)
+            .mode(self.options.file_mode)
+            .open(path)
+            .map_err(|e| io_err("cannot create", path, e))?;
+        let end = file.blocks.last().map_or(0, |b| b.offset + b.size);
+        if end < file.size {
+            f.set_len(file.size)
+                .map_err(|e| io_err("cannot size", path, e))?;
+        }
+        Ok(f)
+    }
+
+    /// Sets the mtime of a written file through its handle, or removes a file whose blocks
+    /// failed verification; then delivers its outcome.
     fn finish_file(&self, task: &FileTask) -> Result<(), ExportError> {
         let v = &task.version;
         let failed = task.failed.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let outcome = if let Some(reason) = failed {
-            fs::remove_file(&task.local).map_err(|e| io_err("cannot remove", &task.local, e))?;
-            if let Some((dir, updated)) = &task.parent {
-                set_mtime(dir, *updated)?;
+        let missing = task
+            .missing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let outcome = if let Some(u) = missing {
+            Outcome::Unreadable(u)
+        } else if let Some(reason) = failed {
+            if task.handle.get().is_some() {
+                fs::remove_file(&task.local)
+                    .map_err(|e| io_err("cannot remove", &task.local, e))?;
             }
             Outcome::Unreadable(UnreadableEntry {
                 path: task.path.clone(),
@@ -540,26 +660,44 @@ impl Pipeline<'_, '_> {
             })
         } else {
             let file = v.file().expect("file");
-            let hash = task.hash.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let sha256 = match hash {
-                Some(h) => h,
-                None => hash_file(&task.local)?,
+            let state = task.hash.lock().unwrap_or_else(|p| p.into_inner());
+            let sha256 = match (&state.hasher, task.handle.get()) {
+                (Some(h), Some(handle)) => {
+                    handle
+                        .set_modified(to_system_time(file.header.updated))
+                        .map_err(|e| io_err("cannot set mtime of", &task.local, e))?;
+                    hex::encode(h.clone().finalize())
+                }
+                // Every run completed without failure, so both are set; a bug otherwise.
+                _ => {
+                    return Err(ExportError::Io(format!(
+                        "{}: internal error: file finished without its hash",
+                        task.path
+                    )))
+                }
             };
-            set_mtime(&task.local, file.header.updated)?;
-            Outcome::File(ExtractedFile {
-                path: task.path.clone(),
-                size: file.size,
-                sha256,
-                vlob_id: v.meta.vlob_id,
-                version: v.meta.version,
-                updated: file.header.updated,
-                author: self.realm.describe_author(&v.meta.author),
-            })
+            drop(state);
+            Outcome::File(
+                ExtractedFile {
+                    path: task.path.clone(),
+                    size: file.size,
+                    sha256,
+                    vlob_id: v.meta.vlob_id,
+                    version: v.meta.version,
+                    updated: file.header.updated,
+                    author: self.realm.describe_author(&v.meta.author),
+                },
+                task.depth,
+            )
         };
         self.delivery.deliver(task.seq, outcome, &self.stop);
         Ok(())
     }
 }
+
+/// Placeholder failure of a file whose blocks need keys this service lacks (its
+/// [`UnreadableEntry`] is delivered instead).
+const MISSING_KEYS: &str = "missing realm keys";
 
 fn set_mtime(path: &Path, t: DateTime) -> Result<(), ExportError> {
     let f = File::open(path).map_err(|e| io_err("cannot open", path, e))?;
@@ -570,9 +708,10 @@ fn set_mtime(path: &Path, t: DateTime) -> Result<(), ExportError> {
 /// [`extract`] that hands each outcome to `sink` as it completes, in walk order, and keeps
 /// nothing per entry: memory is bounded by the walk (its stack of folders and the children of
 /// the folders on it), the window of files in flight and the workers' blocks, whatever the
-/// number of entries. Folders are created and files created and sized as the walk reaches them
-/// while a pool of `options.threads` workers decrypts, verifies, writes and hashes the files
-/// behind it; a folder's mtime is set when its subtree is done.
+/// number of entries. Folders are created as the walk reaches them while a pool of
+/// `options.threads` workers creates, decrypts, verifies, writes, hashes and re-dates the files
+/// behind it; a folder's mtime is set when its subtree is done (in walk order, see
+/// [`Ordered::open`]).
 pub fn extract_to(
     realm: &Realm,
     dest: &Path,
@@ -626,6 +765,7 @@ pub fn extract_to(
                 pending: Default::default(),
                 counts: ExtractCounts::default(),
                 error: None,
+                open: Vec::new(),
             }),
             room: Condvar::new(),
             window: 64 * threads as u64 + 64,
@@ -634,8 +774,6 @@ pub fn extract_to(
         io_failure: Mutex::new(None),
     };
     progress.start(0);
-    // Folders whose subtree is not done yet (their mtime is set when it is): the walk's depth.
-    let mut open: Vec<(usize, PathBuf, DateTime)> = Vec::new();
     let (runs, queue) = std::sync::mpsc::sync_channel::<Run>(4 * threads);
     let queue = Mutex::new(queue);
     let walked: Result<(), ExportError> = std::thread::scope(|scope| {
@@ -649,47 +787,51 @@ pub fn extract_to(
                 }
             });
         }
-        // Creates (and sizes) a file and queues its runs; files are not kept open: a tree may
-        // hold more files than the process may open at once.
+        // Queues a file's runs. A one-run file (the common small file) is checked and created
+        // by its worker: the walk only reads manifests. A file of several runs is created here,
+        // once, and its handle shared by its runs.
         let walked = {
-            let add_file = |path: String, v: EntryVersion, parent: Option<(PathBuf, DateTime)>| {
-                if let Some(u) = missing_keys(realm, &path, &v)
-                    .or_else(|| overlong_path(&path, limit, "file", &v))
-                {
+            let add_file = |path: String, v: EntryVersion, depth: usize| {
+                if let Some(u) = overlong_path(&path, limit, "file", &v) {
                     pipeline.emit(Outcome::Unreadable(u));
                     return Ok(());
                 }
                 let file = v.file().expect("file manifest");
-                let p = local(&path);
-                let f = File::options()
-                    .write(true)
-                    .create_new(true)
-                    .mode(options.file_mode)
-                    .open(&p)
-                    .map_err(|e| io_err("cannot create", &p, e))?;
-                f.set_len(file.size)
-                    .map_err(|e| io_err("cannot size", &p, e))?;
-                drop(f);
-                progress.grow(file.size);
                 let n = file.blocks.len();
-                let whole = n <= RUN_BLOCKS;
+                let handle = OnceLock::new();
+                let p = local(&path);
+                if n > RUN_BLOCKS {
+                    if let Some(u) = missing_keys(realm, &path, &v) {
+                        pipeline.emit(Outcome::Unreadable(u));
+                        return Ok(());
+                    }
+                    let _ = handle.set(pipeline.create_file(&p, file)?);
+                }
+                progress.grow(file.size);
                 let task = Arc::new(FileTask {
                     seq: pipeline.delivery.issue(&pipeline.stop),
                     path,
                     local: p,
+                    depth,
                     runs_left: AtomicUsize::new(n.div_ceil(RUN_BLOCKS).max(1)),
                     version: v,
-                    parent,
+                    handle,
                     failed: Mutex::new(None),
-                    hash: Mutex::new(None),
+                    missing: Mutex::new(None),
+                    hash: Mutex::new(HashState {
+                        next_run: 0,
+                        position: 0,
+                        hasher: Some(Sha256::new()),
+                    }),
+                    hash_turn: Condvar::new(),
                 });
                 let mut first = 0;
-                loop {
+                for index in 0.. {
                     let end = (first + RUN_BLOCKS).min(n);
                     let run = Run {
                         task: task.clone(),
+                        index,
                         blocks: first..end,
-                        whole,
                     };
                     if runs.send(run).is_err() {
                         return Err(ExportError::Interrupted);
@@ -701,13 +843,17 @@ pub fn extract_to(
                 }
                 Ok(())
             };
-            let mut walk_all = || -> Result<(), ExportError> {
+            let walk_all = || -> Result<(), ExportError> {
                 let Some(updated) = start_folder else {
                     let name = base_name.clone().unwrap_or_default();
-                    return add_file(join("/", &name), start.clone(), None);
+                    return add_file(join("/", &name), start.clone(), 1);
                 };
-                pipeline.emit(Outcome::Folder("/".into()));
-                open.push((0, temp.clone(), updated));
+                pipeline.emit(Outcome::Folder {
+                    path: "/".into(),
+                    depth: 0,
+                    local: temp.clone(),
+                    updated,
+                });
                 let mut walk = Walk::new(realm, options.at, "/", start.clone(), MAX_DEPTH);
                 while let Some(step) = walk.next_step()? {
                     if pipeline.stopped() {
@@ -727,12 +873,6 @@ pub fn extract_to(
                         }
                         WalkStep::Entry(e) => e,
                     };
-                    // Pre-order: an entry at depth d means every open folder at depth >= d is done.
-                    while open.last().is_some_and(|(d, ..)| *d >= e.depth) {
-                        let (_, dir, t) = open.pop().expect("checked");
-                        set_mtime(&dir, t)?;
-                    }
-                    let parent = open.last().map(|(_, dir, t)| (dir.clone(), *t));
                     match e.child.version.manifest().map(|m| &**m) {
                         Some(Manifest::Folder(f)) => {
                             if let Some(u) =
@@ -744,10 +884,14 @@ pub fn extract_to(
                             let p = local(&e.path);
                             dirs.create(&p)
                                 .map_err(|err| io_err("cannot create", &p, err))?;
-                            open.push((e.depth, p, f.header.updated));
-                            pipeline.emit(Outcome::Folder(e.path));
+                            pipeline.emit(Outcome::Folder {
+                                path: e.path,
+                                depth: e.depth,
+                                local: p,
+                                updated: f.header.updated,
+                            });
                         }
-                        Some(Manifest::File(_)) => add_file(e.path, e.child.version, parent)?,
+                        Some(Manifest::File(_)) => add_file(e.path, e.child.version, e.depth)?,
                         None => pipeline.emit(Outcome::Unreadable(unreadable_entry(
                             &e.path,
                             &e.child.version,
@@ -775,7 +919,7 @@ pub fn extract_to(
     if options.cancelled() {
         return Err(ExportError::Interrupted);
     }
-    let state = pipeline
+    let mut state = pipeline
         .delivery
         .state
         .into_inner()
@@ -784,10 +928,8 @@ pub fn extract_to(
         return Err(e);
     }
     debug_assert!(state.pending.is_empty() && state.next == state.issued);
-    // Folder mtimes last for the folders still open (creating children changed them).
-    while let Some((_, dir, t)) = open.pop() {
-        set_mtime(&dir, t)?;
-    }
+    // The folders still open (the last branch of the walk) are complete now.
+    state.close_folders(0)?;
     fs::rename(&temp, dest).map_err(|e| io_err("cannot rename the finished tree to", dest, e))?;
     guard.0 = None;
     progress.finish();

@@ -11,8 +11,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-use zeroize::Zeroizing;
-
 use super::cache::LruCache;
 use super::chain::{
     self, BundleSource, Organization, RealmCertificates, RealmKeys, RealmName, RecoveryReport,
@@ -22,7 +20,7 @@ use super::error::ExportError;
 use super::inflight::SingleFlight;
 use super::sequester_topic::{self, SequesterService, SequesterTopic};
 use crate::crypto::sha256;
-use crate::crypto::symmetric::{derive_key, secretbox_open};
+use crate::crypto::symmetric::{derive_key, secretbox_open, Plaintext};
 use crate::parsec::device::Id;
 use crate::parsec::entry_name::EntryName;
 use crate::parsec::manifest::{BlockAccess, FileManifest, FolderManifest, Manifest};
@@ -525,8 +523,8 @@ pub enum BlockError {
     Storage { id: String, reason: String },
 }
 
-/// A decrypted, verified block (zeroized on drop).
-pub type BlockData = Arc<Zeroizing<Vec<u8>>>;
+/// A decrypted, verified block (erased on drop).
+pub type BlockData = Arc<Plaintext>;
 
 /// An unlocked realm: the export, the verified chain and the realm keys this service obtained.
 ///
@@ -542,7 +540,7 @@ pub struct Realm {
     token: TokenDescription,
     token_key_fingerprint: String,
     manifests: LruCache<VersionMeta, Manifest>,
-    blocks: LruCache<(Id, [u8; 32], u64), Zeroizing<Vec<u8>>>,
+    blocks: LruCache<(Id, [u8; 32], u64), Plaintext>,
     blocks_in_flight: SingleFlight<(Id, [u8; 32], u64), Result<BlockData, BlockError>>,
     manifests_in_flight: SingleFlight<VersionMeta, Option<EntryVersion>>,
 }
@@ -946,6 +944,16 @@ impl Realm {
         threads: usize,
     ) -> Result<(Vec<ChildEntry>, Vec<ChildEntry>), ExportError> {
         let versions = super::parallel::map(&folder.children, threads, |c| self.entry_at(&c.id, t));
+        Self::sort_children(folder, versions)
+    }
+
+    /// The part of [`Self::children_and_strays_at`] after the children's versions are loaded
+    /// (`versions[i]` is `entry_at(folder.children[i].id, t)`): for a walk that loaded them
+    /// ahead of time.
+    pub fn sort_children(
+        folder: &FolderManifest,
+        versions: Vec<Result<Option<EntryVersion>, ExportError>>,
+    ) -> Result<(Vec<ChildEntry>, Vec<ChildEntry>), ExportError> {
         let mut out = Vec::with_capacity(folder.children.len());
         let mut strays = Vec::new();
         for (child, version) in folder.children.iter().zip(versions) {
@@ -1134,7 +1142,7 @@ impl Realm {
     }
 
     /// Like [`Self::read_block`] without touching the cache (bulk extraction).
-    pub fn decrypt_block(&self, access: &BlockAccess) -> Result<Zeroizing<Vec<u8>>, BlockError> {
+    pub fn decrypt_block(&self, access: &BlockAccess) -> Result<Plaintext, BlockError> {
         let id_hex = hex::encode(access.id);
         let (key_index, data) = self
             .fetch_block(&access.id)
@@ -1239,6 +1247,11 @@ impl Realm {
                 .copy_from_slice(&data[(from - b.offset) as usize..(to - b.offset) as usize]);
         }
         Ok(out)
+    }
+
+    /// Capacity of the manifest cache (bytes of encrypted manifests).
+    pub fn manifest_cache_capacity(&self) -> usize {
+        self.manifests.capacity()
     }
 
     /// Statistics of the caches: (manifest entries, manifest weight, block entries, block bytes).

@@ -234,6 +234,93 @@ fn realm_is_send_sync_and_reads_in_parallel() {
     }
 }
 
+/// A block failing verification in the third run of a multi-run file, and in a one-run file:
+/// both files are removed and reported, the others are byte-identical, and the folder that held
+/// them keeps its manifest's mtime (set once every child is finished, removals included).
+#[test]
+fn extract_removes_files_whose_blocks_fail_in_any_run() {
+    use crate::export::writer::content::Content;
+    use crate::export::writer::{ExportWriter, WriterConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("generated.sqlite");
+    let key = SoftwareKey::from_fixture(SERVICE1);
+    let config = WriterConfig {
+        blocksize: 512,
+        authority_bits: 1024,
+        ..WriterConfig::default()
+    };
+    let mut w = ExportWriter::create(&path, config).unwrap();
+    w.add_service("svc", key.public_key_spki()).unwrap();
+    w.rotate_key().unwrap();
+    let contents = [
+        ("/d/big.bin", 40_000u64, 1u64),
+        ("/d/one.bin", 300, 2),
+        ("/d/ok.bin", 2000, 3),
+        ("/d/ok-big.bin", 30_000, 4),
+    ];
+    for (p, size, seed) in contents {
+        w.write_file(p, Content::Random { size, seed }).unwrap();
+    }
+    let at = w.checkpoint("all").unwrap();
+    w.finish().unwrap();
+    let block_of = |p: &str, i: usize| {
+        let file = ExportFile::open(&path, &OpenOptions::default()).unwrap();
+        let realm = file.unlock(&key, &UnlockOptions::default()).unwrap();
+        realm.resolve(p, at).unwrap().file().unwrap().blocks[i].id
+    };
+    let (big_block, one_block) = (block_of("/d/big.bin", 20), block_of("/d/one.bin", 0));
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for id in [big_block, one_block] {
+            let n = conn
+                .execute(
+                    "UPDATE block_data SET data = CAST(substr(data, 1, 50) || X'FF' || \
+                     substr(data, 52) AS BLOB) WHERE block = \
+                     (SELECT sequential_id FROM block WHERE block_id = ?1)",
+                    [&id[..]],
+                )
+                .unwrap();
+            assert_eq!(n, 1);
+        }
+    }
+    let file = ExportFile::open(&path, &OpenOptions::default()).unwrap();
+    let realm = file.unlock(&key, &UnlockOptions::default()).unwrap();
+    let dest = dir.path().join("out");
+    let mut options = extract::ExtractOptions::new(at, "/");
+    options.threads = 2;
+    let report = extract::extract(&realm, &dest, &options, &extract::NoProgress).unwrap();
+    let failed: Vec<&str> = report.unreadable.iter().map(|u| u.path.as_str()).collect();
+    assert_eq!(failed, ["/d/big.bin", "/d/one.bin"]);
+    assert!(report
+        .unreadable
+        .iter()
+        .all(|u| u.reason.starts_with("integrity error") && u.kind == "file"));
+    assert!(!dest.join("d/big.bin").exists() && !dest.join("d/one.bin").exists());
+    for (p, size, seed) in [contents[2], contents[3]] {
+        let expected = Content::Random { size, seed }.to_vec(512);
+        let on_disk = std::fs::read(dest.join(p.trim_start_matches('/'))).unwrap();
+        assert_eq!(on_disk, expected, "{p}");
+        let recorded = report.files.iter().find(|f| f.path == p).unwrap();
+        assert_eq!(recorded.sha256, crate::crypto::sha256_hex(&expected), "{p}");
+    }
+    let updated = realm
+        .resolve("/d", at)
+        .unwrap()
+        .folder()
+        .unwrap()
+        .header
+        .updated;
+    let mtime = std::fs::metadata(dest.join("d"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let us = mtime
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    assert_eq!(us, updated.as_micros(), "folder mtime after the removals");
+}
+
 #[test]
 fn extract_of_a_generated_export_with_multi_block_and_sparse_files() {
     use sequester_export_writer::{Content, ExportWriter, WriterConfig};
@@ -296,6 +383,18 @@ fn extract_of_a_generated_export_with_multi_block_and_sparse_files() {
         assert_eq!(on_disk, expected, "{p}");
         let recorded = report.files.iter().find(|f| f.path == *p).unwrap();
         assert_eq!(recorded.sha256, crate::crypto::sha256_hex(&expected), "{p}");
+        // Dated (through the handle that wrote it) and private; the multi-run `big.bin` was
+        // hashed run by run, never read back.
+        let meta = std::fs::metadata(dest.join(p.trim_start_matches('/'))).unwrap();
+        let us = meta
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64;
+        assert_eq!(us, recorded.updated.as_micros(), "{p} mtime");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o077, 0, "{p} mode");
         // Random access across block boundaries without reading the whole file.
         let v = realm.resolve(p, at).unwrap();
         let f = v.file().unwrap();

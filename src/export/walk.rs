@@ -231,7 +231,26 @@ struct Frame {
     depth: usize,
     /// In name order, hidden children where they would have been.
     children: std::vec::IntoIter<Screened>,
+    /// Number of children in all (taken from `children` or not).
+    total: usize,
+    /// The children before this index (in the original order) had their own children's
+    /// manifests prefetched, or were not folders.
+    prefetched: usize,
+    /// Child folder ID -> the versions of its children, loaded ahead (in the order of its
+    /// `children`), until the walk expands it.
+    ahead: HashMap<Id, Vec<Option<EntryVersion>>>,
 }
+
+/// Manifests loaded ahead of the walk in one parallel batch: the children of the folder about to
+/// be expanded and of the next folders of the same parent, up to this many. Bounded so that a
+/// batch stays a small part of the manifest cache (it must still be there when the walk gets to
+/// it: each signature is checked once per run), and the walk's memory stays independent of the
+/// entry count.
+pub const PREFETCH_MANIFESTS: usize = 1024;
+
+/// Manifest cache weight assumed per prefetched manifest when sizing a batch (a manifest weighs
+/// its encrypted size; a folder listing many children weighs more).
+const PREFETCH_WEIGHT_ESTIMATE: usize = 8 << 10;
 
 /// Depth-first walk of the tree at `t` below one folder, children in name order, applying the
 /// rules of this module. Iterate with [`Walk::next_step`].
@@ -252,6 +271,8 @@ pub struct Walk<'r> {
     pending: Option<(Id, String, usize, EntryVersion)>,
     /// A problem about the entry just returned (too deep), returned next.
     queued: std::collections::VecDeque<WalkStep>,
+    /// Versions held in the frames' `ahead` maps (bounded by two prefetch batches).
+    ahead_len: usize,
 }
 
 impl<'r> Walk<'r> {
@@ -276,6 +297,7 @@ impl<'r> Walk<'r> {
             seen,
             pending: Some((start.meta.vlob_id, path.to_string(), 0, start)),
             queued: Default::default(),
+            ahead_len: 0,
         }
     }
 
@@ -293,12 +315,25 @@ impl<'r> Walk<'r> {
         let Some(folder) = version.folder() else {
             return Ok(());
         };
-        let threads = if folder.children.len() >= 32 {
-            super::parallel::default_threads()
-        } else {
-            1
+        self.prefetch(folder);
+        let loaded = self
+            .stack
+            .last_mut()
+            .and_then(|frame| frame.ahead.remove(&folder.header.id));
+        let (children, strays) = match loaded {
+            Some(versions) => {
+                self.ahead_len -= versions.len();
+                Realm::sort_children(folder, versions.into_iter().map(Ok).collect())?
+            }
+            None => {
+                let threads = if folder.children.len() >= 32 {
+                    super::parallel::default_threads()
+                } else {
+                    1
+                };
+                self.realm.children_and_strays_at(folder, self.t, threads)?
+            }
         };
-        let (children, strays) = self.realm.children_and_strays_at(folder, self.t, threads)?;
         // The stack holds exactly this folder's ancestors (a frame is popped only once its
         // subtree is done).
         let (shown, problems) =
@@ -319,9 +354,73 @@ impl<'r> Walk<'r> {
             id,
             path,
             depth,
+            total: items.len(),
             children: items.into_iter(),
+            prefetched: 0,
+            ahead: HashMap::new(),
         });
         Ok(())
+    }
+
+    /// Loads (decrypts, verifies) on all cores, in one batch, the children of `folder` (about to
+    /// be expanded, unless they were loaded ahead already) and of the folders that follow it
+    /// among its parent's children, up to [`PREFETCH_MANIFESTS`]; the versions are kept in the
+    /// parent's frame until each folder is expanded. Small folders are then not loaded one
+    /// thread at a time, and each manifest is looked up and verified once. At most two batches
+    /// are held ahead (the one being consumed and the next), so memory does not grow with the
+    /// tree.
+    fn prefetch(&mut self, folder: &FolderManifest) {
+        let threads = super::parallel::default_threads();
+        let budget = PREFETCH_MANIFESTS
+            .min(self.realm.manifest_cache_capacity() / PREFETCH_WEIGHT_ESTIMATE)
+            .max(1);
+        let id = folder.header.id;
+        let ahead_len = self.ahead_len;
+        let Some(frame) = self.stack.last_mut() else {
+            return;
+        };
+        if threads <= 1 || folder.children.len() >= budget || ahead_len >= budget {
+            return;
+        }
+        // Groups (folder ID, its children's IDs) to load.
+        let mut groups: Vec<(Id, Vec<Id>)> = Vec::new();
+        let mut count = 0;
+        if !frame.ahead.contains_key(&id) {
+            groups.push((id, folder.children.iter().map(|c| c.id).collect()));
+            count += folder.children.len();
+        }
+        // The sibling folders after the one being expanded, not prefetched yet.
+        let front = frame.total - frame.children.len();
+        let from = frame.prefetched.max(front);
+        for item in &frame.children.as_slice()[from - front..] {
+            if let Ok(c) = item {
+                if let Some(f) = c.version.folder() {
+                    if count + f.children.len() > budget {
+                        break;
+                    }
+                    count += f.children.len();
+                    groups.push((c.id, f.children.iter().map(|c| c.id).collect()));
+                }
+            }
+            frame.prefetched = frame.prefetched.max(from) + 1;
+        }
+        if count < 2 * threads {
+            return;
+        }
+        let ids: Vec<Id> = groups.iter().flat_map(|(_, g)| g.iter().copied()).collect();
+        let t = self.t;
+        let realm = self.realm;
+        let mut loaded =
+            super::parallel::map(&ids, threads, |id| realm.entry_at(id, t).ok()).into_iter();
+        for (folder_id, children) in groups {
+            let versions: Vec<Option<Option<EntryVersion>>> =
+                loaded.by_ref().take(children.len()).collect();
+            // A storage error is left for the expansion to meet and report.
+            if let Some(versions) = versions.into_iter().collect::<Option<Vec<_>>>() {
+                self.ahead_len += versions.len();
+                frame.ahead.insert(folder_id, versions);
+            }
+        }
     }
 
     /// Why a child whose manifest names another parent (a "stray") is not shown: a cycle when
@@ -392,6 +491,9 @@ impl<'r> Walk<'r> {
                 return Ok(None);
             };
             let Some(item) = frame.children.next() else {
+                // Folders loaded ahead but never expanded (hidden by the rules).
+                let left: usize = frame.ahead.values().map(Vec::len).sum();
+                self.ahead_len -= left;
                 self.stack.pop();
                 continue;
             };
