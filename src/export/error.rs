@@ -102,3 +102,18 @@ impl ExportError {
         }
     }
 }
+
+/// The file helpers' errors as the export layer reports them (an existing output is refused
+/// with the same words as before the helpers were shared).
+impl From<crate::fsutil::FileError> for ExportError {
+    fn from(e: crate::fsutil::FileError) -> Self {
+        use crate::fsutil::FileError;
+        match e {
+            FileError::Interrupted => ExportError::Interrupted,
+            FileError::Exists { path } => {
+                ExportError::Io(format!("{} already exists", path.display()))
+            }
+            other => ExportError::Io(other.to_string()),
+        }
+    }
+}

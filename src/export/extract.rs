@@ -945,38 +945,6 @@ fn to_system_time(t: DateTime) -> std::time::SystemTime {
     }
 }
 
-/// SHA-256 of a file, hex, streaming.
-pub fn hash_file(path: &Path) -> Result<String, ExportError> {
-    hash_file_unless(path, &[])
-}
-
-/// [`hash_file`] that gives up with [`ExportError::Interrupted`] as soon as one of `stop` is set
-/// (checked every MiB: a 100 GB export must not delay Ctrl-C or an early failure).
-pub fn hash_file_unless(path: &Path, stop: &[&AtomicBool]) -> Result<String, ExportError> {
-    use std::io::Read;
-    let mut f = File::open(path).map_err(|e| io_err("cannot open", path, e))?;
-    let mut hasher = Sha256::new();
-    // Sized to the file: a fixed 1 MiB buffer per small file costs more than hashing it.
-    let len = f
-        .metadata()
-        .map_err(|e| io_err("cannot stat", path, e))?
-        .len();
-    let mut buf = vec![0u8; len.clamp(1, 1 << 20) as usize];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| io_err("cannot read", path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        if stop.iter().any(|s| s.load(Ordering::Relaxed)) {
-            return Err(ExportError::Interrupted);
-        }
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
 /// The chain-of-custody record written next to the extracted tree (`DEST.custody.json`): the
 /// fields that come before its per-entry lists. [`CustodyRecordWriter`] writes the whole record:
 /// these fields, then `folders`, `files` and `unreadable` (entries at T that were not extracted:
@@ -1098,7 +1066,7 @@ impl CustodyRecordWriter {
     ) -> Result<(), ExportError> {
         use std::io::Write;
         let json_err = std::io::Error::other;
-        publish_new(path, |out| {
+        Ok(crate::fsutil::publish_new(path, |out| {
             let head = serde_json::to_string_pretty(header).map_err(json_err)?;
             // The header's own closing brace is dropped: the lists follow in the same object.
             let head = head
@@ -1119,7 +1087,7 @@ impl CustodyRecordWriter {
                 ",\n  \"problems\": {}\n}}\n",
                 problems.replace('\n', "\n  ")
             )
-        })
+        })?)
     }
 }
 
@@ -1139,40 +1107,6 @@ impl ExtractSink for CustodyRecordWriter {
     }
 }
 
-/// Creates `path` (refusing to overwrite) with what `write` puts in a buffered temporary file in
-/// the same directory; synced, then renamed into place: never a half-written file at `path`.
-fn publish_new(
-    path: &Path,
-    write: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> std::io::Result<()>,
-) -> Result<(), ExportError> {
-    use std::io::Write;
-    if path.symlink_metadata().is_ok() {
-        return Err(ExportError::Io(format!(
-            "{} already exists",
-            path.display()
-        )));
-    }
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(parent)
-        .map_err(|e| io_err("cannot create a temporary file in", parent, e))?;
-    // Buffered: unbuffered, serde_json issues one write(2) per token (millions for a record of
-    // 100k files).
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-    write(&mut out)
-        .and_then(|_| out.flush())
-        .map_err(|e| io_err("cannot write", path, e))?;
-    drop(out);
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| io_err("cannot sync", path, e))?;
-    tmp.persist_noclobber(path)
-        .map_err(|e| io_err("cannot write", path, e.error))?;
-    Ok(())
-}
-
 /// Streaming SHA-256 of the export file (for the custody record).
 pub fn export_sha256(realm: &Realm) -> Result<(String, u64), ExportError> {
     export_sha256_unless(realm, &[])
@@ -1188,7 +1122,7 @@ pub fn export_sha256_unless(
     let size = fs::metadata(path)
         .map_err(|e| io_err("cannot stat", path, e))?
         .len();
-    Ok((hash_file_unless(path, stop)?, size))
+    Ok((crate::fsutil::hash_file_unless(path, stop)?, size))
 }
 
 /// Shared handle type for callers that keep a realm around.
@@ -1197,29 +1131,4 @@ pub type SharedRealm = Arc<Realm>;
 /// Reads a whole readable file at T into memory (for `cat` of small files and tests).
 pub fn read_whole_file(realm: &Realm, file: &FileManifest) -> Result<Vec<u8>, super::BlockError> {
     realm.read_range_with(file, 0, file.size, parallel::default_threads())
-}
-
-#[cfg(test)]
-mod hash_tests {
-    use super::*;
-
-    #[test]
-    fn hashing_stops_when_a_stop_flag_is_set() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        fs::write(&path, vec![7u8; 3 << 20]).unwrap();
-        let (go, stop) = (AtomicBool::new(false), AtomicBool::new(true));
-        assert_eq!(
-            hash_file_unless(&path, &[&go]).unwrap(),
-            hash_file(&path).unwrap()
-        );
-        assert_eq!(
-            hash_file(&path).unwrap(),
-            crate::crypto::sha256_hex(&[7u8; 3 << 20])
-        );
-        assert!(matches!(
-            hash_file_unless(&path, &[&go, &stop]),
-            Err(ExportError::Interrupted)
-        ));
-    }
 }
