@@ -211,20 +211,14 @@ fn run(args: GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Streams `value` as JSON to a temporary sibling of `path`, then renames it into place.
+/// Streams `value` as JSON to `path` through the product's one atomic writer (replacing it),
+/// readable by all like the export itself.
 fn write_json_atomic(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => std::path::Path::new("."),
-    };
-    let tmp = tempfile::NamedTempFile::new_in(dir)?;
-    let mut out = std::io::BufWriter::new(tmp.as_file());
-    serde_json::to_writer_pretty(&mut out, value)?;
-    out.flush()?;
-    drop(out);
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))?;
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
+    sequester_custody::fsutil::publish(path, sequester_custody::fsutil::Existing::Replace, |out| {
+        serde_json::to_writer_pretty(out, value).map_err(std::io::Error::other)
+    })
+    .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
     Ok(())
 }
