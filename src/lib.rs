@@ -18,6 +18,7 @@ pub mod export;
 pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzz_entry;
+#[cfg(feature = "mount")]
 pub mod mount;
 pub mod parsec;
 pub mod token;
