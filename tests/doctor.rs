@@ -58,7 +58,11 @@ fn a_softhsm_token_its_mechanism_paths_and_fuse() {
     let features = find(&checks, "build", "features: ").expect("the build line");
     assert_eq!(features["verdict"], "ok");
     let built = features["what"].as_str().unwrap();
-    assert_eq!(built.contains("yubikey"), cfg!(feature = "yubikey"), "{built}");
+    assert_eq!(
+        built.contains("yubikey"),
+        cfg!(feature = "yubikey"),
+        "{built}"
+    );
     assert_eq!(built.contains("mount"), cfg!(feature = "mount"), "{built}");
     // The pcscd check comes with the YubiKey backend, the FUSE one with `export mount`.
     let areas = [

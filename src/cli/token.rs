@@ -128,7 +128,9 @@ pub(crate) fn run(cmd: TokenCommand, global: &GlobalOpts) -> CommandResult {
             #[cfg(feature = "yubikey")]
             print_yubikeys(&yubikeys);
             #[cfg(not(feature = "yubikey"))]
-            println!("yubikey (PIV over PC/SC): not compiled into this build (cargo feature `yubikey`)");
+            println!(
+                "yubikey (PIV over PC/SC): not compiled into this build (cargo feature `yubikey`)"
+            );
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "yubikey")]
