@@ -3,6 +3,9 @@
 #
 #   scripts/test.sh            # install what is missing, build helper tokens, run all tests
 #   scripts/test.sh -- FILTER  # pass extra arguments to `cargo test`
+#   scripts/test.sh -- --no-default-features --test NAME   # the PKCS#11-only build's tests
+#
+# A full run also checks the PKCS#11-only build (`--no-default-features`): clippy, doc, tests.
 #
 # A full run also builds, installs and checks the Debian package (scripts/deb-check.sh); a
 # filtered run or SKIP_APT=1 skips that unless DEB_CHECK=1.
@@ -49,6 +52,12 @@ fi
 if [[ ${#extra[@]} -eq 0 ]]; then
   # Everything, with the development-only export writer crate's own tests (tests/export-writer).
   cargo test --no-fail-fast --workspace 2>&1
+  # The PKCS#11-only build (no `yubikey`, no `mount` feature: neither libpcsclite nor FUSE):
+  # lints, docs, and the suite minus the tests that declare those features.
+  log "PKCS#11-only build (--no-default-features): clippy, doc, tests"
+  cargo clippy --all-targets --no-default-features -- -D warnings
+  RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --no-default-features
+  cargo test --no-fail-fast --no-default-features 2>&1
 else
   cargo test --no-fail-fast "${extra[@]}" 2>&1
 fi
