@@ -374,7 +374,7 @@ fn a_pkcs11_only_build_refuses_yubikey_uris() {
     let commands: [&[&str]; 4] = [
         &["key", "show", key],
         &["key", "test", key],
-        &["key", "list", "yubikey:serial=1"],
+        &["key", "list", "--token", "yubikey:serial=1"],
         &["token", "info", "yubikey:serial=1"],
     ];
     for args in commands {
