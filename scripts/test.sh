@@ -4,6 +4,9 @@
 #   scripts/test.sh            # install what is missing, build helper tokens, run all tests
 #   scripts/test.sh -- FILTER  # pass extra arguments to `cargo test`
 #   LINT=0 scripts/test.sh     # without the fmt/clippy/doc gates (LINT=1: with them, filtered)
+#   scripts/test.sh -- --no-default-features --test NAME   # the PKCS#11-only build's tests
+#
+# A full run also checks the PKCS#11-only build (`--no-default-features`): clippy, doc, tests.
 #
 # A full run also builds, installs and checks the Debian package (scripts/deb-check.sh); a
 # filtered run or SKIP_APT=1 skips that unless DEB_CHECK=1.
@@ -55,9 +58,10 @@ if [[ "${LINT:-}" == 1 || ( ${#extra[@]} -eq 0 && "${LINT:-}" != 0 ) ]]; then
   cargo clippy --all-targets -- -D warnings
   log "cargo doc --no-deps (RUSTDOCFLAGS=-D warnings)"
   RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
-  # The PKCS#11-only build goes here once the cargo features exist:
-  #   cargo clippy --all-targets --no-default-features -- -D warnings
-  #   RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --no-default-features
+  # The PKCS#11-only build (no `yubikey`, no `mount` feature: neither libpcsclite nor FUSE).
+  log "cargo clippy / doc --no-default-features (the PKCS#11-only build)"
+  cargo clippy --all-targets --no-default-features -- -D warnings
+  RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --no-default-features
 fi
 
 cargo build --all-targets
@@ -70,6 +74,9 @@ status=0
 if [[ ${#extra[@]} -eq 0 ]]; then
   # Everything, with the development-only export writer crate's own tests (tests/export-writer).
   cargo test --no-fail-fast --workspace 2>&1 || status=$?
+  # The PKCS#11-only build: the suite minus the tests that declare the `yubikey`/`mount` features.
+  log "cargo test --no-default-features (the PKCS#11-only build)"
+  cargo test --no-fail-fast --no-default-features 2>&1 || status=$?
 else
   cargo test --no-fail-fast "${extra[@]}" 2>&1 || status=$?
 fi

@@ -40,6 +40,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("spki_der", spki_der),
     ("pem", pem),
     ("pkcs11_uri", pkcs11_uri),
+    #[cfg(feature = "yubikey")]
     ("yubikey_uri", yubikey_uri),
     ("ceremony_plan", ceremony_plan),
 ];
@@ -160,6 +161,7 @@ pub fn pkcs11_uri(data: &[u8]) {
 }
 
 /// `yubikey:` URIs.
+#[cfg(feature = "yubikey")]
 pub fn yubikey_uri(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let _ = crate::token::yubikey::uri::YubikeyUri::parse(&text);

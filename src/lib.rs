@@ -2,11 +2,12 @@
 //!
 //! Layers, bottom up:
 //! - [`crypto`]: host-side primitives (secretbox, KDF, Ed25519, RSA padding done on the host).
-//! - [`token`]: the token abstraction ([`token::KeyHandle`]) and its backends (PKCS#11, YubiKey PIV).
+//! - [`token`]: the token abstraction ([`token::KeyHandle`]) and its backends (PKCS#11; YubiKey PIV
+//!   with the cargo feature `yubikey`, on by default).
 //! - [`parsec`]: Parsec's byte formats (data format v0, certificates, armor, PEM). Pure, no I/O.
 //! - [`export`]: the realm export reader (the synthetic-export writer for tests and benchmarks is
 //!   the development-only workspace crate `tests/export-writer`).
-//! - [`mount`]: a read-only FUSE view of an export.
+//! - `mount`: a read-only FUSE view of an export (cargo feature `mount`, on by default).
 //! - [`ceremony`]: key-ceremony transcript and plans.
 //!
 //! The command-line interface (clap commands and their output) is part of the binary only
@@ -18,6 +19,7 @@ pub mod export;
 pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzz_entry;
+#[cfg(feature = "mount")]
 pub mod mount;
 pub mod parsec;
 pub mod token;

@@ -2,6 +2,7 @@
 //! client library reads `PCSCLITE_CSOCK_NAME` once per process, and pointing it at a socket
 //! nobody listens on is exactly what a client sees when pcscd is stopped (without stopping the
 //! pcscd other test binaries share).
+#![cfg(feature = "yubikey")] // the YubiKey PIV backend
 
 use sequester_custody::token::{yubikey, TokenError};
 

@@ -36,7 +36,7 @@ pub(crate) enum Verdict {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Check {
     pub(crate) verdict: Verdict,
-    /// Which area: pcscd, pkcs11, fuse, clock, profiles, journal, transcript.
+    /// Which area: build, pcscd, pkcs11, fuse, clock, profiles, journal, transcript.
     pub(crate) area: &'static str,
     /// What was found.
     pub(crate) what: String,
@@ -85,9 +85,11 @@ pub(crate) fn run(args: DoctorArgs, global: &GlobalOpts) -> CommandResult {
 
 /// Every check, in display order.
 pub(crate) fn checks(extra_modules: &[PathBuf]) -> Vec<Check> {
-    let mut checks = Vec::new();
+    let mut checks = vec![build_features()];
+    #[cfg(feature = "yubikey")]
     checks.extend(pcscd());
     checks.extend(pkcs11_modules(extra_modules));
+    #[cfg(feature = "mount")]
     checks.extend(fuse());
     checks.push(clock());
     checks.push(profiles());
@@ -107,7 +109,26 @@ pub(crate) fn checks(extra_modules: &[PathBuf]) -> Vec<Check> {
     checks
 }
 
+/// The cargo features this binary was built with: a PKCS#11-only build has no `yubikey:`
+/// backend (no pcscd check) and no `export mount` (no FUSE check).
+fn build_features() -> Check {
+    let built: Vec<&str> = [
+        ("yubikey", cfg!(feature = "yubikey")),
+        ("mount", cfg!(feature = "mount")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    let what = if built.is_empty() {
+        "features: none (PKCS#11 only: no `yubikey:` backend, no `export mount`)".to_string()
+    } else {
+        format!("features: {}", built.join(", "))
+    };
+    Check::new(Verdict::Ok, "build", what, "")
+}
+
 /// pcscd reachable, its readers and the cards in them (ATR), without connecting to a card.
+#[cfg(feature = "yubikey")]
 fn pcscd() -> Vec<Check> {
     use pcsc::{Context, ReaderState, Scope, State};
     const FIX_PCSCD: &str =
@@ -356,6 +377,7 @@ fn token_check(uri: &str, label: &str) -> Check {
 }
 
 /// `/dev/fuse` openable and `fusermount3` installed (setuid when not root).
+#[cfg(feature = "mount")]
 fn fuse() -> Vec<Check> {
     let mut checks = Vec::new();
     let dev = Path::new("/dev/fuse");

@@ -323,15 +323,21 @@ pub(crate) fn run(cmd: KeyCommand, global: &GlobalOpts) -> CommandResult {
             uri,
             public_out,
             attestation_root,
-        } => match token::open_backend_key(&uri, Access::Inspect, super::token::terminal())? {
-            OpenedKey::Yubikey(key) => super::key_yubikey::show(
-                &key,
-                attestation_root.as_deref(),
-                global,
-                public_out.as_deref(),
-            ),
-            OpenedKey::Pkcs11(key) => print_key(&key, global, public_out.as_deref()),
-        },
+        } => {
+            // Only a YubiKey key has an attestation to check.
+            #[cfg(not(feature = "yubikey"))]
+            let _ = attestation_root;
+            match token::open_backend_key(&uri, Access::Inspect, super::token::terminal())? {
+                #[cfg(feature = "yubikey")]
+                OpenedKey::Yubikey(key) => super::key_yubikey::show(
+                    &key,
+                    attestation_root.as_deref(),
+                    global,
+                    public_out.as_deref(),
+                ),
+                OpenedKey::Pkcs11(key) => print_key(&key, global, public_out.as_deref()),
+            }
+        }
         KeyCommand::Import {
             role,
             label,
@@ -396,6 +402,7 @@ fn generate(
     token::check_key_size(spec.bits, spec.allow_insecure_test_size)?;
     let start = Instant::now();
     let key = match token::generate(token_uri, spec, super::token::terminal())? {
+        #[cfg(feature = "yubikey")]
         GeneratedKey::Yubikey(generated) => {
             return super::key_yubikey::generate(rec, *generated, spec, global, public_out);
         }

@@ -9,6 +9,7 @@ pub(crate) mod doctor;
 pub(crate) mod export;
 mod files;
 pub(crate) mod key;
+#[cfg(feature = "yubikey")]
 mod key_yubikey;
 pub(crate) mod org;
 pub(crate) mod token;

@@ -10,7 +10,9 @@ use zeroize::Zeroizing;
 use sequester_custody::token::interaction::{PinKind, PinRequest};
 use sequester_custody::token::pkcs11::{list_modules, token_details, ModuleListing};
 use sequester_custody::token::uri::Pkcs11Uri;
-use sequester_custody::token::{yubikey, Backend, Interaction, SharedInteraction, TokenError};
+#[cfg(feature = "yubikey")]
+use sequester_custody::token::yubikey;
+use sequester_custody::token::{Backend, Interaction, SharedInteraction, TokenError};
 
 /// The CLI's [`Interaction`]: asks on the terminal, tells on stderr.
 pub(crate) struct TerminalInteraction;
@@ -75,12 +77,15 @@ pub(crate) fn run(cmd: TokenCommand, global: &GlobalOpts) -> CommandResult {
         TokenCommand::List { modules } => {
             let listing = list_modules(&modules)?;
             // pcscd not running must not hide the PKCS#11 tokens: it becomes one line.
+            #[cfg(feature = "yubikey")]
             let yubikeys = yubikey::list_cards();
             if global.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json_listing(&listing, &yubikeys)?)?
-                );
+                let json = json_listing(
+                    &listing,
+                    #[cfg(feature = "yubikey")]
+                    &yubikeys,
+                )?;
+                println!("{}", serde_json::to_string_pretty(&json)?);
                 return Ok(ExitCode::SUCCESS);
             }
             for m in &listing {
@@ -120,9 +125,15 @@ pub(crate) fn run(cmd: TokenCommand, global: &GlobalOpts) -> CommandResult {
                     }
                 }
             }
+            #[cfg(feature = "yubikey")]
             print_yubikeys(&yubikeys);
+            #[cfg(not(feature = "yubikey"))]
+            println!(
+                "yubikey (PIV over PC/SC): not compiled into this build (cargo feature `yubikey`)"
+            );
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "yubikey")]
         TokenCommand::Info { uri } if matches!(Backend::of_uri(&uri), Ok(Backend::Yubikey)) => {
             let card = yubikey::card_info(&uri)?;
             if global.json {
@@ -142,6 +153,8 @@ pub(crate) fn run(cmd: TokenCommand, global: &GlobalOpts) -> CommandResult {
             Ok(ExitCode::SUCCESS)
         }
         TokenCommand::Info { uri } => {
+            // A `yubikey:` URI in a build without that backend: the clear error, not a parse one.
+            Backend::of_uri(&uri)?;
             let parsed = Pkcs11Uri::parse(&uri)?;
             let d = token_details(&parsed)?;
             if global.json {
@@ -177,7 +190,7 @@ pub(crate) fn run(cmd: TokenCommand, global: &GlobalOpts) -> CommandResult {
 /// when PC/SC is unreachable).
 fn json_listing(
     modules: &[ModuleListing],
-    yubikeys: &Result<yubikey::CardListing, TokenError>,
+    #[cfg(feature = "yubikey")] yubikeys: &Result<yubikey::CardListing, TokenError>,
 ) -> serde_json::Result<serde_json::Value> {
     let mut entries = Vec::new();
     for m in modules {
@@ -185,6 +198,16 @@ fn json_listing(
         v["backend"] = "pkcs11".into();
         entries.push(v);
     }
+    #[cfg(feature = "yubikey")]
+    entries.push(json_yubikeys(yubikeys)?);
+    Ok(serde_json::Value::Array(entries))
+}
+
+/// The `token list --json` entry of the YubiKeys seen over PC/SC.
+#[cfg(feature = "yubikey")]
+fn json_yubikeys(
+    yubikeys: &Result<yubikey::CardListing, TokenError>,
+) -> serde_json::Result<serde_json::Value> {
     let mut v = match yubikeys {
         Ok(listing) => {
             let mut v = serde_json::to_value(listing)?;
@@ -199,10 +222,10 @@ fn json_listing(
         }),
     };
     v["backend"] = "yubikey".into();
-    entries.push(v);
-    Ok(serde_json::Value::Array(entries))
+    Ok(v)
 }
 
+#[cfg(feature = "yubikey")]
 fn print_yubikeys(yubikeys: &Result<yubikey::CardListing, TokenError>) {
     let listing = match yubikeys {
         Ok(listing) => listing,

@@ -22,6 +22,7 @@ pub mod pin;
 pub mod pkcs11;
 pub mod profile;
 pub mod uri;
+#[cfg(feature = "yubikey")]
 pub mod yubikey;
 
 /// What a key is for. Parsec has two RSA roles (spec §1.5).
@@ -245,6 +246,15 @@ pub enum TokenError {
     DecryptionFailed,
     #[error("the token is not present or was removed: {0}")]
     TokenRemoved(String),
+    /// Asked of a build without the cargo feature that provides it.
+    #[error(
+        "{what}: not compiled into this build of sequester-custody (cargo feature `{feature}`; \
+         rebuild with `--features {feature}`)"
+    )]
+    FeatureNotBuilt {
+        what: &'static str,
+        feature: &'static str,
+    },
     #[error("{backend} error during {operation}: {reason}")]
     Backend {
         backend: &'static str,
@@ -278,6 +288,7 @@ pub enum Backend {
     /// `pkcs11:` (RFC 7512).
     Pkcs11,
     /// `yubikey:` (PIV over PC/SC).
+    #[cfg(feature = "yubikey")]
     Yubikey,
 }
 
@@ -287,7 +298,13 @@ impl Backend {
         if uri.starts_with("pkcs11:") {
             Ok(Backend::Pkcs11)
         } else if uri.starts_with("yubikey:") {
-            Ok(Backend::Yubikey)
+            #[cfg(feature = "yubikey")]
+            return Ok(Backend::Yubikey);
+            #[cfg(not(feature = "yubikey"))]
+            return Err(TokenError::FeatureNotBuilt {
+                what: "`yubikey:` URIs (the YubiKey PIV backend)",
+                feature: "yubikey",
+            });
         } else {
             Err(TokenError::BadUri {
                 uri: uri::redact_pin_value(uri),
@@ -311,6 +328,7 @@ pub enum Access {
 /// backend-specific details, such as a YubiKey attestation).
 pub enum OpenedKey {
     Pkcs11(Box<pkcs11::Pkcs11Key>),
+    #[cfg(feature = "yubikey")]
     Yubikey(Box<yubikey::YubikeyKey>),
 }
 
@@ -319,6 +337,7 @@ impl OpenedKey {
     pub fn handle(&self) -> &dyn KeyHandle {
         match self {
             OpenedKey::Pkcs11(key) => key.as_ref(),
+            #[cfg(feature = "yubikey")]
             OpenedKey::Yubikey(key) => key.as_ref(),
         }
     }
@@ -326,6 +345,7 @@ impl OpenedKey {
     pub fn into_handle(self) -> Box<dyn KeyHandle> {
         match self {
             OpenedKey::Pkcs11(key) => key,
+            #[cfg(feature = "yubikey")]
             OpenedKey::Yubikey(key) => key,
         }
     }
@@ -334,6 +354,8 @@ impl OpenedKey {
 /// Opens the private key any key URI designates, in its backend's own type. Logs in as
 /// `access` needs (PIN from `pin-source`, `SEQUESTER_CUSTODY_PIN` or `interaction`; a wrong
 /// PIN is never retried).
+// `access` only matters to the YubiKey backend (PKCS#11 always logs in).
+#[cfg_attr(not(feature = "yubikey"), allow(unused_variables))]
 pub fn open_backend_key(
     uri: &str,
     access: Access,
@@ -347,6 +369,7 @@ pub fn open_backend_key(
                 interaction,
             )?)))
         }
+        #[cfg(feature = "yubikey")]
         Backend::Yubikey => {
             let login = match access {
                 Access::Use => Some(interaction.as_ref()),
@@ -417,6 +440,7 @@ pub fn check_key_size(bits: usize, allow_insecure_test_size: bool) -> Result<(),
 pub enum GeneratedKey {
     Pkcs11(Box<pkcs11::Pkcs11Key>),
     /// With the management key and policies the card used.
+    #[cfg(feature = "yubikey")]
     Yubikey(Box<yubikey::Generated>),
 }
 
@@ -425,6 +449,7 @@ impl GeneratedKey {
     pub fn handle(&self) -> &dyn KeyHandle {
         match self {
             GeneratedKey::Pkcs11(key) => key.as_ref(),
+            #[cfg(feature = "yubikey")]
             GeneratedKey::Yubikey(generated) => &generated.key,
         }
     }
@@ -432,6 +457,7 @@ impl GeneratedKey {
     pub fn into_handle(self) -> Box<dyn KeyHandle> {
         match self {
             GeneratedKey::Pkcs11(key) => key,
+            #[cfg(feature = "yubikey")]
             GeneratedKey::Yubikey(generated) => Box::new(generated.key),
         }
     }
@@ -452,6 +478,7 @@ pub fn generate(
                 interaction,
             )?)))
         }
+        #[cfg(feature = "yubikey")]
         Backend::Yubikey => Ok(GeneratedKey::Yubikey(Box::new(yubikey::generate(
             token_uri,
             spec,
@@ -475,8 +502,10 @@ pub fn list_keys(
     token_uri: &str,
     interaction: &dyn Interaction,
 ) -> Result<Vec<KeyInfo>, TokenError> {
-    if Backend::of_uri(token_uri)? == Backend::Yubikey {
-        return yubikey::list_keys(token_uri);
+    match Backend::of_uri(token_uri)? {
+        #[cfg(feature = "yubikey")]
+        Backend::Yubikey => return yubikey::list_keys(token_uri),
+        Backend::Pkcs11 => {}
     }
     let parsed = uri::Pkcs11Uri::parse(token_uri)?;
     let pin_source = parsed.pin_source.as_deref();

@@ -55,21 +55,39 @@ fn a_softhsm_token_its_mechanism_paths_and_fuse() {
         what.contains("decrypt paths [") && what.contains("raw"),
         "{what}"
     );
-    for area in [
-        "pcscd",
-        "fuse",
-        "clock",
-        "profiles",
-        "journal",
-        "transcript",
-    ] {
-        assert!(
+    let features = find(&checks, "build", "features: ").expect("the build line");
+    assert_eq!(features["verdict"], "ok");
+    let built: Vec<&str> = [
+        ("yubikey", cfg!(feature = "yubikey")),
+        ("mount", cfg!(feature = "mount")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    let expected = match built.len() {
+        0 => "features: none".to_string(),
+        _ => format!("features: {}", built.join(", ")),
+    };
+    let what = features["what"].as_str().unwrap();
+    assert_eq!(what.split(" (").next(), Some(expected.as_str()), "{what}");
+    // The pcscd check comes with the YubiKey backend, the FUSE one with `export mount`.
+    let areas = [
+        ("pcscd", cfg!(feature = "yubikey")),
+        ("fuse", cfg!(feature = "mount")),
+        ("clock", true),
+        ("profiles", true),
+        ("journal", true),
+        ("transcript", true),
+    ];
+    for (area, built) in areas {
+        assert_eq!(
             checks.iter().any(|c| c["area"] == area),
-            "no {area} check: {checks:#?}"
+            built,
+            "{area} check: {checks:#?}"
         );
     }
     let fuse_ok = std::path::Path::new("/dev/fuse").exists();
-    if common::available("FUSE (/dev/fuse)", fuse_ok) {
+    if cfg!(feature = "mount") && common::available("FUSE (/dev/fuse)", fuse_ok) {
         let dev = find(&checks, "fuse", "/dev/fuse").unwrap();
         assert_eq!(dev["verdict"], "ok", "{dev}");
     }

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod mount;
+#[cfg(feature = "yubikey")]
 pub mod yubikey;
 
 use std::path::{Path, PathBuf};

@@ -16,6 +16,7 @@
 //! Problem texts are matched loosely: any of a few lower-case substrings, searched in the
 //! problem kinds and reasons of `--json` output or in stderr (documented in
 //! `docs/adversarial-suite.md`).
+#![cfg(feature = "mount")] // every case is also mounted
 
 use crate::common;
 use crate::common::mount as mount_support;

@@ -537,3 +537,35 @@ fn content_level_errors() {
         .collect();
     assert!(leftovers.is_empty());
 }
+
+/// A build without the `mount` feature has no FUSE: `export mount` says so (exit 1, no panic)
+/// and creates nothing.
+#[test]
+#[cfg(not(feature = "mount"))]
+fn a_build_without_fuse_refuses_export_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let mountpoint = dir.path().join("mnt");
+    let export = fixture("sequestered_export.sqlite");
+    let out = run_cli(
+        &[
+            "export",
+            "mount",
+            export.to_str().unwrap(),
+            mountpoint.to_str().unwrap(),
+            "--key",
+            "pkcs11:token=t;object=svc",
+        ],
+        &[],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains(
+            "export mount: not compiled into this build of sequester-custody (cargo feature \
+             `mount`; rebuild with `--features mount`)"
+        ),
+        "{err}"
+    );
+    assert!(!mountpoint.exists());
+}

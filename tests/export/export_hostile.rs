@@ -16,6 +16,7 @@ use rsa::RsaPrivateKey;
 use sequester_export_writer::forge::ForgedManifest;
 use sequester_export_writer::{Content, ExportWriter, WriterConfig};
 
+#[cfg(feature = "mount")]
 use crate::common::mount::{fuse_available, Mount};
 
 /// A name that would clear the line and print a fake "OK" on a terminal.
@@ -324,6 +325,7 @@ fn check_modes(dest: &Path, file: u32, dir: u32) {
 }
 
 #[test]
+#[cfg(feature = "mount")]
 fn the_mount_hides_the_cycle_and_the_extra_names_and_survives() {
     if !fuse_available() {
         return;

@@ -1,6 +1,7 @@
 //! Real FUSE mounts of the real Parsec fixture `sequestered_export.sqlite`, service keys in a
 //! SoftHSM2 token: the README timeline through the mount root and through `/.history/<T>/`,
 //! unreadable entries (EACCES + log line), read-only (EROFS), signals and stale mounts.
+#![cfg(feature = "mount")] // the FUSE mount
 
 use crate::common;
 

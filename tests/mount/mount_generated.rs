@@ -2,6 +2,7 @@
 //! deep folders, a 3000-entry folder (readdir offsets), sparse files. Compared with the writer's
 //! ground truth and with `export extract`; parallel readers; reads at odd offsets; integrity
 //! errors give EIO with a log line.
+#![cfg(feature = "mount")] // the FUSE mount
 
 use crate::common;
 

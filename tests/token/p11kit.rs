@@ -294,7 +294,7 @@ fn every_operation_through_p11_kit_client() {
     assert_eq!(std::fs::read(dest.join("bar2.txt")).unwrap(), b"Hello v2");
 
     // mount
-    if mount_support::fuse_available() {
+    if cfg!(feature = "mount") && mount_support::fuse_available() {
         let mnt = r.work.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         let m = mount_support::Mount::start(

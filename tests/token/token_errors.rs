@@ -362,3 +362,26 @@ fn operations_outside_the_role_are_refused() {
     );
     assert_clean_failure(&out, "unknown role `boss`");
 }
+
+/// A build without the `yubikey` feature (PKCS#11 only) refuses every `yubikey:` URI with the
+/// clear message, exit 1, no panic, and never reaches PC/SC.
+#[test]
+#[cfg(not(feature = "yubikey"))]
+fn a_pkcs11_only_build_refuses_yubikey_uris() {
+    let key = "yubikey:serial=1;slot=9d";
+    let commands: [&[&str]; 4] = [
+        &["key", "show", key],
+        &["key", "test", key],
+        &["key", "list", "--token", "yubikey:serial=1"],
+        &["token", "info", "yubikey:serial=1"],
+    ];
+    for args in commands {
+        let out = run_cli(args, &[]);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert_clean_failure(
+            &out,
+            "`yubikey:` URIs (the YubiKey PIV backend): not compiled into this build of \
+             sequester-custody (cargo feature `yubikey`; rebuild with `--features yubikey`)",
+        );
+    }
+}

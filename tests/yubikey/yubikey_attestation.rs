@@ -2,6 +2,7 @@
 //! The chains are built here, shaped like Yubico's: root CA -> [intermediate] -> per-device f9
 //! certificate -> slot attestation certificate with the Yubico extensions. The keys are the
 //! published 1024-bit Parsec fixture keys (fast; never production keys).
+#![cfg(feature = "yubikey")] // the YubiKey PIV backend
 
 use crate::common;
 

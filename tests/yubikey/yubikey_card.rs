@@ -1,6 +1,7 @@
 //! The `yubikey:` backend against a virtual PIV card (pcscd + vpcd + piv-authenticator):
 //! opening by serial, on-card generation, PSS signing and OAEP decryption through the host
 //! paddings, PIN handling and refusals. See docs/yubikey.md for what only hardware covers.
+#![cfg(feature = "yubikey")] // the YubiKey PIV backend
 
 use crate::common::yubikey as yubikey_common;
 

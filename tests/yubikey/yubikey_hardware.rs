@@ -11,6 +11,7 @@
 //!   cargo test --test yubikey yubikey_hardware -- --ignored --test-threads=1 --nocapture
 //! ```
 //! See docs/yubikey.md ("Hardware test procedure").
+#![cfg(feature = "yubikey")] // the YubiKey PIV backend
 
 use std::path::PathBuf;
 

@@ -2,6 +2,7 @@
 //! sequester service certificate is signed by OUR CLI with the authority key in slot 9c of a
 //! (virtual) YubiKey, for a service key in slot 9d of that card; then the 9d key extracts the
 //! final snapshot, which must be exactly what `expected.json` says.
+#![cfg(feature = "yubikey")] // the YubiKey PIV backend
 
 use crate::common;
 use crate::common::yubikey as yubikey_common;

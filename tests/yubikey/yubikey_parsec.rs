@@ -1,6 +1,7 @@
 //! The CLI end to end with keys on a (virtual) YubiKey: `key generate`/`key show`, a Parsec
 //! service certificate signed by the 9c authority key and judged by the real Parsec 3.9.3
 //! server code, and a realm export whose access rows are decrypted by the 9d service key.
+#![cfg(feature = "yubikey")] // the YubiKey PIV backend
 
 use crate::common;
 use crate::common::yubikey as yubikey_common;

@@ -4,6 +4,7 @@
 //! `yubikey:` backend, then used through each module: same public key, decryption and signing
 //! round trips checked on the host. The authority key sits in 9c, which both modules mark
 //! CKA_ALWAYS_AUTHENTICATE: each signature needs a context-specific login.
+#![cfg(feature = "yubikey")] // the YubiKey PIV backend
 
 use crate::common;
 use crate::common::yubikey as yubikey_common;

@@ -1,5 +1,6 @@
 //! `token list` / `token info` show the YubiKeys reachable over PC/SC (virtual PIV cards), and
 //! a stopped pcscd costs one line of `token list`, not the PKCS#11 listing.
+#![cfg(feature = "yubikey")] // the YubiKey PIV backend
 
 use crate::common::yubikey as yubikey_common;
 

@@ -11,6 +11,7 @@ mod extract;
 mod history;
 mod info;
 mod ls;
+#[cfg(feature = "mount")]
 mod mount;
 mod options;
 mod output;
@@ -117,12 +118,27 @@ pub(crate) enum ExportCommand {
         mode_from_umask: bool,
     },
     /// Mount the workspace read-only (FUSE) as it was at T; `/.history/<T>/` for other instants.
+    #[cfg(feature = "mount")]
     Mount(mount::MountArgs),
+    /// NOT IN THIS BUILD: the FUSE mount needs the `mount` cargo feature (rebuild with
+    /// `--features mount`).
+    #[cfg(not(feature = "mount"))]
+    Mount {
+        /// Whatever `export mount` would take; refused.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 pub(crate) fn run(cmd: ExportCommand, global: &GlobalOpts) -> CommandResult {
     match cmd {
+        #[cfg(feature = "mount")]
         ExportCommand::Mount(args) => mount::run(args, global),
+        #[cfg(not(feature = "mount"))]
+        ExportCommand::Mount { .. } => anyhow::bail!(
+            "export mount: not compiled into this build of sequester-custody (cargo feature \
+             `mount`; rebuild with `--features mount`)"
+        ),
         ExportCommand::Info {
             file,
             allow_incomplete,
