@@ -711,7 +711,7 @@ fn set_mtime(path: &Path, t: DateTime) -> Result<(), ExportError> {
 /// number of entries. Folders are created as the walk reaches them while a pool of
 /// `options.threads` workers creates, decrypts, verifies, writes, hashes and re-dates the files
 /// behind it; a folder's mtime is set when its subtree is done (in walk order, see
-/// [`Ordered::open`]).
+/// `Ordered::open`).
 pub fn extract_to(
     realm: &Realm,
     dest: &Path,
