@@ -11,7 +11,9 @@ use super::ceremony::{CeremonyArgs, Recorder};
 use super::{CommandResult, GlobalOpts};
 use sequester_custody::ceremony::journal::Journal;
 use sequester_custody::ceremony::plan::write_certificate;
-use sequester_custody::ceremony::sign::{self, RevocationRequest, ServiceCertificateRequest, SigningPolicy};
+use sequester_custody::ceremony::sign::{
+    self, RevocationRequest, ServiceCertificateRequest, SigningPolicy,
+};
 use sequester_custody::ceremony::topic::{self, CeremonyTopic};
 use sequester_custody::ceremony::transcript::KeyRecord;
 use sequester_custody::ceremony::CeremonyError;

@@ -4,7 +4,7 @@ use unicode_normalization::UnicodeNormalization;
 
 use super::FormatError;
 
-pub use super::limits::MAX_ENTRY_NAME_BYTES;
+pub(crate) use super::limits::MAX_ENTRY_NAME_BYTES;
 
 /// NFC composes at most 3 bytes into 1 (Hangul L+V+T jamo): a longer raw name cannot
 /// normalise to a valid one and is refused before normalisation allocates.

@@ -8,7 +8,7 @@
 //! never leaves the token.
 //!
 //! Host-side padding (EME-OAEP decoding, EMSA-PSS encoding) for tokens that only do raw RSA lives
-//! in [`crate::crypto::rsa_padding`].
+//! in the crate-internal `crypto::rsa_padding` module.
 
 use std::fmt;
 

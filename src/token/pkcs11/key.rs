@@ -181,7 +181,7 @@ fn read_bytes(
 }
 
 /// Provenance verdict from the raw facts (see docs/keys-and-tokens.md).
-pub fn verdict(
+pub(crate) fn verdict(
     local: Option<bool>,
     never_extractable: Option<bool>,
     always_sensitive: Option<bool>,
@@ -199,7 +199,7 @@ pub fn verdict(
 }
 
 /// Reads the provenance attributes of `handle`.
-pub fn read_provenance(session: &Session, handle: ObjectHandle) -> Provenance {
+pub(crate) fn read_provenance(session: &Session, handle: ObjectHandle) -> Provenance {
     let local = read_bool(session, handle, AttributeType::Local);
     let never_extractable = read_bool(session, handle, AttributeType::NeverExtractable);
     let always_sensitive = read_bool(session, handle, AttributeType::AlwaysSensitive);
@@ -301,7 +301,7 @@ pub(crate) fn exempt_by_profile(token: &TokenRef, weaknesses: Vec<String>) -> Ve
 }
 
 /// Finds private RSA keys matching the URI's object attributes on an open session.
-pub fn find_private_keys(
+pub(crate) fn find_private_keys(
     session: &Session,
     uri: &Pkcs11Uri,
 ) -> Result<Vec<ObjectHandle>, TokenError> {
