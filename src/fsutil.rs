@@ -114,7 +114,7 @@ pub fn publish(
 }
 
 /// [`publish`] refusing to replace an existing file.
-pub fn publish_new(
+pub(crate) fn publish_new(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<&mut File>) -> std::io::Result<()>,
 ) -> Result<(), FileError> {
@@ -127,13 +127,13 @@ pub fn write_atomic(path: &Path, data: &[u8], existing: Existing) -> Result<(), 
 }
 
 /// SHA-256 of a file's content, lowercase hex, read as a stream.
-pub fn hash_file(path: &Path) -> Result<String, FileError> {
+pub(crate) fn hash_file(path: &Path) -> Result<String, FileError> {
     hash_file_unless(path, &[])
 }
 
 /// [`hash_file`] that gives up with [`FileError::Interrupted`] as soon as one of `stop` is set
 /// (checked every MiB: hashing a 100 GB file must not delay Ctrl-C or an early failure).
-pub fn hash_file_unless(path: &Path, stop: &[&AtomicBool]) -> Result<String, FileError> {
+pub(crate) fn hash_file_unless(path: &Path, stop: &[&AtomicBool]) -> Result<String, FileError> {
     let mut file = File::open(path).map_err(io_err(path))?;
     let len = file.metadata().map_err(io_err(path))?.len();
     // Sized to the file: a fixed 1 MiB buffer per small file costs more than hashing it.

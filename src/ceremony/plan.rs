@@ -127,7 +127,7 @@ pub struct RevocationStep {
 }
 
 /// Key sizes a plan may generate.
-pub const PLAN_KEY_SIZES: [usize; 3] = [2048, 3072, 4096];
+pub(crate) const PLAN_KEY_SIZES: [usize; 3] = [2048, 3072, 4096];
 
 impl CeremonyPlan {
     pub fn parse(text: &str) -> Result<Self, CeremonyError> {

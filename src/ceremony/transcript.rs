@@ -18,7 +18,7 @@ use crate::token::TokenDescription;
 /// Default transcript in the working directory.
 pub const DEFAULT_FILE: &str = "sequester-custody-transcript.jsonl";
 /// `prev` of the first entry.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// A key used or created by the command.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -127,7 +127,7 @@ impl EntryContent {
 
 /// Argument values that could carry a secret are replaced (PINs never come from argv, but a
 /// URI may carry `pin-value=` and must not be copied verbatim).
-pub fn redact_args(args: &[String]) -> Vec<String> {
+pub(crate) fn redact_args(args: &[String]) -> Vec<String> {
     args.iter()
         .map(|a| {
             let lower = a.to_ascii_lowercase();

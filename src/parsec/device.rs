@@ -10,9 +10,9 @@ use super::{envelope, limits, DateTime, FormatError};
 pub type Id = [u8; 16];
 
 /// Type string of device certificates.
-pub const DEVICE_CERTIFICATE: &str = "device_certificate";
+pub(crate) const DEVICE_CERTIFICATE: &str = "device_certificate";
 /// Type string of user certificates.
-pub const USER_CERTIFICATE: &str = "user_certificate";
+pub(crate) const USER_CERTIFICATE: &str = "user_certificate";
 
 /// A decoded `device_certificate`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 
 /// Limits of one kind of `0x00 || zstd(msgpack)` object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ObjectLimits {
+pub(crate) struct ObjectLimits {
     /// What the object is, for error messages.
     pub what: &'static str,
     /// Most bytes the zstd stream may decompress to (the frame's declared size is never trusted).

@@ -10,9 +10,9 @@ use super::limits::{self, ObjectLimits};
 use super::{DateTime, FormatError};
 
 /// Msgpack extension type of DateTime.
-pub const EXT_DATETIME: i8 = 1;
+pub(crate) const EXT_DATETIME: i8 = 1;
 /// Msgpack extension type of UUID-based IDs.
-pub const EXT_UUID: i8 = 2;
+pub(crate) const EXT_UUID: i8 = 2;
 
 /// Exact msgpack writer.
 #[derive(Default)]
@@ -59,7 +59,7 @@ impl Writer {
         self
     }
 
-    pub fn nil(&mut self) -> &mut Self {
+    pub(crate) fn nil(&mut self) -> &mut Self {
         rmp::encode::write_nil(&mut self.buf).expect("Vec write");
         self
     }
@@ -95,7 +95,7 @@ pub fn decode(bytes: &[u8]) -> Result<Value, FormatError> {
 /// Decodes exactly one msgpack value, refusing anything beyond `limits` before it is built:
 /// the structure is first walked without allocating (iteratively, so the input cannot choose the
 /// recursion depth), then `rmpv` builds a value already known to be small and shallow.
-pub fn decode_bounded(bytes: &[u8], limits: &ObjectLimits) -> Result<Value, FormatError> {
+pub(crate) fn decode_bounded(bytes: &[u8], limits: &ObjectLimits) -> Result<Value, FormatError> {
     check_structure(bytes, limits)?;
     let mut cursor = bytes;
     // `rmpv` spends one level per value and one per container or string/binary payload.
@@ -110,7 +110,7 @@ pub fn decode_bounded(bytes: &[u8], limits: &ObjectLimits) -> Result<Value, Form
 /// Walks one msgpack value without building it: every length is checked against the bytes that
 /// remain (an array of n values needs at least n bytes), the number of values against
 /// `max_values` and the nesting against `max_depth`. Trailing bytes are an error.
-pub fn check_structure(bytes: &[u8], limits: &ObjectLimits) -> Result<(), FormatError> {
+pub(crate) fn check_structure(bytes: &[u8], limits: &ObjectLimits) -> Result<(), FormatError> {
     let too_much = |why: String| FormatError::Msgpack(format!("{} refused: {why}", limits.what));
     // Values still expected by each open container (bounded by max_depth entries).
     let mut open: Vec<u64> = Vec::new();
@@ -267,7 +267,7 @@ impl<'a> Map<'a> {
     }
 
     /// Checks the `type` field.
-    pub fn expect_type(&self, expected: &str) -> Result<(), FormatError> {
+    pub(crate) fn expect_type(&self, expected: &str) -> Result<(), FormatError> {
         let found = self.str("type")?;
         if found != expected {
             return Err(FormatError::WrongType {
@@ -319,7 +319,7 @@ impl<'a> Map<'a> {
     }
 
     /// A nullable field: present, possibly nil.
-    pub fn nullable(&self, key: &'static str) -> Result<Option<&'a Value>, FormatError> {
+    pub(crate) fn nullable(&self, key: &'static str) -> Result<Option<&'a Value>, FormatError> {
         let v = self.required(key)?;
         Ok(if v.is_nil() { None } else { Some(v) })
     }
@@ -328,7 +328,7 @@ impl<'a> Map<'a> {
         self.nullable(key)?.map(|v| as_uuid(v, key)).transpose()
     }
 
-    pub fn nullable_str(&self, key: &'static str) -> Result<Option<&'a str>, FormatError> {
+    pub(crate) fn nullable_str(&self, key: &'static str) -> Result<Option<&'a str>, FormatError> {
         self.nullable(key)?.map(|v| as_str(v, key)).transpose()
     }
 
@@ -365,14 +365,14 @@ pub fn as_str<'a>(v: &'a Value, field: &'static str) -> Result<&'a str, FormatEr
     }
 }
 
-pub fn as_bin<'a>(v: &'a Value, field: &'static str) -> Result<&'a [u8], FormatError> {
+pub(crate) fn as_bin<'a>(v: &'a Value, field: &'static str) -> Result<&'a [u8], FormatError> {
     match v {
         Value::Binary(b) => Ok(b),
         _ => Err(bad(field, "expected bytes (msgpack bin)")),
     }
 }
 
-pub fn as_uint(v: &Value, field: &'static str) -> Result<u64, FormatError> {
+pub(crate) fn as_uint(v: &Value, field: &'static str) -> Result<u64, FormatError> {
     match v {
         Value::Integer(i) => i
             .as_u64()
@@ -381,7 +381,7 @@ pub fn as_uint(v: &Value, field: &'static str) -> Result<u64, FormatError> {
     }
 }
 
-pub fn as_datetime(v: &Value, field: &'static str) -> Result<DateTime, FormatError> {
+pub(crate) fn as_datetime(v: &Value, field: &'static str) -> Result<DateTime, FormatError> {
     match v {
         Value::Ext(EXT_DATETIME, data) => {
             let raw: [u8; 8] = data.as_slice().try_into().map_err(|_| {

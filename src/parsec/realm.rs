@@ -9,12 +9,12 @@ use super::device::Id;
 use super::msgpack::{self, Map, Writer};
 use super::{envelope, limits, DateTime, FormatError};
 
-pub const REALM_KEY_ROTATION_CERTIFICATE: &str = "realm_key_rotation_certificate";
-pub const REALM_NAME_CERTIFICATE: &str = "realm_name_certificate";
-pub const REALM_ROLE_CERTIFICATE: &str = "realm_role_certificate";
-pub const REALM_ARCHIVING_CERTIFICATE: &str = "realm_archiving_certificate";
-pub const REALM_KEYS_BUNDLE: &str = "realm_keys_bundle";
-pub const REALM_KEYS_BUNDLE_ACCESS: &str = "realm_keys_bundle_access";
+pub(crate) const REALM_KEY_ROTATION_CERTIFICATE: &str = "realm_key_rotation_certificate";
+pub(crate) const REALM_NAME_CERTIFICATE: &str = "realm_name_certificate";
+pub(crate) const REALM_ROLE_CERTIFICATE: &str = "realm_role_certificate";
+pub(crate) const REALM_ARCHIVING_CERTIFICATE: &str = "realm_archiving_certificate";
+pub(crate) const REALM_KEYS_BUNDLE: &str = "realm_keys_bundle";
+pub(crate) const REALM_KEYS_BUNDLE_ACCESS: &str = "realm_keys_bundle_access";
 
 /// Wipes every byte string of a decoded msgpack value (secret keys were copied out of it).
 fn zeroize_value(value: &mut rmpv::Value) {

@@ -323,7 +323,7 @@ impl OpenedKey {
         }
     }
 
-    pub fn into_handle(self) -> Box<dyn KeyHandle> {
+    pub(crate) fn into_handle(self) -> Box<dyn KeyHandle> {
         match self {
             OpenedKey::Pkcs11(key) => key,
             OpenedKey::Yubikey(key) => key,
@@ -429,7 +429,7 @@ impl GeneratedKey {
         }
     }
 
-    pub fn into_handle(self) -> Box<dyn KeyHandle> {
+    pub(crate) fn into_handle(self) -> Box<dyn KeyHandle> {
         match self {
             GeneratedKey::Pkcs11(key) => key,
             GeneratedKey::Yubikey(generated) => Box::new(generated.key),

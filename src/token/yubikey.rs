@@ -67,7 +67,7 @@ fn algorithm_for_bits(bits: usize) -> Option<piv::AlgorithmId> {
 /// How RSA operations reach the card: through the `yubikey` crate (1024/2048) or through our
 /// own PIV commands (3072/4096, firmware 5.7+; see the `raw` module).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PivAlgorithm {
+pub(crate) enum PivAlgorithm {
     Crate(piv::AlgorithmId),
     Raw(u8),
 }
@@ -444,7 +444,7 @@ pub fn open_key(
 
 /// [`open_key`] returning the concrete type (attestation, serial); `login = None` opens for
 /// reading only (public key, attestation), without a PIN.
-pub fn open_yubikey_key(
+pub(crate) fn open_yubikey_key(
     uri: &str,
     login: Option<&dyn Interaction>,
 ) -> Result<YubikeyKey, TokenError> {
@@ -489,7 +489,7 @@ pub fn open_yubikey_key(
 }
 
 /// Checks that a YubiKey can generate `bits`-bit RSA; explains why not.
-pub fn check_generation_size(
+pub(crate) fn check_generation_size(
     bits: usize,
     firmware: (u8, u8, u8),
 ) -> Result<PivAlgorithm, TokenError> {
@@ -649,7 +649,7 @@ pub fn generate(
 /// signs rarely (a service or revocation certificate) and each signature should be a deliberate
 /// act of a person at the card. Service: PIN once and touch never, because an export reads many
 /// access rows in one session and would otherwise ask for a PIN and a touch per row.
-pub fn default_policies(role: Role) -> (PinPolicyOpt, TouchPolicyOpt) {
+pub(crate) fn default_policies(role: Role) -> (PinPolicyOpt, TouchPolicyOpt) {
     match role {
         Role::Authority => (PinPolicyOpt::Always, TouchPolicyOpt::Always),
         Role::Service => (PinPolicyOpt::Once, TouchPolicyOpt::Never),

@@ -354,7 +354,7 @@ fn public_components(
 
 impl Pkcs11Key {
     /// Wraps an already-located private key object.
-    pub fn from_handle(
+    pub(crate) fn from_handle(
         token: TokenRef,
         session: Session,
         handle: ObjectHandle,
@@ -400,7 +400,7 @@ impl Pkcs11Key {
     /// session login if there was one, else `pin_source` (then the environment, then
     /// `interaction`), read at the first operation. Without `CKA_ALWAYS_AUTHENTICATE` the PIN
     /// is not kept.
-    pub fn with_pin_source(
+    pub(crate) fn with_pin_source(
         mut self,
         pin_source: Option<&str>,
         login_pin: Option<Zeroizing<String>>,
@@ -465,7 +465,7 @@ impl Pkcs11Key {
         }
     }
 
-    pub fn token_ref(&self) -> &TokenRef {
+    pub(crate) fn token_ref(&self) -> &TokenRef {
         &self.token
     }
 
@@ -475,7 +475,7 @@ impl Pkcs11Key {
     }
 
     /// k: the RSA block size in bytes (spec conventions).
-    pub fn block_len(&self) -> usize {
+    pub(crate) fn block_len(&self) -> usize {
         self.bits() / 8
     }
 
