@@ -46,9 +46,6 @@ pub struct NotAfter {
     pub journal: std::path::PathBuf,
 }
 
-/// Expected authority public key, when the operator gave one (`--authority-public`).
-pub(crate) type ExpectedAuthority = Option<RsaPublicKeyDer>;
-
 /// Inputs of a service certificate.
 #[derive(Debug, Clone)]
 pub struct ServiceCertificateRequest {

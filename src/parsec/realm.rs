@@ -12,7 +12,6 @@ use super::{envelope, limits, DateTime, FormatError};
 pub(crate) const REALM_KEY_ROTATION_CERTIFICATE: &str = "realm_key_rotation_certificate";
 pub(crate) const REALM_NAME_CERTIFICATE: &str = "realm_name_certificate";
 pub(crate) const REALM_ROLE_CERTIFICATE: &str = "realm_role_certificate";
-pub(crate) const REALM_ARCHIVING_CERTIFICATE: &str = "realm_archiving_certificate";
 pub(crate) const REALM_KEYS_BUNDLE: &str = "realm_keys_bundle";
 pub(crate) const REALM_KEYS_BUNDLE_ACCESS: &str = "realm_keys_bundle_access";
 

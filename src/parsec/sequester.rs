@@ -127,7 +127,8 @@ impl AuthorityCertificate {
         w.into_bytes()
     }
 
-    pub(crate) fn serialize(&self) -> Vec<u8> {
+    #[cfg(test)]
+    fn serialize(&self) -> Vec<u8> {
         envelope::wrap(&self.to_msgpack())
     }
 
@@ -269,8 +270,6 @@ pub(crate) struct UnverifiedCertificate {
     pub certificate: SequesterCertificate,
     /// Signature length, i.e. the authority key's k.
     pub signature_len: usize,
-    /// The signed envelope bytes.
-    pub serialized: Vec<u8>,
 }
 
 pub(crate) fn decode_unverified(row: &[u8]) -> Result<UnverifiedCertificate, FormatError> {
@@ -291,7 +290,6 @@ pub(crate) fn decode_unverified(row: &[u8]) -> Result<UnverifiedCertificate, For
                 return Ok(UnverifiedCertificate {
                     certificate,
                     signature_len: k,
-                    serialized: payload.to_vec(),
                 })
             }
             Err(e) => last_error = Some(e),

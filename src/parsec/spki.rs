@@ -13,7 +13,7 @@
 
 use rsa::traits::PublicKeyParts;
 use rsa::BigUint;
-use spki::der::{self, Decode, Encode};
+use spki::der::{self, Decode};
 
 use super::FormatError;
 
@@ -174,12 +174,6 @@ impl RsaPublicKeyDer {
         spki_fingerprint(&self.der)
     }
 
-    /// The key as the `rsa` crate's type (for OAEP/PSS helpers).
-    pub(crate) fn to_rsa(&self) -> Result<rsa::RsaPublicKey, FormatError> {
-        rsa::RsaPublicKey::new(self.n.clone(), self.e.clone())
-            .map_err(|e| key_err(format!("RSA key rejected ({e})")))
-    }
-
     /// What this tool requires of a key it signs with or for (spec §4.2 step 1): at least
     /// `min_bits` and an odd exponent >= 3. [`from_der`](Self::from_der) already enforced the rest.
     pub fn check_signing_policy(&self, min_bits: usize) -> Result<(), FormatError> {
@@ -269,8 +263,9 @@ pub fn parse_spki_der_lenient(der: &[u8]) -> Result<rsa::RsaPublicKey, FormatErr
 }
 
 /// Encodes a DER value, for tests building odd SPKIs.
-#[doc(hidden)]
-pub(crate) fn encode_spki(oid: &str, params_null: bool, pkcs1_der: &[u8]) -> Vec<u8> {
+#[cfg(test)]
+fn encode_spki(oid: &str, params_null: bool, pkcs1_der: &[u8]) -> Vec<u8> {
+    use spki::der::Encode;
     let algorithm = spki::AlgorithmIdentifier {
         oid: der::asn1::ObjectIdentifier::new_unwrap(oid),
         parameters: params_null.then_some(der::asn1::AnyRef::NULL),

@@ -198,16 +198,6 @@ pub fn all_profiles() -> Result<Vec<Profile>, TokenError> {
     Ok(profiles)
 }
 
-/// The profile named `name`.
-pub(crate) fn find_profile(name: &str) -> Result<Profile, TokenError> {
-    all_profiles()?
-        .into_iter()
-        .find(|p| p.name == name)
-        .ok_or_else(|| {
-            TokenError::ModuleNotFound(format!("no HSM profile named `{name}` (module-name=)"))
-        })
-}
-
 /// The profile whose candidates include `module`, if any (for quirks and preferences).
 pub(crate) fn profile_for_module(module: &Path) -> Option<Profile> {
     // A profile from PROFILES_ENV replaces a shipped one, and wins when both match.

@@ -465,18 +465,9 @@ impl Pkcs11Key {
         }
     }
 
-    pub(crate) fn token_ref(&self) -> &TokenRef {
-        &self.token
-    }
-
     /// Modulus length in bits.
     pub fn bits(&self) -> usize {
         self.public.n().bits()
-    }
-
-    /// k: the RSA block size in bytes (spec conventions).
-    pub(crate) fn block_len(&self) -> usize {
-        self.bits() / 8
     }
 
     /// The key's role, from its usage flags (sign only = authority, decrypt only = service).

@@ -67,15 +67,6 @@ pub(crate) fn open_logged_in_keeping_pin(
     Ok((session, pin))
 }
 
-/// Opens a session without logging in (public objects, token info).
-pub(crate) fn open_public(token: &TokenRef) -> Result<Session, TokenError> {
-    token
-        .module
-        .ctx
-        .open_ro_session(token.slot)
-        .map_err(|e| ck_error("C_OpenSession", e))
-}
-
 /// The identity under which a rejected PIN is latched (module and token serial).
 pub(crate) fn latch_id(token: &TokenRef) -> String {
     format!(
