@@ -173,14 +173,14 @@ pub(crate) mod tests {
     use rsa::pkcs8::DecodePrivateKey;
     use rsa::traits::PrivateKeyParts;
 
-    pub fn fixture(name: &str) -> String {
+    pub(crate) fn fixture(name: &str) -> String {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../shared/fixtures/parsec")
             .join(name);
         std::fs::read_to_string(path).unwrap()
     }
 
-    pub fn authority_public() -> RsaPublicKeyDer {
+    pub(crate) fn authority_public() -> RsaPublicKeyDer {
         RsaPublicKeyDer::from_pem(&fixture("sequester_authority.public.pem")).unwrap()
     }
 

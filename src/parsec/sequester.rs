@@ -351,8 +351,10 @@ mod tests {
             SequesterCertificate::Revoked(revoked)
         );
         // Wrong kind is refused by the typed decoders.
+        let (_, after) = armor::split(armor::PSS_SHA256, 0, &row).unwrap();
+        let signed = &after[unverified.signature_len..];
         assert!(matches!(
-            ServiceCertificate::decode(&unverified.serialized),
+            ServiceCertificate::decode(signed),
             Err(FormatError::WrongType { .. })
         ));
     }

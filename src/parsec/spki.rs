@@ -280,6 +280,7 @@ fn encode_spki(oid: &str, params_null: bool, pkcs1_der: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use spki::der::Encode;
 
     fn fixture(name: &str) -> String {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
