@@ -35,7 +35,7 @@ pub enum FileError {
         #[source]
         source: std::io::Error,
     },
-    /// A stop flag of [`hash_file_unless`] was set.
+    /// A stop flag of `hash_file_unless` was set.
     #[error("interrupted")]
     Interrupted,
 }

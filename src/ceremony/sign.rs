@@ -22,7 +22,7 @@ pub struct SigningPolicy {
     /// Minimum size of the authority and service keys. 2048 unless a test lowers it to use the
     /// published 1024-bit fixture keys.
     pub min_bits: usize,
-    /// Accept a timestamp more than [`MAX_FUTURE_MICROS`] ahead of `now`.
+    /// Accept a timestamp more than `MAX_FUTURE_MICROS` ahead of `now`.
     pub allow_future: bool,
     /// The timestamp must be strictly after this (last certificate known for the organisation).
     pub not_after: Option<NotAfter>,

@@ -142,7 +142,7 @@ pub(crate) fn redact_args(args: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// [`redact_args`] for one value.
+/// `redact_args` for one value.
 pub fn redact_args_one(arg: &str) -> String {
     redact_args(&[arg.to_string()]).remove(0)
 }
@@ -155,7 +155,7 @@ pub struct Entry {
     pub time_us: i64,
     #[serde(flatten)]
     pub content: EntryContent,
-    /// SHA-256 (hex) of the previous line's bytes, [`GENESIS`] for the first.
+    /// SHA-256 (hex) of the previous line's bytes, `GENESIS` for the first.
     pub prev: String,
 }
 
@@ -164,7 +164,7 @@ pub struct Entry {
 pub struct ChainReport {
     pub path: PathBuf,
     pub entries: u64,
-    /// SHA-256 of the last line ([`GENESIS`] if empty): the value written on the paper record.
+    /// SHA-256 of the last line (`GENESIS` if empty): the value written on the paper record.
     pub head: String,
     pub last_time: Option<String>,
 }

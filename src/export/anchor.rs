@@ -4,7 +4,7 @@
 //! hex (`--root-key`), or a pin recorded once per organisation ID (`org pin`).
 //!
 //! [`check`] is called right after the export is opened and before any token operation: a
-//! mismatch is an [`AnchorError::Mismatch`] (exit code [`EXIT_ANCHOR_MISMATCH`]), no anchor at
+//! mismatch is an [`AnchorError::Mismatch`] (exit code `EXIT_ANCHOR_MISMATCH`), no anchor at
 //! all is a [`TrustReport`] whose `anchored` is false.
 
 use std::collections::BTreeMap;

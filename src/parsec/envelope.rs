@@ -23,7 +23,7 @@ pub fn wrap(msgpack: &[u8]) -> Vec<u8> {
 }
 
 /// Unwraps `0x00 || zstd(...)` into msgpack bytes (all frames, streaming), within the limits of
-/// a manifest (the largest object kind). Decoders of a known kind use [`unwrap_bounded`].
+/// a manifest (the largest object kind). Decoders of a known kind use `unwrap_bounded`.
 pub fn unwrap(serialized: &[u8]) -> Result<Vec<u8>, FormatError> {
     unwrap_bounded(serialized, &limits::MANIFEST)
 }

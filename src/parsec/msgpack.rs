@@ -87,7 +87,7 @@ impl Writer {
 }
 
 /// Decodes exactly one msgpack value within the limits of a manifest (the largest object kind);
-/// trailing bytes are an error. Decoders of a known kind use [`decode_bounded`].
+/// trailing bytes are an error. Decoders of a known kind use `decode_bounded`.
 pub fn decode(bytes: &[u8]) -> Result<Value, FormatError> {
     decode_bounded(bytes, &limits::MANIFEST)
 }

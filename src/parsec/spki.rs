@@ -7,9 +7,9 @@
 //! (spec §4.2 step 1, §4.6): a minimum size and an odd exponent >= 3.
 //!
 //! The one home of RSA public keys in the crate: the token layer builds and reads a token key's
-//! SPKI with [`spki_der_from_components`] and [`parse_spki_der_lenient`] (which also describe a
+//! SPKI with `spki_der_from_components` and [`parse_spki_der_lenient`] (which also describe a
 //! key Parsec would refuse, so that it can be named and then refused), and everything shows keys
-//! with [`spki_pem`] and [`spki_fingerprint`].
+//! with [`spki_pem`] and `spki_fingerprint`.
 
 use rsa::traits::PublicKeyParts;
 use rsa::BigUint;

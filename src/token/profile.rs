@@ -154,7 +154,7 @@ pub(crate) fn package_profiles() -> Option<PathBuf> {
 }
 
 /// Profile directories in increasing precedence: the package's and the administrator's (read
-/// when they exist), then [`PROFILES_ENV`] (which must exist when set).
+/// when they exist), then `PROFILES_ENV` (which must exist when set).
 pub fn profile_directories() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = package_profiles().into_iter().collect();
     dirs.push(PathBuf::from(ADMIN_PROFILES));

@@ -2,7 +2,7 @@
 //!
 //! PIV only does raw RSA: signing sends an EMSA-PSS block encoded on the host, decryption
 //! returns the padded block, which the host decodes (constant-time EME-OAEP). Both paddings
-//! live in [`crate::crypto::rsa_padding`]. Keys are generated on the card; a self-signed
+//! live in the crate-internal `crypto::rsa_padding`. Keys are generated on the card; a self-signed
 //! certificate is written to the slot so the public key can be found again (and so OpenSC /
 //! ykcs11 expose the key over PKCS#11). Attestation (slot certificate signed by the card's f9
 //! key) is checked by [`attestation`].
