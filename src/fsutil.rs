@@ -1,7 +1,7 @@
 //! Files written whole or not at all, and files hashed as a stream: the one atomic writer and
 //! the one file hasher of the crate.
 //!
-//! [`publish`] writes into a temporary file in the target's own directory (so the final rename
+//! `publish` writes into a temporary file in the target's own directory (so the final rename
 //! never crosses a file system), buffered, fsyncs it, renames it into place — without replacing
 //! an existing file unless asked — and fsyncs the directory so the new name survives a crash. A
 //! failure at any step leaves no output and no temporary file behind.
@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest, Sha256};
 
-/// What [`publish`] does when the target exists.
+/// What `publish` does when the target exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Existing {
     /// Refuse ([`FileError::Exists`]); an existing name, even a dangling symlink, is kept.
@@ -40,18 +40,6 @@ pub enum FileError {
     Interrupted,
 }
 
-impl FileError {
-    /// The file the error is about (`None` for [`FileError::Interrupted`]).
-    pub fn path(&self) -> Option<&Path> {
-        match self {
-            FileError::Exists { path }
-            | FileError::NoDirectory { path }
-            | FileError::Io { path, .. } => Some(path),
-            FileError::Interrupted => None,
-        }
-    }
-}
-
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
     move |source| FileError::Io {
         path: path.to_path_buf(),
@@ -64,7 +52,7 @@ const WRITE_BUFFER: usize = 1 << 20;
 
 /// Writes `path` whole or not at all: `write` fills a buffered temporary file in the same
 /// directory, which is synced and renamed to `path` (see the module documentation).
-pub fn publish(
+pub(crate) fn publish(
     path: &Path,
     existing: Existing,
     write: impl FnOnce(&mut BufWriter<&mut File>) -> std::io::Result<()>,
@@ -121,7 +109,7 @@ pub(crate) fn publish_new(
     publish(path, Existing::Keep, write)
 }
 
-/// [`publish`] of bytes already in memory.
+/// `publish` of bytes already in memory.
 pub fn write_atomic(path: &Path, data: &[u8], existing: Existing) -> Result<(), FileError> {
     publish(path, existing, |out| out.write_all(data))
 }

@@ -107,7 +107,7 @@ impl From<crate::fsutil::FileError> for CeremonyError {
 }
 
 impl CeremonyError {
-    pub fn io(path: impl Into<PathBuf>, err: impl std::fmt::Display) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, err: impl std::fmt::Display) -> Self {
         CeremonyError::Io {
             path: path.into(),
             reason: err.to_string(),

@@ -115,7 +115,7 @@ impl EntryContent {
         Ok(())
     }
 
-    pub fn detail(&mut self, key: &str, value: impl Serialize) {
+    pub(crate) fn detail(&mut self, key: &str, value: impl Serialize) {
         if let serde_json::Value::Object(map) = &mut self.details {
             map.insert(
                 key.to_string(),

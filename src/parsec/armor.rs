@@ -17,7 +17,12 @@ const HASH_LEN: usize = 32;
 /// Builds `name || ":" || block || payload`, left-padding `block` with zeros to `k` bytes.
 /// A block longer than `k` is accepted only if its excess leading bytes are zero (some drivers
 /// add a sign byte); anything else is an error.
-pub fn build(name: &str, block: &[u8], k: usize, payload: &[u8]) -> Result<Vec<u8>, FormatError> {
+pub(crate) fn build(
+    name: &str,
+    block: &[u8],
+    k: usize,
+    payload: &[u8],
+) -> Result<Vec<u8>, FormatError> {
     let significant = match block.iter().position(|&b| b != 0) {
         Some(i) => &block[i..],
         None => &[][..],
@@ -39,7 +44,7 @@ pub fn build(name: &str, block: &[u8], k: usize, payload: &[u8]) -> Result<Vec<u
 
 /// Splits an armored blob as Parsec does: the FIRST colon, the exact algorithm name, then
 /// exactly `k` bytes of RSA block and the (possibly empty) payload.
-pub fn split<'a>(
+pub(crate) fn split<'a>(
     expected_name: &str,
     k: usize,
     blob: &'a [u8],

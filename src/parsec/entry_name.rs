@@ -16,7 +16,7 @@ pub struct EntryName(String);
 
 impl EntryName {
     /// Normalises `raw` to NFC (as Parsec does when loading) and validates it.
-    pub fn parse(raw: &str) -> Result<Self, FormatError> {
+    pub(crate) fn parse(raw: &str) -> Result<Self, FormatError> {
         if raw.len() > MAX_RAW_NAME_BYTES {
             let start: String = raw.chars().take(32).collect();
             return Err(FormatError::Invalid(format!(

@@ -96,14 +96,14 @@ impl Manifest {
         }
     }
 
-    pub fn to_msgpack(&self) -> Vec<u8> {
+    pub(crate) fn to_msgpack(&self) -> Vec<u8> {
         match self {
             Manifest::Folder(f) => f.to_msgpack(),
             Manifest::File(f) => f.to_msgpack(),
         }
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         envelope::wrap(&self.to_msgpack())
     }
 }
@@ -287,7 +287,7 @@ impl FileManifest {
 }
 
 impl FolderManifest {
-    pub fn to_msgpack(&self) -> Vec<u8> {
+    pub(crate) fn to_msgpack(&self) -> Vec<u8> {
         folder_manifest_msgpack(
             &self.header,
             self.children.iter().map(|c| (c.name.as_str(), &c.id)),

@@ -34,7 +34,7 @@ impl Writer {
         self
     }
 
-    pub fn array(&mut self, len: u32) -> &mut Self {
+    pub(crate) fn array(&mut self, len: u32) -> &mut Self {
         rmp::encode::write_array_len(&mut self.buf, len).expect("Vec write");
         self
     }
@@ -44,18 +44,13 @@ impl Writer {
         self
     }
 
-    pub fn bin(&mut self, b: &[u8]) -> &mut Self {
+    pub(crate) fn bin(&mut self, b: &[u8]) -> &mut Self {
         rmp::encode::write_bin(&mut self.buf, b).expect("Vec write");
         self
     }
 
-    pub fn uint(&mut self, v: u64) -> &mut Self {
+    pub(crate) fn uint(&mut self, v: u64) -> &mut Self {
         rmp::encode::write_uint(&mut self.buf, v).expect("Vec write");
-        self
-    }
-
-    pub fn bool(&mut self, v: bool) -> &mut Self {
-        rmp::encode::write_bool(&mut self.buf, v).expect("Vec write");
         self
     }
 
@@ -255,14 +250,14 @@ impl<'a> Map<'a> {
     }
 
     /// The raw value of `key`, if present.
-    pub fn get(&self, key: &str) -> Option<&'a Value> {
+    pub(crate) fn get(&self, key: &str) -> Option<&'a Value> {
         self.entries
             .iter()
             .find(|(k, _)| k.as_str() == Some(key))
             .map(|(_, v)| v)
     }
 
-    pub fn required(&self, key: &'static str) -> Result<&'a Value, FormatError> {
+    pub(crate) fn required(&self, key: &'static str) -> Result<&'a Value, FormatError> {
         self.get(key).ok_or(FormatError::MissingField(key))
     }
 
@@ -283,7 +278,7 @@ impl<'a> Map<'a> {
         self.str("type")
     }
 
-    pub fn str(&self, key: &'static str) -> Result<&'a str, FormatError> {
+    pub(crate) fn str(&self, key: &'static str) -> Result<&'a str, FormatError> {
         as_str(self.required(key)?, key)
     }
 
@@ -301,13 +296,6 @@ impl<'a> Map<'a> {
 
     pub fn uint(&self, key: &'static str) -> Result<u64, FormatError> {
         as_uint(self.required(key)?, key)
-    }
-
-    pub fn bool(&self, key: &'static str) -> Result<bool, FormatError> {
-        self.required(key)?.as_bool().ok_or(FormatError::BadField {
-            field: key,
-            reason: "expected a boolean".into(),
-        })
     }
 
     pub fn datetime(&self, key: &'static str) -> Result<DateTime, FormatError> {
@@ -356,7 +344,7 @@ fn bad(field: &'static str, reason: &str) -> FormatError {
     }
 }
 
-pub fn as_str<'a>(v: &'a Value, field: &'static str) -> Result<&'a str, FormatError> {
+pub(crate) fn as_str<'a>(v: &'a Value, field: &'static str) -> Result<&'a str, FormatError> {
     match v {
         Value::String(s) => s
             .as_str()

@@ -119,10 +119,6 @@ impl KeyRotationCertificate {
         });
         w.into_bytes()
     }
-
-    pub fn encode(&self) -> Vec<u8> {
-        envelope::wrap(&self.to_msgpack())
-    }
 }
 
 /// `realm_name_certificate`.
@@ -164,10 +160,6 @@ impl NameCertificate {
             w.bin(&self.encrypted_name);
         });
         w.into_bytes()
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        envelope::wrap(&self.to_msgpack())
     }
 }
 
@@ -214,10 +206,6 @@ impl RoleCertificate {
         });
         w.into_bytes()
     }
-
-    pub fn encode(&self) -> Vec<u8> {
-        envelope::wrap(&self.to_msgpack())
-    }
 }
 
 /// `realm_keys_bundle_access`: the 32-byte key that opens a keys bundle (secret, zeroized).
@@ -241,7 +229,7 @@ impl KeysBundleAccess {
         })
     }
 
-    pub fn to_msgpack(&self) -> Zeroizing<Vec<u8>> {
+    pub(crate) fn to_msgpack(&self) -> Zeroizing<Vec<u8>> {
         let mut w = Writer::new();
         w.map(2)
             .field("type", |w| {
@@ -329,10 +317,6 @@ impl KeysBundle {
         });
         Zeroizing::new(w.into_bytes())
     }
-
-    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
-        Zeroizing::new(envelope::wrap(&self.to_msgpack()))
-    }
 }
 
 #[cfg(test)]
@@ -348,7 +332,10 @@ mod tests {
             key_index: 3,
             key_canary: vec![9; 40],
         };
-        assert_eq!(KeyRotationCertificate::decode(&rot.encode()).unwrap(), rot);
+        assert_eq!(
+            KeyRotationCertificate::decode(&envelope::wrap(&rot.to_msgpack())).unwrap(),
+            rot
+        );
         let name = NameCertificate {
             author: [1; 16],
             timestamp: DateTime(5),
@@ -356,7 +343,10 @@ mod tests {
             key_index: 1,
             encrypted_name: vec![7; 45],
         };
-        assert_eq!(NameCertificate::decode(&name.encode()).unwrap(), name);
+        assert_eq!(
+            NameCertificate::decode(&envelope::wrap(&name.to_msgpack())).unwrap(),
+            name
+        );
         let role = RoleCertificate {
             author: [1; 16],
             timestamp: DateTime(5),
@@ -364,21 +354,24 @@ mod tests {
             user_id: [4; 16],
             role: None,
         };
-        assert_eq!(RoleCertificate::decode(&role.encode()).unwrap(), role);
+        assert_eq!(
+            RoleCertificate::decode(&envelope::wrap(&role.to_msgpack())).unwrap(),
+            role
+        );
         let bundle = KeysBundle {
             author: [1; 16],
             timestamp: DateTime(6),
             realm_id: [2; 16],
             keys: vec![Zeroizing::new([0xaa; 32]), Zeroizing::new([0xbb; 32])],
         };
-        let back = KeysBundle::decode(&bundle.encode()).unwrap();
+        let back = KeysBundle::decode(&envelope::wrap(&bundle.to_msgpack())).unwrap();
         assert_eq!(back.keys.len(), 2);
         assert_eq!(*back.keys[1], [0xbb; 32]);
         let access = KeysBundleAccess {
             keys_bundle_key: Zeroizing::new([5; 32]),
         };
         assert_eq!(
-            *KeysBundleAccess::decode(&access.encode())
+            *KeysBundleAccess::decode(&envelope::wrap(&access.to_msgpack()))
                 .unwrap()
                 .keys_bundle_key,
             [5; 32]

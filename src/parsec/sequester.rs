@@ -19,12 +19,12 @@ pub struct ServiceId(pub [u8; 16]);
 
 impl ServiceId {
     /// A fresh random UUIDv4, as Parsec's tools make.
-    pub fn random() -> Self {
+    pub(crate) fn random() -> Self {
         ServiceId(*uuid::Uuid::new_v4().as_bytes())
     }
 
     /// 32 lowercase hex digits, no dashes.
-    pub fn hex(&self) -> String {
+    pub(crate) fn hex(&self) -> String {
         hex::encode(self.0)
     }
 }
@@ -97,7 +97,7 @@ impl SequesterCertificate {
     }
 
     /// Decodes an envelope (`0x00 || zstd(msgpack)`) of either RSA-signed kind.
-    pub fn decode(serialized: &[u8]) -> Result<Self, FormatError> {
+    pub(crate) fn decode(serialized: &[u8]) -> Result<Self, FormatError> {
         let value = envelope::decode_value(serialized, &limits::CERTIFICATE)?;
         let map = Map::new(&value)?;
         match map.type_name()? {

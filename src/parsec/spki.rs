@@ -148,7 +148,7 @@ impl RsaPublicKeyDer {
         spki_pem(&self.der)
     }
 
-    pub fn der(&self) -> &[u8] {
+    pub(crate) fn der(&self) -> &[u8] {
         &self.der
     }
 
@@ -157,11 +157,11 @@ impl RsaPublicKeyDer {
     }
 
     /// Armor block size k = floor(bits / 8) (spec §1.5).
-    pub fn k(&self) -> usize {
+    pub(crate) fn k(&self) -> usize {
         self.bits / 8
     }
 
-    pub fn modulus(&self) -> &BigUint {
+    pub(crate) fn modulus(&self) -> &BigUint {
         &self.n
     }
 

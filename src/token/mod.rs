@@ -315,14 +315,6 @@ pub enum OpenedKey {
 }
 
 impl OpenedKey {
-    /// The key through the backend-neutral interface.
-    pub fn handle(&self) -> &dyn KeyHandle {
-        match self {
-            OpenedKey::Pkcs11(key) => key.as_ref(),
-            OpenedKey::Yubikey(key) => key.as_ref(),
-        }
-    }
-
     pub(crate) fn into_handle(self) -> Box<dyn KeyHandle> {
         match self {
             OpenedKey::Pkcs11(key) => key,
@@ -421,14 +413,6 @@ pub enum GeneratedKey {
 }
 
 impl GeneratedKey {
-    /// The key through the backend-neutral interface.
-    pub fn handle(&self) -> &dyn KeyHandle {
-        match self {
-            GeneratedKey::Pkcs11(key) => key.as_ref(),
-            GeneratedKey::Yubikey(generated) => &generated.key,
-        }
-    }
-
     pub(crate) fn into_handle(self) -> Box<dyn KeyHandle> {
         match self {
             GeneratedKey::Pkcs11(key) => key,

@@ -180,9 +180,6 @@ pub struct YubikeyKey {
 }
 
 impl YubikeyKey {
-    pub fn serial(&self) -> u32 {
-        self.serial
-    }
     pub fn slot(&self) -> u8 {
         self.slot
     }

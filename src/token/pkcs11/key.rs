@@ -466,12 +466,12 @@ impl Pkcs11Key {
     }
 
     /// Modulus length in bits.
-    pub fn bits(&self) -> usize {
+    pub(crate) fn bits(&self) -> usize {
         self.public.n().bits()
     }
 
     /// The key's role, from its usage flags (sign only = authority, decrypt only = service).
-    pub fn role(&self) -> Option<Role> {
+    pub(crate) fn role(&self) -> Option<Role> {
         match (self.can_sign, self.can_decrypt) {
             (true, false) => Some(Role::Authority),
             (false, true) => Some(Role::Service),
@@ -490,11 +490,6 @@ impl Pkcs11Key {
             n.sign.retain(ok);
         }
         n
-    }
-
-    /// Why the key is unsafe to use; empty for a hardened key.
-    pub fn weaknesses(&self) -> &[String] {
-        &self.weaknesses
     }
 
     /// Before any private-key operation: refuses an unsafe key (unless the test-only override
@@ -534,7 +529,7 @@ impl Pkcs11Key {
     }
 
     /// A URI selecting this key again (serial, label, id, module path; no PIN).
-    pub fn uri(&self) -> String {
+    pub(crate) fn uri(&self) -> String {
         let mut u = self.token.uri();
         u.object = Some(self.label.clone()).filter(|l| !l.is_empty());
         u.id = Some(self.id.clone()).filter(|i| !i.is_empty());

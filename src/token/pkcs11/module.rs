@@ -227,7 +227,7 @@ pub struct TokenRef {
 }
 
 impl TokenRef {
-    pub fn info(&self) -> Result<TokenInfo, TokenError> {
+    pub(crate) fn info(&self) -> Result<TokenInfo, TokenError> {
         self.module
             .ctx
             .get_token_info(self.slot)
@@ -235,13 +235,13 @@ impl TokenRef {
     }
 
     /// A URI selecting this token again (serial + label + module path).
-    pub fn uri(&self) -> Pkcs11Uri {
+    pub(crate) fn uri(&self) -> Pkcs11Uri {
         token_uri(&self.module.path, &self.description)
     }
 }
 
 /// A URI selecting a token by label and serial on the module at `module_path`.
-pub fn token_uri(module_path: &Path, description: &TokenDescription) -> Pkcs11Uri {
+pub(crate) fn token_uri(module_path: &Path, description: &TokenDescription) -> Pkcs11Uri {
     Pkcs11Uri {
         token: Some(description.label.clone()),
         serial: Some(description.serial.clone()).filter(|s| !s.is_empty()),
@@ -250,7 +250,7 @@ pub fn token_uri(module_path: &Path, description: &TokenDescription) -> Pkcs11Ur
     }
 }
 
-pub fn describe(info: &TokenInfo) -> TokenDescription {
+pub(crate) fn describe(info: &TokenInfo) -> TokenDescription {
     TokenDescription {
         backend: "pkcs11".into(),
         manufacturer: info.manufacturer_id().trim_end().to_string(),
