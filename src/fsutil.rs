@@ -1,7 +1,7 @@
 //! Files written whole or not at all, and files hashed as a stream: the one atomic writer and
 //! the one file hasher of the crate.
 //!
-//! [`publish`] writes into a temporary file in the target's own directory (so the final rename
+//! `publish` writes into a temporary file in the target's own directory (so the final rename
 //! never crosses a file system), buffered, fsyncs it, renames it into place — without replacing
 //! an existing file unless asked — and fsyncs the directory so the new name survives a crash. A
 //! failure at any step leaves no output and no temporary file behind.
@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest, Sha256};
 
-/// What [`publish`] does when the target exists.
+/// What `publish` does when the target exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Existing {
     /// Refuse ([`FileError::Exists`]); an existing name, even a dangling symlink, is kept.
@@ -35,21 +35,9 @@ pub enum FileError {
         #[source]
         source: std::io::Error,
     },
-    /// A stop flag of [`hash_file_unless`] was set.
+    /// A stop flag of `hash_file_unless` was set.
     #[error("interrupted")]
     Interrupted,
-}
-
-impl FileError {
-    /// The file the error is about (`None` for [`FileError::Interrupted`]).
-    pub fn path(&self) -> Option<&Path> {
-        match self {
-            FileError::Exists { path }
-            | FileError::NoDirectory { path }
-            | FileError::Io { path, .. } => Some(path),
-            FileError::Interrupted => None,
-        }
-    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
@@ -114,26 +102,26 @@ pub fn publish(
 }
 
 /// [`publish`] refusing to replace an existing file.
-pub fn publish_new(
+pub(crate) fn publish_new(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<&mut File>) -> std::io::Result<()>,
 ) -> Result<(), FileError> {
     publish(path, Existing::Keep, write)
 }
 
-/// [`publish`] of bytes already in memory.
+/// `publish` of bytes already in memory.
 pub fn write_atomic(path: &Path, data: &[u8], existing: Existing) -> Result<(), FileError> {
     publish(path, existing, |out| out.write_all(data))
 }
 
 /// SHA-256 of a file's content, lowercase hex, read as a stream.
-pub fn hash_file(path: &Path) -> Result<String, FileError> {
+pub(crate) fn hash_file(path: &Path) -> Result<String, FileError> {
     hash_file_unless(path, &[])
 }
 
 /// [`hash_file`] that gives up with [`FileError::Interrupted`] as soon as one of `stop` is set
 /// (checked every MiB: hashing a 100 GB file must not delay Ctrl-C or an early failure).
-pub fn hash_file_unless(path: &Path, stop: &[&AtomicBool]) -> Result<String, FileError> {
+pub(crate) fn hash_file_unless(path: &Path, stop: &[&AtomicBool]) -> Result<String, FileError> {
     let mut file = File::open(path).map_err(io_err(path))?;
     let len = file.metadata().map_err(io_err(path))?.len();
     // Sized to the file: a fixed 1 MiB buffer per small file costs more than hashing it.

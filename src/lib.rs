@@ -13,6 +13,10 @@
 //! The command-line interface (clap commands and their output) is part of the binary only
 //! (`src/main.rs` and `src/cli/`), built on this library's public API.
 
+// Everything is `pub(crate)` unless a user of the library (the binary, tests, benches, the
+// export-writer dev crate, fuzz targets) needs it: the compiler then reports dead code.
+#![warn(unreachable_pub)]
+
 pub mod ceremony;
 pub mod crypto;
 pub mod export;

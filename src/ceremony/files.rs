@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 /// Where a certificate goes: `output` is a directory (existing, or given with a trailing `/`)
 /// → `dir/<default_name>`; otherwise the file itself. No output → current directory.
-pub fn resolve_output(output: Option<&Path>, default_name: &str) -> PathBuf {
+pub(crate) fn resolve_output(output: Option<&Path>, default_name: &str) -> PathBuf {
     match output {
         None => PathBuf::from(default_name),
         Some(p) if p.is_dir() || p.as_os_str().to_string_lossy().ends_with('/') => {

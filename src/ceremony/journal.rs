@@ -65,10 +65,6 @@ impl Journal {
         Ok(journal)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The constraint for the next certificate of `organization`.
     pub fn not_after(&self, organization: &str) -> Option<NotAfter> {
         self.organizations.get(organization).map(|o| NotAfter {

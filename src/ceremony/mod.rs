@@ -1,10 +1,10 @@
 //! Key ceremony (issue 3): certificates signed through a token ([`sign`]), the hash-chained
 //! transcript ([`transcript`]), the per-organisation timestamp journal ([`journal`]), declarative
-//! plans ([`plan`]) and where outputs go ([`files`]; written with [`crate::fsutil`]).
+//! plans ([`plan`]) and where outputs go (`files`; written with [`crate::fsutil`]).
 //!
 //! Every private-key operation goes through [`crate::token::KeyHandle`]; nothing here knows PKCS#11.
 
-pub mod files;
+pub(crate) mod files;
 pub mod journal;
 pub mod plan;
 pub mod sign;
@@ -107,7 +107,7 @@ impl From<crate::fsutil::FileError> for CeremonyError {
 }
 
 impl CeremonyError {
-    pub fn io(path: impl Into<PathBuf>, err: impl std::fmt::Display) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, err: impl std::fmt::Display) -> Self {
         CeremonyError::Io {
             path: path.into(),
             reason: err.to_string(),

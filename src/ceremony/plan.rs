@@ -127,10 +127,10 @@ pub struct RevocationStep {
 }
 
 /// Key sizes a plan may generate.
-pub const PLAN_KEY_SIZES: [usize; 3] = [2048, 3072, 4096];
+pub(crate) const PLAN_KEY_SIZES: [usize; 3] = [2048, 3072, 4096];
 
 impl CeremonyPlan {
-    pub fn parse(text: &str) -> Result<Self, CeremonyError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, CeremonyError> {
         toml::from_str(text).map_err(|e| CeremonyError::Plan(format!("invalid plan: {e}")))
     }
 
@@ -230,7 +230,7 @@ impl CeremonyPlan {
 
 impl Step {
     /// One line shown before confirmation and in the report.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Step::GenerateKey(g) => format!(
                 "generate {} key `{}` (RSA {}, label `{}`) on {}",

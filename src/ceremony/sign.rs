@@ -14,7 +14,7 @@ use crate::parsec::{armor, DateTime};
 use crate::token::{KeyHandle, MechanismPath};
 
 /// How far in the future a timestamp may be without `allow_future` (spec §4.5).
-pub const MAX_FUTURE_MICROS: i64 = 5 * 60 * 1_000_000;
+pub(crate) const MAX_FUTURE_MICROS: i64 = 5 * 60 * 1_000_000;
 
 /// What the operator allowed.
 #[derive(Debug, Clone)]
@@ -22,7 +22,7 @@ pub struct SigningPolicy {
     /// Minimum size of the authority and service keys. 2048 unless a test lowers it to use the
     /// published 1024-bit fixture keys.
     pub min_bits: usize,
-    /// Accept a timestamp more than [`MAX_FUTURE_MICROS`] ahead of `now`.
+    /// Accept a timestamp more than `MAX_FUTURE_MICROS` ahead of `now`.
     pub allow_future: bool,
     /// The timestamp must be strictly after this (last certificate known for the organisation).
     pub not_after: Option<NotAfter>,
@@ -45,9 +45,6 @@ pub struct NotAfter {
     pub organization: String,
     pub journal: std::path::PathBuf,
 }
-
-/// Expected authority public key, when the operator gave one (`--authority-public`).
-pub type ExpectedAuthority = Option<RsaPublicKeyDer>;
 
 /// Inputs of a service certificate.
 #[derive(Debug, Clone)]
@@ -106,7 +103,10 @@ impl SignedCertificate {
 }
 
 /// Summary of any decoded certificate.
-pub fn summarize(cert: &SequesterCertificate, authority: &RsaPublicKeyDer) -> CertificateSummary {
+pub(crate) fn summarize(
+    cert: &SequesterCertificate,
+    authority: &RsaPublicKeyDer,
+) -> CertificateSummary {
     let (kind, label, service_key) = match cert {
         SequesterCertificate::Service(c) => (
             CertificateKind::Service,
@@ -129,7 +129,7 @@ pub fn summarize(cert: &SequesterCertificate, authority: &RsaPublicKeyDer) -> Ce
 }
 
 /// The authority key of `authority`, checked against policy and the expected public key.
-pub fn check_authority(
+pub(crate) fn check_authority(
     authority: &dyn KeyHandle,
     expected: Option<&RsaPublicKeyDer>,
     policy: &SigningPolicy,
@@ -178,7 +178,7 @@ pub fn check_timestamp(
 
 /// Checks everything that can be checked before signing a service certificate, and returns
 /// the certificate to sign and the authority key.
-pub fn prepare_service_certificate(
+pub(crate) fn prepare_service_certificate(
     authority: &dyn KeyHandle,
     expected_authority: Option<&RsaPublicKeyDer>,
     request: &ServiceCertificateRequest,

@@ -72,7 +72,7 @@ impl CeremonyTopic {
     }
 
     /// The service `service` of the topic, if it has one.
-    pub fn service(&self, service: ServiceId) -> Option<&SequesterService> {
+    pub(crate) fn service(&self, service: ServiceId) -> Option<&SequesterService> {
         self.topic
             .services
             .iter()

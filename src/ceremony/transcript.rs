@@ -18,7 +18,7 @@ use crate::token::TokenDescription;
 /// Default transcript in the working directory.
 pub const DEFAULT_FILE: &str = "sequester-custody-transcript.jsonl";
 /// `prev` of the first entry.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// A key used or created by the command.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -115,7 +115,7 @@ impl EntryContent {
         Ok(())
     }
 
-    pub fn detail(&mut self, key: &str, value: impl Serialize) {
+    pub(crate) fn detail(&mut self, key: &str, value: impl Serialize) {
         if let serde_json::Value::Object(map) = &mut self.details {
             map.insert(
                 key.to_string(),
@@ -127,7 +127,7 @@ impl EntryContent {
 
 /// Argument values that could carry a secret are replaced (PINs never come from argv, but a
 /// URI may carry `pin-value=` and must not be copied verbatim).
-pub fn redact_args(args: &[String]) -> Vec<String> {
+pub(crate) fn redact_args(args: &[String]) -> Vec<String> {
     args.iter()
         .map(|a| {
             let lower = a.to_ascii_lowercase();
@@ -142,7 +142,7 @@ pub fn redact_args(args: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// [`redact_args`] for one value.
+/// `redact_args` for one value.
 pub fn redact_args_one(arg: &str) -> String {
     redact_args(&[arg.to_string()]).remove(0)
 }
@@ -155,7 +155,7 @@ pub struct Entry {
     pub time_us: i64,
     #[serde(flatten)]
     pub content: EntryContent,
-    /// SHA-256 (hex) of the previous line's bytes, [`GENESIS`] for the first.
+    /// SHA-256 (hex) of the previous line's bytes, `GENESIS` for the first.
     pub prev: String,
 }
 
@@ -164,7 +164,7 @@ pub struct Entry {
 pub struct ChainReport {
     pub path: PathBuf,
     pub entries: u64,
-    /// SHA-256 of the last line ([`GENESIS`] if empty): the value written on the paper record.
+    /// SHA-256 of the last line (`GENESIS` if empty): the value written on the paper record.
     pub head: String,
     pub last_time: Option<String>,
 }

@@ -1,6 +1,6 @@
 //! Host-side cryptographic primitives (spec §1). Nothing here touches a token.
 
-pub mod rsa_padding;
+pub(crate) mod rsa_padding;
 pub mod symmetric;
 
 use sha2::{Digest, Sha256};

@@ -12,9 +12,9 @@ use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 use zeroize::{Zeroize, Zeroizing};
 
 /// SHA-256 output length (hLen).
-pub const HASH_LEN: usize = 32;
+pub(crate) const HASH_LEN: usize = 32;
 /// The PSS salt length every path uses (spec §1.8: sLen = 32).
-pub const PSS_SALT_LEN: usize = 32;
+pub(crate) const PSS_SALT_LEN: usize = 32;
 /// SHA-256 of the empty label (`e3b0c442...b855`).
 const EMPTY_LABEL_HASH: [u8; 32] = [
     0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
@@ -24,7 +24,7 @@ const EMPTY_LABEL_HASH: [u8; 32] = [
 /// Padding errors. OAEP decoding has ONE error whatever failed, so that no padding oracle can
 /// learn which check failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PaddingError {
+pub(crate) enum PaddingError {
     #[error("decryption failed")]
     Decoding,
     #[error("modulus too small for this padding ({0} bits)")]
@@ -50,7 +50,7 @@ fn mgf1_sha256_xor(seed: &[u8], out: &mut [u8]) {
 ///
 /// Constant time with respect to the content of `em` (only its length, which is public, and the
 /// length of a *valid* message influence timing). Every failure is [`PaddingError::Decoding`].
-pub fn oaep_sha256_decode(em: &[u8]) -> Result<Zeroizing<Vec<u8>>, PaddingError> {
+pub(crate) fn oaep_sha256_decode(em: &[u8]) -> Result<Zeroizing<Vec<u8>>, PaddingError> {
     let k = em.len();
     if k < 2 * HASH_LEN + 2 {
         return Err(PaddingError::Decoding);
@@ -87,7 +87,10 @@ pub fn oaep_sha256_decode(em: &[u8]) -> Result<Zeroizing<Vec<u8>>, PaddingError>
 /// [`oaep_sha256_decode`] of a raw RSA output that a driver may have returned without its leading
 /// zero bytes: left-pads to `k` (the modulus length in bytes) first. Any problem, including an
 /// output longer than `k`, is the same [`PaddingError::Decoding`].
-pub fn oaep_sha256_decode_raw(raw: &[u8], k: usize) -> Result<Zeroizing<Vec<u8>>, PaddingError> {
+pub(crate) fn oaep_sha256_decode_raw(
+    raw: &[u8],
+    k: usize,
+) -> Result<Zeroizing<Vec<u8>>, PaddingError> {
     let em = Zeroizing::new(left_pad(raw, k).ok_or(PaddingError::Decoding)?);
     oaep_sha256_decode(&em)
 }
@@ -95,7 +98,7 @@ pub fn oaep_sha256_decode_raw(raw: &[u8], k: usize) -> Result<Zeroizing<Vec<u8>>
 /// EMSA-PSS encoding (SHA-256, MGF1-SHA-256) of a message digest `m_hash` with the given salt,
 /// for a modulus of `mod_bits` bits. The result is left-padded with zeros to k =
 /// ceil(mod_bits / 8) bytes, ready for raw RSA (`CKM_RSA_X_509`, PIV).
-pub fn pss_sha256_encode(
+pub(crate) fn pss_sha256_encode(
     m_hash: &[u8; HASH_LEN],
     salt: &[u8],
     mod_bits: usize,
@@ -131,7 +134,7 @@ pub fn pss_sha256_encode(
 }
 
 /// [`pss_sha256_encode`] with a fresh random 32-byte salt (the value every signer here uses).
-pub fn pss_sha256_encode_random_salt(
+pub(crate) fn pss_sha256_encode_random_salt(
     m_hash: &[u8; HASH_LEN],
     mod_bits: usize,
 ) -> Result<Vec<u8>, PaddingError> {
@@ -142,7 +145,7 @@ pub fn pss_sha256_encode_random_salt(
 
 /// Left-pads an RSA output to exactly `k` bytes (some drivers strip leading zeros, spec §1.6).
 /// Returns `None` if `data` is longer than `k` (after stripping leading zeros).
-pub fn left_pad(data: &[u8], k: usize) -> Option<Vec<u8>> {
+pub(crate) fn left_pad(data: &[u8], k: usize) -> Option<Vec<u8>> {
     if data.len() > k {
         let extra = data.len() - k;
         if data[..extra].iter().any(|b| *b != 0) {

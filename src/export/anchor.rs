@@ -4,7 +4,7 @@
 //! hex (`--root-key`), or a pin recorded once per organisation ID (`org pin`).
 //!
 //! [`check`] is called right after the export is opened and before any token operation: a
-//! mismatch is an [`AnchorError::Mismatch`] (exit code [`EXIT_ANCHOR_MISMATCH`]), no anchor at
+//! mismatch is an [`AnchorError::Mismatch`] (exit code `EXIT_ANCHOR_MISMATCH`), no anchor at
 //! all is a [`TrustReport`] whose `anchored` is false.
 
 use std::collections::BTreeMap;
@@ -19,7 +19,7 @@ use crate::parsec::DateTime;
 /// `export verify`: internally consistent, but no pin, `--org` or `--root-key` anchors it.
 pub const EXIT_NOT_ANCHORED: u8 = 3;
 /// Any export command: the export's root key or organisation ID differs from the anchor.
-pub const EXIT_ANCHOR_MISMATCH: u8 = 4;
+pub(crate) const EXIT_ANCHOR_MISMATCH: u8 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnchorError {

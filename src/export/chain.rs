@@ -119,14 +119,17 @@ impl Organization {
 }
 
 /// Realm roles that may write manifests (Parsec: a READER or a user without role cannot).
-pub const WRITING_ROLES: [&str; 3] = ["OWNER", "MANAGER", "CONTRIBUTOR"];
+pub(crate) const WRITING_ROLES: [&str; 3] = ["OWNER", "MANAGER", "CONTRIBUTOR"];
 
 fn decode_any(serialized: &[u8]) -> Option<rmpv::Value> {
     envelope::decode_value(serialized, &crate::parsec::limits::CERTIFICATE).ok()
 }
 
 /// Step 1 over `common_certificate` rows in `_id` order.
-pub fn verify_organization(root_verify_key: &[u8; 32], rows: &[(i64, Vec<u8>)]) -> Organization {
+pub(crate) fn verify_organization(
+    root_verify_key: &[u8; 32],
+    rows: &[(i64, Vec<u8>)],
+) -> Organization {
     let mut org = Organization::default();
     for (row, blob) in rows {
         let Ok((_, serialized)) = ed25519_split(blob) else {
@@ -450,7 +453,7 @@ impl RealmCertificates {
 }
 
 /// Step 3 over `realm_certificate` rows in `_id` order.
-pub fn verify_realm_certificates(
+pub(crate) fn verify_realm_certificates(
     realm_id: &Id,
     org: &Organization,
     rows: &[(i64, Vec<u8>)],
@@ -568,21 +571,17 @@ pub fn verify_realm_certificates(
 
 /// Decrypted realm keys by key index. Zeroized on drop.
 #[derive(Default)]
-pub struct RealmKeys {
+pub(crate) struct RealmKeys {
     keys: BTreeMap<u64, Zeroizing<[u8; 32]>>,
 }
 
 impl RealmKeys {
-    pub fn get(&self, key_index: u64) -> Option<&[u8; 32]> {
+    pub(crate) fn get(&self, key_index: u64) -> Option<&[u8; 32]> {
         self.keys.get(&key_index).map(|k| &**k)
     }
 
-    pub fn indexes(&self) -> BTreeSet<u64> {
+    pub(crate) fn indexes(&self) -> BTreeSet<u64> {
         self.keys.keys().copied().collect()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
     }
 }
 
@@ -618,7 +617,7 @@ pub struct RecoveryReport {
 }
 
 /// Source of the rows needed by the key recovery.
-pub trait BundleSource {
+pub(crate) trait BundleSource {
     /// Access rows of this service for `key_index` (several may exist: try each).
     fn access_rows(
         &self,
@@ -710,7 +709,7 @@ fn open_bundle(
 }
 
 /// What the key recovery works from (steps 1-3 results and the service found in step 2).
-pub struct RecoveryContext<'a> {
+pub(crate) struct RecoveryContext<'a> {
     pub source: &'a dyn BundleSource,
     pub service_id: &'a Id,
     pub realm_id: &'a Id,
@@ -722,7 +721,7 @@ pub struct RecoveryContext<'a> {
 
 /// Steps 4-6 with the fixed loop: at most one token operation per access row actually needed.
 /// `k` is the token key's RSA block size.
-pub fn recover_keys(
+pub(crate) fn recover_keys(
     ctx: RecoveryContext,
     token_key: &dyn KeyHandle,
     k: usize,
@@ -873,7 +872,7 @@ impl std::fmt::Display for RealmName {
     }
 }
 
-pub fn realm_name_at(certs: &RealmCertificates, keys: &RealmKeys, t: DateTime) -> RealmName {
+pub(crate) fn realm_name_at(certs: &RealmCertificates, keys: &RealmKeys, t: DateTime) -> RealmName {
     let Some(cert) = certs
         .names
         .iter()

@@ -13,12 +13,12 @@ use crate::parsec::device::Id;
 use crate::parsec::DateTime;
 
 /// `info.magic` of a realm export.
-pub const EXPORT_MAGIC: i64 = 87948;
+pub(crate) const EXPORT_MAGIC: i64 = 87948;
 /// The only export format version.
-pub const EXPORT_VERSION: i64 = 1;
+pub(crate) const EXPORT_VERSION: i64 = 1;
 
 /// Tables the reader needs (spec §5.2).
-pub const REQUIRED_TABLES: [&str; 10] = [
+pub(crate) const REQUIRED_TABLES: [&str; 10] = [
     "info",
     "common_certificate",
     "sequester_certificate",
@@ -120,7 +120,7 @@ const EXPECTED_SCHEMA: [(&str, &[ExpectedColumn]); 10] = [
 /// Largest string or BLOB SQLite may return (`SQLITE_LIMIT_LENGTH`): a vlob holds a manifest of
 /// at most `limits::MANIFEST.max_decompressed` bytes (compressed, signed, encrypted); a block
 /// holds one blocksize span (512 KiB by default). Anything larger is refused by SQLite itself.
-pub const MAX_SQLITE_VALUE_BYTES: i32 = 64 * 1024 * 1024;
+pub(crate) const MAX_SQLITE_VALUE_BYTES: i32 = 64 * 1024 * 1024;
 
 /// Idle connections kept for reuse; more may exist while busy.
 const MAX_IDLE_CONNECTIONS: usize = 16;
@@ -166,14 +166,14 @@ impl ExportInfo {
 }
 
 /// A pool of read-only, immutable connections to one export file.
-pub struct ConnectionPool {
+pub(crate) struct ConnectionPool {
     path: PathBuf,
     display: String,
     idle: Mutex<Vec<Connection>>,
 }
 
 /// A connection borrowed from the pool; returned on drop.
-pub struct PooledConnection<'a> {
+pub(crate) struct PooledConnection<'a> {
     pool: &'a ConnectionPool,
     conn: Option<Connection>,
 }
@@ -239,7 +239,7 @@ fn sqlite_uri(path: &Path) -> String {
 
 impl ConnectionPool {
     /// Opens the first connection and checks that the file is an SQLite database.
-    pub fn open(path: &Path) -> Result<Self, ExportError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, ExportError> {
         let display = path.display().to_string();
         let meta = std::fs::metadata(path).map_err(|e| ExportError::Open {
             path: display.clone(),
@@ -303,7 +303,7 @@ impl ConnectionPool {
     }
 
     /// Borrows a connection (opens a new one when all are busy).
-    pub fn get(&self) -> Result<PooledConnection<'_>, ExportError> {
+    pub(crate) fn get(&self) -> Result<PooledConnection<'_>, ExportError> {
         let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match conn {
             Some(c) => c,
@@ -316,16 +316,16 @@ impl ConnectionPool {
     }
 
     /// The path as the user gave it, for messages.
-    pub fn display_path(&self) -> &str {
+    pub(crate) fn display_path(&self) -> &str {
         &self.display
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// An SQLite error with what was being done.
-    pub fn err(&self, context: &str, e: impl std::fmt::Display) -> ExportError {
+    pub(crate) fn err(&self, context: &str, e: impl std::fmt::Display) -> ExportError {
         let reason = e.to_string();
         if reason.contains("file is not a database") {
             return ExportError::NotSqlite {
@@ -339,7 +339,7 @@ impl ConnectionPool {
     /// Checks the schema against spec §5.2 before anything else is queried: exactly the
     /// expected tables with the expected columns (name, declared type, primary key), only the
     /// automatic indexes of the constraints, and no view, trigger or virtual table.
-    pub fn check_tables(&self) -> Result<(), ExportError> {
+    pub(crate) fn check_tables(&self) -> Result<(), ExportError> {
         let conn = self.get()?;
         let mut stmt = conn
             .prepare("SELECT type, name, tbl_name, sql FROM sqlite_master")
@@ -435,7 +435,7 @@ impl ConnectionPool {
     }
 
     /// Reads and validates the `info` row (spec §5.3 checks 1, 2 and 4).
-    pub fn read_info(&self) -> Result<ExportInfo, ExportError> {
+    pub(crate) fn read_info(&self) -> Result<ExportInfo, ExportError> {
         let conn = self.get()?;
         let row: Option<Vec<Value>> = conn
             .query_row(

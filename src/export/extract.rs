@@ -1124,11 +1124,3 @@ pub fn export_sha256_unless(
         .len();
     Ok((crate::fsutil::hash_file_unless(path, stop)?, size))
 }
-
-/// Shared handle type for callers that keep a realm around.
-pub type SharedRealm = Arc<Realm>;
-
-/// Reads a whole readable file at T into memory (for `cat` of small files and tests).
-pub fn read_whole_file(realm: &Realm, file: &FileManifest) -> Result<Vec<u8>, super::BlockError> {
-    realm.read_range_with(file, 0, file.size, parallel::default_threads())
-}

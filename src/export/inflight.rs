@@ -15,7 +15,7 @@ struct Slot<V> {
 }
 
 /// See the module documentation.
-pub struct SingleFlight<K, V> {
+pub(super) struct SingleFlight<K, V> {
     pending: Mutex<HashMap<K, Arc<Slot<V>>>>,
 }
 
@@ -35,7 +35,12 @@ impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
     /// Runs `compute` for `key`, or, when a computation for `key` is already running, waits for
     /// it and returns a clone of its result. If `compute` panics, the waiters get `on_panic()`
     /// and the panic continues in the caller. No lock is held while `compute` runs.
-    pub fn run(&self, key: K, compute: impl FnOnce() -> V, on_panic: impl FnOnce() -> V) -> V {
+    pub(super) fn run(
+        &self,
+        key: K,
+        compute: impl FnOnce() -> V,
+        on_panic: impl FnOnce() -> V,
+    ) -> V {
         let (slot, leader) = {
             let mut pending = lock(&self.pending);
             match pending.get(&key) {

@@ -14,14 +14,14 @@
 
 pub mod anchor;
 mod cache;
-pub mod chain;
-pub mod db;
+pub(crate) mod chain;
+pub(crate) mod db;
 mod error;
 pub mod extract;
 mod inflight;
 pub mod parallel;
 mod reader;
-pub mod sequester_topic;
+pub(crate) mod sequester_topic;
 pub mod terminal;
 pub mod timeline;
 pub mod verify;

@@ -7,7 +7,7 @@
 //! decrypting. Opening reads only the `info` row and the schema; unlocking reads the certificate
 //! tables (small) and the access rows, never the vlobs or blocks.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -1254,28 +1254,9 @@ impl Realm {
         self.manifests.capacity()
     }
 
-    /// Statistics of the caches: (manifest entries, manifest weight, block entries, block bytes).
-    pub fn cache_usage(&self) -> (usize, usize, usize, usize) {
-        (
-            self.manifests.len(),
-            self.manifests.weight(),
-            self.blocks.len(),
-            self.blocks.weight(),
-        )
-    }
-
     /// Human description of a device (user email/label).
     pub fn describe_author(&self, device: &Id) -> String {
         self.org.describe_device(device)
-    }
-
-    /// Map of all device IDs to their user IDs.
-    pub fn device_users(&self) -> HashMap<Id, Id> {
-        self.org
-            .devices
-            .iter()
-            .map(|(d, dev)| (*d, dev.user_id))
-            .collect()
     }
 }
 

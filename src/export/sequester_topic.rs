@@ -43,18 +43,18 @@ pub struct SequesterTopic {
 }
 
 /// Parses a Parsec SPKI (rsaEncryption + NULL, size rules of spec §1.5).
-pub fn rsa_public_key(spki_der: &[u8]) -> Result<RsaPublicKeyDer, String> {
+pub(crate) fn rsa_public_key(spki_der: &[u8]) -> Result<RsaPublicKeyDer, String> {
     RsaPublicKeyDer::from_der(spki_der).map_err(|e| e.to_string())
 }
 
 /// Same RSA public key (modulus and exponent), whatever the DER encoding details.
-pub fn same_rsa_key(a: &RsaPublicKeyDer, b: &RsaPublicKeyDer) -> bool {
+pub(crate) fn same_rsa_key(a: &RsaPublicKeyDer, b: &RsaPublicKeyDer) -> bool {
     a.modulus() == b.modulus() && a.exponent() == b.exponent()
 }
 
 /// Walks the `sequester_certificate` rows (in `_id` order). `Ok(None)`: the table is empty (the
 /// organization is not sequestered). Row 0 failing is fatal (the whole topic is untrusted).
-pub fn verify_topic(
+pub(crate) fn verify_topic(
     root_verify_key: &[u8; 32],
     rows: &[(i64, Vec<u8>)],
 ) -> Result<Option<SequesterTopic>, super::ExportError> {

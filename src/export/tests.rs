@@ -23,7 +23,7 @@ pub(crate) struct SoftwareKey {
 }
 
 impl SoftwareKey {
-    pub fn from_fixture(name: &str) -> Self {
+    pub(crate) fn from_fixture(name: &str) -> Self {
         let pem = std::fs::read_to_string(fixture(name)).unwrap();
         let key = rsa::RsaPrivateKey::from_pkcs8_pem(&pem).unwrap();
         let spki = key

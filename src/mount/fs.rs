@@ -92,7 +92,7 @@ fn system_time(t: DateTime) -> SystemTime {
 
 impl ExportFs {
     /// Checks that the workspace exists at `opts.at` (reads only the root manifest).
-    pub fn new(realm: Arc<Realm>, opts: FsOptions) -> Result<Self, String> {
+    pub(crate) fn new(realm: Arc<Realm>, opts: FsOptions) -> Result<Self, String> {
         match realm.root_at(opts.at) {
             Ok(Some(_)) => {}
             Ok(None) => {

@@ -14,16 +14,16 @@ use crate::parsec::device::Id;
 use crate::parsec::DateTime;
 
 /// The mount root: the workspace root at the mount's T.
-pub const ROOT_INO: u64 = 1;
+pub(super) const ROOT_INO: u64 = 1;
 /// The virtual `/.history` folder.
-pub const HISTORY_INO: u64 = 2;
+pub(super) const HISTORY_INO: u64 = 2;
 /// `readdir` of `/.history` reports these placeholder inode numbers for instants not looked up
 /// yet, so that listing 100k instants does not allocate 100k views.
-pub const HISTORY_PLACEHOLDER_BASE: u64 = 1 << 62;
+pub(super) const HISTORY_PLACEHOLDER_BASE: u64 = 1 << 62;
 
 /// A workspace entry as seen in one view.
 #[derive(Debug, Clone)]
-pub struct Node {
+pub(super) struct Node {
     pub view: u32,
     pub id: Id,
     /// Inode of the folder it was found in (itself for a view root).
@@ -37,7 +37,7 @@ struct Slot {
     lookups: u64,
 }
 
-pub struct Inodes {
+pub(super) struct Inodes {
     by_key: HashMap<(u32, Id), u64>,
     /// 0 and [`HISTORY_INO`] are not entries.
     nodes: HashMap<u64, Slot>,
@@ -47,7 +47,7 @@ pub struct Inodes {
 }
 
 impl Inodes {
-    pub fn new(realm_id: Id, at: DateTime) -> Self {
+    pub(super) fn new(realm_id: Id, at: DateTime) -> Self {
         let mut by_key = HashMap::new();
         by_key.insert((0, realm_id), ROOT_INO);
         let root = Node {
@@ -77,18 +77,18 @@ impl Inodes {
         }
     }
 
-    pub fn get(&self, ino: u64) -> Option<Node> {
+    pub(super) fn get(&self, ino: u64) -> Option<Node> {
         self.nodes.get(&ino).map(|s| s.node.clone())
     }
 
     /// Nodes in the table (the root included): what the kernel holds, plus nothing else.
-    pub fn node_count(&self) -> usize {
+    pub(super) fn node_count(&self) -> usize {
         self.nodes.len()
     }
 
     /// The inode of `id` in `view` for a `lookup` reply: allocated if new, and counted once (the
     /// caller must send it to the kernel, which will `forget` it).
-    pub fn lookup(&mut self, view: u32, id: Id, parent: u64, name: &str) -> u64 {
+    pub(super) fn lookup(&mut self, view: u32, id: Id, parent: u64, name: &str) -> u64 {
         if let Some(ino) = self.by_key.get(&(view, id)) {
             if let Some(slot) = self.nodes.get_mut(ino) {
                 slot.lookups += 1;
@@ -115,7 +115,7 @@ impl Inodes {
     /// The number a `readdir` reports for `id` in `view`: its inode if the kernel holds it,
     /// else a number never used (plain `readdir` is not a lookup: the kernel keeps no reference,
     /// so nothing is stored, and a later `lookup` allocates the node).
-    pub fn listing_ino(&mut self, view: u32, id: Id) -> u64 {
+    pub(super) fn listing_ino(&mut self, view: u32, id: Id) -> u64 {
         match self.by_key.get(&(view, id)) {
             Some(ino) => *ino,
             None => self.fresh_ino(),
@@ -131,7 +131,7 @@ impl Inodes {
 
     /// The kernel's `forget`: `nlookup` of the node's lookups are given back; a node left with
     /// none is removed (never the root). Unknown numbers are ignored.
-    pub fn forget(&mut self, ino: u64, nlookup: u64) {
+    pub(super) fn forget(&mut self, ino: u64, nlookup: u64) {
         if ino == ROOT_INO {
             return;
         }
@@ -149,12 +149,12 @@ impl Inodes {
         }
     }
 
-    pub fn view_time(&self, view: u32) -> DateTime {
+    pub(super) fn view_time(&self, view: u32) -> DateTime {
         self.views[view as usize]
     }
 
     /// The view of instant `t`, created if new.
-    pub fn view_for(&mut self, t: DateTime) -> u32 {
+    pub(super) fn view_for(&mut self, t: DateTime) -> u32 {
         if let Some(v) = self.view_by_time.get(&t) {
             return *v;
         }
@@ -166,7 +166,7 @@ impl Inodes {
 
     /// The entry IDs of `ino` and its ancestors up to its view's root (bounded: at most
     /// `limit` + 1 IDs). The number of IDs minus one is the depth of `ino` below the root.
-    pub fn lineage(&self, mut ino: u64, limit: usize) -> Vec<Id> {
+    pub(super) fn lineage(&self, mut ino: u64, limit: usize) -> Vec<Id> {
         let mut ids = Vec::new();
         while ids.len() <= limit {
             let Some(node) = self.get(ino) else { break };
@@ -180,7 +180,7 @@ impl Inodes {
     }
 
     /// A readable path for log lines: `/a/b` or `/.history/<T>/a/b`.
-    pub fn path_of(&self, mut ino: u64) -> String {
+    pub(super) fn path_of(&self, mut ino: u64) -> String {
         let mut names = Vec::new();
         let mut view = 0;
         for _ in 0..4096 {

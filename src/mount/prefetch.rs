@@ -15,13 +15,13 @@ use crate::parsec::DateTime;
 /// Requests beyond this many queued blocks are dropped (read-ahead is only a hint).
 const QUEUE: usize = 64;
 
-pub struct Prefetcher {
+pub(super) struct Prefetcher {
     tx: Mutex<Option<SyncSender<BlockAccess>>>,
     pending: Arc<Mutex<HashSet<Id>>>,
 }
 
 impl Prefetcher {
-    pub fn new(realm: Arc<Realm>, threads: usize) -> Self {
+    pub(super) fn new(realm: Arc<Realm>, threads: usize) -> Self {
         let (tx, rx) = sync_channel::<BlockAccess>(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         let pending: Arc<Mutex<HashSet<Id>>> = Arc::default();
@@ -49,7 +49,7 @@ impl Prefetcher {
     }
 
     /// Queues blocks not already queued; never blocks the caller.
-    pub fn request(&self, blocks: &[BlockAccess]) {
+    pub(super) fn request(&self, blocks: &[BlockAccess]) {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         let Some(tx) = tx.as_ref() else { return };
         for b in blocks {
@@ -141,7 +141,7 @@ struct AheadState {
 
 /// Counters of [`ListAhead`] since the mount.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ListAheadStats {
+pub(super) struct ListAheadStats {
     pub loaded: u64,
     pub hits: u64,
 }
@@ -151,12 +151,12 @@ pub struct ListAheadStats {
 /// recursive listing finds them ready, and takes them as loaded. Bounded: at most
 /// [`AHEAD_FOLDERS`] folders and [`AHEAD_ENTRIES`] of weight loaded ahead of the consumer; each
 /// manifest is still checked once (the reader's cache and single-flight loads).
-pub struct ListAhead {
+pub(super) struct ListAhead {
     state: Arc<(Mutex<AheadState>, Condvar)>,
 }
 
 impl ListAhead {
-    pub fn new(realm: Arc<Realm>, threads: usize) -> Self {
+    pub(super) fn new(realm: Arc<Realm>, threads: usize) -> Self {
         let state: Arc<(Mutex<AheadState>, Condvar)> = Arc::default();
         for i in 0..threads {
             let state = state.clone();
@@ -175,7 +175,7 @@ impl ListAhead {
     /// `folder` at `t` is being listed: its children as loaded ahead (what
     /// [`Realm::children_at`] returns), waiting for a worker that is loading them right now;
     /// `None` if they were not loaded ahead (or failed: the caller loads them and reports why).
-    pub fn listed(&self, folder: &Id, t: DateTime) -> Option<Vec<ChildEntry>> {
+    pub(super) fn listed(&self, folder: &Id, t: DateTime) -> Option<Vec<ChildEntry>> {
         let key = (*folder, t);
         let wake = &self.state.1;
         let mut s = self.lock();
@@ -209,7 +209,7 @@ impl ListAhead {
     }
 
     /// A folder at `t` was listed with these readable subfolders: load their children ahead.
-    pub fn request(&self, t: DateTime, subfolders: Vec<Arc<Manifest>>) {
+    pub(super) fn request(&self, t: DateTime, subfolders: Vec<Arc<Manifest>>) {
         if subfolders.is_empty() {
             return;
         }
@@ -226,7 +226,7 @@ impl ListAhead {
 }
 
 impl ListAhead {
-    pub fn stats(&self) -> ListAheadStats {
+    pub(super) fn stats(&self) -> ListAheadStats {
         self.lock().stats
     }
 }

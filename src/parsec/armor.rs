@@ -8,16 +8,21 @@ use super::spki::RsaPublicKeyDer;
 use super::FormatError;
 
 /// Algorithm name of authority signatures.
-pub const PSS_SHA256: &str = "RSASSA-PSS-SHA256";
+pub(crate) const PSS_SHA256: &str = "RSASSA-PSS-SHA256";
 /// Algorithm name of the hybrid encryption to a service key.
-pub const OAEP_SHA256_XSALSA20_POLY1305: &str = "RSAES-OAEP-SHA256-XSALSA20-POLY1305";
+pub(crate) const OAEP_SHA256_XSALSA20_POLY1305: &str = "RSAES-OAEP-SHA256-XSALSA20-POLY1305";
 
 const HASH_LEN: usize = 32;
 
 /// Builds `name || ":" || block || payload`, left-padding `block` with zeros to `k` bytes.
 /// A block longer than `k` is accepted only if its excess leading bytes are zero (some drivers
 /// add a sign byte); anything else is an error.
-pub fn build(name: &str, block: &[u8], k: usize, payload: &[u8]) -> Result<Vec<u8>, FormatError> {
+pub(crate) fn build(
+    name: &str,
+    block: &[u8],
+    k: usize,
+    payload: &[u8],
+) -> Result<Vec<u8>, FormatError> {
     let significant = match block.iter().position(|&b| b != 0) {
         Some(i) => &block[i..],
         None => &[][..],
@@ -39,7 +44,7 @@ pub fn build(name: &str, block: &[u8], k: usize, payload: &[u8]) -> Result<Vec<u
 
 /// Splits an armored blob as Parsec does: the FIRST colon, the exact algorithm name, then
 /// exactly `k` bytes of RSA block and the (possibly empty) payload.
-pub fn split<'a>(
+pub(crate) fn split<'a>(
     expected_name: &str,
     k: usize,
     blob: &'a [u8],
@@ -66,12 +71,12 @@ pub fn split<'a>(
 }
 
 /// The OAEP armor of a sequester keys-bundle access: `(k-byte RSA block, secretbox payload)`.
-pub fn split_oaep(k: usize, blob: &[u8]) -> Result<(&[u8], &[u8]), FormatError> {
+pub(crate) fn split_oaep(k: usize, blob: &[u8]) -> Result<(&[u8], &[u8]), FormatError> {
     split(OAEP_SHA256_XSALSA20_POLY1305, k, blob)
 }
 
 /// Builds an authority-signed blob `"RSASSA-PSS-SHA256:" || sig (k bytes) || message`.
-pub fn build_pss(
+pub(crate) fn build_pss(
     authority: &RsaPublicKeyDer,
     signature: &[u8],
     message: &[u8],
@@ -91,7 +96,7 @@ pub fn verify_pss_armored<'a>(
 
 /// RSASSA-PSS-SHA256 verification (RFC 8017 §8.1.2), MGF1-SHA-256, trailer 0xBC, any salt length
 /// (auto-detected, as every Parsec verifier does). `signature` must be exactly k bytes.
-pub fn verify_pss_sha256(
+pub(crate) fn verify_pss_sha256(
     key: &RsaPublicKeyDer,
     message: &[u8],
     signature: &[u8],
@@ -153,7 +158,7 @@ fn emsa_pss_verify_any_salt(m_hash: &[u8], em: &[u8], em_bits: usize) -> bool {
 }
 
 /// MGF1 with SHA-256 (RFC 8017 §B.2.1).
-pub fn mgf1_sha256(seed: &[u8], len: usize) -> Vec<u8> {
+pub(crate) fn mgf1_sha256(seed: &[u8], len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + HASH_LEN);
     let mut counter: u32 = 0;
     while out.len() < len {
@@ -173,21 +178,25 @@ pub(crate) mod tests {
     use rsa::pkcs8::DecodePrivateKey;
     use rsa::traits::PrivateKeyParts;
 
-    pub fn fixture(name: &str) -> String {
+    pub(crate) fn fixture(name: &str) -> String {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../shared/fixtures/parsec")
             .join(name);
         std::fs::read_to_string(path).unwrap()
     }
 
-    pub fn authority_public() -> RsaPublicKeyDer {
+    pub(crate) fn authority_public() -> RsaPublicKeyDer {
         RsaPublicKeyDer::from_pem(&fixture("sequester_authority.public.pem")).unwrap()
     }
 
     /// EMSA-PSS encoding with a caller-chosen salt, then a raw RSA private operation with a
     /// software key: test-only, to reproduce the deterministic vector V5. The tool itself only
     /// ever signs through a token.
-    pub fn sign_pss_with_salt_for_test(private_pem: &str, message: &[u8], salt: &[u8]) -> Vec<u8> {
+    pub(crate) fn sign_pss_with_salt_for_test(
+        private_pem: &str,
+        message: &[u8],
+        salt: &[u8],
+    ) -> Vec<u8> {
         let key = rsa::RsaPrivateKey::from_pkcs8_pem(private_pem).unwrap();
         let mod_bits = rsa::traits::PublicKeyParts::n(&key).bits();
         let em_bits = mod_bits - 1;
@@ -220,7 +229,7 @@ pub(crate) mod tests {
 
     const V4_REVOKED_ENVELOPE: &str = "0028b52ffd0058950200840483a474797065d9257365717565737465725f7265766f6b65645f736572766963655f6365727469666963617465a974696d657374616d70d70100035e2efad68000aa6964d8020001020038a9c27ad519";
     const V5_SIGNATURE: &str = "2b38d106ddc6ba9decfc70e95dac9da3bbdf6a3e202a0a6f819d4a52c4c97f42d7a5f5ad95c8ff0a876d1ccc19eed943b5ba7f4b9842cfada54695743db447e8c9935793f570c727b02bac0651bc6ee8677c78a53daea8d636f69457bf2e4b1123ff0306bc2d629168645763714f1d9266b220a95e25e5706d27da2fbdd1b78f";
-    pub const V5_ARMORED: &str = "5253415353412d5053532d5348413235363a2b38d106ddc6ba9decfc70e95dac9da3bbdf6a3e202a0a6f819d4a52c4c97f42d7a5f5ad95c8ff0a876d1ccc19eed943b5ba7f4b9842cfada54695743db447e8c9935793f570c727b02bac0651bc6ee8677c78a53daea8d636f69457bf2e4b1123ff0306bc2d629168645763714f1d9266b220a95e25e5706d27da2fbdd1b78f0028b52ffd0058950200840483a474797065d9257365717565737465725f7265766f6b65645f736572766963655f6365727469666963617465a974696d657374616d70d70100035e2efad68000aa6964d8020001020038a9c27ad519";
+    pub(crate) const V5_ARMORED: &str = "5253415353412d5053532d5348413235363a2b38d106ddc6ba9decfc70e95dac9da3bbdf6a3e202a0a6f819d4a52c4c97f42d7a5f5ad95c8ff0a876d1ccc19eed943b5ba7f4b9842cfada54695743db447e8c9935793f570c727b02bac0651bc6ee8677c78a53daea8d636f69457bf2e4b1123ff0306bc2d629168645763714f1d9266b220a95e25e5706d27da2fbdd1b78f0028b52ffd0058950200840483a474797065d9257365717565737465725f7265766f6b65645f736572766963655f6365727469666963617465a974696d657374616d70d70100035e2efad68000aa6964d8020001020038a9c27ad519";
 
     #[test]
     fn v5_pss_vector_reproduced_and_verified() {

@@ -18,23 +18,23 @@ pub enum CertificateKind {
 }
 
 impl CertificateKind {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Service => "PARSEC SEQUESTER SERVICE CERTIFICATE",
             Self::Revocation => "PARSEC SEQUESTER SERVICE REVOCATION CERTIFICATE",
         }
     }
 
-    pub fn header(self) -> String {
+    pub(crate) fn header(self) -> String {
         format!("-----BEGIN {}-----", self.label())
     }
 
-    pub fn footer(self) -> String {
+    pub(crate) fn footer(self) -> String {
         format!("-----END {}-----", self.label())
     }
 
     /// The name Parsec's CLI gives the file when the output is a directory.
-    pub fn file_name(self, service_id: ServiceId, timestamp: DateTime) -> String {
+    pub(crate) fn file_name(self, service_id: ServiceId, timestamp: DateTime) -> String {
         let prefix = match self {
             Self::Service => "sequester_service_certificate",
             Self::Revocation => "sequester_service_revocation_certificate",

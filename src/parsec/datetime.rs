@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 pub struct DateTime(pub i64);
 
 impl DateTime {
-    pub fn from_micros(us: i64) -> Self {
+    pub(crate) fn from_micros(us: i64) -> Self {
         DateTime(us)
     }
 

@@ -10,9 +10,9 @@ use super::{envelope, limits, DateTime, FormatError};
 pub type Id = [u8; 16];
 
 /// Type string of device certificates.
-pub const DEVICE_CERTIFICATE: &str = "device_certificate";
+pub(crate) const DEVICE_CERTIFICATE: &str = "device_certificate";
 /// Type string of user certificates.
-pub const USER_CERTIFICATE: &str = "user_certificate";
+pub(crate) const USER_CERTIFICATE: &str = "user_certificate";
 
 /// A decoded `device_certificate`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,11 +83,6 @@ impl DeviceCertificate {
             w.str("ED25519");
         });
         w.into_bytes()
-    }
-
-    /// `0x00 || zstd(msgpack)`, ready to be signed.
-    pub fn encode(&self) -> Vec<u8> {
-        envelope::wrap(&self.to_msgpack())
     }
 }
 
@@ -166,11 +161,6 @@ impl UserCertificate {
         });
         w.into_bytes()
     }
-
-    /// `0x00 || zstd(msgpack)`, ready to be signed.
-    pub fn encode(&self) -> Vec<u8> {
-        envelope::wrap(&self.to_msgpack())
-    }
 }
 
 /// `author` (nullable), `timestamp`, `user_id`: the run shared by user and device certificates.
@@ -215,9 +205,12 @@ mod tests {
             device_label: Some("laptop".into()),
             verify_key: [3; 32],
         };
-        let decoded = DeviceCertificate::decode(&cert.encode()).unwrap();
+        let decoded = DeviceCertificate::decode(&envelope::wrap(&cert.to_msgpack())).unwrap();
         assert_eq!(decoded, cert);
-        assert_eq!(type_of(&cert.encode()).unwrap(), DEVICE_CERTIFICATE);
+        assert_eq!(
+            type_of(&envelope::wrap(&cert.to_msgpack())).unwrap(),
+            DEVICE_CERTIFICATE
+        );
     }
 
     #[test]
@@ -230,11 +223,20 @@ mod tests {
             public_key: [3; 32],
             profile: "STANDARD".into(),
         };
-        assert_eq!(UserCertificate::decode(&cert.encode()).unwrap(), cert);
+        assert_eq!(
+            UserCertificate::decode(&envelope::wrap(&cert.to_msgpack())).unwrap(),
+            cert
+        );
         cert.human_handle = None;
         cert.author = None;
-        assert_eq!(UserCertificate::decode(&cert.encode()).unwrap(), cert);
-        assert_eq!(type_of(&cert.encode()).unwrap(), USER_CERTIFICATE);
-        assert!(DeviceCertificate::decode(&cert.encode()).is_err());
+        assert_eq!(
+            UserCertificate::decode(&envelope::wrap(&cert.to_msgpack())).unwrap(),
+            cert
+        );
+        assert_eq!(
+            type_of(&envelope::wrap(&cert.to_msgpack())).unwrap(),
+            USER_CERTIFICATE
+        );
+        assert!(DeviceCertificate::decode(&envelope::wrap(&cert.to_msgpack())).is_err());
     }
 }

@@ -4,7 +4,7 @@ use unicode_normalization::UnicodeNormalization;
 
 use super::FormatError;
 
-pub use super::limits::MAX_ENTRY_NAME_BYTES;
+pub(crate) use super::limits::MAX_ENTRY_NAME_BYTES;
 
 /// NFC composes at most 3 bytes into 1 (Hangul L+V+T jamo): a longer raw name cannot
 /// normalise to a valid one and is refused before normalisation allocates.
@@ -16,7 +16,7 @@ pub struct EntryName(String);
 
 impl EntryName {
     /// Normalises `raw` to NFC (as Parsec does when loading) and validates it.
-    pub fn parse(raw: &str) -> Result<Self, FormatError> {
+    pub(crate) fn parse(raw: &str) -> Result<Self, FormatError> {
         if raw.len() > MAX_RAW_NAME_BYTES {
             let start: String = raw.chars().take(32).collect();
             return Err(FormatError::Invalid(format!(

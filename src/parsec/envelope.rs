@@ -23,7 +23,7 @@ pub fn wrap(msgpack: &[u8]) -> Vec<u8> {
 }
 
 /// Unwraps `0x00 || zstd(...)` into msgpack bytes (all frames, streaming), within the limits of
-/// a manifest (the largest object kind). Decoders of a known kind use [`unwrap_bounded`].
+/// a manifest (the largest object kind). Decoders of a known kind use `unwrap_bounded`.
 pub fn unwrap(serialized: &[u8]) -> Result<Vec<u8>, FormatError> {
     unwrap_bounded(serialized, &limits::MANIFEST)
 }
@@ -31,7 +31,10 @@ pub fn unwrap(serialized: &[u8]) -> Result<Vec<u8>, FormatError> {
 /// Unwraps `0x00 || zstd(...)` into at most `limits.max_decompressed` bytes. The decoder streams
 /// into a buffer that grows with what is actually produced: the frame's declared content size
 /// is never trusted, and its window is capped ([`limits::ZSTD_WINDOW_LOG_MAX`]).
-pub fn unwrap_bounded(serialized: &[u8], limits: &ObjectLimits) -> Result<Vec<u8>, FormatError> {
+pub(crate) fn unwrap_bounded(
+    serialized: &[u8],
+    limits: &ObjectLimits,
+) -> Result<Vec<u8>, FormatError> {
     let (&version, rest) = serialized.split_first().ok_or(FormatError::Empty)?;
     if version != 0 {
         return Err(FormatError::FormatVersion(version));
@@ -82,7 +85,7 @@ pub fn unwrap_bounded(serialized: &[u8], limits: &ObjectLimits) -> Result<Vec<u8
 }
 
 /// Unwraps and decodes a `0x00 || zstd(msgpack)` object of the kind `limits` describes.
-pub fn decode_value(serialized: &[u8], limits: &ObjectLimits) -> Result<Value, FormatError> {
+pub(crate) fn decode_value(serialized: &[u8], limits: &ObjectLimits) -> Result<Value, FormatError> {
     let raw = unwrap_bounded(serialized, limits)?;
     msgpack::decode_bounded(&raw, limits)
 }

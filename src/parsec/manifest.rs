@@ -10,9 +10,9 @@ use super::entry_name::EntryName;
 use super::msgpack::{self, Map, Writer};
 use super::{envelope, limits, DateTime, FormatError};
 
-pub const FOLDER_MANIFEST: &str = "folder_manifest";
-pub const FILE_MANIFEST: &str = "file_manifest";
-pub const USER_MANIFEST: &str = "user_manifest";
+pub(crate) const FOLDER_MANIFEST: &str = "folder_manifest";
+pub(crate) const FILE_MANIFEST: &str = "file_manifest";
+pub(crate) const USER_MANIFEST: &str = "user_manifest";
 
 /// Fields common to folder and file manifests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,14 +96,14 @@ impl Manifest {
         }
     }
 
-    pub fn to_msgpack(&self) -> Vec<u8> {
+    pub(crate) fn to_msgpack(&self) -> Vec<u8> {
         match self {
             Manifest::Folder(f) => f.to_msgpack(),
             Manifest::File(f) => f.to_msgpack(),
         }
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         envelope::wrap(&self.to_msgpack())
     }
 }
@@ -211,7 +211,7 @@ fn decode_file(map: &Map) -> Result<FileManifest, FormatError> {
 
 impl FileManifest {
     /// The integrity rules of spec §3.7 (Parsec rejects the manifest if any fails).
-    pub fn check_integrity(&self) -> Result<(), FormatError> {
+    pub(crate) fn check_integrity(&self) -> Result<(), FormatError> {
         let bad = |why: String| Err(FormatError::Invalid(format!("file manifest: {why}")));
         if self.header.id == self.header.parent {
             return bad("id == parent".into());
@@ -287,7 +287,7 @@ impl FileManifest {
 }
 
 impl FolderManifest {
-    pub fn to_msgpack(&self) -> Vec<u8> {
+    pub(crate) fn to_msgpack(&self) -> Vec<u8> {
         folder_manifest_msgpack(
             &self.header,
             self.children.iter().map(|c| (c.name.as_str(), &c.id)),

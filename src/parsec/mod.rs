@@ -1,13 +1,13 @@
 //! Parsec's byte formats (spec §1.6, §2, §3, §4.4). Pure: no token, no I/O.
 //!
 //! Shared core: [`envelope`] (`0x00 || zstd(msgpack)`), [`msgpack`] (exact writer, typed reader),
-//! [`datetime`] (microsecond UTC timestamps), [`FormatError`].
+//! [`DateTime`] (microsecond UTC timestamps), [`FormatError`].
 
-pub mod datetime;
+pub(crate) mod datetime;
 pub mod device;
-pub mod entry_name;
+pub(crate) mod entry_name;
 pub mod envelope;
-pub mod limits;
+pub(crate) mod limits;
 pub mod manifest;
 pub mod msgpack;
 pub mod realm;

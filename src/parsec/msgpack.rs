@@ -10,9 +10,9 @@ use super::limits::{self, ObjectLimits};
 use super::{DateTime, FormatError};
 
 /// Msgpack extension type of DateTime.
-pub const EXT_DATETIME: i8 = 1;
+pub(crate) const EXT_DATETIME: i8 = 1;
 /// Msgpack extension type of UUID-based IDs.
-pub const EXT_UUID: i8 = 2;
+pub(crate) const EXT_UUID: i8 = 2;
 
 /// Exact msgpack writer.
 #[derive(Default)]
@@ -34,7 +34,7 @@ impl Writer {
         self
     }
 
-    pub fn array(&mut self, len: u32) -> &mut Self {
+    pub(crate) fn array(&mut self, len: u32) -> &mut Self {
         rmp::encode::write_array_len(&mut self.buf, len).expect("Vec write");
         self
     }
@@ -44,22 +44,17 @@ impl Writer {
         self
     }
 
-    pub fn bin(&mut self, b: &[u8]) -> &mut Self {
+    pub(crate) fn bin(&mut self, b: &[u8]) -> &mut Self {
         rmp::encode::write_bin(&mut self.buf, b).expect("Vec write");
         self
     }
 
-    pub fn uint(&mut self, v: u64) -> &mut Self {
+    pub(crate) fn uint(&mut self, v: u64) -> &mut Self {
         rmp::encode::write_uint(&mut self.buf, v).expect("Vec write");
         self
     }
 
-    pub fn bool(&mut self, v: bool) -> &mut Self {
-        rmp::encode::write_bool(&mut self.buf, v).expect("Vec write");
-        self
-    }
-
-    pub fn nil(&mut self) -> &mut Self {
+    pub(crate) fn nil(&mut self) -> &mut Self {
         rmp::encode::write_nil(&mut self.buf).expect("Vec write");
         self
     }
@@ -87,7 +82,7 @@ impl Writer {
 }
 
 /// Decodes exactly one msgpack value within the limits of a manifest (the largest object kind);
-/// trailing bytes are an error. Decoders of a known kind use [`decode_bounded`].
+/// trailing bytes are an error. Decoders of a known kind use `decode_bounded`.
 pub fn decode(bytes: &[u8]) -> Result<Value, FormatError> {
     decode_bounded(bytes, &limits::MANIFEST)
 }
@@ -95,7 +90,7 @@ pub fn decode(bytes: &[u8]) -> Result<Value, FormatError> {
 /// Decodes exactly one msgpack value, refusing anything beyond `limits` before it is built:
 /// the structure is first walked without allocating (iteratively, so the input cannot choose the
 /// recursion depth), then `rmpv` builds a value already known to be small and shallow.
-pub fn decode_bounded(bytes: &[u8], limits: &ObjectLimits) -> Result<Value, FormatError> {
+pub(crate) fn decode_bounded(bytes: &[u8], limits: &ObjectLimits) -> Result<Value, FormatError> {
     check_structure(bytes, limits)?;
     let mut cursor = bytes;
     // `rmpv` spends one level per value and one per container or string/binary payload.
@@ -110,7 +105,7 @@ pub fn decode_bounded(bytes: &[u8], limits: &ObjectLimits) -> Result<Value, Form
 /// Walks one msgpack value without building it: every length is checked against the bytes that
 /// remain (an array of n values needs at least n bytes), the number of values against
 /// `max_values` and the nesting against `max_depth`. Trailing bytes are an error.
-pub fn check_structure(bytes: &[u8], limits: &ObjectLimits) -> Result<(), FormatError> {
+pub(crate) fn check_structure(bytes: &[u8], limits: &ObjectLimits) -> Result<(), FormatError> {
     let too_much = |why: String| FormatError::Msgpack(format!("{} refused: {why}", limits.what));
     // Values still expected by each open container (bounded by max_depth entries).
     let mut open: Vec<u64> = Vec::new();
@@ -255,19 +250,19 @@ impl<'a> Map<'a> {
     }
 
     /// The raw value of `key`, if present.
-    pub fn get(&self, key: &str) -> Option<&'a Value> {
+    pub(crate) fn get(&self, key: &str) -> Option<&'a Value> {
         self.entries
             .iter()
             .find(|(k, _)| k.as_str() == Some(key))
             .map(|(_, v)| v)
     }
 
-    pub fn required(&self, key: &'static str) -> Result<&'a Value, FormatError> {
+    pub(crate) fn required(&self, key: &'static str) -> Result<&'a Value, FormatError> {
         self.get(key).ok_or(FormatError::MissingField(key))
     }
 
     /// Checks the `type` field.
-    pub fn expect_type(&self, expected: &str) -> Result<(), FormatError> {
+    pub(crate) fn expect_type(&self, expected: &str) -> Result<(), FormatError> {
         let found = self.str("type")?;
         if found != expected {
             return Err(FormatError::WrongType {
@@ -283,7 +278,7 @@ impl<'a> Map<'a> {
         self.str("type")
     }
 
-    pub fn str(&self, key: &'static str) -> Result<&'a str, FormatError> {
+    pub(crate) fn str(&self, key: &'static str) -> Result<&'a str, FormatError> {
         as_str(self.required(key)?, key)
     }
 
@@ -303,13 +298,6 @@ impl<'a> Map<'a> {
         as_uint(self.required(key)?, key)
     }
 
-    pub fn bool(&self, key: &'static str) -> Result<bool, FormatError> {
-        self.required(key)?.as_bool().ok_or(FormatError::BadField {
-            field: key,
-            reason: "expected a boolean".into(),
-        })
-    }
-
     pub fn datetime(&self, key: &'static str) -> Result<DateTime, FormatError> {
         as_datetime(self.required(key)?, key)
     }
@@ -319,7 +307,7 @@ impl<'a> Map<'a> {
     }
 
     /// A nullable field: present, possibly nil.
-    pub fn nullable(&self, key: &'static str) -> Result<Option<&'a Value>, FormatError> {
+    pub(crate) fn nullable(&self, key: &'static str) -> Result<Option<&'a Value>, FormatError> {
         let v = self.required(key)?;
         Ok(if v.is_nil() { None } else { Some(v) })
     }
@@ -328,7 +316,7 @@ impl<'a> Map<'a> {
         self.nullable(key)?.map(|v| as_uuid(v, key)).transpose()
     }
 
-    pub fn nullable_str(&self, key: &'static str) -> Result<Option<&'a str>, FormatError> {
+    pub(crate) fn nullable_str(&self, key: &'static str) -> Result<Option<&'a str>, FormatError> {
         self.nullable(key)?.map(|v| as_str(v, key)).transpose()
     }
 
@@ -356,7 +344,7 @@ fn bad(field: &'static str, reason: &str) -> FormatError {
     }
 }
 
-pub fn as_str<'a>(v: &'a Value, field: &'static str) -> Result<&'a str, FormatError> {
+pub(crate) fn as_str<'a>(v: &'a Value, field: &'static str) -> Result<&'a str, FormatError> {
     match v {
         Value::String(s) => s
             .as_str()
@@ -365,14 +353,14 @@ pub fn as_str<'a>(v: &'a Value, field: &'static str) -> Result<&'a str, FormatEr
     }
 }
 
-pub fn as_bin<'a>(v: &'a Value, field: &'static str) -> Result<&'a [u8], FormatError> {
+pub(crate) fn as_bin<'a>(v: &'a Value, field: &'static str) -> Result<&'a [u8], FormatError> {
     match v {
         Value::Binary(b) => Ok(b),
         _ => Err(bad(field, "expected bytes (msgpack bin)")),
     }
 }
 
-pub fn as_uint(v: &Value, field: &'static str) -> Result<u64, FormatError> {
+pub(crate) fn as_uint(v: &Value, field: &'static str) -> Result<u64, FormatError> {
     match v {
         Value::Integer(i) => i
             .as_u64()
@@ -381,7 +369,7 @@ pub fn as_uint(v: &Value, field: &'static str) -> Result<u64, FormatError> {
     }
 }
 
-pub fn as_datetime(v: &Value, field: &'static str) -> Result<DateTime, FormatError> {
+pub(crate) fn as_datetime(v: &Value, field: &'static str) -> Result<DateTime, FormatError> {
     match v {
         Value::Ext(EXT_DATETIME, data) => {
             let raw: [u8; 8] = data.as_slice().try_into().map_err(|_| {

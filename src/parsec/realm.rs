@@ -9,12 +9,11 @@ use super::device::Id;
 use super::msgpack::{self, Map, Writer};
 use super::{envelope, limits, DateTime, FormatError};
 
-pub const REALM_KEY_ROTATION_CERTIFICATE: &str = "realm_key_rotation_certificate";
-pub const REALM_NAME_CERTIFICATE: &str = "realm_name_certificate";
-pub const REALM_ROLE_CERTIFICATE: &str = "realm_role_certificate";
-pub const REALM_ARCHIVING_CERTIFICATE: &str = "realm_archiving_certificate";
-pub const REALM_KEYS_BUNDLE: &str = "realm_keys_bundle";
-pub const REALM_KEYS_BUNDLE_ACCESS: &str = "realm_keys_bundle_access";
+pub(crate) const REALM_KEY_ROTATION_CERTIFICATE: &str = "realm_key_rotation_certificate";
+pub(crate) const REALM_NAME_CERTIFICATE: &str = "realm_name_certificate";
+pub(crate) const REALM_ROLE_CERTIFICATE: &str = "realm_role_certificate";
+pub(crate) const REALM_KEYS_BUNDLE: &str = "realm_keys_bundle";
+pub(crate) const REALM_KEYS_BUNDLE_ACCESS: &str = "realm_keys_bundle_access";
 
 /// Wipes every byte string of a decoded msgpack value (secret keys were copied out of it).
 fn zeroize_value(value: &mut rmpv::Value) {
@@ -120,10 +119,6 @@ impl KeyRotationCertificate {
         });
         w.into_bytes()
     }
-
-    pub fn encode(&self) -> Vec<u8> {
-        envelope::wrap(&self.to_msgpack())
-    }
 }
 
 /// `realm_name_certificate`.
@@ -165,10 +160,6 @@ impl NameCertificate {
             w.bin(&self.encrypted_name);
         });
         w.into_bytes()
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        envelope::wrap(&self.to_msgpack())
     }
 }
 
@@ -215,10 +206,6 @@ impl RoleCertificate {
         });
         w.into_bytes()
     }
-
-    pub fn encode(&self) -> Vec<u8> {
-        envelope::wrap(&self.to_msgpack())
-    }
 }
 
 /// `realm_keys_bundle_access`: the 32-byte key that opens a keys bundle (secret, zeroized).
@@ -242,7 +229,7 @@ impl KeysBundleAccess {
         })
     }
 
-    pub fn to_msgpack(&self) -> Zeroizing<Vec<u8>> {
+    pub(crate) fn to_msgpack(&self) -> Zeroizing<Vec<u8>> {
         let mut w = Writer::new();
         w.map(2)
             .field("type", |w| {
@@ -330,10 +317,6 @@ impl KeysBundle {
         });
         Zeroizing::new(w.into_bytes())
     }
-
-    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
-        Zeroizing::new(envelope::wrap(&self.to_msgpack()))
-    }
 }
 
 #[cfg(test)]
@@ -349,7 +332,10 @@ mod tests {
             key_index: 3,
             key_canary: vec![9; 40],
         };
-        assert_eq!(KeyRotationCertificate::decode(&rot.encode()).unwrap(), rot);
+        assert_eq!(
+            KeyRotationCertificate::decode(&envelope::wrap(&rot.to_msgpack())).unwrap(),
+            rot
+        );
         let name = NameCertificate {
             author: [1; 16],
             timestamp: DateTime(5),
@@ -357,7 +343,10 @@ mod tests {
             key_index: 1,
             encrypted_name: vec![7; 45],
         };
-        assert_eq!(NameCertificate::decode(&name.encode()).unwrap(), name);
+        assert_eq!(
+            NameCertificate::decode(&envelope::wrap(&name.to_msgpack())).unwrap(),
+            name
+        );
         let role = RoleCertificate {
             author: [1; 16],
             timestamp: DateTime(5),
@@ -365,21 +354,24 @@ mod tests {
             user_id: [4; 16],
             role: None,
         };
-        assert_eq!(RoleCertificate::decode(&role.encode()).unwrap(), role);
+        assert_eq!(
+            RoleCertificate::decode(&envelope::wrap(&role.to_msgpack())).unwrap(),
+            role
+        );
         let bundle = KeysBundle {
             author: [1; 16],
             timestamp: DateTime(6),
             realm_id: [2; 16],
             keys: vec![Zeroizing::new([0xaa; 32]), Zeroizing::new([0xbb; 32])],
         };
-        let back = KeysBundle::decode(&bundle.encode()).unwrap();
+        let back = KeysBundle::decode(&envelope::wrap(&bundle.to_msgpack())).unwrap();
         assert_eq!(back.keys.len(), 2);
         assert_eq!(*back.keys[1], [0xbb; 32]);
         let access = KeysBundleAccess {
             keys_bundle_key: Zeroizing::new([5; 32]),
         };
         assert_eq!(
-            *KeysBundleAccess::decode(&access.encode())
+            *KeysBundleAccess::decode(&envelope::wrap(&access.to_msgpack()))
                 .unwrap()
                 .keys_bundle_key,
             [5; 32]

@@ -9,9 +9,9 @@ use super::msgpack::{Map, Writer};
 use super::spki::RsaPublicKeyDer;
 use super::{envelope, limits, DateTime, FormatError};
 
-pub const AUTHORITY_TYPE: &str = "sequester_authority_certificate";
-pub const SERVICE_TYPE: &str = "sequester_service_certificate";
-pub const REVOKED_TYPE: &str = "sequester_revoked_service_certificate";
+pub(crate) const AUTHORITY_TYPE: &str = "sequester_authority_certificate";
+pub(crate) const SERVICE_TYPE: &str = "sequester_service_certificate";
+pub(crate) const REVOKED_TYPE: &str = "sequester_revoked_service_certificate";
 
 /// A SequesterServiceID: 16 UUID bytes. Shown as 32 lowercase hex digits (Parsec's form).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -19,12 +19,12 @@ pub struct ServiceId(pub [u8; 16]);
 
 impl ServiceId {
     /// A fresh random UUIDv4, as Parsec's tools make.
-    pub fn random() -> Self {
+    pub(crate) fn random() -> Self {
         ServiceId(*uuid::Uuid::new_v4().as_bytes())
     }
 
     /// 32 lowercase hex digits, no dashes.
-    pub fn hex(&self) -> String {
+    pub(crate) fn hex(&self) -> String {
         hex::encode(self.0)
     }
 }
@@ -97,7 +97,7 @@ impl SequesterCertificate {
     }
 
     /// Decodes an envelope (`0x00 || zstd(msgpack)`) of either RSA-signed kind.
-    pub fn decode(serialized: &[u8]) -> Result<Self, FormatError> {
+    pub(crate) fn decode(serialized: &[u8]) -> Result<Self, FormatError> {
         let value = envelope::decode_value(serialized, &limits::CERTIFICATE)?;
         let map = Map::new(&value)?;
         match map.type_name()? {
@@ -127,7 +127,8 @@ impl AuthorityCertificate {
         w.into_bytes()
     }
 
-    pub fn serialize(&self) -> Vec<u8> {
+    #[cfg(test)]
+    fn serialize(&self) -> Vec<u8> {
         envelope::wrap(&self.to_msgpack())
     }
 
@@ -143,7 +144,7 @@ impl AuthorityCertificate {
     }
 
     /// Verifies `signature(64) || serialized` with the organisation root verify key, then decodes.
-    pub fn verify_and_decode(
+    pub(crate) fn verify_and_decode(
         root_verify_key: &[u8; 32],
         signed: &[u8],
     ) -> Result<Self, FormatError> {
@@ -182,7 +183,7 @@ impl ServiceCertificate {
     }
 
     /// `0x00 || zstd(msgpack)`: the bytes the authority signs.
-    pub fn serialize(&self) -> Vec<u8> {
+    pub(crate) fn serialize(&self) -> Vec<u8> {
         envelope::wrap(&self.to_msgpack())
     }
 
@@ -229,7 +230,7 @@ impl RevokedServiceCertificate {
         w.into_bytes()
     }
 
-    pub fn serialize(&self) -> Vec<u8> {
+    pub(crate) fn serialize(&self) -> Vec<u8> {
         envelope::wrap(&self.to_msgpack())
     }
 
@@ -254,7 +255,7 @@ impl RevokedServiceCertificate {
 
 /// Verifies an RSA-armored sequester topic row (a `sequester_certificate` row other than the
 /// authority one, or a certificate file's decoded body) with the authority key and decodes it.
-pub fn decode_sequester_topic_row(
+pub(crate) fn decode_sequester_topic_row(
     authority: &RsaPublicKeyDer,
     row: &[u8],
 ) -> Result<SequesterCertificate, FormatError> {
@@ -265,15 +266,13 @@ pub fn decode_sequester_topic_row(
 /// A certificate read WITHOUT the authority key: the armor is split by trying every key size
 /// Parsec accepts (1024..=4096 bits) until the payload decodes. Nothing is verified.
 #[derive(Debug, Clone)]
-pub struct UnverifiedCertificate {
+pub(crate) struct UnverifiedCertificate {
     pub certificate: SequesterCertificate,
     /// Signature length, i.e. the authority key's k.
     pub signature_len: usize,
-    /// The signed envelope bytes.
-    pub serialized: Vec<u8>,
 }
 
-pub fn decode_unverified(row: &[u8]) -> Result<UnverifiedCertificate, FormatError> {
+pub(crate) fn decode_unverified(row: &[u8]) -> Result<UnverifiedCertificate, FormatError> {
     // Name and colon are checked with any k; then look for the k whose payload decodes.
     let (_, after) = armor::split(armor::PSS_SHA256, 0, row)?;
     let mut last_error = None;
@@ -291,7 +290,6 @@ pub fn decode_unverified(row: &[u8]) -> Result<UnverifiedCertificate, FormatErro
                 return Ok(UnverifiedCertificate {
                     certificate,
                     signature_len: k,
-                    serialized: payload.to_vec(),
                 })
             }
             Err(e) => last_error = Some(e),
@@ -353,8 +351,10 @@ mod tests {
             SequesterCertificate::Revoked(revoked)
         );
         // Wrong kind is refused by the typed decoders.
+        let (_, after) = armor::split(armor::PSS_SHA256, 0, &row).unwrap();
+        let signed = &after[unverified.signature_len..];
         assert!(matches!(
-            ServiceCertificate::decode(&unverified.serialized),
+            ServiceCertificate::decode(signed),
             Err(FormatError::WrongType { .. })
         ));
     }

@@ -7,25 +7,25 @@
 //! (spec §4.2 step 1, §4.6): a minimum size and an odd exponent >= 3.
 //!
 //! The one home of RSA public keys in the crate: the token layer builds and reads a token key's
-//! SPKI with [`spki_der_from_components`] and [`parse_spki_der_lenient`] (which also describe a
+//! SPKI with `spki_der_from_components` and [`parse_spki_der_lenient`] (which also describe a
 //! key Parsec would refuse, so that it can be named and then refused), and everything shows keys
-//! with [`spki_pem`] and [`spki_fingerprint`].
+//! with [`spki_pem`] and `spki_fingerprint`.
 
 use rsa::traits::PublicKeyParts;
 use rsa::BigUint;
-use spki::der::{self, Decode, Encode};
+use spki::der::{self, Decode};
 
 use super::FormatError;
 
 /// `rsaEncryption`, the only algorithm Parsec accepts for sequester keys.
-pub const RSA_ENCRYPTION_OID: der::asn1::ObjectIdentifier =
+pub(crate) const RSA_ENCRYPTION_OID: der::asn1::ObjectIdentifier =
     der::asn1::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 /// `id-RSASSA-PSS`: refused with a specific message (RustCrypto rejects it).
 const RSASSA_PSS_OID: der::asn1::ObjectIdentifier =
     der::asn1::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
 
 /// Largest modulus every Parsec component accepts (RustCrypto's limit, spec §1.5).
-pub const MAX_BITS: usize = super::limits::MAX_RSA_MODULUS_BITS;
+pub(crate) const MAX_BITS: usize = super::limits::MAX_RSA_MODULUS_BITS;
 /// Smallest key this tool signs for or with, unless a test explicitly lowers it.
 pub const MIN_SIGNING_BITS: usize = 2048;
 
@@ -134,7 +134,7 @@ impl RsaPublicKeyDer {
     }
 
     /// Builds the SPKI from a modulus and exponent (big-endian), as read from a token.
-    pub fn from_components(modulus: &[u8], exponent: &[u8]) -> Result<Self, FormatError> {
+    pub(crate) fn from_components(modulus: &[u8], exponent: &[u8]) -> Result<Self, FormatError> {
         let n = BigUint::from_bytes_be(modulus);
         let e = BigUint::from_bytes_be(exponent);
         let key = rsa::RsaPublicKey::new_unchecked(n, e);
@@ -144,11 +144,11 @@ impl RsaPublicKeyDer {
     }
 
     /// `-----BEGIN PUBLIC KEY-----` PEM, 64 columns, LF (as Parsec writes it).
-    pub fn to_pem(&self) -> String {
+    pub(crate) fn to_pem(&self) -> String {
         spki_pem(&self.der)
     }
 
-    pub fn der(&self) -> &[u8] {
+    pub(crate) fn der(&self) -> &[u8] {
         &self.der
     }
 
@@ -157,27 +157,21 @@ impl RsaPublicKeyDer {
     }
 
     /// Armor block size k = floor(bits / 8) (spec §1.5).
-    pub fn k(&self) -> usize {
+    pub(crate) fn k(&self) -> usize {
         self.bits / 8
     }
 
-    pub fn modulus(&self) -> &BigUint {
+    pub(crate) fn modulus(&self) -> &BigUint {
         &self.n
     }
 
-    pub fn exponent(&self) -> &BigUint {
+    pub(crate) fn exponent(&self) -> &BigUint {
         &self.e
     }
 
     /// SHA-256 of the SPKI DER, lowercase hex: the key fingerprint shown everywhere.
     pub fn fingerprint(&self) -> String {
         spki_fingerprint(&self.der)
-    }
-
-    /// The key as the `rsa` crate's type (for OAEP/PSS helpers).
-    pub fn to_rsa(&self) -> Result<rsa::RsaPublicKey, FormatError> {
-        rsa::RsaPublicKey::new(self.n.clone(), self.e.clone())
-            .map_err(|e| key_err(format!("RSA key rejected ({e})")))
     }
 
     /// What this tool requires of a key it signs with or for (spec §4.2 step 1): at least
@@ -218,7 +212,7 @@ pub fn spki_pem(der: &[u8]) -> String {
 }
 
 /// SHA-256 of a DER SPKI, lowercase hex: the key fingerprint shown everywhere.
-pub fn spki_fingerprint(der: &[u8]) -> String {
+pub(crate) fn spki_fingerprint(der: &[u8]) -> String {
     crate::crypto::sha256_hex(der)
 }
 
@@ -226,7 +220,10 @@ pub fn spki_fingerprint(der: &[u8]) -> String {
 /// token reports them (`CKA_MODULUS`, `CKA_PUBLIC_EXPONENT`). Up to 16384-bit moduli, so that a
 /// caller can still describe (and then refuse) an oversized key; [`RsaPublicKeyDer::from_der`]
 /// decides whether Parsec accepts it.
-pub fn spki_der_from_components(modulus: &[u8], exponent: &[u8]) -> Result<Vec<u8>, FormatError> {
+pub(crate) fn spki_der_from_components(
+    modulus: &[u8],
+    exponent: &[u8],
+) -> Result<Vec<u8>, FormatError> {
     let key = rsa::RsaPublicKey::new_with_max_size(
         BigUint::from_bytes_be(modulus),
         BigUint::from_bytes_be(exponent),
@@ -266,8 +263,9 @@ pub fn parse_spki_der_lenient(der: &[u8]) -> Result<rsa::RsaPublicKey, FormatErr
 }
 
 /// Encodes a DER value, for tests building odd SPKIs.
-#[doc(hidden)]
-pub fn encode_spki(oid: &str, params_null: bool, pkcs1_der: &[u8]) -> Vec<u8> {
+#[cfg(test)]
+fn encode_spki(oid: &str, params_null: bool, pkcs1_der: &[u8]) -> Vec<u8> {
+    use spki::der::Encode;
     let algorithm = spki::AlgorithmIdentifier {
         oid: der::asn1::ObjectIdentifier::new_unwrap(oid),
         parameters: params_null.then_some(der::asn1::AnyRef::NULL),
@@ -282,6 +280,7 @@ pub fn encode_spki(oid: &str, params_null: bool, pkcs1_der: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use spki::der::Encode;
 
     fn fixture(name: &str) -> String {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

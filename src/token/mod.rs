@@ -8,7 +8,7 @@
 //! never leaves the token.
 //!
 //! Host-side padding (EME-OAEP decoding, EMSA-PSS encoding) for tokens that only do raw RSA lives
-//! in [`crate::crypto::rsa_padding`].
+//! in the crate-internal `crypto::rsa_padding` module.
 
 use std::fmt;
 
@@ -333,16 +333,7 @@ pub enum OpenedKey {
 }
 
 impl OpenedKey {
-    /// The key through the backend-neutral interface.
-    pub fn handle(&self) -> &dyn KeyHandle {
-        match self {
-            OpenedKey::Pkcs11(key) => key.as_ref(),
-            #[cfg(feature = "yubikey")]
-            OpenedKey::Yubikey(key) => key.as_ref(),
-        }
-    }
-
-    pub fn into_handle(self) -> Box<dyn KeyHandle> {
+    pub(crate) fn into_handle(self) -> Box<dyn KeyHandle> {
         match self {
             OpenedKey::Pkcs11(key) => key,
             #[cfg(feature = "yubikey")]
@@ -445,16 +436,7 @@ pub enum GeneratedKey {
 }
 
 impl GeneratedKey {
-    /// The key through the backend-neutral interface.
-    pub fn handle(&self) -> &dyn KeyHandle {
-        match self {
-            GeneratedKey::Pkcs11(key) => key.as_ref(),
-            #[cfg(feature = "yubikey")]
-            GeneratedKey::Yubikey(generated) => &generated.key,
-        }
-    }
-
-    pub fn into_handle(self) -> Box<dyn KeyHandle> {
+    pub(crate) fn into_handle(self) -> Box<dyn KeyHandle> {
         match self {
             GeneratedKey::Pkcs11(key) => key,
             #[cfg(feature = "yubikey")]

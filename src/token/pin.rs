@@ -22,7 +22,7 @@ pub const PIN_ENV: &str = "SEQUESTER_CUSTODY_PIN";
 
 /// Where the PIN was read from (shown in `-v` output, never the PIN itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PinOrigin {
+pub(crate) enum PinOrigin {
     File,
     Environment,
     Prompt,
@@ -30,7 +30,7 @@ pub enum PinOrigin {
 
 /// Resolves the PIN for `request.token_label`: `pin_source` (the URI's `pin-source`, `file:` URI
 /// or a plain path) first, then [`PIN_ENV`], then `interaction` (asked once).
-pub fn resolve_pin(
+pub(crate) fn resolve_pin(
     pin_source: Option<&str>,
     request: &PinRequest<'_>,
     interaction: &dyn Interaction,
@@ -134,7 +134,7 @@ fn rejection_key(token_id: &str, pin: Option<&str>) -> [u8; 32] {
 /// Records that `token_id` rejected `pin` (wrong), or rejects every PIN (`pin = None`: locked,
 /// or a PIN pad entry failed): that PIN is never presented to that token again in this
 /// process, and if it came from the environment it is dropped.
-pub fn latch_rejected(token_id: &str, pin: Option<&str>) {
+pub(crate) fn latch_rejected(token_id: &str, pin: Option<&str>) {
     rejections()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -151,7 +151,7 @@ pub fn latch_rejected(token_id: &str, pin: Option<&str>) {
 
 /// Refuses (without touching the token) when `token_id` rejected this `pin` (or every PIN)
 /// earlier in this process. With `pin = None`, only the token-wide latch is checked.
-pub fn refuse_if_rejected(
+pub(crate) fn refuse_if_rejected(
     token_id: &str,
     pin: Option<&str>,
     token_label: &str,
@@ -169,7 +169,7 @@ pub fn refuse_if_rejected(
 
 /// Applies the latch to the outcome of presenting `pin` (`None`: PIN pad or nothing
 /// presented): `WrongPin` latches that PIN, `PinLocked` the whole token.
-pub fn latch_on_rejection<T>(
+pub(crate) fn latch_on_rejection<T>(
     token_id: &str,
     pin: Option<&str>,
     result: Result<T, TokenError>,
@@ -207,7 +207,7 @@ pub fn check_secret_file_mode(path: &Path, what: &str) -> Result<(), TokenError>
 
 /// Reads a PIN file given as `file:/path`, `file:///path` or a plain path. One trailing newline
 /// (LF or CRLF) is removed; the rest is the PIN. Refused when its group or others can read it.
-pub fn read_pin_file(source: &str) -> Result<Zeroizing<String>, TokenError> {
+pub(crate) fn read_pin_file(source: &str) -> Result<Zeroizing<String>, TokenError> {
     let path = source
         .strip_prefix("file://")
         .or_else(|| source.strip_prefix("file:"))

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::{MechanismPath, TokenError};
 
 /// Environment variable naming a directory of extra `*.toml` profiles.
-pub const PROFILES_ENV: &str = "SEQUESTER_CUSTODY_PROFILES";
+pub(crate) const PROFILES_ENV: &str = "SEQUESTER_CUSTODY_PROFILES";
 
 const SHIPPED: &[(&str, &str)] = &[
     ("softhsm2", include_str!("../../hsm-profiles/softhsm2.toml")),
@@ -92,7 +92,7 @@ pub struct Profile {
 
 impl Profile {
     /// Candidate module paths with `${VAR}` expanded; unset variables drop the candidate.
-    pub fn expanded_module_paths(&self) -> Vec<PathBuf> {
+    pub(crate) fn expanded_module_paths(&self) -> Vec<PathBuf> {
         self.module_paths
             .iter()
             .filter_map(|p| expand_env(p))
@@ -101,14 +101,14 @@ impl Profile {
     }
 
     /// The first candidate module present on this machine.
-    pub fn present_module(&self) -> Option<PathBuf> {
+    pub(crate) fn present_module(&self) -> Option<PathBuf> {
         self.expanded_module_paths()
             .into_iter()
             .find(|p| p.is_file())
     }
 
     /// True when `module` is one of this profile's candidates (same file).
-    pub fn matches_module(&self, module: &Path) -> bool {
+    pub(crate) fn matches_module(&self, module: &Path) -> bool {
         let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
         let module = canon(module);
         self.expanded_module_paths()
@@ -141,20 +141,20 @@ fn parse(name: &str, text: &str) -> Result<Profile, TokenError> {
 }
 
 /// The administrator's profiles (Debian's place for local configuration).
-pub const ADMIN_PROFILES: &str = "/etc/sequester-custody/hsm-profiles";
+pub(crate) const ADMIN_PROFILES: &str = "/etc/sequester-custody/hsm-profiles";
 
 /// The installed package's profiles: `../share/sequester-custody/hsm-profiles` from the
 /// binary's directory (`/usr/share/...` for `/usr/bin/sequester-custody`, `/usr/local/share/...`
 /// for a `/usr/local` install). A binary run from a build directory finds none there and uses
 /// the compiled-in copies of the same files.
-pub fn package_profiles() -> Option<PathBuf> {
+pub(crate) fn package_profiles() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let prefix = exe.parent()?.parent()?;
     Some(prefix.join("share/sequester-custody/hsm-profiles"))
 }
 
 /// Profile directories in increasing precedence: the package's and the administrator's (read
-/// when they exist), then [`PROFILES_ENV`] (which must exist when set).
+/// when they exist), then `PROFILES_ENV` (which must exist when set).
 pub fn profile_directories() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = package_profiles().into_iter().collect();
     dirs.push(PathBuf::from(ADMIN_PROFILES));
@@ -198,18 +198,8 @@ pub fn all_profiles() -> Result<Vec<Profile>, TokenError> {
     Ok(profiles)
 }
 
-/// The profile named `name`.
-pub fn find_profile(name: &str) -> Result<Profile, TokenError> {
-    all_profiles()?
-        .into_iter()
-        .find(|p| p.name == name)
-        .ok_or_else(|| {
-            TokenError::ModuleNotFound(format!("no HSM profile named `{name}` (module-name=)"))
-        })
-}
-
 /// The profile whose candidates include `module`, if any (for quirks and preferences).
-pub fn profile_for_module(module: &Path) -> Option<Profile> {
+pub(crate) fn profile_for_module(module: &Path) -> Option<Profile> {
     // A profile from PROFILES_ENV replaces a shipped one, and wins when both match.
     all_profiles()
         .ok()?

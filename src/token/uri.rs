@@ -34,7 +34,7 @@ fn bad(uri: &str, reason: impl Into<String>) -> TokenError {
 }
 
 /// Hides the value of any `pin-value=` attribute so that an error message never repeats a PIN.
-pub fn redact_pin_value(uri: &str) -> String {
+pub(crate) fn redact_pin_value(uri: &str) -> String {
     let mut out = String::with_capacity(uri.len());
     let mut rest = uri;
     while let Some(pos) = rest.find("pin-value=") {
@@ -76,7 +76,7 @@ fn pct_decode_str(uri: &str, s: &str) -> Result<String, TokenError> {
 }
 
 /// Percent-encodes everything outside RFC 7512's unreserved + a few safe characters.
-pub fn pct_encode(bytes: &[u8], extra_safe: &[u8]) -> String {
+pub(crate) fn pct_encode(bytes: &[u8], extra_safe: &[u8]) -> String {
     let mut out = String::new();
     for &b in bytes {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || extra_safe.contains(&b) {
@@ -162,12 +162,12 @@ impl Pkcs11Uri {
     }
 
     /// True when the URI names an object (a key), not just a token.
-    pub fn names_object(&self) -> bool {
+    pub(crate) fn names_object(&self) -> bool {
         self.object.is_some() || self.id.is_some()
     }
 
     /// Human-readable token selector for error messages (`token=… serial=…`).
-    pub fn token_selector(&self) -> String {
+    pub(crate) fn token_selector(&self) -> String {
         let mut parts = Vec::new();
         if let Some(t) = &self.token {
             parts.push(format!("token={t}"));
@@ -192,7 +192,7 @@ impl Pkcs11Uri {
     }
 
     /// Human-readable object selector for error messages.
-    pub fn object_selector(&self) -> String {
+    pub(crate) fn object_selector(&self) -> String {
         let mut parts = Vec::new();
         if let Some(o) = &self.object {
             parts.push(format!("object={o}"));
@@ -208,7 +208,7 @@ impl Pkcs11Uri {
     }
 
     /// Serialises back to a URI (no PIN ever). Token selection prefers the serial when known.
-    pub fn to_uri_string(&self) -> String {
+    pub(crate) fn to_uri_string(&self) -> String {
         let mut path = Vec::new();
         if let Some(t) = &self.token {
             path.push(format!("token={}", pct_encode(t.as_bytes(), b" ")));
@@ -245,7 +245,7 @@ impl Pkcs11Uri {
 }
 
 /// `%xx` for every byte (the usual form of `id=` values).
-pub fn pct_encode_all(bytes: &[u8]) -> String {
+pub(crate) fn pct_encode_all(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("%{b:02X}")).collect()
 }
 

@@ -2,7 +2,7 @@
 //!
 //! PIV only does raw RSA: signing sends an EMSA-PSS block encoded on the host, decryption
 //! returns the padded block, which the host decodes (constant-time EME-OAEP). Both paddings
-//! live in [`crate::crypto::rsa_padding`]. Keys are generated on the card; a self-signed
+//! live in the crate-internal `crypto::rsa_padding`. Keys are generated on the card; a self-signed
 //! certificate is written to the slot so the public key can be found again (and so OpenSC /
 //! ykcs11 expose the key over PKCS#11). Attestation (slot certificate signed by the card's f9
 //! key) is checked by [`attestation`].
@@ -67,7 +67,7 @@ fn algorithm_for_bits(bits: usize) -> Option<piv::AlgorithmId> {
 /// How RSA operations reach the card: through the `yubikey` crate (1024/2048) or through our
 /// own PIV commands (3072/4096, firmware 5.7+; see the `raw` module).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PivAlgorithm {
+pub(crate) enum PivAlgorithm {
     Crate(piv::AlgorithmId),
     Raw(u8),
 }
@@ -180,9 +180,6 @@ pub struct YubikeyKey {
 }
 
 impl YubikeyKey {
-    pub fn serial(&self) -> u32 {
-        self.serial
-    }
     pub fn slot(&self) -> u8 {
         self.slot
     }
@@ -444,7 +441,7 @@ pub fn open_key(
 
 /// [`open_key`] returning the concrete type (attestation, serial); `login = None` opens for
 /// reading only (public key, attestation), without a PIN.
-pub fn open_yubikey_key(
+pub(crate) fn open_yubikey_key(
     uri: &str,
     login: Option<&dyn Interaction>,
 ) -> Result<YubikeyKey, TokenError> {
@@ -489,7 +486,7 @@ pub fn open_yubikey_key(
 }
 
 /// Checks that a YubiKey can generate `bits`-bit RSA; explains why not.
-pub fn check_generation_size(
+pub(crate) fn check_generation_size(
     bits: usize,
     firmware: (u8, u8, u8),
 ) -> Result<PivAlgorithm, TokenError> {
@@ -649,7 +646,7 @@ pub fn generate(
 /// signs rarely (a service or revocation certificate) and each signature should be a deliberate
 /// act of a person at the card. Service: PIN once and touch never, because an export reads many
 /// access rows in one session and would otherwise ask for a PIN and a touch per row.
-pub fn default_policies(role: Role) -> (PinPolicyOpt, TouchPolicyOpt) {
+pub(crate) fn default_policies(role: Role) -> (PinPolicyOpt, TouchPolicyOpt) {
     match role {
         Role::Authority => (PinPolicyOpt::Always, TouchPolicyOpt::Always),
         Role::Service => (PinPolicyOpt::Once, TouchPolicyOpt::Never),

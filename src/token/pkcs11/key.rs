@@ -181,7 +181,7 @@ fn read_bytes(
 }
 
 /// Provenance verdict from the raw facts (see docs/keys-and-tokens.md).
-pub fn verdict(
+pub(crate) fn verdict(
     local: Option<bool>,
     never_extractable: Option<bool>,
     always_sensitive: Option<bool>,
@@ -199,7 +199,7 @@ pub fn verdict(
 }
 
 /// Reads the provenance attributes of `handle`.
-pub fn read_provenance(session: &Session, handle: ObjectHandle) -> Provenance {
+pub(crate) fn read_provenance(session: &Session, handle: ObjectHandle) -> Provenance {
     let local = read_bool(session, handle, AttributeType::Local);
     let never_extractable = read_bool(session, handle, AttributeType::NeverExtractable);
     let always_sensitive = read_bool(session, handle, AttributeType::AlwaysSensitive);
@@ -301,7 +301,7 @@ pub(crate) fn exempt_by_profile(token: &TokenRef, weaknesses: Vec<String>) -> Ve
 }
 
 /// Finds private RSA keys matching the URI's object attributes on an open session.
-pub fn find_private_keys(
+pub(crate) fn find_private_keys(
     session: &Session,
     uri: &Pkcs11Uri,
 ) -> Result<Vec<ObjectHandle>, TokenError> {
@@ -354,7 +354,7 @@ fn public_components(
 
 impl Pkcs11Key {
     /// Wraps an already-located private key object.
-    pub fn from_handle(
+    pub(crate) fn from_handle(
         token: TokenRef,
         session: Session,
         handle: ObjectHandle,
@@ -400,7 +400,7 @@ impl Pkcs11Key {
     /// session login if there was one, else `pin_source` (then the environment, then
     /// `interaction`), read at the first operation. Without `CKA_ALWAYS_AUTHENTICATE` the PIN
     /// is not kept.
-    pub fn with_pin_source(
+    pub(crate) fn with_pin_source(
         mut self,
         pin_source: Option<&str>,
         login_pin: Option<Zeroizing<String>>,
@@ -465,22 +465,13 @@ impl Pkcs11Key {
         }
     }
 
-    pub fn token_ref(&self) -> &TokenRef {
-        &self.token
-    }
-
     /// Modulus length in bits.
-    pub fn bits(&self) -> usize {
+    pub(crate) fn bits(&self) -> usize {
         self.public.n().bits()
     }
 
-    /// k: the RSA block size in bytes (spec conventions).
-    pub fn block_len(&self) -> usize {
-        self.bits() / 8
-    }
-
     /// The key's role, from its usage flags (sign only = authority, decrypt only = service).
-    pub fn role(&self) -> Option<Role> {
+    pub(crate) fn role(&self) -> Option<Role> {
         match (self.can_sign, self.can_decrypt) {
             (true, false) => Some(Role::Authority),
             (false, true) => Some(Role::Service),
@@ -499,11 +490,6 @@ impl Pkcs11Key {
             n.sign.retain(ok);
         }
         n
-    }
-
-    /// Why the key is unsafe to use; empty for a hardened key.
-    pub fn weaknesses(&self) -> &[String] {
-        &self.weaknesses
     }
 
     /// Before any private-key operation: refuses an unsafe key (unless the test-only override
@@ -543,7 +529,7 @@ impl Pkcs11Key {
     }
 
     /// A URI selecting this key again (serial, label, id, module path; no PIN).
-    pub fn uri(&self) -> String {
+    pub(crate) fn uri(&self) -> String {
         let mut u = self.token.uri();
         u.object = Some(self.label.clone()).filter(|l| !l.is_empty());
         u.id = Some(self.id.clone()).filter(|i| !i.is_empty());

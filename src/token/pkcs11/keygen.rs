@@ -264,7 +264,7 @@ fn creation_error(operation: &str, err: cryptoki::error::Error) -> TokenError {
 }
 
 /// Generates an RSA key pair for `spec.role` on the token `token_uri` designates.
-pub fn generate(
+pub(crate) fn generate(
     token_uri: &Pkcs11Uri,
     spec: &KeySpec,
     interaction: SharedInteraction,

@@ -55,7 +55,7 @@ pub struct TokenDetails {
     pub mechanisms: Negotiated,
 }
 
-pub fn token_flags(info: &TokenInfo) -> Vec<String> {
+pub(crate) fn token_flags(info: &TokenInfo) -> Vec<String> {
     let mut flags = Vec::new();
     let mut f = |on: bool, name: &str| {
         if on {

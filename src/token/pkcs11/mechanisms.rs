@@ -37,7 +37,7 @@ fn key(token: &TokenRef, key_bits: usize) -> CacheKey {
 }
 
 /// The token-side mechanism each path needs, and whether it must allow decrypt (else sign).
-pub fn required_mechanism(path: MechanismPath) -> (MechanismType, bool) {
+pub(crate) fn required_mechanism(path: MechanismPath) -> (MechanismType, bool) {
     match path {
         MechanismPath::NativeOaepSha256 => (MechanismType::RSA_PKCS_OAEP, true),
         MechanismPath::RawRsaHostOaep => (MechanismType::RSA_X_509, true),
@@ -62,7 +62,7 @@ fn supported(token: &TokenRef, path: MechanismPath, key_bits: usize) -> bool {
 }
 
 /// The paths this token supports for a key of `key_bits` (0 = any), in profile order.
-pub fn negotiate(token: &TokenRef, key_bits: usize) -> Negotiated {
+pub(crate) fn negotiate(token: &TokenRef, key_bits: usize) -> Negotiated {
     let k = key(token, key_bits);
     if let Some(n) = cache().lock().unwrap_or_else(|e| e.into_inner()).get(&k) {
         return n.clone();
@@ -95,7 +95,7 @@ pub fn negotiate(token: &TokenRef, key_bits: usize) -> Negotiated {
 }
 
 /// Drops `path` from the token's cached paths after the token refused it.
-pub fn mark_refused(token: &TokenRef, path: MechanismPath) {
+pub(crate) fn mark_refused(token: &TokenRef, path: MechanismPath) {
     let mut cache = cache().lock().unwrap_or_else(|e| e.into_inner());
     let this = key(token, 0);
     for (k, n) in cache.iter_mut() {

@@ -1,14 +1,14 @@
 //! PKCS#11 backend (cryptoki): module loading through HSM profiles, token selection by RFC 7512
 //! URI, login, mechanism negotiation, key generation, import, listing and provenance.
 
-pub mod key;
+pub(crate) mod key;
 pub mod keygen;
-pub mod listing;
-pub mod mechanisms;
+pub(crate) mod listing;
+pub(crate) mod mechanisms;
 pub mod module;
 pub mod pem_key;
 pub mod registry;
-pub mod session;
+pub(crate) mod session;
 
 pub use key::Pkcs11Key;
 pub use listing::{list_modules, token_details, ModuleListing, TokenDetails, TokenSummary};

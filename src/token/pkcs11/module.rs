@@ -48,7 +48,7 @@ pub struct RawFunctions {
 
 /// `C_Decrypt` and `C_Sign` share this signature (session, input, input length, output,
 /// output length).
-pub type SinglePartFn = unsafe extern "C" fn(
+pub(crate) type SinglePartFn = unsafe extern "C" fn(
     cryptoki_sys::CK_SESSION_HANDLE,
     *mut u8,
     cryptoki_sys::CK_ULONG,
@@ -106,7 +106,7 @@ fn modules() -> &'static Mutex<HashMap<PathBuf, Arc<Module>>> {
 }
 
 /// Loads and initialises the module at `path`, or returns the already loaded one.
-pub fn load_module(path: &Path) -> Result<Arc<Module>, TokenError> {
+pub(crate) fn load_module(path: &Path) -> Result<Arc<Module>, TokenError> {
     if !path.is_file() {
         return Err(TokenError::ModuleNotFound(format!(
             "{} does not exist",
@@ -143,7 +143,7 @@ pub fn load_module(path: &Path) -> Result<Arc<Module>, TokenError> {
 
 /// The library `module-name=NAME` designates: the installed module of the HSM profile of that
 /// name, else the module p11-kit registers under that name (see [`registry`]).
-pub fn module_by_name(name: &str) -> Result<PathBuf, TokenError> {
+pub(crate) fn module_by_name(name: &str) -> Result<PathBuf, TokenError> {
     let profile = profile::all_profiles()?
         .into_iter()
         .rev()
@@ -177,7 +177,7 @@ pub fn module_by_name(name: &str) -> Result<PathBuf, TokenError> {
 /// The module paths a URI designates: `module-path`, else `module-name` (an HSM profile or
 /// p11-kit's registry), else [`MODULE_ENV`], else every profile's module that is present on
 /// this machine.
-pub fn module_candidates(uri: &Pkcs11Uri) -> Result<Vec<PathBuf>, TokenError> {
+pub(crate) fn module_candidates(uri: &Pkcs11Uri) -> Result<Vec<PathBuf>, TokenError> {
     if let Some(path) = &uri.module_path {
         let path = PathBuf::from(path);
         if !path.is_file() {
@@ -227,7 +227,7 @@ pub struct TokenRef {
 }
 
 impl TokenRef {
-    pub fn info(&self) -> Result<TokenInfo, TokenError> {
+    pub(crate) fn info(&self) -> Result<TokenInfo, TokenError> {
         self.module
             .ctx
             .get_token_info(self.slot)
@@ -235,13 +235,13 @@ impl TokenRef {
     }
 
     /// A URI selecting this token again (serial + label + module path).
-    pub fn uri(&self) -> Pkcs11Uri {
+    pub(crate) fn uri(&self) -> Pkcs11Uri {
         token_uri(&self.module.path, &self.description)
     }
 }
 
 /// A URI selecting a token by label and serial on the module at `module_path`.
-pub fn token_uri(module_path: &Path, description: &TokenDescription) -> Pkcs11Uri {
+pub(crate) fn token_uri(module_path: &Path, description: &TokenDescription) -> Pkcs11Uri {
     Pkcs11Uri {
         token: Some(description.label.clone()),
         serial: Some(description.serial.clone()).filter(|s| !s.is_empty()),
@@ -250,7 +250,7 @@ pub fn token_uri(module_path: &Path, description: &TokenDescription) -> Pkcs11Ur
     }
 }
 
-pub fn describe(info: &TokenInfo) -> TokenDescription {
+pub(crate) fn describe(info: &TokenInfo) -> TokenDescription {
     TokenDescription {
         backend: "pkcs11".into(),
         manufacturer: info.manufacturer_id().trim_end().to_string(),

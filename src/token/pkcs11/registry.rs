@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use super::super::TokenError;
 
 /// Modules shipped by packages (`p11-kit-modules`, `softhsm2`, `opensc`, …).
-pub const PACKAGE_MODULE_CONFIGS: &str = "/usr/share/p11-kit/modules";
+pub(crate) const PACKAGE_MODULE_CONFIGS: &str = "/usr/share/p11-kit/modules";
 /// Modules registered by the administrator.
-pub const ADMIN_MODULE_CONFIGS: &str = "/etc/pkcs11/modules";
+pub(crate) const ADMIN_MODULE_CONFIGS: &str = "/etc/pkcs11/modules";
 /// The administrator's global settings (`user-config: none | merge | only`).
-pub const GLOBAL_CONFIG: &str = "/etc/pkcs11/pkcs11.conf";
+pub(crate) const GLOBAL_CONFIG: &str = "/etc/pkcs11/pkcs11.conf";
 
 /// p11-kit's directory for relative `module:` paths (Debian's multiarch layout), then the
 /// layouts of other distributions.
@@ -101,7 +101,7 @@ fn config_value(text: &str, key: &str) -> Option<String> {
 }
 
 /// The configuration directories in increasing precedence, as `user-config` allows.
-pub fn config_directories() -> Vec<PathBuf> {
+pub(crate) fn config_directories() -> Vec<PathBuf> {
     let mode = user_config_mode();
     let mut dirs = Vec::new();
     if mode != "only" {
@@ -183,7 +183,7 @@ fn absolute_library(module: &str) -> PathBuf {
 /// name, else a library `NAME.so` or `libNAME.so` in p11-kit's module directory (RFC 7512's
 /// "library name without path and extension", e.g. `module-name=p11-kit-client`).
 /// `Ok(None)` when p11-kit knows no such name.
-pub fn resolve_module_name(name: &str) -> Result<Option<PathBuf>, TokenError> {
+pub(crate) fn resolve_module_name(name: &str) -> Result<Option<PathBuf>, TokenError> {
     if let Some(module) = registered_modules().remove(name) {
         if !module.enabled {
             return Err(TokenError::ModuleNotFound(format!(

@@ -13,7 +13,7 @@ use super::ck_error;
 use super::module::TokenRef;
 
 /// The token's user-PIN counter state, in words.
-pub fn pin_counter_state(token: &TokenRef) -> String {
+pub(crate) fn pin_counter_state(token: &TokenRef) -> String {
     match token.info() {
         Ok(info) => {
             let mut flags = Vec::new();
@@ -37,7 +37,7 @@ pub fn pin_counter_state(token: &TokenRef) -> String {
 }
 
 /// Opens a session on `token` and logs the user in (once; an existing login is reused).
-pub fn open_logged_in(
+pub(crate) fn open_logged_in(
     token: &TokenRef,
     read_write: bool,
     pin_source: Option<&str>,
@@ -50,7 +50,7 @@ pub fn open_logged_in(
 /// [`open_logged_in`], also returning the PIN that was used, if one was read (a key with
 /// `CKA_ALWAYS_AUTHENTICATE` needs it again for its context-specific logins; `None` when the
 /// session was already logged in or the token has a PIN pad).
-pub fn open_logged_in_keeping_pin(
+pub(crate) fn open_logged_in_keeping_pin(
     token: &TokenRef,
     read_write: bool,
     pin_source: Option<&str>,
@@ -67,17 +67,8 @@ pub fn open_logged_in_keeping_pin(
     Ok((session, pin))
 }
 
-/// Opens a session without logging in (public objects, token info).
-pub fn open_public(token: &TokenRef) -> Result<Session, TokenError> {
-    token
-        .module
-        .ctx
-        .open_ro_session(token.slot)
-        .map_err(|e| ck_error("C_OpenSession", e))
-}
-
 /// The identity under which a rejected PIN is latched (module and token serial).
-pub fn latch_id(token: &TokenRef) -> String {
+pub(crate) fn latch_id(token: &TokenRef) -> String {
     format!(
         "pkcs11:{}:{}:{}",
         token.module.path.display(),
@@ -135,7 +126,7 @@ fn login(
 /// `CKA_ALWAYS_AUTHENTICATE` demands between `C_SignInit`/`C_DecryptInit` and
 /// `C_Sign`/`C_Decrypt`. `pin` is `None` on a token with a PIN pad. One attempt: the caller
 /// never calls it again after a wrong PIN.
-pub fn context_login(
+pub(crate) fn context_login(
     token: &TokenRef,
     session: &Session,
     pin: Option<&str>,

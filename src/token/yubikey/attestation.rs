@@ -236,7 +236,7 @@ pub fn load_roots(path: &std::path::Path) -> Result<Vec<Vec<u8>>, AttestationErr
 }
 
 /// Extracts the Yubico extensions of a slot attestation certificate.
-pub fn facts_of(cert: &Certificate) -> AttestedFacts {
+pub(crate) fn facts_of(cert: &Certificate) -> AttestedFacts {
     let mut facts = AttestedFacts::default();
     for ext in cert.tbs_certificate.extensions.iter().flatten() {
         let value = ext.extn_value.as_bytes();

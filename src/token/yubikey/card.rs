@@ -11,7 +11,7 @@ use super::raw;
 const BACKEND: &str = "yubikey";
 
 /// An open card and what we learned when opening it.
-pub struct Card {
+pub(super) struct Card {
     pub yk: YubiKey,
     pub serial: u32,
     pub version: (u8, u8, u8),
@@ -19,17 +19,17 @@ pub struct Card {
 }
 
 impl Card {
-    pub fn label(&self) -> String {
+    pub(super) fn label(&self) -> String {
         format!("YubiKey {}", self.serial)
     }
 
-    pub fn version_string(&self) -> String {
+    pub(super) fn version_string(&self) -> String {
         format!("{}.{}.{}", self.version.0, self.version.1, self.version.2)
     }
 }
 
 /// Maps a PC/SC-level failure to a message an operator can act on.
-pub fn pcsc_error(operation: &str, err: &YkError) -> TokenError {
+pub(super) fn pcsc_error(operation: &str, err: &YkError) -> TokenError {
     let reason =
         match err {
             YkError::PcscError { inner: Some(e) } => match e {
@@ -64,7 +64,7 @@ pub fn pcsc_error(operation: &str, err: &YkError) -> TokenError {
 
 /// Every reader seen over PC/SC: the PIV cards opened, and the readers whose card another
 /// program holds exclusively.
-pub struct Walk {
+pub(super) struct Walk {
     pub cards: Vec<Card>,
     pub busy: Vec<(String, YkError)>,
     pub readers: usize,
@@ -75,7 +75,7 @@ pub struct Walk {
 ///
 /// Readers are walked by hand (rather than `YubiKey::open`) so that a card held by another
 /// program is reported as such instead of as "not found".
-pub fn open_all() -> Result<Walk, TokenError> {
+pub(super) fn open_all() -> Result<Walk, TokenError> {
     let mut context =
         ::yubikey::reader::Context::open().map_err(|e| pcsc_error("opening PC/SC", &e))?;
     let readers: Vec<_> = match context.iter() {
@@ -115,12 +115,12 @@ pub fn open_all() -> Result<Walk, TokenError> {
 }
 
 /// Releases a card without resetting it (a reset would drop another handle's verified PIN).
-pub fn release(card: Card) {
+pub(super) fn release(card: Card) {
     let _ = card.yk.disconnect(pcsc::Disposition::LeaveCard);
 }
 
 /// Opens the card with `serial`, or the only card present when `serial` is `None`.
-pub fn open(serial: Option<u32>) -> Result<Card, TokenError> {
+pub(super) fn open(serial: Option<u32>) -> Result<Card, TokenError> {
     let walk = open_all()?;
     if walk.readers == 0 {
         return Err(TokenError::NoSuchToken(
@@ -169,14 +169,14 @@ pub fn open(serial: Option<u32>) -> Result<Card, TokenError> {
 /// Verifies the PIN once. A wrong PIN is reported with the retries left and never retried.
 /// A rejected or blocked PIN latches (see [`crate::token::pin::latch_rejected`]): the card is
 /// never sent a PIN again in this process, so a PIN changed mid-run costs exactly one retry.
-pub fn verify_pin(card: &mut Card, pin: &Zeroizing<String>) -> Result<(), TokenError> {
+pub(super) fn verify_pin(card: &mut Card, pin: &Zeroizing<String>) -> Result<(), TokenError> {
     let id = latch_id(card.serial);
     crate::token::pin::refuse_if_rejected(&id, Some(pin), &card.label())?;
     crate::token::pin::latch_on_rejection(&id, Some(pin), verify_pin_once(card, pin))
 }
 
 /// The identity under which a rejected PIN of the card `serial` is latched.
-pub fn latch_id(serial: u32) -> String {
+pub(super) fn latch_id(serial: u32) -> String {
     format!("yubikey:{serial}")
 }
 
@@ -250,7 +250,7 @@ fn default_key_warning(card: &Card, algorithm: u8, interaction: &dyn Interaction
 /// be verified), then the factory default, with a loud warning through `interaction`. 3DES keys go through the
 /// `yubikey` crate; AES keys (the default of firmware 5.7) through [`raw`], which the card
 /// accepts for the following commands of either handle.
-pub fn authenticate_admin(
+pub(super) fn authenticate_admin(
     card: &mut Card,
     mgm_key_source: Option<&str>,
     interaction: &dyn Interaction,
@@ -320,17 +320,17 @@ pub fn authenticate_admin(
 }
 
 /// PIN retries left, without spending one.
-pub fn pin_retries(card: &mut Card) -> Result<u8, TokenError> {
+pub(super) fn pin_retries(card: &mut Card) -> Result<u8, TokenError> {
     card.yk
         .get_pin_retries()
         .map_err(|e| pcsc_error("reading the PIN retry counter", &e))
 }
 
 /// A slot's public key (SPKI DER) and the subject of its certificate, when it has one.
-pub type SlotKey = (Vec<u8>, Option<String>);
+pub(super) type SlotKey = (Vec<u8>, Option<String>);
 
 /// Reads the public key held in `slot`: the slot certificate, or key metadata (firmware 5.3+).
-pub fn read_slot_public_key(
+pub(super) fn read_slot_public_key(
     card: &mut Card,
     slot: piv::SlotId,
 ) -> Result<Option<SlotKey>, TokenError> {
@@ -362,7 +362,7 @@ pub fn read_slot_public_key(
 /// What GET METADATA (firmware 5.3+) says about a slot's key: facts the management key cannot
 /// rewrite, unlike the slot certificate.
 #[derive(Debug, Clone, Default)]
-pub struct SlotMetadata {
+pub(super) struct SlotMetadata {
     /// The key's SubjectPublicKeyInfo DER.
     pub spki: Option<Vec<u8>>,
     /// `Some(true)` generated on the card, `Some(false)` imported.
@@ -373,7 +373,7 @@ pub struct SlotMetadata {
 
 /// The slot's key metadata, or `None` when the card does not answer GET METADATA for it
 /// (firmware before 5.3, or the emulated card of the tests).
-pub fn slot_metadata(card: &mut Card, slot: piv::SlotId) -> Option<SlotMetadata> {
+pub(super) fn slot_metadata(card: &mut Card, slot: piv::SlotId) -> Option<SlotMetadata> {
     use der::Encode;
     let meta = piv::metadata(&mut card.yk, slot).ok()?;
     Some(SlotMetadata {

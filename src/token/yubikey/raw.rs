@@ -13,8 +13,8 @@ use super::super::TokenError;
 
 const BACKEND: &str = "yubikey";
 /// PIV algorithm references (SP 800-78 / Yubico).
-pub const ALG_RSA3072: u8 = 0x05;
-pub const ALG_RSA4096: u8 = 0x16;
+pub(super) const ALG_RSA3072: u8 = 0x05;
+pub(super) const ALG_RSA4096: u8 = 0x16;
 
 fn err(operation: &str, reason: impl ToString) -> TokenError {
     TokenError::Backend {
@@ -25,7 +25,7 @@ fn err(operation: &str, reason: impl ToString) -> TokenError {
 }
 
 /// Algorithm reference for an RSA size this module handles.
-pub fn algorithm(bits: usize) -> Option<u8> {
+pub(super) fn algorithm(bits: usize) -> Option<u8> {
     match bits {
         3072 => Some(ALG_RSA3072),
         4096 => Some(ALG_RSA4096),
@@ -33,7 +33,7 @@ pub fn algorithm(bits: usize) -> Option<u8> {
     }
 }
 
-pub struct RawPiv {
+pub(super) struct RawPiv {
     /// `None` only while dropping.
     card: Option<pcsc::Card>,
     _context: pcsc::Context,
@@ -88,7 +88,7 @@ fn parse_tlv(data: &[u8]) -> Option<(u16, &[u8], &[u8])> {
 
 impl RawPiv {
     /// A second shared handle on the card in `reader`.
-    pub fn connect(reader: &str) -> Result<Self, TokenError> {
+    pub(super) fn connect(reader: &str) -> Result<Self, TokenError> {
         let context =
             pcsc::Context::establish(pcsc::Scope::System).map_err(|e| err("opening PC/SC", e))?;
         let name = CString::new(reader).map_err(|e| err("opening the reader", e))?;
@@ -161,7 +161,7 @@ impl RawPiv {
 
     /// GENERATE ASYMMETRIC KEY PAIR; returns the public key as SubjectPublicKeyInfo DER.
     /// Needs the management key authenticated.
-    pub fn generate_rsa(
+    pub(super) fn generate_rsa(
         &mut self,
         slot: u8,
         algorithm: u8,
@@ -221,7 +221,7 @@ impl RawPiv {
 
     /// Raw RSA with the key in `slot` (GENERAL AUTHENTICATE, challenge tag 0x81). Needs the
     /// PIN verified right before (policy `always`) or in this session.
-    pub fn raw_rsa(
+    pub(super) fn raw_rsa(
         &mut self,
         slot: u8,
         algorithm: u8,
@@ -252,7 +252,11 @@ impl RawPiv {
     }
 
     /// PUT DATA of a slot certificate object (5FC1xx), uncompressed. Needs the management key.
-    pub fn put_certificate(&mut self, object_id: u32, cert_der: &[u8]) -> Result<(), TokenError> {
+    pub(super) fn put_certificate(
+        &mut self,
+        object_id: u32,
+        cert_der: &[u8],
+    ) -> Result<(), TokenError> {
         let mut inner = tlv(&[0x70], cert_der);
         inner.extend_from_slice(&[0x71, 0x01, 0x00, 0xfe, 0x00]);
         let id = object_id.to_be_bytes();
@@ -270,13 +274,13 @@ impl RawPiv {
 }
 
 /// Management key algorithms (GET METADATA tag 01 of slot 9B).
-pub const MGM_3DES: u8 = 0x03;
-pub const MGM_AES128: u8 = 0x08;
-pub const MGM_AES192: u8 = 0x0a;
-pub const MGM_AES256: u8 = 0x0c;
+pub(super) const MGM_3DES: u8 = 0x03;
+pub(super) const MGM_AES128: u8 = 0x08;
+pub(super) const MGM_AES192: u8 = 0x0a;
+pub(super) const MGM_AES256: u8 = 0x0c;
 
 /// Key length of a management key algorithm.
-pub fn management_key_len(algorithm: u8) -> Option<usize> {
+pub(super) fn management_key_len(algorithm: u8) -> Option<usize> {
     match algorithm {
         MGM_3DES | MGM_AES192 => Some(24),
         MGM_AES128 => Some(16),
@@ -285,7 +289,7 @@ pub fn management_key_len(algorithm: u8) -> Option<usize> {
     }
 }
 
-pub fn management_algorithm_name(algorithm: u8) -> String {
+pub(super) fn management_algorithm_name(algorithm: u8) -> String {
     match algorithm {
         MGM_3DES => "3DES".into(),
         MGM_AES128 => "AES-128".into(),
@@ -322,7 +326,7 @@ fn mgm_block(algorithm: u8, key: &[u8], block: &mut [u8], decrypt: bool) -> Opti
 impl RawPiv {
     /// The management key's algorithm from GET METADATA (firmware 5.3+); `None` if the card
     /// does not say.
-    pub fn management_key_algorithm(&mut self) -> Option<u8> {
+    pub(super) fn management_key_algorithm(&mut self) -> Option<u8> {
         let (answer, sw) = self.command([0x00, 0xf7, 0x00, 0x9b], &[]).ok()?;
         if sw != 0x9000 {
             return None;
@@ -339,7 +343,7 @@ impl RawPiv {
 
     /// Mutual challenge-response with the management key (3DES or AES), as the `yubikey`
     /// crate does for 3DES only. Returns `Ok(false)` when the card refuses the key.
-    pub fn authenticate_management_key(
+    pub(super) fn authenticate_management_key(
         &mut self,
         algorithm: u8,
         key: &[u8],
@@ -380,7 +384,7 @@ impl RawPiv {
 }
 
 /// The certificate object of a key slot (SP 800-73 / Yubico retired slots).
-pub fn certificate_object(slot: u8) -> Option<u32> {
+pub(super) fn certificate_object(slot: u8) -> Option<u32> {
     Some(match slot {
         0x9a => 0x5fc105,
         0x9c => 0x5fc10a,

@@ -10,7 +10,7 @@ use super::super::{Role, TokenError};
 
 /// A parsed `yubikey:` URI.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct YubikeyUri {
+pub(crate) struct YubikeyUri {
     pub serial: Option<u32>,
     pub slot: Option<u8>,
     pub pin_source: Option<String>,
@@ -49,13 +49,13 @@ fn redact(uri: &str) -> String {
 }
 
 /// Slots that may hold sequester keys: 9a/9c/9d/9e and the 20 retired key-management slots.
-pub fn slot_is_usable(slot: u8) -> bool {
+pub(crate) fn slot_is_usable(slot: u8) -> bool {
     matches!(slot, 0x9a | 0x9c | 0x9d | 0x9e | 0x82..=0x95)
 }
 
 /// The default slot of a role: authority keys sign (9c, "Digital Signature"), service keys
 /// decrypt (9d, "Key Management"); further service keys go to the retired slots 82..95.
-pub fn default_slot(role: Role) -> u8 {
+pub(crate) fn default_slot(role: Role) -> u8 {
     match role {
         Role::Authority => 0x9c,
         Role::Service => 0x9d,
@@ -63,7 +63,7 @@ pub fn default_slot(role: Role) -> u8 {
 }
 
 /// The role a slot suggests when nothing else says (used by `key list`).
-pub fn role_of_slot(slot: u8) -> Option<Role> {
+pub(crate) fn role_of_slot(slot: u8) -> Option<Role> {
     match slot {
         0x9c => Some(Role::Authority),
         0x9d | 0x82..=0x95 => Some(Role::Service),
@@ -72,7 +72,7 @@ pub fn role_of_slot(slot: u8) -> Option<Role> {
 }
 
 impl YubikeyUri {
-    pub fn parse(uri: &str) -> Result<Self, TokenError> {
+    pub(crate) fn parse(uri: &str) -> Result<Self, TokenError> {
         let rest = uri
             .strip_prefix("yubikey:")
             .ok_or_else(|| bad(uri, "does not start with `yubikey:`"))?;
@@ -148,7 +148,7 @@ impl YubikeyUri {
     }
 
     /// The URI that selects this key again (no PIN, no secrets).
-    pub fn key_uri(serial: u32, slot: u8) -> String {
+    pub(crate) fn key_uri(serial: u32, slot: u8) -> String {
         format!("yubikey:serial={serial};slot={slot:02x}")
     }
 }
