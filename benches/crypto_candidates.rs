@@ -1,7 +1,7 @@
-//! Candidates micro-benchmark for Parsec's secretbox (XSalsa20-Poly1305 open, spec §1.1) and
-//! SHA-256 (issue 11 item 3). Prints MB/s of plaintext per candidate and block size, the best of
-//! several rounds, with the 1-min load average before/after and the thread's CPU share. Run with
-//! `cargo bench --bench crypto_candidates` (env `CANDIDATES_ROUNDS`, `CANDIDATES_MIB`).
+//! Candidates micro-benchmark for Parsec's secretbox (XSalsa20-Poly1305 open, docs/formats.md §1.1)
+//! and SHA-256. Prints MB/s of plaintext per candidate and block size, the best of several rounds,
+//! with the 1-min load average before/after and the thread's CPU share. Run with `cargo bench
+//! --bench crypto_candidates` (env `CANDIDATES_ROUNDS`, `CANDIDATES_MIB`).
 //!
 //! The product (`crypto::symmetric::secretbox_open`) is measured beside the raw primitives so its
 //! own overhead (allocation, zeroizing) shows.

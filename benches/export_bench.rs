@@ -1,4 +1,4 @@
-//! Benchmark harness of issue 7 (`harness = false`; run by `scripts/bench.sh`, which generates
+//! Benchmark harness (`harness = false`; run by `scripts/bench.sh`, which generates
 //! the exports and the token and passes them here).
 //!
 //! Measures, on the three generated exports: open + verify + key recovery (and token operation
@@ -44,7 +44,7 @@ struct Args {
     history: PathBuf,
     work: PathBuf,
     skip_mount: bool,
-    /// Optional 1,000,000-entry export: peak RSS rows (issue 11).
+    /// Optional 1,000,000-entry export: peak RSS rows (target: each < 200 MiB).
     million: Option<PathBuf>,
     /// 1-min load average above which a figure is not a result.
     max_load: f64,
@@ -500,7 +500,7 @@ fn planned_blocks(realm: &Realm) -> Res<(Vec<BlockAccess>, Vec<PlannedFile>)> {
 /// BLAKE2b key derivation per block id, XSalsa20-Poly1305 open, size check, SHA-256 check.
 /// Two loops over every batch, alternating which goes first: the product's
 /// `crypto::symmetric::secretbox_open`, and libsodium's `crypto_secretbox_open_easy` called
-/// directly into a reused buffer (issue 11: the product's loop ≥ 0.9× libsodium's).
+/// directly into a reused buffer (target: the product's loop ≥ 0.9× libsodium's).
 /// Done in batches of ≤ 64 MiB to keep the harness's memory bounded.
 fn decrypt_baseline(realm: &Realm, blocks: &[BlockAccess]) -> Res<DecryptTimes> {
     let kd = [0x5au8; 32];
@@ -708,7 +708,7 @@ fn open_in_process(path: &Path, key_uri: &str) -> Res<Opened> {
     })
 }
 
-/// The all-core manifest baseline (issue 11): every manifest of the snapshot (the latest
+/// The all-core manifest baseline: every manifest of the snapshot (the latest
 /// version of each entry at or before it) decrypted, signature-checked and decoded by the
 /// reader's own `load_version`, on all cores, in a freshly unlocked realm (empty cache), in
 /// `vlob_atom` order, no tree walk. `export ls -R /` and a mount's first `ls -R` do this work
@@ -952,7 +952,7 @@ fn machine() -> String {
 }
 
 /// Peak RSS (and time) of extract, `ls -R`, verify and a mount walked with `find` on the
-/// 1,000,000-entry export (issue 11: each < 200 MiB). Figures only: the time ratios are against
+/// 1,000,000-entry export (target: each < 200 MiB). Figures only: the time ratios are against
 /// the small export's baselines.
 fn million_rows(a: &Args, export: &Path, mount_ok: bool, t: &mut Table, b: &Baselines) -> Res<()> {
     let p = export.to_string_lossy();
@@ -1245,7 +1245,7 @@ fn real_main() -> Res<()> {
         let v = mbps(bytes, r.wall);
         let extract_span = t.span();
         // Small files: `tar -x` of the same plaintext tree, same filesystem, archive in the page
-        // cache (issue 11: extract ≤ 3× its time).
+        // cache (target: extract ≤ 3× its time).
         let tar = if *name == "small" {
             Some(tar_baseline(&dest, &a.work, &mut t)?)
         } else {

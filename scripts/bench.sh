@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Performance benchmarks of issue 7: generates (once, cached) three realm exports with the export
+# Performance benchmarks: generates (once, cached) three realm exports with the export
 # writer and a SoftHSM2 token holding a 4096-bit service key, then runs the bench harness
 # (benches/export_bench.rs), which prints one table with every figure and its ratio to the
 # baselines measured in the same run.

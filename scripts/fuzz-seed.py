@@ -6,7 +6,8 @@ for RSA-OAEP, `msgpack`):
     /var/tmp/parsec-oracle-venv/bin/python scripts/fuzz-seed.py [../shared]
 Certificates are taken as stored (envelope after the 64-byte signature, or the RSA-armored row);
 keys-bundle accesses, keys bundles and manifests are decrypted with the fixture service keys.
-Operator-file seeds (PEM, URIs, plans) come from the fixtures, the docs and the spec vectors.
+Operator-file seeds (PEM, URIs, plans) come from the fixtures, the docs and the test
+vectors of docs/formats.md §10.
 Files are named by their SHA-256 (as libFuzzer does), so re-running adds nothing twice.
 """
 import glob

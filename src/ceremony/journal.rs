@@ -1,6 +1,6 @@
-//! Local journal of what was signed per organisation (spec §4.5): the last sequester timestamp
-//! (a new certificate must be strictly later, or the server refuses it) and the services signed
-//! (a revocation must name a known service). Used when the operator names the organisation.
+//! Local journal of what was signed per organisation (docs/formats.md §4.5): the last sequester
+//! timestamp (a new certificate must be strictly later, or the server refuses it) and the services
+//! signed (a revocation must name a known service). Used when the operator names the organisation.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! Key ceremony (issue 3): certificates signed through a token ([`sign`]), the hash-chained
+//! Key ceremony: certificates signed through a token ([`sign`]), the hash-chained
 //! transcript ([`transcript`]), the per-organisation timestamp journal ([`journal`]), declarative
 //! plans ([`plan`]) and where outputs go (`files`; written with [`crate::fsutil`]).
 //!

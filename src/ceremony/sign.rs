@@ -1,5 +1,5 @@
-//! Signing sequester service and revocation certificates through the token (spec §4.2, §4.3,
-//! §4.6). Every refusal happens before the token is asked to sign; every signature is
+//! Signing sequester service and revocation certificates through the token (docs/formats.md §4.2,
+//! §4.3, §4.6). Every refusal happens before the token is asked to sign; every signature is
 //! self-checked (verified and decoded as the server would) before it is returned.
 
 use serde::Serialize;
@@ -13,7 +13,7 @@ use crate::parsec::spki::{RsaPublicKeyDer, MIN_SIGNING_BITS};
 use crate::parsec::{armor, DateTime};
 use crate::token::{KeyHandle, MechanismPath};
 
-/// How far in the future a timestamp may be without `allow_future` (spec §4.5).
+/// How far in the future a timestamp may be without `allow_future` (docs/formats.md §4.5).
 pub(crate) const MAX_FUTURE_MICROS: i64 = 5 * 60 * 1_000_000;
 
 /// What the operator allowed.

@@ -1,8 +1,8 @@
-//! The sequester topic of an organisation as recorded in a realm export (spec §4.5, §5.2): the
-//! authority certificate, services and revocations, verified. Used before signing to pick a
-//! timestamp the server will accept and to refuse revoking unknown or already revoked services.
-//! The topic is read by the export reader ([`ExportFile::sequester_topic`]), which opens the
-//! export read-only and immutable: it is never modified.
+//! The sequester topic of an organisation as recorded in a realm export (docs/formats.md §4.5,
+//! §5.2): the authority certificate, services and revocations, verified. Used before signing to
+//! pick a timestamp the server will accept and to refuse revoking unknown or already revoked
+//! services. The topic is read by the export reader ([`ExportFile::sequester_topic`]), which opens
+//! the export read-only and immutable: it is never modified.
 
 use std::path::{Path, PathBuf};
 

@@ -1,4 +1,4 @@
-//! Host-side cryptographic primitives (spec §1). Nothing here touches a token.
+//! Host-side cryptographic primitives (docs/formats.md §1). Nothing here touches a token.
 
 pub(crate) mod rsa_padding;
 pub mod symmetric;

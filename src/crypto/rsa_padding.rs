@@ -1,6 +1,7 @@
 //! Host-side RSA padding for tokens that only do raw RSA (`CKM_RSA_X_509`, YubiKey PIV):
 //! constant-time EME-OAEP decoding (SHA-256, MGF1-SHA-256, empty label) and EMSA-PSS encoding
-//! (SHA-256, MGF1-SHA-256, salt 32). RFC 8017 §7.1.2 step 3 and §9.1.1; spec §1.7, §1.8, §9.
+//! (SHA-256, MGF1-SHA-256, salt 32). RFC 8017 §7.1.2 step 3 and §9.1.1; docs/formats.md §1.7, §1.8,
+//! §9.
 //!
 //! Used by the PKCS#11 fallback paths and by the YubiKey backend:
 //! - decrypt: `em = raw_rsa(block)` left-padded to k bytes, then [`oaep_sha256_decode`];
@@ -13,7 +14,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 /// SHA-256 output length (hLen).
 pub(crate) const HASH_LEN: usize = 32;
-/// The PSS salt length every path uses (spec §1.8: sLen = 32).
+/// The PSS salt length every path uses (docs/formats.md §1.8: sLen = 32).
 pub(crate) const PSS_SALT_LEN: usize = 32;
 /// SHA-256 of the empty label (`e3b0c442...b855`).
 const EMPTY_LABEL_HASH: [u8; 32] = [
@@ -143,8 +144,8 @@ pub(crate) fn pss_sha256_encode_random_salt(
     pss_sha256_encode(m_hash, &salt, mod_bits)
 }
 
-/// Left-pads an RSA output to exactly `k` bytes (some drivers strip leading zeros, spec §1.6).
-/// Returns `None` if `data` is longer than `k` (after stripping leading zeros).
+/// Left-pads an RSA output to exactly `k` bytes (some drivers strip leading zeros, docs/formats.md
+/// §1.6). Returns `None` if `data` is longer than `k` (after stripping leading zeros).
 pub(crate) fn left_pad(data: &[u8], k: usize) -> Option<Vec<u8>> {
     if data.len() > k {
         let extra = data.len() - k;
@@ -313,7 +314,8 @@ mod tests {
         RsaPrivateKey::from_pkcs8_pem(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
-    /// Spec §10 V5: PSS with salt 32 x 0x5a over the revocation envelope, fixture authority key.
+    /// docs/formats.md §10 V5: PSS with salt 32 x 0x5a over the revocation envelope, fixture
+    /// authority key.
     #[test]
     fn pss_encoding_reproduces_spec_vector_v5() {
         let key = fixture_key("sequester_authority.private.pem");
@@ -328,7 +330,7 @@ mod tests {
         assert_eq!(hex::encode(sig), "2b38d106ddc6ba9decfc70e95dac9da3bbdf6a3e202a0a6f819d4a52c4c97f42d7a5f5ad95c8ff0a876d1ccc19eed943b5ba7f4b9842cfada54695743db447e8c9935793f570c727b02bac0651bc6ee8677c78a53daea8d636f69457bf2e4b1123ff0306bc2d629168645763714f1d9266b220a95e25e5706d27da2fbdd1b78f");
     }
 
-    /// Spec §10 V6: the rsa_block to fixture service 1 decodes to the key 00 01 .. 1f.
+    /// docs/formats.md §10 V6: the rsa_block to fixture service 1 decodes to the key 00 01 .. 1f.
     #[test]
     fn oaep_decoding_reproduces_spec_vector_v6() {
         let key = fixture_key("sequester_service_1.00000000000000000000000000000001.private.pem");

@@ -1,5 +1,5 @@
-//! Parsec's symmetric primitives: XSalsa20-Poly1305 secretbox (spec §1.1), the BLAKE2b key
-//! derivation (§1.2) and Ed25519 signed blobs (§1.4).
+//! Parsec's symmetric primitives: XSalsa20-Poly1305 secretbox (docs/formats.md §1.1), the BLAKE2b
+//! key derivation (§1.2) and Ed25519 signed blobs (§1.4).
 //!
 //! The secretbox is libsodium's own `crypto_secretbox_*_easy` (the reference Parsec itself uses
 //! through PyNaCl), built from source by `libsodium-sys-stable`: its SIMD XSalsa20 opens 2–2.6×
@@ -171,9 +171,9 @@ pub fn derive_key(key_derivation: &[u8; 32], id: &[u8; 16]) -> SecretKey {
     key
 }
 
-/// Derivation UUID of key canaries (spec §1.2).
+/// Derivation UUID of key canaries (docs/formats.md §1.2).
 pub const CANARY_DERIVATION_ID: [u8; 16] = uuid_bytes(1);
-/// Derivation UUID of realm names (spec §1.2).
+/// Derivation UUID of realm names (docs/formats.md §1.2).
 pub const REALM_NAME_DERIVATION_ID: [u8; 16] = uuid_bytes(2);
 
 const fn uuid_bytes(last: u8) -> [u8; 16] {

@@ -1,4 +1,4 @@
-//! Trust anchor (issue 10 item 1, spec §11): an export carries its own root verify key, so the
+//! Trust anchor (docs/formats.md §11): an export carries its own root verify key, so the
 //! chain it verifies proves only self-consistency. What binds it to *the* organisation is that
 //! key compared with one obtained out of band: an organisation address (`--org`), a key given as
 //! hex (`--root-key`), or a pin recorded once per organisation ID (`org pin`).
@@ -64,7 +64,8 @@ pub fn fingerprint(root_verify_key: &[u8; 32]) -> String {
     crate::crypto::sha256_hex(root_verify_key)
 }
 
-/// A Parsec organisation address: `parsec3://HOST[:PORT]/ORG?[no_ssl=true&]p=ROOT` (spec §11).
+/// A Parsec organisation address: `parsec3://HOST[:PORT]/ORG?[no_ssl=true&]p=ROOT` (docs/formats.md
+/// §11).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrganizationAddr {
     pub host: String,
@@ -477,7 +478,8 @@ mod tests {
 
     #[test]
     fn spec_examples_parse_and_round_trip() {
-        // Spec §11, produced by parsec._parsec.ParsecOrganizationAddr of parsec-cloud 3.9.3.
+        // docs/formats.md §11, produced by parsec._parsec.ParsecOrganizationAddr of parsec-cloud
+        // 3.9.3.
         for (url, host, port, no_ssl) in [
             (
                 "parsec3://parsec.example/Org1?p=xCAawPGqegh7kAvXFHXXYLwU84NlOa2XfRV4i6VND4s8ig",

@@ -1,5 +1,6 @@
-//! Steps 1, 3, 4-6 and 7 of the decryption chain (spec §5.4): devices verified from the root key,
-//! realm certificates, keys bundle accesses through the token, keys bundles, canaries, realm name.
+//! Steps 1, 3, 4-6 and 7 of the decryption chain (docs/formats.md §5.4): devices verified from the
+//! root key, realm certificates, keys bundle accesses through the token, keys bundles, canaries,
+//! realm name.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -19,7 +20,7 @@ use crate::parsec::realm::{
 use crate::parsec::{envelope, DateTime};
 use crate::token::{KeyHandle, MechanismPath};
 
-/// A verified device (spec §3.4).
+/// A verified device (docs/formats.md §3.4).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Device {
     #[serde(serialize_with = "super::ser_id")]
@@ -618,7 +619,8 @@ pub struct RecoveryReport {
 
 /// Source of the rows needed by the key recovery.
 pub(crate) trait BundleSource {
-    /// Access rows of this service for `key_index` (several may exist: try each).
+    /// Access rows of this service for `key_index` (several may exist: the recovery tries only the
+    /// first).
     fn access_rows(
         &self,
         service_id: &Id,
@@ -817,7 +819,7 @@ pub(crate) fn recover_keys(
                 }
             }
         }
-        // Always drop i (the fix to Parsec's loop, spec §5.4 step 6).
+        // Always drop i (the fix to Parsec's loop, docs/formats.md §5.4 step 6).
         remaining.remove(&i);
     }
     report.obtained_key_indexes = keys.keys.keys().copied().collect();

@@ -1,5 +1,5 @@
-//! The SQLite side: opening strictly read-only and immutable, the opening checks (spec §5.3), and a
-//! small pool of read-only connections so that many threads can query at once
+//! The SQLite side: opening strictly read-only and immutable, the opening checks (docs/formats.md
+//! §5.3), and a small pool of read-only connections so that many threads can query at once
 //! (`rusqlite::Connection` is `Send` but not `Sync`).
 
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ pub(crate) const EXPORT_MAGIC: i64 = 87948;
 /// The only export format version.
 pub(crate) const EXPORT_VERSION: i64 = 1;
 
-/// Tables the reader needs (spec §5.2).
+/// Tables the reader needs (docs/formats.md §5.2).
 pub(crate) const REQUIRED_TABLES: [&str; 10] = [
     "info",
     "common_certificate",
@@ -31,9 +31,9 @@ pub(crate) const REQUIRED_TABLES: [&str; 10] = [
     "block_data",
 ];
 
-/// The expected columns of each table (spec §5.2, as Parsec 3.9.3 creates them): name, declared
-/// type, primary-key position. Checked before the first query.
-/// A column as PRAGMA table_xinfo reports it: name, declared type, primary-key position.
+/// The expected columns of each table (docs/formats.md §5.2, as Parsec 3.9.3 creates them): name,
+/// declared type, primary-key position. Checked before the first query. A column as PRAGMA
+/// table_xinfo reports it: name, declared type, primary-key position.
 type ExpectedColumn = (&'static str, &'static str, i64);
 
 const EXPECTED_SCHEMA: [(&str, &[ExpectedColumn]); 10] = [
@@ -336,7 +336,7 @@ impl ConnectionPool {
         ExportError::sqlite(&self.display, context, reason)
     }
 
-    /// Checks the schema against spec §5.2 before anything else is queried: exactly the
+    /// Checks the schema against docs/formats.md §5.2 before anything else is queried: exactly the
     /// expected tables with the expected columns (name, declared type, primary key), only the
     /// automatic indexes of the constraints, and no view, trigger or virtual table.
     pub(crate) fn check_tables(&self) -> Result<(), ExportError> {
@@ -434,7 +434,7 @@ impl ConnectionPool {
         Ok(())
     }
 
-    /// Reads and validates the `info` row (spec §5.3 checks 1, 2 and 4).
+    /// Reads and validates the `info` row (docs/formats.md §5.3 checks 1, 2 and 4).
     pub(crate) fn read_info(&self) -> Result<ExportInfo, ExportError> {
         let conn = self.get()?;
         let row: Option<Vec<Value>> = conn

@@ -28,7 +28,7 @@ pub enum ExportError {
         table: &'static str,
         reason: String,
     },
-    #[error("{path}: not the realm export schema of spec §5.2: {reason}")]
+    #[error("{path}: not the realm export schema of docs/formats.md §5.2: {reason}")]
     Schema { path: String, reason: String },
     #[error("{path}: SQLite error while {context}: {reason}")]
     Sqlite {

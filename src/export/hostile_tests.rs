@@ -1,7 +1,7 @@
-//! Hostile exports (issue 10 items 2 and 3): real SQLite exports made by the writer, with forged
-//! manifest versions (`sequester_export_writer::forge`), read through the library. Each
-//! operation must end quickly, report the forged entries as per-entry problems, and still give
-//! the valid rest.
+//! Hostile exports (forged manifests and tree shapes): real SQLite exports made by the writer, with
+//! forged manifest versions (`sequester_export_writer::forge`), read through the library. Each
+//! operation must end quickly, report the forged entries as per-entry problems, and still give the
+//! valid rest.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;

@@ -1,5 +1,6 @@
-//! Realm export reader (issue 4): opens a Parsec realm export strictly read-only and walks the
-//! decryption and verification chain of spec §5.4, with the token doing the only RSA step.
+//! Realm export reader: opens a Parsec realm export strictly read-only and walks the
+//! decryption and verification chain of docs/formats.md §5.4, with the token doing the only RSA
+//! step.
 //!
 //! Entry points:
 //! - [`ExportFile::open`]: cheap (schema + `info` row), no key needed; `info`, sequester topic,

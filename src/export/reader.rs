@@ -203,8 +203,8 @@ impl ExportFile {
             .collect()
     }
 
-    /// Valid range of T (spec §5.4 step 9): root version 1 timestamp .. snapshot, from SQL only.
-    /// `None` when the root has no version at all.
+    /// Valid range of T (docs/formats.md §5.4 step 9): root version 1 timestamp .. snapshot, from
+    /// SQL only. `None` when the root has no version at all.
     pub fn time_range(&self) -> Result<Option<(DateTime, DateTime)>, ExportError> {
         let conn = self.pool.get()?;
         let first: Option<i64> = conn
@@ -230,7 +230,8 @@ impl ExportFile {
         Ok(v.into_iter().map(DateTime).collect())
     }
 
-    /// Runs the chain (spec §5.4 steps 1-7) with the token key and returns the readable realm.
+    /// Runs the chain (docs/formats.md §5.4 steps 1-7) with the token key and returns the readable
+    /// realm.
     ///
     /// The token key is matched to its service certificate by modulus and exponent; the token
     /// is used once per keys bundle actually needed (zero times when the service has no access).
@@ -635,7 +636,7 @@ impl Realm {
         self.certs.latest_key_index
     }
 
-    /// The workspace name at `t` (spec §5.4 step 7).
+    /// The workspace name at `t` (docs/formats.md §5.4 step 7).
     pub fn realm_name_at(&self, t: DateTime) -> RealmName {
         chain::realm_name_at(&self.certs, &self.keys, t)
     }
@@ -662,8 +663,8 @@ impl Realm {
         })
     }
 
-    /// The version of entry `id` valid at `t` (spec §5.4 step 8); `None` if it does not exist at
-    /// `t`. Never falls back to an older version when the current one is unreadable.
+    /// The version of entry `id` valid at `t` (docs/formats.md §5.4 step 8); `None` if it does not
+    /// exist at `t`. Never falls back to an older version when the current one is unreadable.
     pub fn entry_at(&self, id: &Id, t: DateTime) -> Result<Option<EntryVersion>, ExportError> {
         let row = {
             let conn = self.file.pool.get()?;
@@ -763,7 +764,7 @@ impl Realm {
         Ok(())
     }
 
-    /// Decrypts and verifies one version (spec §5.4 step 8, checks 1-5). Cached.
+    /// Decrypts and verifies one version (docs/formats.md §5.4 step 8, checks 1-5). Cached.
     pub fn load_version(&self, meta: VersionMeta) -> Result<EntryVersion, ExportError> {
         let invalid = |meta: VersionMeta, reason: String| EntryVersion {
             meta,
@@ -906,9 +907,9 @@ impl Realm {
         self.entry_at(&self.realm_id(), t)
     }
 
-    /// Children of `folder` at `t` (spec §5.4 step 9): children that do not exist at `t` or whose
-    /// readable manifest names another parent are skipped; unreadable and invalid children are
-    /// kept (callers show them as such). Sorted by name.
+    /// Children of `folder` at `t` (docs/formats.md §5.4 step 9): children that do not exist at `t`
+    /// or whose readable manifest names another parent are skipped; unreadable and invalid children
+    /// are kept (callers show them as such). Sorted by name.
     pub fn children_at(
         &self,
         folder: &FolderManifest,
@@ -1114,7 +1115,8 @@ impl Realm {
         Ok(None)
     }
 
-    /// Decrypts and verifies one block (spec §5.4 step 10), through the bounded block cache.
+    /// Decrypts and verifies one block (docs/formats.md §5.4 step 10), through the bounded block
+    /// cache.
     pub fn read_block(&self, access: &BlockAccess) -> Result<BlockData, BlockError> {
         // Keyed by what was verified, so a hit needs no new digest check.
         let cache_key = (access.id, access.digest, access.size);

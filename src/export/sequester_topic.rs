@@ -1,5 +1,5 @@
-//! The sequester topic of an export (spec §5.4 step 2): the authority certificate (Ed25519-signed
-//! by the root key) and the RSA-PSS-signed service and revocation certificates.
+//! The sequester topic of an export (docs/formats.md §5.4 step 2): the authority certificate
+//! (Ed25519-signed by the root key) and the RSA-PSS-signed service and revocation certificates.
 //!
 //! The certificate decoders and the PSS verification are [`crate::parsec::sequester`] and
 //! [`crate::parsec::armor`]; this module walks the table and matches keys.
@@ -42,7 +42,7 @@ pub struct SequesterTopic {
     pub authority_key_der: Vec<u8>,
 }
 
-/// Parses a Parsec SPKI (rsaEncryption + NULL, size rules of spec §1.5).
+/// Parses a Parsec SPKI (rsaEncryption + NULL, size rules of docs/formats.md §1.5).
 pub(crate) fn rsa_public_key(spki_der: &[u8]) -> Result<RsaPublicKeyDer, String> {
     RsaPublicKeyDer::from_der(spki_der).map_err(|e| e.to_string())
 }

@@ -1,4 +1,4 @@
-//! Text from an export shown on a terminal (issue 10 item 6): entry names, labels and e-mail
+//! Text from an export shown on a terminal: entry names, labels and e-mail
 //! addresses are attacker-chosen, so a control character must neither move the cursor, clear a
 //! line, hide a marker such as `[INVALID]`, nor reorder what is shown (bidirectional overrides).
 //!

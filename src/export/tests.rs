@@ -542,7 +542,7 @@ fn open_and_unlock_never_read_manifests_or_blocks() {
     assert!(matches!(root.content, VersionContent::Invalid { .. }));
 }
 
-// ---- issue 10 item 4: verification like a careful Parsec client ----
+// ---- verification like a careful Parsec client: signers, user revocation, realm roles ----
 
 /// A generated export (real SQLite) read with the fixture's service 1 key: alice (owner) writes
 /// `/bob.txt` and `/carol.txt`, bob (contributor) overwrites `/bob.txt`; then `tamper` runs

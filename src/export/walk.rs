@@ -1,13 +1,13 @@
-//! The structure rules of a tree at one instant (issue 10 item 2), in one place, used by every
+//! The structure rules of a tree at one instant, in one place, used by every
 //! traversal: `ls -R`, `extract`, `verify`, `timeline`/`history` paths, and the mount's listings
 //! and lookups.
 //!
-//! Rules (spec §5.4 step 9, plus what a hostile export needs):
+//! Rules (docs/formats.md §5.4 step 9, plus what a hostile export needs):
 //! - A child must exist at T and name the listing folder as its `parent`. Parsec's client skips
-//!   such an "invalid child" silently (spec §5.4 step 9; a move between two uploads leaves that
-//!   state for a moment, so it is not by itself tampering); here it is not shown either, but
-//!   each one is a per-entry [`WalkRule::ParentMismatch`] naming the folder path and the child,
-//!   so nothing is hidden silently. `verify` lists them as notices (shown, not failing).
+//!   such an "invalid child" silently (docs/formats.md §5.4 step 9; a move between two uploads
+//!   leaves that state for a moment, so it is not by itself tampering); here it is not shown
+//!   either, but each one is a per-entry [`WalkRule::ParentMismatch`] naming the folder path and
+//!   the child, so nothing is hidden silently. `verify` lists them as notices (shown, not failing).
 //! - A folder never lists the root, itself or one of its ancestors (a cycle); such a child is a
 //!   per-entry problem and is not followed.
 //! - One entry ID is shown once per walk: listed again (under another name, or in another
@@ -47,8 +47,8 @@ pub enum WalkRule {
     DuplicateId,
     /// The folder is deeper than [`MAX_DEPTH`]: not entered.
     TooDeep,
-    /// Several children of the folder have this name after NFC normalisation (spec §3.7):
-    /// none of them is shown, rather than a guess.
+    /// Several children of the folder have this name after NFC normalisation (docs/formats.md
+    /// §3.7): none of them is shown, rather than a guess.
     NameCollision,
     /// The child's manifest names another folder as its `parent`: not shown (as Parsec's client
     /// does), reported. Not by itself a sign of tampering (see the module doc).
@@ -182,10 +182,10 @@ pub fn folder_version_problems(folder: &FolderManifest, root_id: &Id) -> Vec<Str
 
 /// Why a file's declared size is not acceptable for its blocks, or `None`.
 ///
-/// Rule (spec §3.7 allows gaps and a tail of zeros): blocks sorted, non-overlapping, inside the
-/// size (checked when the manifest is decoded), the size at most [`MAX_FILE_SIZE`], and the bytes
-/// not covered by any block (holes and tail, which read as zeros) at most as many as the bytes
-/// the blocks hold. A file of zeros declared without blocks would otherwise cost hashing or
+/// Rule (docs/formats.md §3.7 allows gaps and a tail of zeros): blocks sorted, non-overlapping,
+/// inside the size (checked when the manifest is decoded), the size at most [`MAX_FILE_SIZE`], and
+/// the bytes not covered by any block (holes and tail, which read as zeros) at most as many as the
+/// bytes the blocks hold. A file of zeros declared without blocks would otherwise cost hashing or
 /// writing any size the attacker chooses for a few bytes of manifest.
 pub fn file_size_problem(file: &FileManifest) -> Option<String> {
     if file.size > MAX_FILE_SIZE {

@@ -1,4 +1,4 @@
-//! Read-only FUSE view of a realm export (issue 5); design in `docs/mount.md`.
+//! Read-only FUSE view of a realm export; design in `docs/mount.md`.
 //!
 //! [`ExportFs`] serves an unlocked [`crate::export::Realm`] as the workspace at time T, with a
 //! virtual `/.history/<RFC3339>/` folder showing the workspace at any other instant.

@@ -1,5 +1,5 @@
-//! The RSA "armor" framing `NAME || ":" || block (k bytes) || payload` (spec §1.6) and
-//! RSASSA-PSS-SHA256 verification with automatic salt-length detection (spec §1.8).
+//! The RSA "armor" framing `NAME || ":" || block (k bytes) || payload` (docs/formats.md §1.6) and
+//! RSASSA-PSS-SHA256 verification with automatic salt-length detection (docs/formats.md §1.8).
 
 use rsa::BigUint;
 use sha2::{Digest, Sha256};

@@ -1,4 +1,5 @@
-//! Parsec's PEM text files for sequester service and revocation certificates (spec §4.4).
+//! Parsec's PEM text files for sequester service and revocation certificates (docs/formats.md
+//! §4.4).
 //!
 //! Writing: standard base64 with padding, 64 characters per line, LF, one LF after the footer.
 //! Reading: like Parsec's server CLI (trim, split lines on LF/CRLF/CR, exact header and footer,

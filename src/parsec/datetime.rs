@@ -1,4 +1,4 @@
-//! Parsec DateTime: i64 microseconds since the Unix epoch, UTC (spec §2.3).
+//! Parsec DateTime: i64 microseconds since the Unix epoch, UTC (docs/formats.md §2.3).
 
 use std::fmt;
 
@@ -42,7 +42,7 @@ impl DateTime {
     }
 
     /// RFC 3339 in UTC with `Z` and 0, 3 or 6 fractional digits as needed — the form Parsec uses
-    /// in file names (spec §4.4).
+    /// in file names (docs/formats.md §4.4).
     pub fn to_rfc3339(self) -> String {
         let secs = self.0.div_euclid(1_000_000);
         let micros = self.0.rem_euclid(1_000_000);

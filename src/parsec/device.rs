@@ -1,4 +1,4 @@
-//! `device_certificate` (spec §3.4) and the other common certificates' `type` detection.
+//! `device_certificate` (docs/formats.md §3.4) and the other common certificates' `type` detection.
 //!
 //! Only device certificates matter to the export reader: they carry the Ed25519 verify keys that
 //! sign manifests, keys bundles and realm certificates.
@@ -86,7 +86,7 @@ impl DeviceCertificate {
     }
 }
 
-/// A `user_certificate` (spec §3.4, "other common certificates").
+/// A `user_certificate` (docs/formats.md §3.4, "other common certificates").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserCertificate {
     /// `None` = signed by the organization root key.

@@ -1,4 +1,5 @@
-//! EntryName (spec §2.3): UTF-8, NFC-normalised, 1..255 bytes, not `.`/`..`, no `/`, no NUL.
+//! EntryName (docs/formats.md §2.3): UTF-8, NFC-normalised, 1..255 bytes, not `.`/`..`, no `/`, no
+//! NUL.
 
 use unicode_normalization::UnicodeNormalization;
 

@@ -1,4 +1,4 @@
-//! Data format v0: `0x00 || zstd(msgpack)` (spec §2.1).
+//! Data format v0: `0x00 || zstd(msgpack)` (docs/formats.md §2.1).
 
 use std::io::Read;
 
@@ -8,13 +8,14 @@ use super::limits::{self, ObjectLimits};
 use super::{msgpack, FormatError};
 
 thread_local! {
-    /// One zstd decompression context per thread (issue 11: decoders reused).
+    /// One zstd decompression context per thread, reused from object to object (creating one
+    /// per object is a visible cost on large exports).
     static DCTX: std::cell::RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
         const { std::cell::RefCell::new(None) };
 }
 
 /// Wraps msgpack bytes as Parsec does: streaming zstd at level 3, no pledged size
-/// (byte-identical to Parsec's output, spec §8.3).
+/// (byte-identical to Parsec's output, docs/formats.md §8.3).
 pub fn wrap(msgpack: &[u8]) -> Vec<u8> {
     let mut out = vec![0u8];
     zstd::stream::copy_encode(msgpack, &mut out, 0)

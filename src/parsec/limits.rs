@@ -1,8 +1,9 @@
 //! Every size, count and depth limit applied to decoded Parsec data, in one place.
 //!
 //! An export is hostile input: each limit is checked BEFORE memory is reserved for what it
-//! bounds. The numbers are derived from what Parsec itself writes (spec §2-§3 and the fixture
-//! exports) with a wide margin; `docs/investigation.md` ("Limits") gives the reasoning per row.
+//! bounds. The numbers are derived from what Parsec itself writes (docs/formats.md §2-§3 and the
+//! fixture exports) with a wide margin; `docs/investigation.md` ("Limits") gives the reasoning per
+//! row.
 
 /// Limits of one kind of `0x00 || zstd(msgpack)` object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +22,7 @@ pub(crate) struct ObjectLimits {
 /// tagged unions (archiving configuration, file `origin`) and `human_handle` are depth 2.
 pub(crate) const MSGPACK_MAX_DEPTH: usize = 8;
 
-/// Longest entry name after NFC normalisation (spec §2.3 EntryName).
+/// Longest entry name after NFC normalisation (docs/formats.md §2.3 EntryName).
 pub(crate) const MAX_ENTRY_NAME_BYTES: usize = 255;
 
 /// Most children of one folder manifest. Parsec sets no limit; 100 000 entries in one folder is

@@ -1,4 +1,4 @@
-//! Folder and file manifests (spec §3.7), with the file-manifest integrity rules.
+//! Folder and file manifests (docs/formats.md §3.7), with the file-manifest integrity rules.
 //!
 //! Decoders take the serialized (envelope) bytes that follow the 64-byte Ed25519 signature inside
 //! a decrypted `vlob_atom.blob`. Encoders write Parsec's field order (used by the export writer).
@@ -40,7 +40,7 @@ pub struct FolderManifest {
     /// In the order written; names are NFC-normalised.
     pub children: Vec<Child>,
     /// Names that appear more than once after NFC normalisation (Parsec silently keeps one;
-    /// spec §3.7 asks to flag the folder as suspicious instead of guessing).
+    /// docs/formats.md §3.7 asks to flag the folder as suspicious instead of guessing).
     pub duplicate_names: Vec<EntryName>,
 }
 
@@ -175,7 +175,8 @@ fn decode_file(map: &Map) -> Result<FileManifest, FormatError> {
     let size = map.uint("size")?;
     let blocksize = map.uint("blocksize")?;
     let raw_blocks = map.array("blocks")?;
-    // One block per blocksize span at most (spec §3.7), checked before the blocks are copied.
+    // One block per blocksize span at most (docs/formats.md §3.7), checked before the blocks are
+    // copied.
     let most_blocks = match size.checked_div(blocksize) {
         Some(full) => full.saturating_add(u64::from(size % blocksize != 0)),
         None => 0,
@@ -210,7 +211,7 @@ fn decode_file(map: &Map) -> Result<FileManifest, FormatError> {
 }
 
 impl FileManifest {
-    /// The integrity rules of spec §3.7 (Parsec rejects the manifest if any fails).
+    /// The integrity rules of docs/formats.md §3.7 (Parsec rejects the manifest if any fails).
     pub(crate) fn check_integrity(&self) -> Result<(), FormatError> {
         let bad = |why: String| Err(FormatError::Invalid(format!("file manifest: {why}")));
         if self.header.id == self.header.parent {

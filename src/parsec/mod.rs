@@ -1,4 +1,4 @@
-//! Parsec's byte formats (spec §1.6, §2, §3, §4.4). Pure: no token, no I/O.
+//! Parsec's byte formats (docs/formats.md §1.6, §2, §3, §4.4). Pure: no token, no I/O.
 //!
 //! Shared core: [`envelope`] (`0x00 || zstd(msgpack)`), [`msgpack`] (exact writer, typed reader),
 //! [`DateTime`] (microsecond UTC timestamps), [`FormatError`].
@@ -12,7 +12,7 @@ pub mod manifest;
 pub mod msgpack;
 pub mod realm;
 
-// Sequester certificates, RSA armor and keys, certificate PEM files (issue 3).
+// Sequester certificates, RSA armor and keys, certificate PEM files.
 pub mod armor;
 pub mod cert_pem;
 pub mod sequester;
@@ -43,7 +43,7 @@ pub enum FormatError {
     BadField { field: &'static str, reason: String },
     #[error("{0}")]
     Invalid(String),
-    // RSA armor, keys and signatures (spec §1.5, §1.6, §1.8).
+    // RSA armor, keys and signatures (docs/formats.md §1.5, §1.6, §1.8).
     #[error("armored data has no `:` separator (not an RSA-armored blob)")]
     ArmorNoSeparator,
     #[error("unsupported algorithm `{found}`: expected `{expected}`")]

@@ -1,4 +1,4 @@
-//! Msgpack as Parsec writes and reads it (spec §2.2–2.3).
+//! Msgpack as Parsec writes and reads it (docs/formats.md §2.2–2.3).
 //!
 //! [`Writer`] emits the smallest encodings in the caller's field order, so that our bytes equal
 //! Parsec's before compression. [`Map`] reads a decoded map in any key order with typed

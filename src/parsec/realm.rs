@@ -1,4 +1,5 @@
-//! Realm certificates (spec §3.5), `realm_keys_bundle_access` and `realm_keys_bundle` (§3.6).
+//! Realm certificates (docs/formats.md §3.5), `realm_keys_bundle_access` and `realm_keys_bundle`
+//! (§3.6).
 //!
 //! Decoders take the serialized (envelope) bytes, i.e. what follows the 64-byte Ed25519 signature.
 //! Encoders produce msgpack in Parsec's field order; `encode()` wraps it in the envelope.
@@ -34,7 +35,7 @@ fn decode_map(serialized: &[u8]) -> Result<rmpv::Value, FormatError> {
 }
 
 /// A writer holding the opening of a realm object: map of `fields` entries, then `type`,
-/// `author`, `timestamp`, `realm_id` (the order shared by spec §3.5-3.6).
+/// `author`, `timestamp`, `realm_id` (the order shared by docs/formats.md §3.5-3.6).
 fn realm_writer(
     fields: u32,
     type_name: &str,

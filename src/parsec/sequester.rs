@@ -1,6 +1,7 @@
-//! Sequester certificates (spec §3.1–3.3, §4.2–4.3): the authority certificate (Ed25519, signed by
-//! the organisation root key), service and revoked-service certificates (RSASSA-PSS, signed by
-//! the authority key). Encoding is byte-exact with Parsec; decoding accepts any key order.
+//! Sequester certificates (docs/formats.md §3.1–3.3, §4.2–4.3): the authority certificate (Ed25519,
+//! signed by the organisation root key), service and revoked-service certificates (RSASSA-PSS,
+//! signed by the authority key). Encoding is byte-exact with Parsec; decoding accepts any key
+//! order.
 
 use serde::Serialize;
 
@@ -51,14 +52,14 @@ impl Serialize for ServiceId {
     }
 }
 
-/// `sequester_authority_certificate` (spec §3.1).
+/// `sequester_authority_certificate` (docs/formats.md §3.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorityCertificate {
     pub timestamp: DateTime,
     pub verify_key_der: Vec<u8>,
 }
 
-/// `sequester_service_certificate` (spec §3.2).
+/// `sequester_service_certificate` (docs/formats.md §3.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceCertificate {
     pub timestamp: DateTime,
@@ -67,7 +68,7 @@ pub struct ServiceCertificate {
     pub encryption_key_der: Vec<u8>,
 }
 
-/// `sequester_revoked_service_certificate` (spec §3.3).
+/// `sequester_revoked_service_certificate` (docs/formats.md §3.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevokedServiceCertificate {
     pub timestamp: DateTime,
@@ -160,7 +161,7 @@ impl AuthorityCertificate {
 }
 
 impl ServiceCertificate {
-    /// The exact msgpack Parsec writes (spec §4.2 step 2).
+    /// The exact msgpack Parsec writes (docs/formats.md §4.2 step 2).
     pub fn to_msgpack(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.map(5)
@@ -214,7 +215,7 @@ impl ServiceCertificate {
 }
 
 impl RevokedServiceCertificate {
-    /// The exact msgpack Parsec writes (spec §4.3).
+    /// The exact msgpack Parsec writes (docs/formats.md §4.3).
     pub fn to_msgpack(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.map(3)

@@ -1,10 +1,10 @@
 //! Sequester RSA public keys as Parsec stores them: DER SubjectPublicKeyInfo with
-//! `rsaEncryption` + NULL parameters (spec §1.5).
+//! `rsaEncryption` + NULL parameters (docs/formats.md §1.5).
 //!
 //! [`RsaPublicKeyDer::from_der`] accepts exactly what every Parsec component accepts (structure,
 //! algorithm, modulus a multiple of 8 bits and at most 4096 bits, RustCrypto's exponent bounds).
 //! [`RsaPublicKeyDer::check_signing_policy`] adds what this tool demands before it signs
-//! (spec §4.2 step 1, §4.6): a minimum size and an odd exponent >= 3.
+//! (docs/formats.md §4.2 step 1, §4.6): a minimum size and an odd exponent >= 3.
 //!
 //! The one home of RSA public keys in the crate: the token layer builds and reads a token key's
 //! SPKI with `spki_der_from_components` and [`parse_spki_der_lenient`] (which also describe a
@@ -24,7 +24,7 @@ pub(crate) const RSA_ENCRYPTION_OID: der::asn1::ObjectIdentifier =
 const RSASSA_PSS_OID: der::asn1::ObjectIdentifier =
     der::asn1::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
 
-/// Largest modulus every Parsec component accepts (RustCrypto's limit, spec §1.5).
+/// Largest modulus every Parsec component accepts (RustCrypto's limit, docs/formats.md §1.5).
 pub(crate) const MAX_BITS: usize = super::limits::MAX_RSA_MODULUS_BITS;
 /// Smallest key this tool signs for or with, unless a test explicitly lowers it.
 pub const MIN_SIGNING_BITS: usize = 2048;
@@ -156,7 +156,7 @@ impl RsaPublicKeyDer {
         self.bits
     }
 
-    /// Armor block size k = floor(bits / 8) (spec §1.5).
+    /// Armor block size k = floor(bits / 8) (docs/formats.md §1.5).
     pub(crate) fn k(&self) -> usize {
         self.bits / 8
     }
@@ -174,8 +174,9 @@ impl RsaPublicKeyDer {
         spki_fingerprint(&self.der)
     }
 
-    /// What this tool requires of a key it signs with or for (spec §4.2 step 1): at least
-    /// `min_bits` and an odd exponent >= 3. [`from_der`](Self::from_der) already enforced the rest.
+    /// What this tool requires of a key it signs with or for (docs/formats.md §4.2 step 1): at
+    /// least `min_bits` and an odd exponent >= 3. [`from_der`](Self::from_der) already enforced the
+    /// rest.
     pub fn check_signing_policy(&self, min_bits: usize) -> Result<(), FormatError> {
         if self.bits < min_bits {
             return Err(key_err(format!(

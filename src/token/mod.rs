@@ -25,7 +25,7 @@ pub mod uri;
 #[cfg(feature = "yubikey")]
 pub mod yubikey;
 
-/// What a key is for. Parsec has two RSA roles (spec §1.5).
+/// What a key is for. Parsec has two RSA roles (docs/formats.md §1.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -181,11 +181,11 @@ pub struct KeyInfo {
 
 /// One private key on a token. Object-safe: the Parsec and export layers take `&dyn KeyHandle`.
 pub trait KeyHandle: Send + Sync {
-    /// The public key as DER SubjectPublicKeyInfo (rsaEncryption + NULL, spec §1.5).
+    /// The public key as DER SubjectPublicKeyInfo (rsaEncryption + NULL, docs/formats.md §1.5).
     fn public_key_spki(&self) -> &[u8];
 
     /// RSASSA-PSS-SHA256, MGF1-SHA-256, salt 32 over `message` (the token or the host hashes, per
-    /// the negotiated path). Returns exactly k bytes, left-padded (spec §1.6).
+    /// the negotiated path). Returns exactly k bytes, left-padded (docs/formats.md §1.6).
     fn sign_pss_sha256(&self, message: &[u8]) -> Result<(Vec<u8>, MechanismPath), TokenError>;
 
     /// RSAES-OAEP-SHA256 (MGF1-SHA-256, empty label) decryption of one k-byte block.
@@ -400,8 +400,8 @@ pub struct KeySpec {
 /// Default modulus size for generated keys.
 pub const DEFAULT_KEY_BITS: usize = 4096;
 
-/// Key size policy (spec §1.5): at most 4096 bits, a multiple of 8, at least 2048 unless the
-/// test-only override is given (and never below 1024).
+/// Key size policy (docs/formats.md §1.5): at most 4096 bits, a multiple of 8, at least 2048 unless
+/// the test-only override is given (and never below 1024).
 pub fn check_key_size(bits: usize, allow_insecure_test_size: bool) -> Result<(), TokenError> {
     if bits > crate::parsec::spki::MAX_BITS {
         return Err(TokenError::Refused(format!(

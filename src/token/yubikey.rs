@@ -1,4 +1,4 @@
-//! YubiKey PIV backend: `yubikey:serial=…;slot=9d` (issue 6).
+//! YubiKey PIV backend: `yubikey:serial=…;slot=9d`.
 //!
 //! PIV only does raw RSA: signing sends an EMSA-PSS block encoded on the host, decryption
 //! returns the padded block, which the host decodes (constant-time EME-OAEP). Both paddings
@@ -72,7 +72,8 @@ pub(crate) enum PivAlgorithm {
     Raw(u8),
 }
 
-/// Normalises any RSA SPKI to rsaEncryption + NULL (spec §1.5) and returns it with its size.
+/// Normalises any RSA SPKI to rsaEncryption + NULL (docs/formats.md §1.5) and returns it with its
+/// size.
 fn normalise_spki(der: &[u8]) -> Result<(Vec<u8>, usize), TokenError> {
     let key = spki::parse_spki_der_lenient(der)
         .map_err(|_| TokenError::UnsupportedKey("the slot does not hold an RSA key".into()))?;

@@ -1,5 +1,5 @@
-//! `cert show` on Parsec-made certificates (spec vector V5, the fixture's sequester topic) and on
-//! damaged files: each damage has its own message, and nothing is ever written.
+//! `cert show` on Parsec-made certificates (docs/formats.md §10 vector V5, the fixture's sequester
+//! topic) and on damaged files: each damage has its own message, and nothing is ever written.
 
 use std::path::{Path, PathBuf};
 

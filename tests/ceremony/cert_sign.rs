@@ -475,7 +475,8 @@ fn journal_orders_timestamps_and_knows_services() {
 
 /// The published 1024-bit fixture authority key imported into SoftHSM (test only): refused by
 /// default, accepted with the hidden test allowance, and the token-signed revocation carries
-/// exactly the envelope Parsec wrote into the fixture (spec V4), verified by the fixture key.
+/// exactly the envelope Parsec wrote into the fixture (docs/formats.md §10 V4), verified by the
+/// fixture key.
 #[test]
 fn fixture_authority_key_on_softhsm_reproduces_the_parsec_envelope() {
     let Some(hsm) = SoftHsm::new("fixture") else {

@@ -1,5 +1,5 @@
-//! Key commands that create or use a private key append to the ceremony transcript
-//! (issue 3, item 5): `key generate`, `key import`, `key test` — success and failure alike.
+//! Key commands that create or use a private key append to the ceremony transcript:
+//! `key generate`, `key import`, `key test` — success and failure alike.
 
 use crate::common::*;
 use sequester_custody::ceremony::transcript;

@@ -1,4 +1,4 @@
-//! Hostile exports through the REAL Parsec server (issue 10, item 7b).
+//! Hostile exports through the REAL Parsec server (docs/adversarial-suite.md).
 //!
 //! `tests/adversarial/make_adversarial.py` (run once, with the interop venv's python) starts the
 //! real server, bootstraps a sequestered organisation with the fixture authority key and service
@@ -536,7 +536,8 @@ fn generate(out: &Path) -> (Value, Vec<Case>) {
 struct Ctx {
     key: String,
     env: Vec<(String, String)>,
-    /// The tool takes `--root-key` (issue 10 trust anchor): pass the genuine root key.
+    /// The tool takes `--root-key` (the trust anchor, docs/formats.md §11): pass the genuine root
+    /// key.
     root_key_flag: bool,
     fuse: bool,
 }

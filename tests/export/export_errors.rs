@@ -1,4 +1,4 @@
-//! Every error case of issue 4 item 5 on corrupted copies of the real fixture (made in a tempdir):
+//! Every reader error case on corrupted copies of the real fixture (made in a tempdir):
 //! each gives a specific message naming what and where, never a panic, never partial output, and
 //! the (corrupted) export stays byte-identical.
 

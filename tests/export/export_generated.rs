@@ -109,7 +109,8 @@ fn generated_schema_equals_the_real_export_schema() {
     );
 }
 
-// ---- an independent walk written from spec §5.4 (cross-checks the writer by itself) ----
+// ---- an independent walk written from docs/formats.md §5.4 (cross-checks the writer by itself)
+// ----
 
 struct SpecWalk {
     conn: rusqlite::Connection,

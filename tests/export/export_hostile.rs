@@ -1,4 +1,4 @@
-//! Hostile exports through the CLI and the real FUSE mount (issue 10 items 2, 3, 6): a root that
+//! Hostile exports through the CLI and the real FUSE mount: a root that
 //! lists itself, an 8-way fan-out nine levels deep, absurd file sizes and names made of terminal
 //! control sequences, in a real SQLite export written by the project's writer (with forged
 //! manifest versions) and read with the service key in SoftHSM2. Every command must end quickly,

@@ -1,7 +1,7 @@
-//! The export's SQLite file as hostile input (issue 10 item 5): the schema is checked against
-//! spec §5.2 before the first query (one clear error naming what differs), stored SQL never runs,
-//! and raw page damage (truncation, flipped bytes in each table's pages) gives a clear error or a
-//! per-entry problem, never a panic, and never changes the file.
+//! The export's SQLite file as hostile input: the schema is checked against
+//! docs/formats.md §5.2 before the first query (one clear error naming what differs), stored SQL
+//! never runs, and raw page damage (truncation, flipped bytes in each table's pages) gives a clear
+//! error or a per-entry problem, never a panic, and never changes the file.
 
 use crate::common;
 

@@ -1,4 +1,4 @@
-//! Issue 10, trust anchor: a forged export (the same tree under a fresh root key, written by the
+//! Trust anchor: a forged export (the same tree under a fresh root key, written by the
 //! project's export writer) is refused when the genuine root is pinned or given with --org /
 //! --root-key, and reported NOT ANCHORED (exit 3) when nothing anchors it. Also: careful-client
 //! verdicts (revoked author, READER author) through the CLI with the key in SoftHSM2.

@@ -324,8 +324,8 @@ fn key_test_reports_path_and_latency() {
 
 const V6_RSA_BLOCK: &str = "50118dfd50b269d27d0e303d2b4010091520593653e06419afa50be4ea431d1004555532337fe9816afaec9f6d93c148d8a998c6629706bff71dec60201ef97f372671ae76070d585310c240b254ca86cc7152ca410c800ff04bb5eced44406966dec1aa682c6d1997c2ed014503f27a6c89ac75761b1058d361e087946d65d9";
 
-/// In a child process: spec vector V6's rsa_block, decrypted by the token holding the imported
-/// fixture service 1 key, gives the ephemeral key 00 01 .. 1f.
+/// In a child process: docs/formats.md §10 vector V6's rsa_block, decrypted by the token holding
+/// the imported fixture service 1 key, gives the ephemeral key 00 01 .. 1f.
 #[test]
 #[ignore = "run in a child process by spec_vector_v6_decrypts_on_token"]
 fn inner_v6() {

@@ -1,4 +1,4 @@
-//! Custody hardening (issue 14), tried as a PIN holder would: keys made by `key generate` and
+//! Custody hardening, tried as a PIN holder would: keys made by `key generate` and
 //! `key import` on SoftHSM2 and kryoptic, attacked through cryptoki directly (not through the
 //! tool). Role flips, sign-recover, copies, wrapping, reading secret components and mechanisms
 //! outside `CKA_ALLOWED_MECHANISMS` are refused; the tool's own paths still work (`key test`).

@@ -458,9 +458,10 @@ fn aes_management_key_is_detected_and_used() {
     assert_eq!(yk::list_keys(&card.uri()).unwrap().len(), 1);
 }
 
-/// Issue 14: the PIN is changed on the card while a run holds an open key (another program, a
-/// swapped card with the same serial). The kept PIN is rejected once; after that neither this
-/// key nor a new key opened with the same PIN presents it again: exactly one retry is spent.
+/// A wrong PIN is never retried: the PIN is changed on the card while a run holds an open key
+/// (another program, a swapped card with the same serial). The kept PIN is rejected once; after
+/// that neither this key nor a new key opened with the same PIN presents it again: exactly one
+/// retry is spent.
 #[test]
 fn a_pin_changed_mid_run_costs_exactly_one_retry() {
     let Some(session) = yubikey_common::start(&["5.4.3"]) else {
@@ -552,8 +553,8 @@ fn a_pin_changed_mid_run_costs_exactly_one_retry() {
     );
 }
 
-/// Issue 14: authority slots default to PIN always + touch always; service slots to PIN once +
-/// touch never. The URI still chooses.
+/// Default policies: authority slots default to PIN always + touch always; service slots to PIN
+/// once + touch never. The URI still chooses.
 #[test]
 fn authority_slots_default_to_pin_always_and_touch_always() {
     use sequester_custody::token::yubikey::uri::{PinPolicyOpt, TouchPolicyOpt};
@@ -602,9 +603,9 @@ fn authority_slots_default_to_pin_always_and_touch_always() {
     assert_eq!(sig.len(), 256);
 }
 
-/// Issue 14: whoever holds the management key can rewrite a slot certificate, which records the
-/// role. In 9c/9d the slot decides: a 9d certificate rewritten to claim the authority role is
-/// refused, and generation never puts a key of the other role there.
+/// A slot certificate is not trusted for the role: whoever holds the management key can rewrite a
+/// slot certificate, which records the role. In 9c/9d the slot decides: a 9d certificate rewritten
+/// to claim the authority role is refused, and generation never puts a key of the other role there.
 #[test]
 fn a_rewritten_slot_certificate_cannot_change_the_role() {
     use std::str::FromStr;

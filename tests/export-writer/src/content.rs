@@ -15,7 +15,7 @@ pub enum Content {
     Random { size: u64, seed: u64 },
     /// Like `Random`, but with holes: in every run of `hole_every` spans (>= 3), the last span has
     /// no block (reads as zeros) and the second one's block covers only the middle of its span
-    /// (zeros around it) — both allowed by the manifest format (spec §3.7).
+    /// (zeros around it) — both allowed by the manifest format (docs/formats.md §3.7).
     Sparse {
         size: u64,
         seed: u64,

@@ -1,4 +1,4 @@
-//! Hostile-export tooling (issue 10): uploads manifest versions and access rows that a
+//! Hostile-export tooling: uploads manifest versions and access rows that a
 //! well-behaved client never writes — a root listing itself, one folder under many names,
 //! a wrong `parent`, absurd file sizes, overlapping blocks, duplicate access rows — signed and
 //! encrypted like any other, so that the reader's structure rules are tested on real exports.

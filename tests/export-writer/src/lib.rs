@@ -3,11 +3,11 @@
 //! `sequester_custody` (the Parsec encoders of its `parsec` module and its crypto primitives), so
 //! what it writes is encoded by the same code the reader's decoders are tested against.
 //!
-//! Builds a valid Parsec realm export (schema v1, spec §5.2) of any size and shape, with its own
-//! organisation root key, users and Ed25519 devices, a sequester authority (a software RSA key or
-//! any [`AuthoritySigner`], e.g. a token key) and services for GIVEN public keys, key rotations
-//! with canaries, keys bundles and RSA-OAEP accesses, a realm name, and a workspace history
-//! (folders, multi-block and sparse files, renames, deletions, overwrites, versions across
+//! Builds a valid Parsec realm export (schema v1, docs/formats.md §5.2) of any size and shape, with
+//! its own organisation root key, users and Ed25519 devices, a sequester authority (a software RSA
+//! key or any [`AuthoritySigner`], e.g. a token key) and services for GIVEN public keys, key
+//! rotations with canaries, keys bundles and RSA-OAEP accesses, a realm name, and a workspace
+//! history (folders, multi-block and sparse files, renames, deletions, overwrites, versions across
 //! rotations). It returns the [`GroundTruth`]: the tree at chosen instants.
 //!
 //! Usage: [`ExportWriter::create`], then any sequence of certificate events
@@ -173,7 +173,8 @@ pub struct WriterConfig {
     /// Size of the generated authority key when no signer is given.
     pub authority_bits: usize,
     /// Seeds the organisation root key alone, everything else staying as `seed` makes it: the
-    /// same tree, devices and services under another root key (a forged export, issue 10).
+    /// same tree, devices and services under another root key (a forged export, to test the trust
+    /// anchor).
     pub root_key_seed: Option<u64>,
     /// Record the tree at the snapshot in the ground truth [`ExportWriter::finish`] returns
     /// (≈0.5 KiB per entry held until the end). Off when nobody reads it (`generate-export`

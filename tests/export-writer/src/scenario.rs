@@ -1,5 +1,5 @@
 //! Ready-made export shapes: the mixed history used by tests and the demo, and the three
-//! benchmark shapes of issue 7 (large files, many small files, deep history).
+//! benchmark shapes (large files, many small files, deep history).
 
 use std::path::Path;
 

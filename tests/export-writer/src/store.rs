@@ -1,5 +1,6 @@
-//! The SQLite side of the writer: schema version 1 (spec §5.2, the same table definitions as the
-//! exports written by the Parsec server) and batched inserts on the caller's thread.
+//! The SQLite side of the writer: schema version 1 (docs/formats.md §5.2, the same table
+//! definitions as the exports written by the Parsec server) and batched inserts on the caller's
+//! thread.
 
 use std::collections::HashMap;
 
@@ -8,7 +9,7 @@ use rusqlite::{params, Connection};
 use super::WriterError;
 use sequester_custody::parsec::device::Id;
 
-/// Schema of a realm export, version 1 (spec §5.2). Column order, types, defaults and
+/// Schema of a realm export, version 1 (docs/formats.md §5.2). Column order, types, defaults and
 /// constraints are those of the server's exports; `tests/export_generated.rs` compares them
 /// with the real fixture.
 pub const SCHEMA_SQL: &str = "

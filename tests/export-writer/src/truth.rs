@@ -77,7 +77,8 @@ pub struct ServiceTruth {
 }
 
 impl ServiceTruth {
-    /// The realm keys this service can recover: every index up to its highest access (spec §5.5).
+    /// The realm keys this service can recover: every index up to its highest access
+    /// (docs/formats.md §5.5).
     pub fn readable_key_indexes(&self) -> BTreeSet<u64> {
         let max = self.access_key_indexes.iter().copied().max().unwrap_or(0);
         (1..=max).collect()
