@@ -11,7 +11,7 @@ use sequester_custody::export::{terminal, EntryVersion};
 
 use super::options::KeyArgs;
 use super::output::{context_json, entry_json, entry_line, print_json};
-use super::unlock::{normalize, parse_at, unlock};
+use super::unlock::{at_or_snapshot, normalize, parse_time, unlock};
 use crate::cli::{CommandResult, GlobalOpts};
 
 pub(crate) fn run(
@@ -23,8 +23,10 @@ pub(crate) fn run(
     recursive: bool,
     global: &GlobalOpts,
 ) -> CommandResult {
+    // A malformed --at is refused before the token is used.
+    let at = parse_time(at)?;
     let (realm, trust) = unlock(file, args, global)?;
-    let t = parse_at(&realm, at)?;
+    let t = at_or_snapshot(&realm, at)?;
     let path = normalize(path);
     let start = match realm.resolve(&path, t) {
         Ok(v) => v,

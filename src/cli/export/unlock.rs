@@ -134,10 +134,16 @@ fn nothing_readable_message(realm: &Realm) -> String {
     }
 }
 
-pub(crate) fn parse_at(realm: &Realm, at: Option<&str>) -> anyhow::Result<DateTime> {
+/// `--at` as given, checked for syntax only (before the token is used).
+pub(crate) fn parse_time(at: Option<&str>) -> anyhow::Result<Option<DateTime>> {
+    at.map(|at| DateTime::parse_rfc3339(at).map_err(anyhow::Error::msg))
+        .transpose()
+}
+
+/// The instant to show: `--at` if given (never after the snapshot), else the snapshot time.
+pub(crate) fn at_or_snapshot(realm: &Realm, at: Option<DateTime>) -> anyhow::Result<DateTime> {
     let snapshot = realm.snapshot();
-    let Some(at) = at else { return Ok(snapshot) };
-    let t = DateTime::parse_rfc3339(at).map_err(anyhow::Error::msg)?;
+    let Some(t) = at else { return Ok(snapshot) };
     if t > snapshot {
         bail!(
             "--at {t} is after the export's snapshot time {snapshot}: the export knows nothing \
