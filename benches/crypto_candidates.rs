@@ -236,4 +236,86 @@ fn main() {
             row(name, result, load0);
         }
     }
+    ed25519_candidates(rounds);
+}
+
+/// Ed25519 verification of manifest-sized messages: the product's strict single verification
+/// against batch verification (the next step named in docs/performance.md for per-entry cost)
+/// and libsodium's `crypto_sign_verify_detached`. Prints µs per signature, best of `rounds`.
+fn ed25519_candidates(rounds: usize) {
+    use ed25519_dalek::{Signer, SigningKey};
+    let n = 20_000;
+    let keys: Vec<SigningKey> = (0..16u8)
+        .map(|i| SigningKey::from_bytes(&[i + 1; 32]))
+        .collect();
+    let messages: Vec<Vec<u8>> = (0..n).map(|i| vec![(i % 251) as u8; 600]).collect();
+    let signatures: Vec<_> = (0..n).map(|i| keys[i % 16].sign(&messages[i])).collect();
+    let verifying: Vec<_> = (0..n).map(|i| keys[i % 16].verifying_key()).collect();
+    let best = |mut pass: Box<dyn FnMut() + '_>| {
+        let mut best = (f64::MAX, 0.0);
+        for _ in 0..rounds {
+            let (cpu0, t0) = (thread_cpu(), Instant::now());
+            pass();
+            let wall = t0.elapsed().as_secs_f64();
+            let cpu = (thread_cpu() - cpu0).as_secs_f64();
+            if wall < best.0 {
+                best = (wall, cpu / wall);
+            }
+        }
+        (best.0 / n as f64 * 1e6, best.1)
+    };
+    println!();
+    println!("| Ed25519 candidate (600-byte messages, 16 keys) | µs per signature (best of {rounds}) | CPU share | Load before → after |");
+    println!("|---|---|---|---|");
+    let row = |name: &str, (us, share): (f64, f64), load0: f64| {
+        println!(
+            "| {name} | {us:.1} | {share:.2} | {load0:.2} → {:.2} |",
+            load_1min()
+        );
+    };
+    let load0 = load_1min();
+    let strict = best(Box::new(|| {
+        for i in 0..n {
+            assert!(verifying[i]
+                .verify_strict(&messages[i], &signatures[i])
+                .is_ok());
+        }
+    }));
+    row(
+        "product: ed25519-dalek verify_strict, one at a time",
+        strict,
+        load0,
+    );
+    let load0 = load_1min();
+    let batch = best(Box::new(|| {
+        for start in (0..n).step_by(64) {
+            let end = (start + 64).min(n);
+            let m: Vec<&[u8]> = messages[start..end].iter().map(|m| &m[..]).collect();
+            assert!(ed25519_dalek::verify_batch(
+                &m,
+                &signatures[start..end],
+                &verifying[start..end]
+            )
+            .is_ok());
+        }
+    }));
+    row("ed25519-dalek verify_batch, 64 per batch", batch, load0);
+    let load0 = load_1min();
+    let sodium = best(Box::new(|| {
+        for i in 0..n {
+            let pk = verifying[i].to_bytes();
+            let sig = signatures[i].to_bytes();
+            // SAFETY: fixed-size key and signature buffers, message slice with its length.
+            let rc = unsafe {
+                libsodium_sys::crypto_sign_verify_detached(
+                    sig.as_ptr(),
+                    messages[i].as_ptr(),
+                    messages[i].len() as u64,
+                    pk.as_ptr(),
+                )
+            };
+            assert_eq!(rc, 0);
+        }
+    }));
+    row("libsodium crypto_sign_verify_detached", sodium, load0);
 }
