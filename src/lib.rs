@@ -1,10 +1,12 @@
 //! sequester-custody: Parsec sequester keys held in hardware.
 //!
 //! Layers, bottom up:
-//! - [`crypto`]: host-side primitives (secretbox, KDF, Ed25519, RSA padding done on the host).
+//! - [`crypto`]: host-side primitives (secretbox, KDF, Ed25519, RSA padding done on the host);
+//!   [`fsutil`]: the one atomic file writer and the one file hasher.
+//! - [`parsec`]: Parsec's byte formats (data format v0, certificates, armor, PEM, the one RSA
+//!   public-key/SPKI module). Pure, no I/O.
 //! - [`token`]: the token abstraction ([`token::KeyHandle`]) and its backends (PKCS#11; YubiKey PIV
 //!   with the cargo feature `yubikey`, on by default).
-//! - [`parsec`]: Parsec's byte formats (data format v0, certificates, armor, PEM). Pure, no I/O.
 //! - [`export`]: the realm export reader (the synthetic-export writer for tests and benchmarks is
 //!   the development-only workspace crate `tests/export-writer`).
 //! - `mount`: a read-only FUSE view of an export (cargo feature `mount`, on by default).
