@@ -19,9 +19,9 @@ use sequester_custody::token::{
 };
 
 use super::ceremony::{recorded, CeremonyArgs, Recorder};
-use super::files::write_new_file;
 use super::token::mechanism_paths;
 use super::{CommandResult, GlobalOpts};
+use sequester_custody::fsutil::{self, Existing};
 
 /// Environment variable holding the passphrase of an encrypted key file for `key import`.
 pub(crate) const KEY_PASSPHRASE_ENV: &str = "SEQUESTER_CUSTODY_KEY_PASSPHRASE";
@@ -157,7 +157,7 @@ fn print_any_key(
     let info = key.info()?;
     let pem = spki::spki_pem(&info.spki_der);
     if let Some(path) = public_out {
-        write_new_file(path, &pem)?;
+        fsutil::write_atomic(path, pem.as_bytes(), Existing::Keep)?;
     }
     if global.json {
         let shown = ShownKey {

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use super::files::write_new_file;
 use super::{CommandResult, GlobalOpts};
+use sequester_custody::fsutil::{self, Existing};
 use sequester_custody::parsec::spki;
 use sequester_custody::token::yubikey::{self, attestation::AttestationReport, YubikeyKey};
 use sequester_custody::token::{KeyHandle, KeyInfo, KeySpec, TokenDescription};
@@ -34,7 +34,7 @@ fn print(
 ) -> CommandResult {
     let pem = spki::spki_pem(&info.spki_der);
     if let Some(path) = public_out {
-        write_new_file(path, &pem)?;
+        fsutil::write_atomic(path, pem.as_bytes(), Existing::Keep)?;
     }
     let (fw0, fw1, fw2) = key.firmware();
     let firmware = format!("{fw0}.{fw1}.{fw2}");

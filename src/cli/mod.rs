@@ -7,7 +7,6 @@ pub(crate) mod ceremony;
 pub(crate) mod cert;
 pub(crate) mod doctor;
 pub(crate) mod export;
-mod files;
 pub(crate) mod key;
 #[cfg(feature = "yubikey")]
 mod key_yubikey;

@@ -11,7 +11,7 @@ use sequester_custody::parsec::manifest::Manifest;
 
 use super::options::KeyArgs;
 use super::output::{context_json, entry_json, print_json};
-use super::unlock::{at_or_snapshot, normalize, parse_time, unlock};
+use super::unlock::{normalize, unlock_at};
 use crate::cli::{CommandResult, GlobalOpts};
 
 pub(crate) fn run(
@@ -21,10 +21,7 @@ pub(crate) fn run(
     at: Option<&str>,
     global: &GlobalOpts,
 ) -> CommandResult {
-    // A malformed --at is refused before the token is used.
-    let at = parse_time(at)?;
-    let (realm, trust) = unlock(file, args, global)?;
-    let t = at_or_snapshot(&realm, at)?;
+    let (realm, trust, t) = unlock_at(file, args, at, global)?;
     let path = normalize(path);
     let v = realm.resolve(&path, t)?;
     let f = match (&v.content, v.manifest().map(|m| &**m)) {

@@ -13,7 +13,7 @@ use sequester_custody::parsec::DateTime;
 
 use super::options::KeyArgs;
 use super::output::{print_json, safe_println};
-use super::unlock::{at_or_snapshot, normalize, parse_time, unlock};
+use super::unlock::{normalize, unlock_at};
 use crate::cli::{CommandResult, GlobalOpts};
 
 struct Bar(Option<indicatif::ProgressBar>);
@@ -78,10 +78,7 @@ pub(crate) fn run(
             record_path.display()
         );
     }
-    // A malformed --at is refused before the token is used.
-    let at = parse_time(at)?;
-    let (realm, trust) = unlock(file, args, global)?;
-    let t = at_or_snapshot(&realm, at)?;
+    let (realm, trust, t) = unlock_at(file, args, at, global)?;
     let path = normalize(path);
     let bar = if !global.json && std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);

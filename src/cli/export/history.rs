@@ -10,7 +10,7 @@ use sequester_custody::parsec::manifest::Manifest;
 
 use super::options::KeyArgs;
 use super::output::{context_json, entry_json, print_json, safe_line};
-use super::unlock::{at_or_snapshot, normalize, parse_time, unlock};
+use super::unlock::{normalize, unlock_at};
 use crate::cli::{CommandResult, GlobalOpts};
 
 pub(crate) fn run(
@@ -20,10 +20,7 @@ pub(crate) fn run(
     at: Option<&str>,
     global: &GlobalOpts,
 ) -> CommandResult {
-    // A malformed --at is refused before the token is used.
-    let at = parse_time(at)?;
-    let (realm, trust) = unlock(file, args, global)?;
-    let t = at_or_snapshot(&realm, at)?;
+    let (realm, trust, t) = unlock_at(file, args, at, global)?;
     let (id, shown) = if let Some(hex_id) = path.strip_prefix("id:") {
         (
             parse_id(hex_id).map_err(anyhow::Error::msg)?,

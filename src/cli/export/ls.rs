@@ -11,7 +11,7 @@ use sequester_custody::export::{terminal, EntryVersion};
 
 use super::options::KeyArgs;
 use super::output::{context_json, entry_json, entry_line, print_json};
-use super::unlock::{at_or_snapshot, normalize, parse_time, unlock};
+use super::unlock::{normalize, unlock_at};
 use crate::cli::{CommandResult, GlobalOpts};
 
 pub(crate) fn run(
@@ -23,10 +23,7 @@ pub(crate) fn run(
     recursive: bool,
     global: &GlobalOpts,
 ) -> CommandResult {
-    // A malformed --at is refused before the token is used.
-    let at = parse_time(at)?;
-    let (realm, trust) = unlock(file, args, global)?;
-    let t = at_or_snapshot(&realm, at)?;
+    let (realm, trust, t) = unlock_at(file, args, at, global)?;
     let path = normalize(path);
     let start = match realm.resolve(&path, t) {
         Ok(v) => v,
@@ -69,14 +66,9 @@ pub(crate) fn run(
         }
     };
     if global.json {
-        let head = serde_json::to_string_pretty(
+        let head = sequester_custody::export::json_object_head(
             &json!({"context": context_json(&realm, &trust, t), "path": path}),
         )?;
-        let head = head
-            .trim_end()
-            .strip_suffix('}')
-            .unwrap_or(&head)
-            .trim_end();
         write!(o, "{head},\n  \"entries\": [")?;
     } else {
         eprintln!(

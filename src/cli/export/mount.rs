@@ -6,15 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
-
-use sequester_custody::export::{parse_id, UnlockOptions};
 use sequester_custody::mount::{self, Ended, FsOptions, MountOptions};
-use sequester_custody::parsec::DateTime;
 
-use super::anchor::check_anchor;
 use super::options::KeyArgs;
-use super::unlock::open;
+use super::unlock::unlock_at;
 use crate::cli::{CommandResult, GlobalOpts};
 
 #[derive(Debug, clap::Args)]
@@ -38,56 +33,11 @@ pub(crate) fn run(args: MountArgs, global: &GlobalOpts) -> CommandResult {
     limit_malloc_arenas();
     // Checked before the token: a bad mount point must not cost a PIN entry.
     mount::check_mount_point(&args.mountpoint)?;
-    let export = open(&args.file, args.key.allow_incomplete)?;
-    let trust = check_anchor(&export, &args.key.anchor, global)?;
-    if export.sequester_topic()?.is_none() {
-        return Err(sequester_custody::export::ExportError::NotSequestered.into());
-    }
-    let service_id = args
-        .key
-        .service_id
-        .as_deref()
-        .map(parse_id)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
-    let realm = {
-        let key = sequester_custody::token::open_key(&args.key.key, crate::cli::token::terminal())
-            .context("opening the service key")?;
-        export.unlock(key.as_ref(), &UnlockOptions { service_id })?
-        // The token session closes here: the mount never needs the token again.
-    };
-    let snapshot = realm.snapshot();
-    let at = match &args.at {
-        None => snapshot,
-        Some(s) => {
-            let t = DateTime::parse_rfc3339(s).map_err(anyhow::Error::msg)?;
-            if t > snapshot {
-                bail!(
-                    "--at {t} is after the export's snapshot time {snapshot}: the export knows \
-                     nothing after it"
-                );
-            }
-            t
-        }
-    };
-    let r = realm.recovery();
-    eprintln!(
-        "Service `{}` ({}); token operations: {}; realm keys obtained: {:?} of {}",
-        realm.service().label,
-        hex::encode(realm.service().service_id),
-        r.token_operations,
-        r.obtained_key_indexes,
-        realm.latest_key_index()
-    );
-    if r.obtained_key_indexes.is_empty() {
+    // The token session closes inside `unlock_at`: the mount never needs the token again.
+    let (realm, trust, at) = unlock_at(&args.file, &args.key, args.at.as_deref(), global)?;
+    if !global.json && !realm.recovery().missing_key_indexes.is_empty() {
         eprintln!(
-            "NOTHING IS READABLE with this key: every entry will show as unreadable (EACCES)."
-        );
-    } else if !r.missing_key_indexes.is_empty() {
-        eprintln!(
-            "Note: data encrypted with key index(es) {:?} is not readable by this service; such \
-             entries appear with mode 0000 and opening them fails with EACCES (logged here).",
-            r.missing_key_indexes
+            "Unreadable entries appear with mode 0000; opening them fails with EACCES (logged here)."
         );
     }
     let name = realm.realm_name_at(at).to_string();

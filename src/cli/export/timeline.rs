@@ -18,14 +18,9 @@ pub(crate) fn run(file: &std::path::Path, args: &KeyArgs, global: &GlobalOpts) -
     // --json, one document whose `events` array is streamed.
     let mut o = std::io::BufWriter::new(std::io::stdout().lock());
     if global.json {
-        let head = serde_json::to_string_pretty(
+        let head = sequester_custody::export::json_object_head(
             &json!({"context": context_json(&realm, &trust, realm.snapshot())}),
         )?;
-        let head = head
-            .trim_end()
-            .strip_suffix('}')
-            .unwrap_or(&head)
-            .trim_end();
         write!(o, "{head},\n  \"events\": [")?;
     }
     let mut n = 0u64;

@@ -134,23 +134,27 @@ fn nothing_readable_message(realm: &Realm) -> String {
     }
 }
 
-/// `--at` as given, checked for syntax only (before the token is used).
-pub(crate) fn parse_time(at: Option<&str>) -> anyhow::Result<Option<DateTime>> {
-    at.map(|at| DateTime::parse_rfc3339(at).map_err(anyhow::Error::msg))
-        .transpose()
-}
-
-/// The instant to show: `--at` if given (never after the snapshot), else the snapshot time.
-pub(crate) fn at_or_snapshot(realm: &Realm, at: Option<DateTime>) -> anyhow::Result<DateTime> {
+/// [`unlock`] for a command showing one instant: `--at` (never after the snapshot; default the
+/// snapshot). A malformed `--at` is refused before the token is used.
+pub(crate) fn unlock_at(
+    file: &std::path::Path,
+    args: &KeyArgs,
+    at: Option<&str>,
+    global: &GlobalOpts,
+) -> anyhow::Result<(Realm, TrustReport, DateTime)> {
+    let at = at
+        .map(|at| DateTime::parse_rfc3339(at).map_err(anyhow::Error::msg))
+        .transpose()?;
+    let (realm, trust) = unlock(file, args, global)?;
     let snapshot = realm.snapshot();
-    let Some(t) = at else { return Ok(snapshot) };
+    let t = at.unwrap_or(snapshot);
     if t > snapshot {
         bail!(
             "--at {t} is after the export's snapshot time {snapshot}: the export knows nothing \
              after it"
         );
     }
-    Ok(t)
+    Ok((realm, trust, t))
 }
 
 pub(crate) fn normalize(path: &str) -> String {
