@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use sequester_custody::crypto::sha256;
 use sequester_custody::crypto::symmetric::{derive_key, secretbox_open, secretbox_seal};
-use sequester_custody::export::extract;
+use sequester_custody::export::walk::{Walk, WalkStep, MAX_DEPTH};
 use sequester_custody::export::{ExportFile, OpenOptions, Realm, UnlockOptions};
 use sequester_custody::parsec::manifest::BlockAccess;
 
@@ -483,13 +483,26 @@ struct DecryptTimes {
 type PlannedFile = (String, u64);
 
 fn planned_blocks(realm: &Realm) -> Res<(Vec<BlockAccess>, Vec<PlannedFile>)> {
-    let plan = extract::plan(realm, "/", realm.snapshot())?;
+    let t = realm.snapshot();
+    let root = realm.resolve("/", t)?;
+    let mut walk = Walk::new(realm, t, "/", root, MAX_DEPTH);
     let mut blocks = Vec::new();
     let mut files = Vec::new();
-    for (path, v) in &plan.files {
-        let f = v.file().ok_or("planned file without manifest")?;
-        blocks.extend(f.blocks.iter().cloned());
-        files.push((path.clone(), f.size));
+    while let Some(step) = walk.next_step()? {
+        let WalkStep::Entry(e) = step else { continue };
+        let Some(f) = e.child.version.file() else {
+            continue;
+        };
+        // What extract writes: files whose every block has a realm key this service holds.
+        let readable = f.blocks.iter().all(|b| {
+            realm
+                .block_key_index(&b.id)
+                .map_or(true, |k| realm.has_key(k))
+        });
+        if readable {
+            blocks.extend(f.blocks.iter().cloned());
+            files.push((e.path, f.size));
+        }
     }
     Ok((blocks, files))
 }

@@ -106,39 +106,6 @@ pub trait Progress: Sync {
 pub struct NoProgress;
 impl Progress for NoProgress {}
 
-/// The readable files of the tree at T below `path` (what [`extract_to`] writes), in walk order,
-/// collected in memory: for the benchmark harness's baseline, not for the commands.
-#[derive(Default)]
-pub struct Plan {
-    pub files: Vec<(String, EntryVersion)>,
-}
-
-/// See [`Plan`]. Files whose blocks need keys this service lacks are left out.
-pub fn plan(realm: &Realm, path: &str, at: DateTime) -> Result<Plan, ExportError> {
-    let start = realm.resolve(path, at)?;
-    let mut plan = Plan::default();
-    let mut add = |path: String, v: EntryVersion| {
-        if v.file().is_some() && missing_keys(realm, &path, &v).is_none() {
-            plan.files.push((path, v));
-        }
-    };
-    if start.folder().is_none() {
-        let name = split_path(path)?
-            .last()
-            .map(|s| s.to_string())
-            .unwrap_or_default();
-        add(join("/", &name), start);
-        return Ok(plan);
-    }
-    let mut walk = Walk::new(realm, at, "/", start, MAX_DEPTH);
-    while let Some(step) = walk.next_step()? {
-        if let WalkStep::Entry(e) = step {
-            add(e.path, e.child.version);
-        }
-    }
-    Ok(plan)
-}
-
 /// Receives the outcome of [`extract_to`] entry by entry, in walk order (depth first, children
 /// in name order), as it completes: nothing of the tree is kept in memory by the extraction.
 pub trait ExtractSink: Send {
@@ -506,18 +473,8 @@ impl Pipeline<'_, '_> {
         let task = &run.task;
         let mut blocks = Vec::new();
         if !self.stopped() {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.write_run(&run, &mut blocks)
-            }));
-            if let Err(payload) = outcome {
-                let what = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                *task.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
-                    "internal error while checking this item (please report): {what}"
-                ));
+            if let Err(message) = parallel::catch_item_panic(|| self.write_run(&run, &mut blocks)) {
+                *task.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
             }
         }
         self.hash_in_turn(&run, blocks);
@@ -1067,13 +1024,7 @@ impl CustodyRecordWriter {
         use std::io::Write;
         let json_err = std::io::Error::other;
         Ok(crate::fsutil::publish_new(path, |out| {
-            let head = serde_json::to_string_pretty(header).map_err(json_err)?;
-            // The header's own closing brace is dropped: the lists follow in the same object.
-            let head = head
-                .trim_end()
-                .strip_suffix('}')
-                .expect("a struct serializes to an object")
-                .trim_end();
+            let head = super::json_object_head(header).map_err(json_err)?;
             let problems = serde_json::to_string_pretty(problems).map_err(json_err)?;
             out.write_all(head.as_bytes())?;
             out.write_all(b",\n")?;

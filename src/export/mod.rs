@@ -48,6 +48,17 @@ pub(crate) fn ser_hex32<S: serde::Serializer>(b: &[u8; 32], s: S) -> Result<S::O
     s.serialize_str(&hex::encode(b))
 }
 
+/// Pretty JSON of `value` (which must serialize to an object) without its closing brace: members
+/// streamed after it (`,\n  "name": [...]` then `}`) complete the same object. How large lists
+/// (custody record, `ls -R`, `timeline`) are written with bounded memory.
+pub fn json_object_head(value: &impl serde::Serialize) -> serde_json::Result<String> {
+    let text = serde_json::to_string_pretty(value)?;
+    match text.trim_end().strip_suffix('}') {
+        Some(head) if text.starts_with('{') => Ok(head.trim_end().to_string()),
+        _ => Err(serde::ser::Error::custom("expected a JSON object")),
+    }
+}
+
 /// Parses a 32-hex-digit ID (dashes allowed).
 pub fn parse_id(s: &str) -> Result<[u8; 16], String> {
     let clean: String = s.chars().filter(|c| *c != '-').collect();

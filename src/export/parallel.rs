@@ -47,15 +47,18 @@ pub fn try_map<T: Sync, R: Send>(
     threads: usize,
     f: impl Fn(&T) -> R + Sync,
 ) -> Vec<Result<R, String>> {
-    map(items, threads, |item| {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(item))).map_err(|payload| {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            format!("internal error while checking this item (please report): {what}")
-        })
+    map(items, threads, |item| catch_item_panic(|| f(item)))
+}
+
+/// Runs the work of one item; a panic becomes `Err` with the per-entry message callers report.
+pub(crate) fn catch_item_panic<R>(work: impl FnOnce() -> R) -> Result<R, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        format!("internal error while checking this item (please report): {what}")
     })
 }
 

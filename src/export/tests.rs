@@ -2,7 +2,7 @@
 //!
 //! TEST SCAFFOLDING: [`SoftwareKey`] is a software `KeyHandle` built from the published 1024-bit
 //! fixture private key, so that the chain can be unit-tested without a token. The integration
-//! tests (`tests/export_*.rs`) run the same chain through SoftHSM2.
+//! tests (`tests/export/`) run the same chain through SoftHSM2.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -781,4 +781,14 @@ fn the_manifest_cache_is_keyed_by_the_whole_row_and_a_hit_skips_no_check() {
     }
     // The genuine row still hits.
     assert!(realm.load_version(cached).unwrap().file().is_some());
+}
+
+#[test]
+fn json_object_head_leaves_the_object_open_for_streamed_members() {
+    let head = super::json_object_head(&serde_json::json!({"a": 1})).unwrap();
+    let whole: serde_json::Value =
+        serde_json::from_str(&format!("{head},\n  \"items\": [1, 2]\n}}")).unwrap();
+    assert_eq!(whole, serde_json::json!({"a": 1, "items": [1, 2]}));
+    assert!(super::json_object_head(&[1, 2]).is_err());
+    assert!(super::json_object_head(&"}").is_err());
 }
