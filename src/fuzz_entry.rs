@@ -1,5 +1,5 @@
 //! Entry points shared by the cargo-fuzz targets (`fuzz/`) and the corpus replay test
-//! (`tests/fuzz_corpus.rs`): one function per target, taking the raw input bytes. Each runs every
+//! (`tests/export/fuzz_corpus.rs`): one function per target, taking the raw input bytes. Each runs every
 //! decoder of its kind on the input and must return without panicking, whatever the bytes.
 //!
 //! Inputs starting with `0x00` are used as they are (a data-format-v0 envelope); any other input
