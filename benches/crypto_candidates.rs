@@ -6,9 +6,12 @@
 //! The product (`crypto::symmetric::secretbox_open`) is measured beside the raw primitives so its
 //! own overhead (allocation, zeroizing) shows.
 
-use std::hint::black_box;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::hint::black_box;
+use std::time::Instant;
+
+use common::{load_1min, thread_cpu};
 use crypto_secretbox::aead::{AeadInPlace, KeyInit};
 use crypto_secretbox::XSalsa20Poly1305;
 use sequester_custody::crypto::symmetric;
@@ -108,21 +111,6 @@ fn make_blocks(block_size: usize, total: usize) -> Blocks {
     }
 }
 
-fn load_1min() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN)
-}
-
-fn thread_cpu() -> Duration {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes into the zeroed struct.
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
 /// Best of `rounds` passes of `work` over every block.
 struct Measured {
     /// Best wall-clock MB/s, and that pass's CPU share.
@@ -145,7 +133,7 @@ fn measure(blocks: &Blocks, rounds: usize, mut work: impl FnMut(&[u8]) -> bool) 
             assert!(work(blob), "candidate failed to open a valid block");
         }
         let wall = t0.elapsed().as_secs_f64();
-        let cpu = (thread_cpu() - cpu0).as_secs_f64();
+        let cpu = thread_cpu() - cpu0;
         let rate = bytes / wall / 1e6;
         if rate > best.rate {
             best.rate = rate;
@@ -257,7 +245,7 @@ fn ed25519_candidates(rounds: usize) {
             let (cpu0, t0) = (thread_cpu(), Instant::now());
             pass();
             let wall = t0.elapsed().as_secs_f64();
-            let cpu = (thread_cpu() - cpu0).as_secs_f64();
+            let cpu = thread_cpu() - cpu0;
             if wall < best.0 {
                 best = (wall, cpu / wall);
             }

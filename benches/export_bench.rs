@@ -19,12 +19,15 @@
 //! clock, its peak RSS taken from `wait4` (`ru_maxrss`). Page cache is warm (the exports were
 //! just generated or read): this measures CPU-bound work, not the disk.
 
+mod common;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{load_1min, thread_cpu};
 use sequester_custody::crypto::sha256;
 use sequester_custody::crypto::symmetric::{derive_key, secretbox_open, secretbox_seal};
 use sequester_custody::export::walk::{Walk, WalkStep, MAX_DEPTH};
@@ -217,14 +220,6 @@ struct Row {
     ratio: String,
     target: String,
     met: String,
-}
-
-/// 1-min load average (`/proc/loadavg`).
-fn load_1min() -> f64 {
-    fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN)
 }
 
 /// The load average around one measurement.
@@ -597,15 +592,6 @@ fn sodium_open(key: &[u8; 32], blob: &[u8], out: &mut Vec<u8>) -> bool {
     }
 }
 
-/// CPU seconds used by the calling thread.
-fn thread_cpu() -> f64 {
-    // SAFETY: getrusage fills a POD struct.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
 /// Plain copy of `bytes` bytes from the SQLite file to a new file, 1 MiB at a time.
 fn copy_baseline(export: &Path, bytes: u64, work: &Path) -> Res<(Duration, f64)> {
     let dest = work.join("copy-baseline.bin");
@@ -954,9 +940,7 @@ fn machine() -> String {
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     format!(
         "{} × {cpu}, {mem} RAM, load average at start {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        sequester_custody::export::parallel::default_threads(),
         load.split_whitespace()
             .take(3)
             .collect::<Vec<_>>()
