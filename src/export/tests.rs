@@ -234,23 +234,37 @@ fn realm_is_send_sync_and_reads_in_parallel() {
     }
 }
 
+/// A writer for a small generated export at `dir/name` (512-byte blocks, 1024-bit test
+/// authority, `users` users or the writer's default) with one service for the fixture's service 1 key and one key
+/// rotation done; returns it with that key.
+fn small_writer(
+    dir: &std::path::Path,
+    name: &str,
+    users: Option<usize>,
+) -> (sequester_export_writer::ExportWriter, SoftwareKey) {
+    let key = SoftwareKey::from_fixture(SERVICE1);
+    let default = sequester_export_writer::WriterConfig::default();
+    let config = sequester_export_writer::WriterConfig {
+        blocksize: 512,
+        authority_bits: 1024,
+        users: users.unwrap_or(default.users),
+        ..default
+    };
+    let mut w = sequester_export_writer::ExportWriter::create(&dir.join(name), config).unwrap();
+    w.add_service("svc", key.public_key_spki()).unwrap();
+    w.rotate_key().unwrap();
+    (w, key)
+}
+
 /// A block failing verification in the third run of a multi-run file, and in a one-run file:
 /// both files are removed and reported, the others are byte-identical, and the folder that held
 /// them keeps its manifest's mtime (set once every child is finished, removals included).
 #[test]
 fn extract_removes_files_whose_blocks_fail_in_any_run() {
-    use sequester_export_writer::{Content, ExportWriter, WriterConfig};
+    use sequester_export_writer::Content;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("generated.sqlite");
-    let key = SoftwareKey::from_fixture(SERVICE1);
-    let config = WriterConfig {
-        blocksize: 512,
-        authority_bits: 1024,
-        ..WriterConfig::default()
-    };
-    let mut w = ExportWriter::create(&path, config).unwrap();
-    w.add_service("svc", key.public_key_spki()).unwrap();
-    w.rotate_key().unwrap();
+    let (mut w, key) = small_writer(dir.path(), "generated.sqlite", None);
     let contents = [
         ("/d/big.bin", 40_000u64, 1u64),
         ("/d/one.bin", 300, 2),
@@ -323,19 +337,11 @@ fn extract_removes_files_whose_blocks_fail_in_any_run() {
 
 #[test]
 fn extract_of_a_generated_export_with_multi_block_and_sparse_files() {
-    use sequester_export_writer::{Content, ExportWriter, WriterConfig};
+    use sequester_export_writer::Content;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("generated.sqlite");
-    let key = SoftwareKey::from_fixture(SERVICE1);
-    let config = WriterConfig {
-        blocksize: 512,
-        authority_bits: 1024,
-        ..WriterConfig::default()
-    };
-    let blocksize = config.blocksize;
-    let mut w = ExportWriter::create(&path, config).unwrap();
-    w.add_service("svc", key.public_key_spki()).unwrap();
-    w.rotate_key().unwrap();
+    let (mut w, key) = small_writer(dir.path(), "generated.sqlite", None);
+    let blocksize = 512;
     let contents = [
         (
             "/big.bin",
@@ -551,18 +557,9 @@ fn careful_client_export(
     dir: &std::path::Path,
     tamper: impl FnOnce(&mut sequester_export_writer::ExportWriter),
 ) -> (Realm, DateTime) {
-    use sequester_export_writer::{Content, ExportWriter, WriterConfig};
+    use sequester_export_writer::Content;
     let path = dir.join("careful.sqlite");
-    let key = SoftwareKey::from_fixture(SERVICE1);
-    let config = WriterConfig {
-        blocksize: 512,
-        authority_bits: 1024,
-        users: 3,
-        ..WriterConfig::default()
-    };
-    let mut w = ExportWriter::create(&path, config).unwrap();
-    w.add_service("svc", key.public_key_spki()).unwrap();
-    w.rotate_key().unwrap();
+    let (mut w, key) = small_writer(dir, "careful.sqlite", Some(3));
     w.write_file("/bob.txt", Content::bytes(b"by alice".to_vec()))
         .unwrap();
     w.write_file("/carol.txt", Content::bytes(b"by alice".to_vec()))
