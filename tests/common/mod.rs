@@ -30,6 +30,25 @@ pub fn fixture(name: &str) -> PathBuf {
     shared_dir().join("fixtures/parsec").join(name)
 }
 
+/// A writable copy `<dir>/<name>.sqlite` of the real fixture export, with `mutate` applied through
+/// a read-write SQLite connection (the fixture itself is read-only and never touched).
+pub fn altered_fixture_export(
+    dir: &Path,
+    name: &str,
+    mutate: impl FnOnce(&rusqlite::Connection),
+) -> PathBuf {
+    let path = dir.join(format!("{name}.sqlite"));
+    std::fs::copy(fixture("sequestered_export.sqlite"), &path).unwrap();
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&path, perms).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    mutate(&conn);
+    drop(conn);
+    path
+}
+
 /// When set (CI, `scripts/test.sh`), a missing optional component fails the test instead of
 /// skipping it, so a green CI always means everything ran.
 pub fn require_all() -> bool {
@@ -117,6 +136,12 @@ pub fn files_under(root: &Path) -> std::collections::BTreeSet<String> {
         }
     }
     out
+}
+
+/// A host RSA key that is the same on every run (seeded), for exports written by the test writer.
+pub fn seeded_rsa_key(seed: u64, bits: usize) -> rsa::RsaPrivateKey {
+    use rand::SeedableRng;
+    rsa::RsaPrivateKey::new(&mut rand::rngs::StdRng::seed_from_u64(seed), bits).unwrap()
 }
 
 /// The SubjectPublicKeyInfo DER of a host RSA key.
