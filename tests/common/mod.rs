@@ -248,26 +248,16 @@ impl SoftHsm {
     /// hardened template (not modifiable, no sign-recover, allowed mechanisms), so no unsafe-key
     /// override is needed to use it.
     pub fn import_service_key_with_tool(&self, pem: &Path, label: &str) {
-        let token = format!(
-            "pkcs11:token={}?module-path={}",
-            self.label,
-            self.module.display()
-        );
+        let token = self.token_uri();
         let pem = pem.display().to_string();
         let out = run_cli(
-            &[
-                "key",
-                "import",
-                "--role",
+            &key_import_args(
                 "service",
-                "--label",
                 label,
-                "--allow-insecure-test-size",
-                "--token",
                 &token,
-                "--in",
                 &pem,
-            ],
+                &["--allow-insecure-test-size"],
+            ),
             &self.env_without_unsafe_override(),
         );
         assert!(out.status.success(), "key import: {out:?}");
@@ -369,6 +359,47 @@ pub fn run_cli(args: &[&str], env: &[(String, String)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().unwrap()
+}
+
+/// `key generate --role <role> --label <label> --bits <bits> --token <token>` followed by
+/// `extra` (`--public-out`, `--transcript`, the global `--json`, …), for [`run_cli`].
+pub fn key_generate_args<'a>(
+    role: &'a str,
+    label: &'a str,
+    bits: &'a str,
+    token: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "key", "generate", "--role", role, "--label", label, "--bits", bits, "--token", token,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// `key import --role <role> --label <label> --token <token> --in <pem>` followed by `extra`,
+/// for [`run_cli`].
+pub fn key_import_args<'a>(
+    role: &'a str,
+    label: &'a str,
+    token: &'a str,
+    pem: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "key", "import", "--role", role, "--label", label, "--token", token, "--in", pem,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Generates a 2048-bit `role` key `label` on `t` with the CLI under `env`; asserts it worked.
+pub fn generate_key(t: &TestToken, role: &str, label: &str, env: &[(String, String)]) {
+    let out = run_cli(
+        &key_generate_args(role, label, "2048", &t.token_uri(), &[]),
+        env,
+    );
+    assert!(out.status.success(), "{}: {}", t.name(), stderr(&out));
 }
 
 pub fn stdout(out: &Output) -> String {

@@ -21,10 +21,7 @@ fn make_keys(t: &TestToken) -> Vec<(&'static str, &'static str)> {
     let token = t.token_uri();
     for (label, role) in [("auth-gen", "authority"), ("svc-gen", "service")] {
         let v = cli_ok(
-            &[
-                "--json", "key", "generate", "--role", role, "--label", label, "--bits", "2048",
-                "--token", &token,
-            ],
+            &key_generate_args(role, label, "2048", &token, &["--json"]),
             &t.env(),
         );
         check_hardened(&v, role, t.name());
@@ -38,20 +35,13 @@ fn make_keys(t: &TestToken) -> Vec<(&'static str, &'static str)> {
         ),
     ] {
         let v = cli_ok(
-            &[
-                "--json",
-                "key",
-                "import",
-                "--role",
+            &key_import_args(
                 role,
-                "--label",
                 label,
-                "--token",
                 &token,
-                "--in",
                 fixture(file).to_str().unwrap(),
-                "--allow-insecure-test-size",
-            ],
+                &["--json", "--allow-insecure-test-size"],
+            ),
             &t.env(),
         );
         check_hardened(&v, role, t.name());
@@ -403,20 +393,13 @@ fn unsafe_keys_are_reported_and_refused_unless_the_test_override_is_set() {
 fn always_authenticate_authority_keys_sign_with_a_context_login() {
     for t in TestToken::both("always-auth") {
         let v = cli_ok(
-            &[
-                "--json",
-                "key",
-                "generate",
-                "--role",
+            &key_generate_args(
                 "authority",
-                "--label",
                 "auth",
-                "--bits",
                 "2048",
-                "--always-authenticate",
-                "--token",
                 &t.token_uri(),
-            ],
+                &["--json", "--always-authenticate"],
+            ),
             &t.env(),
         );
         assert!(
@@ -475,21 +458,17 @@ fn secret_files_readable_by_others_are_refused() {
     std::fs::write(&pass, "correct horse\n").unwrap();
     let import = |label: &str| {
         run_cli(
-            &[
-                "key",
-                "import",
-                "--role",
+            &key_import_args(
                 "service",
-                "--label",
                 label,
-                "--token",
                 &hsm.token_uri(),
-                "--in",
                 encrypted.to_str().unwrap(),
-                "--passphrase-file",
-                pass.to_str().unwrap(),
-                "--allow-insecure-test-size",
-            ],
+                &[
+                    "--passphrase-file",
+                    pass.to_str().unwrap(),
+                    "--allow-insecure-test-size",
+                ],
+            ),
             &hsm.env(),
         )
     };
