@@ -720,7 +720,7 @@ pub fn check_private_key_locked_down() {
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
     use cryptoki::error::{Error as CkError, RvError};
     use cryptoki::mechanism::Mechanism;
-    use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass};
+    use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
     use cryptoki::session::UserType;
     use cryptoki::types::AuthPin;
     let module = std::env::var("INNER_MODULE").unwrap();
@@ -751,28 +751,7 @@ pub fn check_private_key_locked_down() {
     assert_eq!(keys.len(), 1);
     let key = keys[0];
 
-    // Secret components: reported as sensitive (get_attributes would silently drop them).
-    let info = session
-        .get_attribute_info(
-            key,
-            &[
-                AttributeType::PrivateExponent,
-                AttributeType::Prime1,
-                AttributeType::Prime2,
-                AttributeType::Coefficient,
-            ],
-        )
-        .unwrap();
-    for i in &info {
-        assert!(
-            matches!(i, AttributeInfo::Sensitive | AttributeInfo::Unavailable),
-            "secret attribute readable: {info:?}"
-        );
-    }
-    let got = session
-        .get_attributes(key, &[AttributeType::PrivateExponent])
-        .unwrap();
-    assert!(got.is_empty(), "CKA_PRIVATE_EXPONENT was returned");
+    assert_secret_components_unreadable(&session, key, &format!("{label} ({role})"));
 
     // Usage flags: authority = sign only, service = decrypt only.
     let flags = session
@@ -812,21 +791,7 @@ pub fn check_private_key_locked_down() {
             ],
         )
         .unwrap();
-    let mut refusals = 0;
-    for mech in [Mechanism::AesKeyWrapPad, Mechanism::AesCbcPad([7u8; 16])] {
-        let wrapped = session.wrap_key(&mech, wrapping, key);
-        eprintln!("wrap with {mech:?}: {wrapped:?}");
-        match wrapped {
-            Err(CkError::Pkcs11(
-                RvError::KeyUnextractable | RvError::KeyFunctionNotPermitted,
-                _,
-            )) => refusals += 1,
-            // A token that does not implement this wrap mechanism proves nothing either way.
-            Err(CkError::Pkcs11(RvError::MechanismInvalid, _)) => {}
-            other => panic!("C_WrapKey of the private key with {mech:?}: {other:?}"),
-        }
-    }
-    assert!(refusals >= 1, "no wrap mechanism was even tried on the key");
+    assert_wrap_refused(&session, wrapping, key, &format!("{label} ({role})"));
 
     // CKA_EXTRACTABLE cannot go back to true.
     let set = session.update_attributes(key, &[Attribute::Extractable(true)]);
@@ -846,6 +811,73 @@ pub fn check_private_key_locked_down() {
         .get_attributes(key, &[AttributeType::Extractable])
         .unwrap();
     assert!(matches!(still[..], [Attribute::Extractable(false)]));
+}
+
+/// Through PKCS#11: the private key's secret components are reported sensitive (or unavailable)
+/// and never returned (`get_attributes` would silently drop them). `what` names the key.
+pub fn assert_secret_components_unreadable(
+    session: &cryptoki::session::Session,
+    key: cryptoki::object::ObjectHandle,
+    what: &str,
+) {
+    use cryptoki::object::{AttributeInfo, AttributeType};
+    let info = session
+        .get_attribute_info(
+            key,
+            &[
+                AttributeType::PrivateExponent,
+                AttributeType::Prime1,
+                AttributeType::Prime2,
+                AttributeType::Coefficient,
+            ],
+        )
+        .unwrap();
+    for i in &info {
+        assert!(
+            matches!(i, AttributeInfo::Sensitive | AttributeInfo::Unavailable),
+            "{what}: secret attribute readable: {info:?}"
+        );
+    }
+    let got = session
+        .get_attributes(
+            key,
+            &[AttributeType::PrivateExponent, AttributeType::Prime1],
+        )
+        .unwrap();
+    assert!(
+        got.is_empty(),
+        "{what}: a secret component was returned: {got:?}"
+    );
+}
+
+/// Through PKCS#11: C_WrapKey of the private key with the AES key `wrapping` is refused by at
+/// least one wrap mechanism the token implements. `what` names the key.
+pub fn assert_wrap_refused(
+    session: &cryptoki::session::Session,
+    wrapping: cryptoki::object::ObjectHandle,
+    key: cryptoki::object::ObjectHandle,
+    what: &str,
+) {
+    use cryptoki::error::{Error as CkError, RvError};
+    use cryptoki::mechanism::Mechanism;
+    let mut refusals = 0;
+    for mech in [Mechanism::AesKeyWrapPad, Mechanism::AesCbcPad([7u8; 16])] {
+        let wrapped = session.wrap_key(&mech, wrapping, key);
+        eprintln!("{what}: wrap with {mech:?}: {wrapped:?}");
+        match wrapped {
+            Err(CkError::Pkcs11(
+                RvError::KeyUnextractable | RvError::KeyFunctionNotPermitted,
+                _,
+            )) => refusals += 1,
+            // A token that does not implement this wrap mechanism proves nothing either way.
+            Err(CkError::Pkcs11(RvError::MechanismInvalid, _)) => {}
+            other => panic!("{what}: C_WrapKey with {mech:?}: {other:?}"),
+        }
+    }
+    assert!(
+        refusals >= 1,
+        "{what}: no wrap mechanism was even tried on the key"
+    );
 }
 
 /// Starts `cmd` in a new session without a controlling terminal (no `/dev/tty` to prompt on).

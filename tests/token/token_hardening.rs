@@ -129,7 +129,7 @@ fn attack_keys() {
     use cryptoki::error::{Error as CkError, RvError};
     use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
     use cryptoki::mechanism::{Mechanism, MechanismType};
-    use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass};
+    use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
     use cryptoki::session::UserType;
     use cryptoki::types::AuthPin;
     let module = std::env::var("INNER_MODULE").unwrap();
@@ -270,44 +270,10 @@ fn attack_keys() {
         }
 
         // Wrapping with the token wrapping key.
-        let mut wrap_refusals = 0;
-        for mech in [Mechanism::AesKeyWrapPad, Mechanism::AesCbcPad([7u8; 16])] {
-            match session.wrap_key(&mech, wrapping, key) {
-                Err(CkError::Pkcs11(
-                    RvError::KeyUnextractable | RvError::KeyFunctionNotPermitted,
-                    _,
-                )) => wrap_refusals += 1,
-                // A token without this wrap mechanism proves nothing either way.
-                Err(CkError::Pkcs11(RvError::MechanismInvalid, _)) => {}
-                other => panic!("{what}: C_WrapKey with {mech:?}: {other:?}"),
-            }
-        }
-        assert!(wrap_refusals >= 1, "{what}: no wrap mechanism was tried");
+        assert_wrap_refused(&session, wrapping, key, &what);
 
         // Secret components are not readable.
-        let info = session
-            .get_attribute_info(
-                key,
-                &[
-                    AttributeType::PrivateExponent,
-                    AttributeType::Prime1,
-                    AttributeType::Prime2,
-                ],
-            )
-            .unwrap();
-        for i in &info {
-            assert!(
-                matches!(i, AttributeInfo::Sensitive | AttributeInfo::Unavailable),
-                "{what}: secret attribute readable: {info:?}"
-            );
-        }
-        assert!(session
-            .get_attributes(
-                key,
-                &[AttributeType::PrivateExponent, AttributeType::Prime1]
-            )
-            .unwrap()
-            .is_empty());
+        assert_secret_components_unreadable(&session, key, &what);
 
         // Mechanisms outside CKA_ALLOWED_MECHANISMS are refused at init (before any data).
         let allowed = session
