@@ -574,8 +574,6 @@ fn failed_or_abandoned_write_leaves_no_file() {
 
 // ---- through the product's reader (CLI `export …`) with the service key in SoftHSM2 ----
 
-/// A SoftHSM2 token holding `key` (imported as PKCS#8 PEM, the way test keys get there).
-
 fn cli_json(args: &[&str], env: &[(String, String)]) -> serde_json::Value {
     let mut full = vec!["--json"];
     full.extend_from_slice(args);
