@@ -6,7 +6,7 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{run_cli, stderr, stdout, SoftHsm};
+use crate::common::{key_generate_args, run_cli, stderr, stdout, SoftHsm};
 use sequester_custody::ceremony::transcript;
 use sequester_custody::parsec::spki::RsaPublicKeyDer;
 
@@ -14,20 +14,13 @@ fn keygen(hsm: &SoftHsm, role: &str, label: &str, bits: usize, public_out: &Path
     let bits = bits.to_string();
     let token = hsm.token_uri();
     let out = run_cli(
-        &[
-            "key",
-            "generate",
-            "--role",
+        &key_generate_args(
             role,
-            "--label",
             label,
-            "--bits",
             &bits,
-            "--token",
             &token,
-            "--public-out",
-            public_out.to_str().unwrap(),
-        ],
+            &["--public-out", public_out.to_str().unwrap()],
+        ),
         &hsm.env(),
     );
     assert!(out.status.success(), "key generate: {}", stderr(&out));

@@ -11,7 +11,7 @@ use crate::common;
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::{run_cli, sh_quote, shared_dir, stderr, stdout};
+use crate::common::{key_generate_args, run_cli, sh_quote, shared_dir, stderr, stdout};
 use sequester_custody::parsec::cert_pem;
 use sequester_custody::parsec::spki::RsaPublicKeyDer;
 
@@ -60,20 +60,13 @@ fn kryoptic(label: &str) -> Option<Token> {
 impl Token {
     fn keygen(&self, role: &str, label: &str, bits: usize, public_out: &Path) -> RsaPublicKeyDer {
         let out = run_cli(
-            &[
-                "key",
-                "generate",
-                "--role",
+            &key_generate_args(
                 role,
-                "--label",
                 label,
-                "--bits",
                 &bits.to_string(),
-                "--token",
                 &self.token_uri,
-                "--public-out",
-                public_out.to_str().unwrap(),
-            ],
+                &["--public-out", public_out.to_str().unwrap()],
+            ),
             &self.env,
         );
         assert!(

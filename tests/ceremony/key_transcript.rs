@@ -16,26 +16,22 @@ fn generate_import_and_test_are_recorded_in_one_chain() {
     let token = hsm.token_uri();
 
     let out = run_cli(
-        &[
-            "key",
-            "generate",
-            "--role",
+        &key_generate_args(
             "service",
-            "--label",
             "svc",
-            "--bits",
             "2048",
-            "--token",
             &token,
-            "--public-out",
-            pub_out.to_str().unwrap(),
-            "--transcript",
-            t_arg,
-            "--operator",
-            "Alice",
-            "--operator",
-            "Bob",
-        ],
+            &[
+                "--public-out",
+                pub_out.to_str().unwrap(),
+                "--transcript",
+                t_arg,
+                "--operator",
+                "Alice",
+                "--operator",
+                "Bob",
+            ],
+        ),
         &hsm.env(),
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -50,20 +46,13 @@ fn generate_import_and_test_are_recorded_in_one_chain() {
     // A failing import (missing file) is recorded as failed, and still exits non-zero.
     let missing = dir.path().join("no-such-key.pem");
     let out = run_cli(
-        &[
-            "key",
-            "import",
-            "--role",
+        &key_import_args(
             "service",
-            "--label",
             "x",
-            "--token",
             &token,
-            "--in",
             missing.to_str().unwrap(),
-            "--transcript",
-            t_arg,
-        ],
+            &["--transcript", t_arg],
+        ),
         &hsm.env(),
     );
     assert!(!out.status.success());

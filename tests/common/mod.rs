@@ -30,6 +30,25 @@ pub fn fixture(name: &str) -> PathBuf {
     shared_dir().join("fixtures/parsec").join(name)
 }
 
+/// A writable copy `<dir>/<name>.sqlite` of the real fixture export, with `mutate` applied through
+/// a read-write SQLite connection (the fixture itself is read-only and never touched).
+pub fn altered_fixture_export(
+    dir: &Path,
+    name: &str,
+    mutate: impl FnOnce(&rusqlite::Connection),
+) -> PathBuf {
+    let path = dir.join(format!("{name}.sqlite"));
+    std::fs::copy(fixture("sequestered_export.sqlite"), &path).unwrap();
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&path, perms).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    mutate(&conn);
+    drop(conn);
+    path
+}
+
 /// When set (CI, `scripts/test.sh`), a missing optional component fails the test instead of
 /// skipping it, so a green CI always means everything ran.
 pub fn require_all() -> bool {
@@ -117,6 +136,12 @@ pub fn files_under(root: &Path) -> std::collections::BTreeSet<String> {
         }
     }
     out
+}
+
+/// A host RSA key that is the same on every run (seeded), for exports written by the test writer.
+pub fn seeded_rsa_key(seed: u64, bits: usize) -> rsa::RsaPrivateKey {
+    use rand::SeedableRng;
+    rsa::RsaPrivateKey::new(&mut rand::rngs::StdRng::seed_from_u64(seed), bits).unwrap()
 }
 
 /// The SubjectPublicKeyInfo DER of a host RSA key.
@@ -223,26 +248,16 @@ impl SoftHsm {
     /// hardened template (not modifiable, no sign-recover, allowed mechanisms), so no unsafe-key
     /// override is needed to use it.
     pub fn import_service_key_with_tool(&self, pem: &Path, label: &str) {
-        let token = format!(
-            "pkcs11:token={}?module-path={}",
-            self.label,
-            self.module.display()
-        );
+        let token = self.token_uri();
         let pem = pem.display().to_string();
         let out = run_cli(
-            &[
-                "key",
-                "import",
-                "--role",
+            &key_import_args(
                 "service",
-                "--label",
                 label,
-                "--allow-insecure-test-size",
-                "--token",
                 &token,
-                "--in",
                 &pem,
-            ],
+                &["--allow-insecure-test-size"],
+            ),
             &self.env_without_unsafe_override(),
         );
         assert!(out.status.success(), "key import: {out:?}");
@@ -344,6 +359,47 @@ pub fn run_cli(args: &[&str], env: &[(String, String)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().unwrap()
+}
+
+/// `key generate --role <role> --label <label> --bits <bits> --token <token>` followed by
+/// `extra` (`--public-out`, `--transcript`, the global `--json`, …), for [`run_cli`].
+pub fn key_generate_args<'a>(
+    role: &'a str,
+    label: &'a str,
+    bits: &'a str,
+    token: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "key", "generate", "--role", role, "--label", label, "--bits", bits, "--token", token,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// `key import --role <role> --label <label> --token <token> --in <pem>` followed by `extra`,
+/// for [`run_cli`].
+pub fn key_import_args<'a>(
+    role: &'a str,
+    label: &'a str,
+    token: &'a str,
+    pem: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "key", "import", "--role", role, "--label", label, "--token", token, "--in", pem,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Generates a 2048-bit `role` key `label` on `t` with the CLI under `env`; asserts it worked.
+pub fn generate_key(t: &TestToken, role: &str, label: &str, env: &[(String, String)]) {
+    let out = run_cli(
+        &key_generate_args(role, label, "2048", &t.token_uri(), &[]),
+        env,
+    );
+    assert!(out.status.success(), "{}: {}", t.name(), stderr(&out));
 }
 
 pub fn stdout(out: &Output) -> String {
@@ -664,7 +720,7 @@ pub fn check_private_key_locked_down() {
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
     use cryptoki::error::{Error as CkError, RvError};
     use cryptoki::mechanism::Mechanism;
-    use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass};
+    use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
     use cryptoki::session::UserType;
     use cryptoki::types::AuthPin;
     let module = std::env::var("INNER_MODULE").unwrap();
@@ -695,28 +751,7 @@ pub fn check_private_key_locked_down() {
     assert_eq!(keys.len(), 1);
     let key = keys[0];
 
-    // Secret components: reported as sensitive (get_attributes would silently drop them).
-    let info = session
-        .get_attribute_info(
-            key,
-            &[
-                AttributeType::PrivateExponent,
-                AttributeType::Prime1,
-                AttributeType::Prime2,
-                AttributeType::Coefficient,
-            ],
-        )
-        .unwrap();
-    for i in &info {
-        assert!(
-            matches!(i, AttributeInfo::Sensitive | AttributeInfo::Unavailable),
-            "secret attribute readable: {info:?}"
-        );
-    }
-    let got = session
-        .get_attributes(key, &[AttributeType::PrivateExponent])
-        .unwrap();
-    assert!(got.is_empty(), "CKA_PRIVATE_EXPONENT was returned");
+    assert_secret_components_unreadable(&session, key, &format!("{label} ({role})"));
 
     // Usage flags: authority = sign only, service = decrypt only.
     let flags = session
@@ -756,21 +791,7 @@ pub fn check_private_key_locked_down() {
             ],
         )
         .unwrap();
-    let mut refusals = 0;
-    for mech in [Mechanism::AesKeyWrapPad, Mechanism::AesCbcPad([7u8; 16])] {
-        let wrapped = session.wrap_key(&mech, wrapping, key);
-        eprintln!("wrap with {mech:?}: {wrapped:?}");
-        match wrapped {
-            Err(CkError::Pkcs11(
-                RvError::KeyUnextractable | RvError::KeyFunctionNotPermitted,
-                _,
-            )) => refusals += 1,
-            // A token that does not implement this wrap mechanism proves nothing either way.
-            Err(CkError::Pkcs11(RvError::MechanismInvalid, _)) => {}
-            other => panic!("C_WrapKey of the private key with {mech:?}: {other:?}"),
-        }
-    }
-    assert!(refusals >= 1, "no wrap mechanism was even tried on the key");
+    assert_wrap_refused(&session, wrapping, key, &format!("{label} ({role})"));
 
     // CKA_EXTRACTABLE cannot go back to true.
     let set = session.update_attributes(key, &[Attribute::Extractable(true)]);
@@ -790,6 +811,73 @@ pub fn check_private_key_locked_down() {
         .get_attributes(key, &[AttributeType::Extractable])
         .unwrap();
     assert!(matches!(still[..], [Attribute::Extractable(false)]));
+}
+
+/// Through PKCS#11: the private key's secret components are reported sensitive (or unavailable)
+/// and never returned (`get_attributes` would silently drop them). `what` names the key.
+pub fn assert_secret_components_unreadable(
+    session: &cryptoki::session::Session,
+    key: cryptoki::object::ObjectHandle,
+    what: &str,
+) {
+    use cryptoki::object::{AttributeInfo, AttributeType};
+    let info = session
+        .get_attribute_info(
+            key,
+            &[
+                AttributeType::PrivateExponent,
+                AttributeType::Prime1,
+                AttributeType::Prime2,
+                AttributeType::Coefficient,
+            ],
+        )
+        .unwrap();
+    for i in &info {
+        assert!(
+            matches!(i, AttributeInfo::Sensitive | AttributeInfo::Unavailable),
+            "{what}: secret attribute readable: {info:?}"
+        );
+    }
+    let got = session
+        .get_attributes(
+            key,
+            &[AttributeType::PrivateExponent, AttributeType::Prime1],
+        )
+        .unwrap();
+    assert!(
+        got.is_empty(),
+        "{what}: a secret component was returned: {got:?}"
+    );
+}
+
+/// Through PKCS#11: C_WrapKey of the private key with the AES key `wrapping` is refused by at
+/// least one wrap mechanism the token implements. `what` names the key.
+pub fn assert_wrap_refused(
+    session: &cryptoki::session::Session,
+    wrapping: cryptoki::object::ObjectHandle,
+    key: cryptoki::object::ObjectHandle,
+    what: &str,
+) {
+    use cryptoki::error::{Error as CkError, RvError};
+    use cryptoki::mechanism::Mechanism;
+    let mut refusals = 0;
+    for mech in [Mechanism::AesKeyWrapPad, Mechanism::AesCbcPad([7u8; 16])] {
+        let wrapped = session.wrap_key(&mech, wrapping, key);
+        eprintln!("{what}: wrap with {mech:?}: {wrapped:?}");
+        match wrapped {
+            Err(CkError::Pkcs11(
+                RvError::KeyUnextractable | RvError::KeyFunctionNotPermitted,
+                _,
+            )) => refusals += 1,
+            // A token that does not implement this wrap mechanism proves nothing either way.
+            Err(CkError::Pkcs11(RvError::MechanismInvalid, _)) => {}
+            other => panic!("{what}: C_WrapKey with {mech:?}: {other:?}"),
+        }
+    }
+    assert!(
+        refusals >= 1,
+        "{what}: no wrap mechanism was even tried on the key"
+    );
 }
 
 /// Starts `cmd` in a new session without a controlling terminal (no `/dev/tty` to prompt on).

@@ -10,20 +10,6 @@ use crate::common::{fixture, run_cli, stderr, stdout, SoftHsm};
 
 const SERVICE1: &str = "sequester_service_1.00000000000000000000000000000001.private.pem";
 
-/// A copy of the fixture with `mutate` applied through a read-write SQLite connection.
-fn corrupted(dir: &Path, name: &str, mutate: impl FnOnce(&rusqlite::Connection)) -> PathBuf {
-    let path = dir.join(format!("{name}.sqlite"));
-    std::fs::copy(fixture("sequestered_export.sqlite"), &path).unwrap();
-    let mut perms = std::fs::metadata(&path).unwrap().permissions();
-    #[allow(clippy::permissions_set_readonly_false)]
-    perms.set_readonly(false);
-    std::fs::set_permissions(&path, perms).unwrap();
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    mutate(&conn);
-    drop(conn);
-    path
-}
-
 fn flip_blob(
     conn: &rusqlite::Connection,
     table: &str,
@@ -102,22 +88,22 @@ fn file_level_errors() {
     .unwrap();
     let empty = dir.path().join("empty.sqlite");
     std::fs::write(&empty, b"").unwrap();
-    let wrong_magic = corrupted(dir.path(), "wrong-magic", |c| {
+    let wrong_magic = common::altered_fixture_export(dir.path(), "wrong-magic", |c| {
         c.execute("UPDATE info SET magic = 12345", []).unwrap();
     });
-    let future = corrupted(dir.path(), "future-version", |c| {
+    let future = common::altered_fixture_export(dir.path(), "future-version", |c| {
         c.execute("UPDATE info SET version = 2", []).unwrap();
     });
-    let authority = corrupted(dir.path(), "flipped-authority-cert", |c| {
+    let authority = common::altered_fixture_export(dir.path(), "flipped-authority-cert", |c| {
         flip_blob(c, "sequester_certificate", "certificate", "_id", 0, 80)
     });
-    let dropped = corrupted(dir.path(), "dropped-table", |c| {
+    let dropped = common::altered_fixture_export(dir.path(), "dropped-table", |c| {
         c.execute("DROP TABLE block_data", []).unwrap();
     });
-    let bad_info = corrupted(dir.path(), "bad-info", |c| {
+    let bad_info = common::altered_fixture_export(dir.path(), "bad-info", |c| {
         c.execute("UPDATE info SET realm_id = x'0102'", []).unwrap();
     });
-    let incomplete = corrupted(dir.path(), "incomplete", |c| {
+    let incomplete = common::altered_fixture_export(dir.path(), "incomplete", |c| {
         c.execute("UPDATE info SET blocks_data_export_done = 0", [])
             .unwrap();
     });
@@ -252,11 +238,11 @@ fn content_level_errors() {
     let at15 = "2000-01-15T00:00:00Z";
 
     // Flipped byte in the encrypted manifest of the file, version 2 (vlob seq 203).
-    let vlob = corrupted(dir.path(), "flipped-vlob", |c| {
+    let vlob = common::altered_fixture_export(dir.path(), "flipped-vlob", |c| {
         flip_blob(c, "vlob_atom", "blob", "sequential_id", 203, 100)
     });
     // Truncated manifest blob (shorter than a secretbox).
-    let truncated_vlob = corrupted(dir.path(), "truncated-vlob", |c| {
+    let truncated_vlob = common::altered_fixture_export(dir.path(), "truncated-vlob", |c| {
         c.execute(
             "UPDATE vlob_atom SET blob = substr(blob, 1, 30) WHERE sequential_id = 203",
             [],
@@ -264,28 +250,28 @@ fn content_level_errors() {
         .unwrap();
     });
     // Flipped byte in block f0..06 ("Hello v2", sequential_id 101).
-    let block = corrupted(dir.path(), "flipped-block", |c| {
+    let block = common::altered_fixture_export(dir.path(), "flipped-block", |c| {
         flip_blob(c, "block_data", "data", "block", 101, 45)
     });
     // Block row present, data missing.
-    let missing_block = corrupted(dir.path(), "missing-block-data", |c| {
+    let missing_block = common::altered_fixture_export(dir.path(), "missing-block-data", |c| {
         c.execute("DELETE FROM block_data WHERE block = 101", [])
             .unwrap();
     });
     // Flipped byte in alice's device certificate (common row 1): alice's device becomes unknown.
-    let device = corrupted(dir.path(), "flipped-device-cert", |c| {
+    let device = common::altered_fixture_export(dir.path(), "flipped-device-cert", |c| {
         flip_blob(c, "common_certificate", "certificate", "_id", 1, 70)
     });
     // Flipped byte in the service 1 certificate: the service no longer verifies.
-    let service_cert = corrupted(dir.path(), "flipped-service-cert", |c| {
+    let service_cert = common::altered_fixture_export(dir.path(), "flipped-service-cert", |c| {
         flip_blob(c, "sequester_certificate", "certificate", "_id", 1, 200)
     });
     // Flipped byte in keys bundle 2: the bundle is unusable.
-    let bundle = corrupted(dir.path(), "flipped-keys-bundle", |c| {
+    let bundle = common::altered_fixture_export(dir.path(), "flipped-keys-bundle", |c| {
         flip_blob(c, "realm_keys_bundle", "keys_bundle", "key_index", 2, 60)
     });
     // Flipped byte in the OAEP block of the sequester access.
-    let access = corrupted(dir.path(), "flipped-access", |c| {
+    let access = common::altered_fixture_export(dir.path(), "flipped-access", |c| {
         flip_blob(
             c,
             "realm_sequester_keys_bundle_access",
@@ -296,7 +282,7 @@ fn content_level_errors() {
         )
     });
     // A column of the wrong SQLite type (text where a blob is expected).
-    let text_access = corrupted(dir.path(), "text-access", |c| {
+    let text_access = common::altered_fixture_export(dir.path(), "text-access", |c| {
         c.execute(
             "UPDATE realm_sequester_keys_bundle_access SET access = 'not a blob'",
             [],
@@ -304,7 +290,7 @@ fn content_level_errors() {
         .unwrap();
     });
     // Manifest key index beyond the last rotation.
-    let key_index = corrupted(dir.path(), "key-index-out-of-range", |c| {
+    let key_index = common::altered_fixture_export(dir.path(), "key-index-out-of-range", |c| {
         c.execute(
             "UPDATE vlob_atom SET key_index = 9 WHERE sequential_id = 203",
             [],
@@ -312,7 +298,7 @@ fn content_level_errors() {
         .unwrap();
     });
     // `info.realm_id` no longer names the realm of the certificates.
-    let realm_id = corrupted(dir.path(), "other-info-realm-id", |c| {
+    let realm_id = common::altered_fixture_export(dir.path(), "other-info-realm-id", |c| {
         c.execute(
             "UPDATE info SET realm_id = x'00112233445566778899aabbccddeeff'",
             [],
@@ -320,7 +306,7 @@ fn content_level_errors() {
         .unwrap();
     });
     // Unknown author device on a vlob row.
-    let author = corrupted(dir.path(), "unknown-author", |c| {
+    let author = common::altered_fixture_export(dir.path(), "unknown-author", |c| {
         c.execute("UPDATE vlob_atom SET author = x'de10000000000000000000000000dead' WHERE sequential_id = 203", []).unwrap();
     });
 

@@ -6,7 +6,6 @@ use crate::common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use rsa::pkcs8::EncodePublicKey;
 use rsa::{Oaep, RsaPrivateKey};
 use sequester_custody::crypto::symmetric::{
     derive_key, ed25519_verify, secretbox_open, CANARY_DERIVATION_ID, REALM_NAME_DERIVATION_ID,
@@ -16,20 +15,6 @@ use sequester_custody::parsec::msgpack::{as_uuid, decode, Map};
 use sequester_export_writer::scenario::{self, ServiceInput, Shape};
 use sequester_export_writer::{Content, EntryKind, ExportWriter, GroundTruth, WriterConfig};
 use sha2::{Digest, Sha256};
-
-fn test_key(seed: u64, bits: usize) -> RsaPrivateKey {
-    use rand::SeedableRng;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    RsaPrivateKey::new(&mut rng, bits).unwrap()
-}
-
-fn spki(key: &RsaPrivateKey) -> Vec<u8> {
-    key.to_public_key()
-        .to_public_key_der()
-        .unwrap()
-        .as_bytes()
-        .to_vec()
-}
 
 fn small_config(seed: u64) -> WriterConfig {
     WriterConfig {
@@ -166,7 +151,7 @@ impl SpecWalk {
             devices.insert(m.uuid("device_id").unwrap(), m.bin32("verify_key").unwrap());
         }
         // Service id: the service certificate carrying this public key.
-        let our_spki = spki(service_key);
+        let our_spki = common::spki_der(service_key);
         let k = our_spki_len(service_key);
         let seq: Vec<Vec<u8>> = conn
             .prepare("SELECT certificate FROM sequester_certificate WHERE _id > 0 ORDER BY _id")
@@ -439,17 +424,17 @@ fn mixed_export(
     RsaPrivateKey,
     RsaPrivateKey,
 ) {
-    let main = test_key(101, 1024);
-    let late = test_key(102, 1024);
+    let main = common::seeded_rsa_key(101, 1024);
+    let late = common::seeded_rsa_key(102, 1024);
     let out = dir.join("mixed.sqlite");
     let services = [
         ServiceInput {
             label: "Main".into(),
-            spki_der: spki(&main),
+            spki_der: common::spki_der(&main),
         },
         ServiceInput {
             label: "Late".into(),
-            spki_der: spki(&late),
+            spki_der: common::spki_der(&late),
         },
     ];
     let shape = Shape::Mixed {
@@ -521,7 +506,7 @@ fn mixed_history_reads_back_as_written_with_an_independent_spec_walk() {
     assert_eq!(late_view.len(), initial.len());
 
     // The throwaway service has no access: nothing.
-    let none = SpecWalk::open(&out, &test_key(999, 1024));
+    let none = SpecWalk::open(&out, &common::seeded_rsa_key(999, 1024));
     assert_eq!(none.oaep_ops, 0);
     assert!(none.keys.is_empty());
 }
@@ -529,10 +514,10 @@ fn mixed_history_reads_back_as_written_with_an_independent_spec_walk() {
 #[test]
 fn sparse_and_multi_block_contents_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    let key = test_key(5, 1024);
+    let key = common::seeded_rsa_key(5, 1024);
     let out = dir.path().join("sparse.sqlite");
     let mut w = ExportWriter::create(&out, small_config(9)).unwrap();
-    w.add_service("S", &spki(&key)).unwrap();
+    w.add_service("S", &common::spki_der(&key)).unwrap();
     let sparse = Content::Sparse {
         size: 4096 * 9 + 77,
         seed: 3,
@@ -589,17 +574,6 @@ fn failed_or_abandoned_write_leaves_no_file() {
 
 // ---- through the product's reader (CLI `export …`) with the service key in SoftHSM2 ----
 
-/// A SoftHSM2 token holding `key` (imported as PKCS#8 PEM, the way test keys get there).
-fn token_with(key: &RsaPrivateKey, label: &str) -> Option<common::SoftHsm> {
-    use rsa::pkcs8::{EncodePrivateKey, LineEnding};
-    let hsm = common::SoftHsm::new(label)?;
-    let pem = hsm.dir.path().join("svc.pem");
-    std::fs::write(&pem, key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
-    hsm.import_with_softhsm_util(&pem, "svc", "01");
-    std::fs::remove_file(&pem).unwrap();
-    Some(hsm)
-}
-
 fn cli_json(args: &[&str], env: &[(String, String)]) -> serde_json::Value {
     let mut full = vec!["--json"];
     full.extend_from_slice(args);
@@ -620,7 +594,7 @@ fn extraction_through_the_reader_and_softhsm_equals_the_writer_tree_at_every_che
     let export_sha = common::file_sha256(&out);
     let export = out.to_str().unwrap();
     for (svc, key) in [(0usize, &main), (1, &late)] {
-        let Some(hsm) = token_with(key, &format!("gen-svc{svc}")) else {
+        let Some(hsm) = common::SoftHsm::with_service_key(key, &format!("gen-svc{svc}")) else {
             return;
         };
         let uri = hsm.key_uri("svc");
@@ -730,7 +704,7 @@ fn the_same_reader_code_path_opens_the_real_fixture_and_a_generated_export() {
     assert_eq!(ours["info"]["realm_id"].as_str().unwrap(), truth.realm_id);
 
     // verify walks every signature and digest reachable with the main service key: all good.
-    let Some(hsm) = token_with(&main, "gen-verify") else {
+    let Some(hsm) = common::SoftHsm::with_service_key(&main, "gen-verify") else {
         return;
     };
     let out_v = common::run_cli(

@@ -11,8 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
-use rsa::RsaPrivateKey;
 use sequester_export_writer::forge::ForgedManifest;
 use sequester_export_writer::{Content, ExportWriter, WriterConfig};
 
@@ -37,14 +35,9 @@ struct Env {
 }
 
 fn setup(label: &str) -> Option<Env> {
-    use rand::SeedableRng;
-    let key = RsaPrivateKey::new(&mut rand::rngs::StdRng::seed_from_u64(31), 1024).unwrap();
-    let hsm = common::SoftHsm::new(label)?;
+    let key = common::seeded_rsa_key(31, 1024);
+    let hsm = common::SoftHsm::with_service_key(&key, label)?;
     let dir = tempfile::tempdir().unwrap();
-    let pem = dir.path().join("svc.pem");
-    std::fs::write(&pem, key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
-    hsm.import_with_softhsm_util(&pem, "svc", "01");
-    std::fs::remove_file(&pem).unwrap();
     let export = dir.path().join("hostile.sqlite");
     let config = WriterConfig {
         blocksize: 512,
@@ -53,8 +46,7 @@ fn setup(label: &str) -> Option<Env> {
         ..WriterConfig::default()
     };
     let mut w = ExportWriter::create(&export, config).unwrap();
-    let spki = key.to_public_key().to_public_key_der().unwrap();
-    w.add_service("svc", spki.as_bytes()).unwrap();
+    w.add_service("svc", &common::spki_der(&key)).unwrap();
     w.rotate_key().unwrap();
     for (p, data) in GOOD {
         w.write_file(p, Content::bytes(data.to_vec())).unwrap();

@@ -12,18 +12,9 @@ use crate::common::{fixture, run_cli, stderr, stdout, SoftHsm};
 
 const SERVICE1: &str = "sequester_service_1.00000000000000000000000000000001.private.pem";
 
-/// A writable copy of the fixture with `mutate` applied through a read-write connection.
+/// A writable copy of the fixture with the SQL `mutate` applied.
 fn altered(dir: &Path, name: &str, mutate: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.sqlite"));
-    std::fs::copy(fixture("sequestered_export.sqlite"), &path).unwrap();
-    let mut perms = std::fs::metadata(&path).unwrap().permissions();
-    #[allow(clippy::permissions_set_readonly_false)]
-    perms.set_readonly(false);
-    std::fs::set_permissions(&path, perms).unwrap();
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch(mutate).unwrap();
-    drop(conn);
-    path
+    common::altered_fixture_export(dir, name, |conn| conn.execute_batch(mutate).unwrap())
 }
 
 /// Runs the CLI; asserts no panic, the export unchanged, bounded time. Returns (success, output).

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::common::{files_under, run_cli, sh_quote, stderr, SoftHsm};
+use crate::common::{files_under, key_generate_args, run_cli, sh_quote, stderr, SoftHsm};
 use serde_json::Value;
 
 fn cli(hsm: &SoftHsm, args: &[&str]) -> std::process::Output {
@@ -34,30 +34,20 @@ fn make_export(hsm: &SoftHsm) -> Made {
     let auth_pub = dir.path().join("authority.pub.pem");
     cli(
         hsm,
-        &[
-            "key",
-            "generate",
-            "--role",
+        &key_generate_args(
             "authority",
-            "--label",
             "authority",
-            "--bits",
             "2048",
-            "--token",
             &token,
-            "--public-out",
-            auth_pub.to_str().unwrap(),
-        ],
+            &["--public-out", auth_pub.to_str().unwrap()],
+        ),
     );
     let mut keys = BTreeMap::new();
     for name in ["A", "B", "C"] {
         let label = format!("service-{name}");
         cli(
             hsm,
-            &[
-                "key", "generate", "--role", "service", "--label", &label, "--bits", "2048",
-                "--token", &token,
-            ],
+            &key_generate_args("service", &label, "2048", &token, &[]),
         );
         keys.insert(format!("Service {name}"), hsm.key_uri(&label));
     }

@@ -11,8 +11,6 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
-use rsa::RsaPrivateKey;
 use sequester_export_writer::scenario::{self, ServiceInput};
 use sequester_export_writer::{Content, EntryKind, ExportWriter, GroundTruth, WriterConfig};
 use sha2::{Digest, Sha256};
@@ -20,11 +18,6 @@ use sha2::{Digest, Sha256};
 use crate::common::mount::{fuse_available, wait_unmounted, Mount};
 
 const BLOCKSIZE: u64 = 64 * 1024;
-
-fn test_key(seed: u64) -> RsaPrivateKey {
-    use rand::SeedableRng;
-    RsaPrivateKey::new(&mut rand::rngs::StdRng::seed_from_u64(seed), 1024).unwrap()
-}
 
 struct Env {
     hsm: common::SoftHsm,
@@ -37,13 +30,9 @@ fn setup(label: &str, small_files: usize, wide: usize) -> Option<Env> {
     if !fuse_available() {
         return None;
     }
-    let key = test_key(21);
-    let hsm = common::SoftHsm::new(label)?;
+    let key = common::seeded_rsa_key(21, 1024);
+    let hsm = common::SoftHsm::with_service_key(&key, label)?;
     let dir = tempfile::tempdir().unwrap();
-    let pem = dir.path().join("svc.pem");
-    std::fs::write(&pem, key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
-    hsm.import_with_softhsm_util(&pem, "svc", "01");
-    std::fs::remove_file(&pem).unwrap();
     let export = dir.path().join("gen.sqlite");
     let config = WriterConfig {
         blocksize: BLOCKSIZE,
@@ -54,12 +43,7 @@ fn setup(label: &str, small_files: usize, wide: usize) -> Option<Env> {
     let mut w = ExportWriter::create(&export, config).unwrap();
     let services = [ServiceInput {
         label: "Main".into(),
-        spki_der: key
-            .to_public_key()
-            .to_public_key_der()
-            .unwrap()
-            .as_bytes()
-            .to_vec(),
+        spki_der: common::spki_der(&key),
     }];
     scenario::mixed(&mut w, &services, small_files, 3, 3 * 1024 * 1024 + 17).unwrap();
     if wide > 0 {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{fixture, run_cli, stderr, stdout, SoftHsm};
+use crate::common::{fixture, key_generate_args, run_cli, stderr, stdout, SoftHsm};
 use serde_json::Value;
 
 /// The fixture organisation's root verify key (published with the fixture export).
@@ -201,37 +201,26 @@ fn every_operation_through_p11_kit_client() {
 
     // generate on the remote token, then sign a service certificate through it.
     let auth_pub = r.work.path().join("authority.pub.pem");
-    r.ok(&[
-        "key",
-        "generate",
-        "--role",
+    r.ok(&key_generate_args(
         "authority",
-        "--label",
         "remote-authority",
-        "--bits",
         "2048",
-        "--token",
         &r.token(),
-        "--public-out",
-        auth_pub.to_str().unwrap(),
-        "--operator",
-        "Alice",
-    ]);
+        &[
+            "--public-out",
+            auth_pub.to_str().unwrap(),
+            "--operator",
+            "Alice",
+        ],
+    ));
     r.ok(&["key", "test", &r.key("remote-authority"), "--rounds", "1"]);
-    r.ok(&[
-        "key",
-        "generate",
-        "--role",
+    r.ok(&key_generate_args(
         "service",
-        "--label",
         "remote-service",
-        "--bits",
         "2048",
-        "--token",
         &r.token(),
-        "--operator",
-        "Alice",
-    ]);
+        &["--operator", "Alice"],
+    ));
     r.ok(&["key", "test", &r.key("remote-service"), "--rounds", "1"]);
     let certs = r.work.path().join("certs");
     std::fs::create_dir(&certs).unwrap();

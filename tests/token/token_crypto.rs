@@ -11,25 +11,6 @@ use sequester_custody::token::interaction::{Interaction, PinKind, PinRequest};
 use sequester_custody::token::{open_key, MechanismPath, TokenError};
 use sha2::{Digest, Sha256};
 
-fn generate(t: &TestToken, role: &str, label: &str, env: &[(String, String)]) {
-    let out = run_cli(
-        &[
-            "key",
-            "generate",
-            "--role",
-            role,
-            "--label",
-            label,
-            "--bits",
-            "2048",
-            "--token",
-            &t.token_uri(),
-        ],
-        env,
-    );
-    assert!(out.status.success(), "{}: {}", t.name(), stderr(&out));
-}
-
 fn expect_path(var: &str) -> MechanismPath {
     let v = std::env::var(var).unwrap();
     serde_json::from_value(serde_json::Value::String(v)).unwrap()
@@ -201,7 +182,7 @@ fn forced_profile(
 #[test]
 fn sign_on_token_verify_with_rsa_crate() {
     for t in TestToken::both("crypto") {
-        generate(&t, "authority", "auth", &t.env());
+        generate_key(&t, "authority", "auth", &t.env());
         // Default negotiation: both tokens sign natively.
         run_isolated(
             "inner_sign",
@@ -215,7 +196,7 @@ fn sign_on_token_verify_with_rsa_crate() {
             let mut env = t.env();
             env.push(var);
             let label = format!("auth-{path}");
-            generate(&t, "authority", &label, &env);
+            generate_key(&t, "authority", &label, &env);
             run_isolated("inner_sign", &inner_env(&t, &env, &label, path));
         }
     }
@@ -224,7 +205,7 @@ fn sign_on_token_verify_with_rsa_crate() {
 #[test]
 fn decrypt_on_token_block_from_rsa_crate() {
     for t in TestToken::both("crypto") {
-        generate(&t, "service", "svc", &t.env());
+        generate_key(&t, "service", "svc", &t.env());
         // SoftHSM 2.6.1 refuses OAEP-SHA256: raw fallback. Kryoptic: native.
         let expected = match t {
             TestToken::SoftHsm(_) => "raw-rsa-host-oaep",
@@ -235,7 +216,7 @@ fn decrypt_on_token_block_from_rsa_crate() {
         let (_dir, var) = forced_profile(&t, &["raw-rsa-host-oaep"], &["native-sha256-pss"]);
         let mut env = t.env();
         env.push(var);
-        generate(&t, "service", "svc-raw", &env);
+        generate_key(&t, "service", "svc-raw", &env);
         run_isolated(
             "inner_decrypt",
             &inner_env(&t, &env, "svc-raw", "raw-rsa-host-oaep"),
@@ -286,8 +267,8 @@ fn softhsm_native_oaep_refusal_falls_back_to_raw() {
 #[test]
 fn key_test_reports_path_and_latency() {
     for t in TestToken::both("keytest") {
-        generate(&t, "service", "svc", &t.env());
-        generate(&t, "authority", "auth", &t.env());
+        generate_key(&t, "service", "svc", &t.env());
+        generate_key(&t, "authority", "auth", &t.env());
         for (label, op, path) in [
             (
                 "svc",
@@ -349,19 +330,13 @@ fn spec_vector_v6_decrypts_on_token() {
     for t in TestToken::both("v6") {
         let key = fixture("sequester_service_1.00000000000000000000000000000001.private.pem");
         let out = run_cli(
-            &[
-                "key",
-                "import",
-                "--role",
+            &key_import_args(
                 "service",
-                "--label",
                 "service-1",
-                "--token",
                 &t.token_uri(),
-                "--in",
                 key.to_str().unwrap(),
-                "--allow-insecure-test-size",
-            ],
+                &["--allow-insecure-test-size"],
+            ),
             &t.env(),
         );
         assert!(out.status.success(), "{}", stderr(&out));
@@ -430,7 +405,7 @@ fn inner_interaction() {
 #[test]
 fn the_pin_is_asked_of_the_callers_interaction() {
     for t in TestToken::both("asks") {
-        generate(&t, "authority", "auth", &t.env());
+        generate_key(&t, "authority", "auth", &t.env());
         let mut env: Vec<_> = t
             .env()
             .into_iter()

@@ -4,25 +4,6 @@
 
 use crate::common::*;
 
-fn generate(t: &TestToken, role: &str, label: &str) {
-    let out = run_cli(
-        &[
-            "key",
-            "generate",
-            "--role",
-            role,
-            "--label",
-            label,
-            "--bits",
-            "2048",
-            "--token",
-            &t.token_uri(),
-        ],
-        &t.env(),
-    );
-    assert!(out.status.success(), "{}: {}", t.name(), stderr(&out));
-}
-
 fn with_pin(env: &[(String, String)], pin: &str) -> Vec<(String, String)> {
     let mut env: Vec<_> = env
         .iter()
@@ -36,7 +17,7 @@ fn with_pin(env: &[(String, String)], pin: &str) -> Vec<(String, String)> {
 #[test]
 fn wrong_pin_is_reported_with_counter_state_and_not_retried() {
     for t in TestToken::both("pins") {
-        generate(&t, "service", "svc");
+        generate_key(&t, "service", "svc", &t.env());
         let out = run_cli(
             &["key", "show", &t.key_uri("svc")],
             &with_pin(&t.env(), "99999999"),
@@ -128,7 +109,7 @@ fn locked_pin_is_reported() {
         return;
     };
     let t = TestToken::Kryoptic(k);
-    generate(&t, "service", "svc");
+    generate_key(&t, "service", "svc", &t.env());
     let mut last = None;
     for _ in 0..10 {
         let out = run_cli(
@@ -147,7 +128,7 @@ fn locked_pin_is_reported() {
 #[test]
 fn pin_from_file_source_and_pin_value_refused() {
     for t in TestToken::both("pins") {
-        generate(&t, "authority", "auth");
+        generate_key(&t, "authority", "auth", &t.env());
         let pin_file = t.dir().join("pin.txt");
         write_secret_file(&pin_file, &format!("{}\n", t.user_pin()));
         let env: Vec<_> = t
@@ -329,21 +310,10 @@ fn operations_outside_the_role_are_refused() {
         return;
     };
     let t = TestToken::SoftHsm(hsm);
-    generate(&t, "service", "svc");
+    generate_key(&t, "service", "svc", &t.env());
     // A key URI where a token URI is expected.
     let out = run_cli(
-        &[
-            "key",
-            "generate",
-            "--role",
-            "service",
-            "--label",
-            "x",
-            "--bits",
-            "2048",
-            "--token",
-            &t.key_uri("svc"),
-        ],
+        &key_generate_args("service", "x", "2048", &t.key_uri("svc"), &[]),
         &t.env(),
     );
     assert_clean_failure(&out, "give the token URI");

@@ -21,10 +21,7 @@ fn make_keys(t: &TestToken) -> Vec<(&'static str, &'static str)> {
     let token = t.token_uri();
     for (label, role) in [("auth-gen", "authority"), ("svc-gen", "service")] {
         let v = cli_ok(
-            &[
-                "--json", "key", "generate", "--role", role, "--label", label, "--bits", "2048",
-                "--token", &token,
-            ],
+            &key_generate_args(role, label, "2048", &token, &["--json"]),
             &t.env(),
         );
         check_hardened(&v, role, t.name());
@@ -38,20 +35,13 @@ fn make_keys(t: &TestToken) -> Vec<(&'static str, &'static str)> {
         ),
     ] {
         let v = cli_ok(
-            &[
-                "--json",
-                "key",
-                "import",
-                "--role",
+            &key_import_args(
                 role,
-                "--label",
                 label,
-                "--token",
                 &token,
-                "--in",
                 fixture(file).to_str().unwrap(),
-                "--allow-insecure-test-size",
-            ],
+                &["--json", "--allow-insecure-test-size"],
+            ),
             &t.env(),
         );
         check_hardened(&v, role, t.name());
@@ -139,7 +129,7 @@ fn attack_keys() {
     use cryptoki::error::{Error as CkError, RvError};
     use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
     use cryptoki::mechanism::{Mechanism, MechanismType};
-    use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass};
+    use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
     use cryptoki::session::UserType;
     use cryptoki::types::AuthPin;
     let module = std::env::var("INNER_MODULE").unwrap();
@@ -280,44 +270,10 @@ fn attack_keys() {
         }
 
         // Wrapping with the token wrapping key.
-        let mut wrap_refusals = 0;
-        for mech in [Mechanism::AesKeyWrapPad, Mechanism::AesCbcPad([7u8; 16])] {
-            match session.wrap_key(&mech, wrapping, key) {
-                Err(CkError::Pkcs11(
-                    RvError::KeyUnextractable | RvError::KeyFunctionNotPermitted,
-                    _,
-                )) => wrap_refusals += 1,
-                // A token without this wrap mechanism proves nothing either way.
-                Err(CkError::Pkcs11(RvError::MechanismInvalid, _)) => {}
-                other => panic!("{what}: C_WrapKey with {mech:?}: {other:?}"),
-            }
-        }
-        assert!(wrap_refusals >= 1, "{what}: no wrap mechanism was tried");
+        assert_wrap_refused(&session, wrapping, key, &what);
 
         // Secret components are not readable.
-        let info = session
-            .get_attribute_info(
-                key,
-                &[
-                    AttributeType::PrivateExponent,
-                    AttributeType::Prime1,
-                    AttributeType::Prime2,
-                ],
-            )
-            .unwrap();
-        for i in &info {
-            assert!(
-                matches!(i, AttributeInfo::Sensitive | AttributeInfo::Unavailable),
-                "{what}: secret attribute readable: {info:?}"
-            );
-        }
-        assert!(session
-            .get_attributes(
-                key,
-                &[AttributeType::PrivateExponent, AttributeType::Prime1]
-            )
-            .unwrap()
-            .is_empty());
+        assert_secret_components_unreadable(&session, key, &what);
 
         // Mechanisms outside CKA_ALLOWED_MECHANISMS are refused at init (before any data).
         let allowed = session
@@ -403,20 +359,13 @@ fn unsafe_keys_are_reported_and_refused_unless_the_test_override_is_set() {
 fn always_authenticate_authority_keys_sign_with_a_context_login() {
     for t in TestToken::both("always-auth") {
         let v = cli_ok(
-            &[
-                "--json",
-                "key",
-                "generate",
-                "--role",
+            &key_generate_args(
                 "authority",
-                "--label",
                 "auth",
-                "--bits",
                 "2048",
-                "--always-authenticate",
-                "--token",
                 &t.token_uri(),
-            ],
+                &["--json", "--always-authenticate"],
+            ),
             &t.env(),
         );
         assert!(
@@ -475,21 +424,17 @@ fn secret_files_readable_by_others_are_refused() {
     std::fs::write(&pass, "correct horse\n").unwrap();
     let import = |label: &str| {
         run_cli(
-            &[
-                "key",
-                "import",
-                "--role",
+            &key_import_args(
                 "service",
-                "--label",
                 label,
-                "--token",
                 &hsm.token_uri(),
-                "--in",
                 encrypted.to_str().unwrap(),
-                "--passphrase-file",
-                pass.to_str().unwrap(),
-                "--allow-insecure-test-size",
-            ],
+                &[
+                    "--passphrase-file",
+                    pass.to_str().unwrap(),
+                    "--allow-insecure-test-size",
+                ],
+            ),
             &hsm.env(),
         )
     };

@@ -11,19 +11,7 @@ fn json(out: &std::process::Output) -> serde_json::Value {
 
 fn generate(t: &TestToken, role: &str, label: &str, bits: &str) -> serde_json::Value {
     let out = run_cli(
-        &[
-            "--json",
-            "key",
-            "generate",
-            "--role",
-            role,
-            "--label",
-            label,
-            "--bits",
-            bits,
-            "--token",
-            &t.token_uri(),
-        ],
+        &key_generate_args(role, label, bits, &t.token_uri(), &["--json"]),
         &t.env(),
     );
     json(&out)
@@ -118,21 +106,13 @@ fn keygen_public_out_writes_parsec_pem_and_refuses_overwrite() {
     };
     let out_file = hsm.dir.path().join("auth.pub.pem");
     let out = run_cli(
-        &[
-            "--json",
-            "key",
-            "generate",
-            "--role",
+        &key_generate_args(
             "authority",
-            "--label",
             "a",
-            "--bits",
             "2048",
-            "--token",
             &hsm.token_uri(),
-            "--public-out",
-            out_file.to_str().unwrap(),
-        ],
+            &["--json", "--public-out", out_file.to_str().unwrap()],
+        ),
         &hsm.env(),
     );
     let v = json(&out);
@@ -143,20 +123,13 @@ fn keygen_public_out_writes_parsec_pem_and_refuses_overwrite() {
     // Second run with the same file: refused before touching the token, file unchanged.
     let before = file_sha256(&out_file);
     let out = run_cli(
-        &[
-            "key",
-            "generate",
-            "--role",
+        &key_generate_args(
             "authority",
-            "--label",
             "b",
-            "--bits",
             "2048",
-            "--token",
             &hsm.token_uri(),
-            "--public-out",
-            out_file.to_str().unwrap(),
-        ],
+            &["--public-out", out_file.to_str().unwrap()],
+        ),
         &hsm.env(),
     );
     assert_clean_failure(&out, "already exists");
@@ -176,73 +149,38 @@ fn keygen_refuses_bad_sizes_and_duplicate_labels() {
         ("2047", "multiple of 8"),
     ] {
         let out = run_cli(
-            &[
-                "key",
-                "generate",
-                "--role",
-                "service",
-                "--label",
-                "x",
-                "--bits",
-                bits,
-                "--token",
-                &hsm.token_uri(),
-            ],
+            &key_generate_args("service", "x", bits, &hsm.token_uri(), &[]),
             &hsm.env(),
         );
         assert_clean_failure(&out, needle);
     }
     // The test-only flag allows 1024 (fixture-sized keys on test tokens)...
     let out = run_cli(
-        &[
-            "--json",
-            "key",
-            "generate",
-            "--role",
+        &key_generate_args(
             "service",
-            "--label",
             "small",
-            "--bits",
             "1024",
-            "--allow-insecure-test-size",
-            "--token",
             &hsm.token_uri(),
-        ],
+            &["--json", "--allow-insecure-test-size"],
+        ),
         &hsm.env(),
     );
     assert_eq!(json(&out)["bits"], 1024);
     // ...but never above 4096.
     let out = run_cli(
-        &[
-            "key",
-            "generate",
-            "--role",
+        &key_generate_args(
             "service",
-            "--label",
             "big",
-            "--bits",
             "4104",
-            "--allow-insecure-test-size",
-            "--token",
             &hsm.token_uri(),
-        ],
+            &["--allow-insecure-test-size"],
+        ),
         &hsm.env(),
     );
     assert_clean_failure(&out, "above 4096");
     // Same label twice is refused (it would make `object=` ambiguous).
     let out = run_cli(
-        &[
-            "key",
-            "generate",
-            "--role",
-            "authority",
-            "--label",
-            "small",
-            "--bits",
-            "2048",
-            "--token",
-            &hsm.token_uri(),
-        ],
+        &key_generate_args("authority", "small", "2048", &hsm.token_uri(), &[]),
         &hsm.env(),
     );
     assert_clean_failure(&out, "already exists");

@@ -20,6 +20,15 @@ fn spec(role: Role, bits: usize) -> KeySpec {
     }
 }
 
+/// Generates a `role` key of `bits` on the card `token` designates, with no one to ask.
+fn generate(token: &str, role: Role, bits: usize) -> Result<yk::Generated, TokenError> {
+    yk::generate(
+        token,
+        &spec(role, bits),
+        &sequester_custody::token::NonInteractive,
+    )
+}
+
 #[test]
 fn opens_each_of_two_cards_by_serial() {
     let Some(session) = yubikey_common::start(&["5.4.3", "5.7.1"]) else {
@@ -54,20 +63,10 @@ fn generates_signs_and_decrypts_on_the_card() {
     let pin = session.pin_file("pin", yubikey_common::PIN);
     let token = format!("{}?pin-source=file:{}", card.uri(), pin.display());
 
-    let authority = yk::generate(
-        &token,
-        &spec(Role::Authority, 2048),
-        &sequester_custody::token::NonInteractive,
-    )
-    .unwrap();
+    let authority = generate(&token, Role::Authority, 2048).unwrap();
     assert_eq!(authority.key.slot(), 0x9c);
     assert_eq!(authority.mgm_key, MgmKeyKind::FactoryDefault);
-    let service = yk::generate(
-        &token,
-        &spec(Role::Service, 2048),
-        &sequester_custody::token::NonInteractive,
-    )
-    .unwrap();
+    let service = generate(&token, Role::Service, 2048).unwrap();
     assert_eq!(service.key.slot(), 0x9d);
     assert_ne!(
         authority.key.public_key_spki(),
@@ -160,19 +159,15 @@ fn generates_signs_and_decrypts_on_the_card() {
     ));
 
     // The slot is never overwritten.
-    match yk::generate(
-        &token,
-        &spec(Role::Authority, 2048),
-        &sequester_custody::token::NonInteractive,
-    ) {
+    match generate(&token, Role::Authority, 2048) {
         Err(TokenError::Refused(msg)) => assert!(msg.contains("already holds a key"), "{msg}"),
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }
     // A further service key goes to a retired slot.
-    let extra = yk::generate(
+    let extra = generate(
         &format!("{};slot=82?pin-source=file:{}", card.uri(), pin.display()),
-        &spec(Role::Service, 2048),
-        &sequester_custody::token::NonInteractive,
+        Role::Service,
+        2048,
     )
     .unwrap();
     assert_eq!(extra.key.slot(), 0x82);
@@ -202,12 +197,7 @@ fn wrong_pin_reports_retries_and_spends_exactly_one() {
     let card = session.card();
     let pin = session.pin_file("pin", yubikey_common::PIN);
     let token = format!("{}?pin-source=file:{}", card.uri(), pin.display());
-    yk::generate(
-        &token,
-        &spec(Role::Service, 2048),
-        &sequester_custody::token::NonInteractive,
-    )
-    .unwrap();
+    generate(&token, Role::Service, 2048).unwrap();
     let before = yk::card_info(&card.uri()).unwrap().pin_retries;
     assert!(before >= 2, "{before}");
 
@@ -247,11 +237,7 @@ fn rsa_3072_needs_firmware_5_7() {
     let (old, new) = (&session.cards[0], &session.cards[1]);
     for bits in [3072, 4096] {
         let token = format!("{}?pin-source=file:{}", old.uri(), pin.display());
-        match yk::generate(
-            &token,
-            &spec(Role::Service, bits),
-            &sequester_custody::token::NonInteractive,
-        ) {
+        match generate(&token, Role::Service, bits) {
             Err(TokenError::Refused(msg)) => {
                 assert!(msg.contains("needs YubiKey firmware 5.7"), "{msg}")
             }
@@ -262,18 +248,8 @@ fn rsa_3072_needs_firmware_5_7() {
 
     // Firmware 5.7: RSA-3072 through our own PIV commands (the yubikey crate stops at 2048).
     let token = format!("{}?pin-source=file:{}", new.uri(), pin.display());
-    let authority = yk::generate(
-        &token,
-        &spec(Role::Authority, 3072),
-        &sequester_custody::token::NonInteractive,
-    )
-    .unwrap();
-    let service = yk::generate(
-        &token,
-        &spec(Role::Service, 3072),
-        &sequester_custody::token::NonInteractive,
-    )
-    .unwrap();
+    let authority = generate(&token, Role::Authority, 3072).unwrap();
+    let service = generate(&token, Role::Service, 3072).unwrap();
     drop((authority, service));
     let listed = yk::list_keys(&new.uri()).unwrap();
     assert_eq!(
@@ -332,11 +308,7 @@ fn management_key_from_file_or_refused() {
         pin.display(),
         wrong_mgm.display()
     );
-    match yk::generate(
-        &uri,
-        &spec(Role::Service, 2048),
-        &sequester_custody::token::NonInteractive,
-    ) {
+    match generate(&uri, Role::Service, 2048) {
         Err(TokenError::NotPermitted { reason, .. }) => {
             assert!(reason.contains("refused the management key"), "{reason}")
         }
@@ -349,12 +321,7 @@ fn management_key_from_file_or_refused() {
         pin.display(),
         default_mgm.display()
     );
-    let generated = yk::generate(
-        &uri,
-        &spec(Role::Service, 2048),
-        &sequester_custody::token::NonInteractive,
-    )
-    .unwrap();
+    let generated = generate(&uri, Role::Service, 2048).unwrap();
     assert_eq!(generated.mgm_key, MgmKeyKind::FromFile);
 }
 
@@ -398,10 +365,10 @@ fn aes_management_key_is_detected_and_used() {
     let card = session.card();
     let pin = session.pin_file("pin", yubikey_common::PIN);
     // No key given: the factory default does not fit an AES-256 key; the error says which.
-    match yk::generate(
+    match generate(
         &format!("{}?pin-source=file:{}", card.uri(), pin.display()),
-        &spec(Role::Service, 2048),
-        &sequester_custody::token::NonInteractive,
+        Role::Service,
+        2048,
     ) {
         Err(TokenError::NotPermitted { reason, .. }) => {
             assert!(reason.contains("AES-256"), "{reason}");
@@ -411,15 +378,15 @@ fn aes_management_key_is_detected_and_used() {
     }
     // A wrong AES key is refused by the mutual authentication.
     let wrong = session.pin_file("mgm-wrong", &"ab".repeat(32));
-    match yk::generate(
+    match generate(
         &format!(
             "{}?pin-source=file:{}&mgm-key-source=file:{}",
             card.uri(),
             pin.display(),
             wrong.display()
         ),
-        &spec(Role::Service, 2048),
-        &sequester_custody::token::NonInteractive,
+        Role::Service,
+        2048,
     ) {
         Err(TokenError::NotPermitted { reason, .. }) => {
             assert!(reason.contains("refused the management key"), "{reason}")
@@ -429,29 +396,29 @@ fn aes_management_key_is_detected_and_used() {
     // A 3DES-sized key for an AES-256 card is caught before talking to the card.
     let short = session.pin_file("mgm-short", &"01".repeat(24));
     assert!(matches!(
-        yk::generate(
+        generate(
             &format!(
                 "{}?pin-source=file:{}&mgm-key-source=file:{}",
                 card.uri(),
                 pin.display(),
                 short.display()
             ),
-            &spec(Role::Service, 2048),
-            &sequester_custody::token::NonInteractive,
+            Role::Service,
+            2048
         ),
         Err(TokenError::PinSource(_))
     ));
     // The right AES key: generation and the slot certificate work.
     let right = session.pin_file("mgm", aes_key);
-    let generated = yk::generate(
+    let generated = generate(
         &format!(
             "{}?pin-source=file:{}&mgm-key-source=file:{}",
             card.uri(),
             pin.display(),
             right.display()
         ),
-        &spec(Role::Service, 2048),
-        &sequester_custody::token::NonInteractive,
+        Role::Service,
+        2048,
     )
     .unwrap();
     assert_eq!(generated.mgm_key, MgmKeyKind::FromFile);
@@ -470,12 +437,7 @@ fn a_pin_changed_mid_run_costs_exactly_one_retry() {
     let card = session.card();
     let pin = session.pin_file("pin", yubikey_common::PIN);
     let token = format!("{}?pin-source=file:{}", card.uri(), pin.display());
-    yk::generate(
-        &token,
-        &spec(Role::Service, 2048),
-        &sequester_custody::token::NonInteractive,
-    )
-    .unwrap();
+    generate(&token, Role::Service, 2048).unwrap();
     let key = yk::open_key(
         &session.key_uri(card, "9d"),
         &sequester_custody::token::NonInteractive,
@@ -564,21 +526,11 @@ fn authority_slots_default_to_pin_always_and_touch_always() {
     let card = session.card();
     let pin = session.pin_file("pin", yubikey_common::PIN);
     let token = format!("{}?pin-source=file:{}", card.uri(), pin.display());
-    let authority = yk::generate(
-        &token,
-        &spec(Role::Authority, 2048),
-        &sequester_custody::token::NonInteractive,
-    )
-    .unwrap();
+    let authority = generate(&token, Role::Authority, 2048).unwrap();
     assert_eq!(authority.pin_policy, PinPolicyOpt::Always);
     assert_eq!(authority.touch_policy, TouchPolicyOpt::Always);
     drop(authority);
-    let service = yk::generate(
-        &token,
-        &spec(Role::Service, 2048),
-        &sequester_custody::token::NonInteractive,
-    )
-    .unwrap();
+    let service = generate(&token, Role::Service, 2048).unwrap();
     assert_eq!(service.pin_policy, PinPolicyOpt::Once);
     assert_eq!(service.touch_policy, TouchPolicyOpt::Never);
     drop(service);
@@ -587,12 +539,7 @@ fn authority_slots_default_to_pin_always_and_touch_always() {
         card.uri(),
         pin.display()
     );
-    let authority = yk::generate(
-        &cached,
-        &spec(Role::Authority, 2048),
-        &sequester_custody::token::NonInteractive,
-    )
-    .unwrap();
+    let authority = generate(&cached, Role::Authority, 2048).unwrap();
     assert_eq!(authority.pin_policy, PinPolicyOpt::Always);
     assert_eq!(authority.touch_policy, TouchPolicyOpt::Cached);
     // The authority key signs (the emulated card has no touch sensor and grants it).
@@ -616,22 +563,13 @@ fn a_rewritten_slot_certificate_cannot_change_the_role() {
     let card = session.card();
     let pin = session.pin_file("pin", yubikey_common::PIN);
     let token = format!("{}?pin-source=file:{}", card.uri(), pin.display());
-    let service = yk::generate(
-        &token,
-        &spec(Role::Service, 2048),
-        &sequester_custody::token::NonInteractive,
-    )
-    .unwrap();
+    let service = generate(&token, Role::Service, 2048).unwrap();
     let spki = service.key.public_key_spki().to_vec();
     drop(service);
 
     // Generation refuses the other role in 9c/9d.
     let in_9d = format!("{};slot=9d?pin-source=file:{}", card.uri(), pin.display());
-    match yk::generate(
-        &in_9d,
-        &spec(Role::Authority, 2048),
-        &sequester_custody::token::NonInteractive,
-    ) {
+    match generate(&in_9d, Role::Authority, 2048) {
         Err(TokenError::Refused(msg)) => assert!(msg.contains("holds the service key"), "{msg}"),
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }
